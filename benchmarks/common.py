@@ -1,0 +1,120 @@
+"""Shared pieces of the benchmark scripts: configs, random-weight models, timing, result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import mdlm_fast as mf
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    hidden_dim: int
+    n_heads: int
+    heavy_blocks: int
+    light_blocks: int
+    vocab_size: int
+    length: int
+    steps: int
+    batch_size: int
+    dtype: torch.dtype
+    device: str
+
+
+CONFIGS = {
+    # DESIGN.md section 7: the paper's widths and vocabulary, so the head-vs-blocks balance is the paper's
+    "cpu": BenchConfig("cpu", 768, 12, 12, 4, 50258, 128, 128, 4, torch.float32, "cpu"),
+    "paper": BenchConfig("paper", 768, 12, 12, 4, 50258, 1024, 1000, 8, torch.bfloat16, "cuda"),
+    # a seconds-long smoke configuration for tests of the scripts themselves
+    "tiny": BenchConfig("tiny", 64, 4, 3, 1, 503, 32, 32, 2, torch.float32, "cpu"),
+}
+
+
+def get_config(name: str) -> BenchConfig:
+    if name not in CONFIGS:
+        raise SystemExit(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+    config = CONFIGS[name]
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"the {name!r} config runs on a CUDA GPU (L {config.length}, T {config.steps}, "
+                         f"{config.dtype}); none is visible on this machine")
+    return config
+
+
+def random_model(config: BenchConfig, n_blocks: int, seed: int) -> mf.DiT:
+    """A random-weight DiT of the config's widths: timing does not depend on the weights."""
+    model = mf.DiT(mf.DiTConfig(hidden_dim=config.hidden_dim, n_heads=config.n_heads, n_blocks=n_blocks,
+                                cond_dim=128, vocab_size=config.vocab_size, model_length=config.length))
+    model.init_random_(seed)
+    return model.to(device=config.device, dtype=config.dtype).eval()
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def summary(times: list[float]) -> dict:
+    """Median and spread (min, max, relative half-range) of repeated timings."""
+    med = statistics.median(times)
+    return {"median_s": med, "min_s": min(times), "max_s": max(times),
+            "spread": (max(times) - min(times)) / (2 * med) if med else 0.0, "repeats": len(times)}
+
+
+def machine_info(config: BenchConfig) -> dict:
+    try:
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        revision = ""
+    info = {
+        "machine": platform.node(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "mdlm_fast": mf.__version__, "git_revision": revision, "dtype": str(config.dtype).replace("torch.", ""),
+        "device": config.device, "build": mf.build_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if config.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_results(name: str, payload: dict, rows: list[dict]) -> Path:
+    """Results as JSON (everything) and CSV (the rows), written atomically."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{name}.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**payload, "rows": rows}, indent=1))
+    os.replace(tmp, json_path)
+    if rows:
+        keys = list(rows[0])
+        csv = "\n".join([",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in rows]) + "\n"
+        csv_path = RESULTS / f"{name}.csv"
+        tmp = csv_path.with_suffix(".csv.tmp")
+        tmp.write_text(csv)
+        os.replace(tmp, csv_path)
+    return json_path
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,76 @@
+// Argument checks for the torch adapters: every message names the argument and the expectation.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cmath>
+#include <string>
+
+#define MDLM_CHECK_ARG(cond, arg, ...) TORCH_CHECK(cond, "mdlm_fast: argument '", arg, "' ", __VA_ARGS__)
+
+#define MDLM_CHECK_DIM(t, arg, d) \
+  MDLM_CHECK_ARG((t).dim() == (d), arg, "must be a ", d, "-D tensor, got shape ", (t).sizes())
+
+#define MDLM_CHECK_DTYPE(t, arg, dt) \
+  MDLM_CHECK_ARG((t).scalar_type() == (dt), arg, "must have dtype ", dt, ", got ", (t).scalar_type())
+
+#define MDLM_CHECK_SAME_DEVICE(t, arg, ref, ref_arg)                                              \
+  MDLM_CHECK_ARG((t).device() == (ref).device(), arg, "must be on the same device as '", ref_arg, \
+                 "' (", (ref).device(), "), got ", (t).device())
+
+namespace mdlm_fast {
+
+// keys: int64 [N, 3] rows of (step, row, position).
+inline void check_keys(const at::Tensor& keys, const char* arg) {
+  MDLM_CHECK_DIM(keys, arg, 2);
+  MDLM_CHECK_ARG(keys.size(1) == 3, arg, "must have shape [N, 3] (step, row, position), got ", keys.sizes());
+  MDLM_CHECK_DTYPE(keys, arg, at::kLong);
+}
+
+inline void check_purpose(int64_t purpose) {
+  MDLM_CHECK_ARG(purpose >= 0 && purpose < 256, "purpose", "must be in [0, 255], got ", purpose);
+}
+
+// philox_noise's `dist` argument; the values are the kernels' (philox_kernels.cuh) too.
+enum NoiseDist : int { kNoiseUniform = 0, kNoiseGumbel = 1, kNoiseUniform24 = 2 };
+
+inline NoiseDist parse_noise_dist(c10::string_view dist) {
+  if (dist == "uniform") return kNoiseUniform;
+  if (dist == "gumbel") return kNoiseGumbel;
+  if (dist == "uniform24") return kNoiseUniform24;
+  TORCH_CHECK(false, "mdlm_fast: argument 'dist' must be one of 'uniform', 'gumbel', 'uniform24', got '",
+              std::string(dist), "'");
+}
+
+// The shape, dtype and range checks of fused_head_sample that need no tensor values (so no device
+// synchronization): shared by the CPU and CUDA adapters, which must refuse the same inputs.
+inline void check_fused_head_args(const at::Tensor& hidden, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias, const at::Tensor& keys, int64_t purpose,
+                                  double temperature, const at::Tensor& banned) {
+  MDLM_CHECK_DIM(hidden, "hidden", 2);
+  MDLM_CHECK_DIM(weight, "weight", 2);
+  const auto dtype = hidden.scalar_type();
+  MDLM_CHECK_ARG(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, "hidden",
+                 "must be float32, bfloat16 or float16, got ", dtype);
+  MDLM_CHECK_ARG(weight.scalar_type() == dtype, "weight", "must have the dtype of 'hidden' (", dtype, "), got ",
+                 weight.scalar_type());
+  MDLM_CHECK_ARG(weight.size(1) == hidden.size(1), "weight", "must have shape [V, d] with d = hidden.size(1) = ",
+                 hidden.size(1), ", got ", weight.sizes());
+  const int64_t n = hidden.size(0), vocab = weight.size(0);
+  MDLM_CHECK_ARG(vocab > 0, "weight", "must have at least one vocabulary row");
+  if (bias.has_value()) {
+    MDLM_CHECK_DIM(*bias, "bias", 1);
+    MDLM_CHECK_ARG(bias->size(0) == vocab, "bias", "must have shape [V] = [", vocab, "], got ", bias->sizes());
+    MDLM_CHECK_ARG(bias->scalar_type() == dtype, "bias", "must have the dtype of 'weight' (", dtype, "), got ",
+                   bias->scalar_type());
+  }
+  check_keys(keys, "keys");
+  MDLM_CHECK_ARG(keys.size(0) == n, "keys", "must have one row per hidden row (", n, "), got ", keys.size(0));
+  check_purpose(purpose);
+  MDLM_CHECK_ARG(std::isfinite(temperature) && temperature >= 0, "temperature",
+                 "must be finite and >= 0 (0 = argmax), got ", temperature);
+  MDLM_CHECK_DIM(banned, "banned", 1);
+  MDLM_CHECK_DTYPE(banned, "banned", at::kLong);
+}
+
+}  // namespace mdlm_fast

@@ -1,0 +1,160 @@
+// CPU kernel of fused_head_sample: the vocabulary projection fused with the two-level draw.
+//
+// Pass 1 walks the vocabulary in canonical chunks (at::parallel_for over chunks). Each chunk's
+// logits for all N rows come from one small GEMM (BLAS speed, W read once for every row) and stay
+// in cache while the chunk's max, argmax and mass are taken and a candidate id is drawn inside
+// it; [N, V] logits never exist. Pass 2, per row, picks a chunk from the per-chunk summaries and
+// takes its candidate (see categorical.h).
+#include <ATen/Parallel.h>
+#include <ATen/ops/exp.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <vector>
+
+#include "checks.h"
+#include "mdlm_fast/categorical.h"
+#include "mdlm_fast/philox.h"
+
+namespace mdlm_fast {
+namespace {
+
+struct HeadArgs {
+  at::Tensor hidden;  // [N, d] float32, contiguous
+  at::Tensor weight;  // [V, d], the caller's dtype
+  c10::optional<at::Tensor> bias;
+  float temperature;  // 0 = argmax
+  std::vector<int64_t> banned;
+};
+
+// z = (hidden_rows @ W[begin:end]^T + b) / temperature, banned ids at -inf: [rows, end - begin] float32.
+at::Tensor chunk_logits(const HeadArgs& a, const at::Tensor& hidden_rows, int64_t begin, int64_t end) {
+  const at::Tensor w = a.weight.narrow(0, begin, end - begin).to(at::kFloat);
+  at::Tensor z = at::mm(hidden_rows, w.t());
+  if (a.bias.has_value()) z.add_(a.bias->narrow(0, begin, end - begin).to(at::kFloat));
+  if (a.temperature > 0.f && a.temperature != 1.f) z.div_(a.temperature);
+  float* zp = z.data_ptr<float>();
+  const int64_t rows = z.size(0), cols = z.size(1);
+  for (int64_t id : a.banned) {
+    if (id < begin || id >= end) continue;
+    for (int64_t r = 0; r < rows; ++r) zp[r * cols + (id - begin)] = -std::numeric_limits<float>::infinity();
+  }
+  return z;
+}
+
+// Sum of float values in double, in eight independent lanes: the order differs from a sequential
+// sum only by rounding (~1e-16 relative), and the lanes keep the adder pipeline full.
+double sum_as_double(const float* e, int64_t cols) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    for (int k = 0; k < 8; ++k) lane[k] += static_cast<double>(e[j + k]);
+  }
+  for (; j < cols; ++j) lane[0] += static_cast<double>(e[j]);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidden, const at::Tensor& weight,
+                                                         const c10::optional<at::Tensor>& bias,
+                                                         const at::Tensor& keys, int64_t seed, int64_t purpose,
+                                                         double temperature, const at::Tensor& banned,
+                                                         bool return_logprob) {
+  check_fused_head_args(hidden, weight, bias, keys, purpose, temperature, banned);
+  const auto dtype = hidden.scalar_type();
+  const int64_t n = hidden.size(0), vocab = weight.size(0);
+
+  HeadArgs a;
+  a.hidden = hidden.to(at::kFloat).contiguous();
+  a.weight = weight.stride(1) == 1 ? weight : weight.contiguous();
+  a.bias = bias;
+  a.temperature = static_cast<float>(temperature);
+  const at::Tensor banned_c = banned.contiguous();
+  a.banned.assign(banned_c.data_ptr<int64_t>(), banned_c.data_ptr<int64_t>() + banned_c.numel());
+  for (int64_t id : a.banned) {
+    MDLM_CHECK_ARG(id >= 0 && id < vocab, "banned", "ids must lie in [0, ", vocab, "), got ", id);
+  }
+
+  at::Tensor tokens = at::empty({n}, hidden.options().dtype(at::kLong));
+  at::Tensor logprob = at::empty({return_logprob ? n : 0}, hidden.options().dtype(at::kFloat));
+  if (n == 0) return {tokens, logprob};
+
+  const int64_t* k = keys.contiguous().data_ptr<int64_t>();
+  const auto row_key = [&](int64_t r) {
+    return make_noise_key(static_cast<uint64_t>(seed), static_cast<uint32_t>(purpose), k[3 * r], k[3 * r + 1],
+                          k[3 * r + 2]);
+  };
+  const bool draw = a.temperature > 0.f;
+
+  // Pass 1: per-chunk summaries and candidates, rows x chunks.
+  const int64_t n_chunks = num_vocab_chunks(vocab);
+  std::vector<ChunkSummary> summary(n * n_chunks);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      const int64_t begin = c * kVocabChunk, end = std::min(vocab, begin + kVocabChunk);
+      const int64_t cols = end - begin;
+      const at::Tensor z = chunk_logits(a, a.hidden, begin, end);
+      // Max and first argmax per row, then exp(z - max): vectorized ATen calls over the tile.
+      const auto [maxima, argmaxima] = at::max(z, 1);
+      const float* mp = maxima.data_ptr<float>();
+      const int64_t* ap = argmaxima.data_ptr<int64_t>();
+      const at::Tensor shift = at::where(at::isfinite(maxima), maxima, at::zeros_like(maxima));
+      const at::Tensor e = at::exp(z - shift.unsqueeze(1));  // a fully banned row: exp(-inf) = 0
+      const float* zp = z.data_ptr<float>();
+      const float* ep = e.data_ptr<float>();
+      for (int64_t r = 0; r < n; ++r) {
+        ChunkSummary& s = summary[r * n_chunks + c];
+        s.stats = empty_row_summary();
+        s.candidate = -1;
+        s.candidate_logit = -std::numeric_limits<float>::infinity();
+        if (mp[r] == -std::numeric_limits<float>::infinity()) continue;  // every id banned here
+        const float* er = ep + r * cols;
+        s.stats.max = mp[r];
+        s.stats.argmax = begin + ap[r];
+        s.stats.mass = sum_as_double(er, cols);
+        if (draw) {
+          const double v = uniform53_at(row_key(r), static_cast<uint32_t>(1 + c));
+          const int64_t j = inverse_cdf(cols, v * s.stats.mass, [&](int64_t i) { return static_cast<double>(er[i]); });
+          s.candidate = begin + j;
+          s.candidate_logit = zp[r * cols + j];
+        }
+      }
+    }
+  });
+
+  // Pass 2: per row, merge the chunk summaries, pick a chunk and take its candidate.
+  int64_t* tok = tokens.data_ptr<int64_t>();
+  float* lp = return_logprob ? logprob.data_ptr<float>() : nullptr;
+  at::parallel_for(0, n, 1, [&](int64_t row_begin, int64_t row_end) {
+    std::vector<double> chunk_weight(n_chunks);
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const ChunkSummary* s = &summary[r * n_chunks];
+      RowSummary all = empty_row_summary();
+      for (int64_t c = 0; c < n_chunks; ++c) all = merge_row_summary(all, s[c].stats);
+      TORCH_CHECK(all.argmax >= 0, "mdlm_fast: fused_head_sample: every vocabulary id of row ", r,
+                  " is banned or -inf; nothing can be drawn");
+      double total = 0.0;
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const RowSummary& cs = s[c].stats;
+        chunk_weight[c] = cs.argmax < 0 ? 0.0 : cs.mass * std::exp(static_cast<double>(cs.max) - all.max);
+        total += chunk_weight[c];
+      }
+      int64_t token = all.argmax;
+      double token_logit = all.max;
+      if (draw) {
+        const double u = uniform53_at(row_key(r), 0);
+        const int64_t c = inverse_cdf(n_chunks, u * total, [&](int64_t i) { return chunk_weight[i]; });
+        token = s[c].candidate;
+        token_logit = s[c].candidate_logit;
+      }
+      tok[r] = token;
+      if (lp != nullptr) lp[r] = static_cast<float>(token_logit - all.max - std::log(total));
+    }
+  });
+  return {tokens, logprob};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdlm_fast, CPU, m) { m.impl("fused_head_sample", &fused_head_sample_cpu); }
+
+}  // namespace mdlm_fast

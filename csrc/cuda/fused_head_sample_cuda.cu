@@ -1,0 +1,117 @@
+// CUDA adapter of fused_head_sample: the CPU kernel's argument checks (same messages) plus
+// same-device checks, device guard, current stream, workspace from the caching allocator; the
+// kernels themselves are torch-free (fused_head_sample_kernels.cu).
+//
+// Two CPU checks need tensor *values* (banned ids inside [0, V); a row with every id banned or
+// -inf is an error). On CUDA they would cost a device synchronization per call, so they run only
+// when the environment variable MDLM_FAST_CUDA_CHECK_VALUES is 1. Otherwise out-of-range banned
+// ids match nothing, and a row with nothing to draw gets token -1 (logprob NaN).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "checks.h"
+#include "fused_head_sample_kernels.cuh"
+
+namespace mdlm_fast {
+namespace {
+
+bool check_values_on_cuda() {
+  const char* v = std::getenv("MDLM_FAST_CUDA_CHECK_VALUES");
+  return v != nullptr && (std::strcmp(v, "1") == 0 || std::strcmp(v, "true") == 0);
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidden, const at::Tensor& weight,
+                                                          const c10::optional<at::Tensor>& bias,
+                                                          const at::Tensor& keys, int64_t seed, int64_t purpose,
+                                                          double temperature, const at::Tensor& banned,
+                                                          bool return_logprob) {
+  // --- the CPU kernel's checks, in its order and words ---
+  check_fused_head_args(hidden, weight, bias, keys, purpose, temperature, banned);
+  const auto dtype = hidden.scalar_type();
+  const int64_t n = hidden.size(0), vocab = weight.size(0), d = hidden.size(1);
+
+  // --- CUDA-only checks ---
+  MDLM_CHECK_ARG(hidden.is_cuda(), "hidden", "must be a CUDA tensor here, got ", hidden.device());
+  MDLM_CHECK_SAME_DEVICE(weight, "weight", hidden, "hidden");
+  if (bias.has_value()) MDLM_CHECK_SAME_DEVICE(*bias, "bias", hidden, "hidden");
+  MDLM_CHECK_SAME_DEVICE(keys, "keys", hidden, "hidden");
+  MDLM_CHECK_SAME_DEVICE(banned, "banned", hidden, "hidden");
+  MDLM_CHECK_ARG(vocab <= std::numeric_limits<int32_t>::max(), "weight",
+                 "must have at most 2^31 - 1 vocabulary rows on CUDA, got ", vocab);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  if (dtype != at::kFloat) {
+    int major = 0, minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, hidden.get_device()));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, hidden.get_device()));
+    MDLM_CHECK_ARG(major >= 8, "hidden", "in ", dtype, " needs a GPU of compute capability 8.0 or newer (",
+                   "bfloat16/float16 tensor-core kernels), got ", major, ".", minor, "; use float32 on this GPU");
+  }
+
+  // Same layout rules as the CPU kernel: W needs unit column stride; hidden may have any strides
+  // (the kernel packs it); small tensors are made contiguous.
+  const at::Tensor weight_c = weight.stride(1) == 1 ? weight : weight.contiguous();
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const at::Tensor keys_c = keys.contiguous();
+  const at::Tensor banned_c = banned.contiguous();
+  const bool check_values = check_values_on_cuda();
+  if (check_values && banned_c.numel() > 0) {
+    const at::Tensor bad = ((banned_c < 0) | (banned_c >= vocab)).nonzero();
+    if (bad.size(0) > 0) {
+      MDLM_CHECK_ARG(false, "banned", "ids must lie in [0, ", vocab, "), got ", banned_c[bad[0][0]].item<int64_t>());
+    }
+  }
+
+  at::Tensor tokens = at::empty({n}, hidden.options().dtype(at::kLong));
+  at::Tensor logprob = at::empty({return_logprob ? n : 0}, hidden.options().dtype(at::kFloat));
+  if (n == 0) return {tokens, logprob};
+
+  FusedHeadParams p;
+  p.dtype = dtype == at::kFloat ? HeadDtype::kFloat32 : dtype == at::kBFloat16 ? HeadDtype::kBFloat16 : HeadDtype::kFloat16;
+  p.hidden = hidden.data_ptr();
+  p.n = n;
+  p.d = d;
+  p.hidden_stride_row = hidden.stride(0);
+  p.hidden_stride_col = hidden.stride(1);
+  p.weight = weight_c.data_ptr();
+  p.vocab = vocab;
+  p.weight_stride_row = weight_c.stride(0);
+  p.bias = bias_c.defined() ? bias_c.data_ptr() : nullptr;
+  p.keys = keys_c.data_ptr<int64_t>();
+  p.seed = static_cast<uint64_t>(seed);
+  p.purpose = static_cast<uint32_t>(purpose);
+  p.temperature = static_cast<float>(temperature);  // the CPU kernel also works with the float
+  p.banned = banned_c.numel() > 0 ? banned_c.data_ptr<int64_t>() : nullptr;
+  p.n_banned = banned_c.numel();
+  p.tokens = tokens.data_ptr<int64_t>();
+  p.logprob = return_logprob ? logprob.data_ptr<float>() : nullptr;
+
+  const size_t ws_bytes = fused_head_sample_workspace_bytes(p.dtype, n, d, vocab);
+  // The caching allocator returns 512-byte aligned blocks and orders reuse on this stream, so the
+  // workspace may be released when this function returns.
+  const at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, hidden.options().dtype(at::kByte));
+  C10_CUDA_CHECK(launch_fused_head_sample(p, workspace.data_ptr(), ws_bytes, c10::cuda::getCurrentCUDAStream().stream()));
+
+  if (check_values) {
+    const at::Tensor empty_rows = (tokens < 0).nonzero();
+    if (empty_rows.size(0) > 0) {
+      TORCH_CHECK(false, "mdlm_fast: fused_head_sample: every vocabulary id of row ", empty_rows[0][0].item<int64_t>(),
+                  " is banned or -inf; nothing can be drawn");
+    }
+  }
+  return {tokens, logprob};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdlm_fast, CUDA, m) { m.impl("fused_head_sample", &fused_head_sample_cuda); }
+
+}  // namespace mdlm_fast

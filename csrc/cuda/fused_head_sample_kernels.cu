@@ -1,0 +1,842 @@
+// Torch-free CUDA kernels of fused_head_sample (see fused_head_sample_kernels.cuh for the contract).
+//
+// Three kernels per pass of at most kMaxRowsPerPass rows:
+//
+//  1. pack_hidden: hidden (any strides) -> workspace [rows_pad, d_pad] in its own dtype, zero
+//     padded to a multiple of 8 rows (one mma n-tile) and of 64 columns (one k-block), so the
+//     projection reads aligned 16-byte vectors without bounds checks.
+//
+//  2. chunk (the memory-bound part): one block of 16 warps per (canonical chunk, row group of
+//     R = 8, 16 or 32 rows). The block computes the chunk's 1024 logits for its R rows into shared
+//     memory (W read once per row group; for N <= 32 that is once in total), then one warp per
+//     row derives the row's chunk summary: max, first argmax, mass (the CPU's eight-lane double
+//     sum of expf(z - max)) and, when sampling, the candidate id drawn with v_c = uniform 1 + c.
+//     bf16/fp16: tensor cores (mma.sync.m16n8k16, fp32 accumulate). Vocabulary ids are the M
+//       dimension (each warp tile: 2 m-tiles of 16 = 32 ids; 16 warps x 2 tiles = 1024 ids),
+//       rows the N dimension (n-tiles of 8). A and B fragments come straight from global memory:
+//       each lane reads 32 contiguous bytes of a W row per 64-wide k-block (every 128-byte line
+//       is consumed by one warp), the packed hidden rows are shared by all warps via L1/L2. The k
+//       index inside a 64-wide k-block is permuted -- identically for A and B, so every dot
+//       product keeps exactly its d products -- so that fragments are 16-byte loads.
+//     float32: SIMT, lane = vocabulary id, fmaf over k in increasing order, one accumulator per row.
+//     Row groups of one chunk are adjacent in block order, so they share the W chunk through L2.
+//
+//  3. select (one warp per row): merges the row's chunk summaries (row max, first argmax), chunk
+//     weights mass_c * exp(max_c - max), their sequential total, the chunk by the sequential
+//     inverse CDF with uniform 0, and writes the chunk's candidate (or the argmax at temperature 0)
+//     and its log-probability.
+//
+// The candidate search (in kernel 2) must return exactly inverse_cdf(len, v * mass, e) of
+// categorical.h: the first id whose *sequential* float64 running sum of e exceeds the target.
+// A warp computes all running sums P_j with a parallel scan instead, whose rounding differs from
+// the sequential R_j by at most ~1.2e-13 * R_j (both are sums of <= 1024 non-negative terms; see
+// kScanSlack). The warp takes the first j that is not surely below the target; if it is surely
+// above, it is the sequential answer; if no j is, the sequential scan never exceeds the target
+// and returns the last positive id; otherwise (the target within ~4e-13 relative of a running sum,
+// probability ~1e-12) lane 0 runs the sequential inverse_cdf itself.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+#include <algorithm>
+#include <climits>
+#include <type_traits>
+
+#include "fused_head_sample_kernels.cuh"
+#include "mdlm_fast/categorical.h"
+#include "mdlm_fast/philox.h"
+
+namespace mdlm_fast {
+namespace head {
+
+constexpr int kTile = 32;                                      // ids per warp tile
+constexpr int kChunk = static_cast<int>(kVocabChunk);          // 1024
+constexpr int kChunkWarps = 16;                                // warps per chunk block
+constexpr int kChunkThreads = kChunkWarps * 32;
+constexpr int kTilesPerChunk = kChunk / kTile;                 // 32 = 2 per warp
+constexpr int kKBlock = 64;                                    // d is padded to a multiple of this
+constexpr int kSelectWarps = 4;                                // rows per select block
+constexpr int64_t kMaxRowsPerPass = 2048;
+constexpr int kMaxGroupRows = 32;
+// Shared-memory layout of one row's chunk logits: one pad float after every 32 ids, so that a
+// lane walking its own 32 consecutive ids (the epilogue) and the mma epilogue's stores are both
+// bank-conflict free; the row stride (1060 = 4 mod 32) spreads the 4 rows a store touches.
+constexpr int kZRowStride = kChunk + kChunk / 32 + 4;          // 1060 floats
+// Slack of the scan check, relative to the running sum: |sequential - parallel| <= (1023 + 70) *
+// 2^-53 * sum ~= 1.22e-13 * sum for <= 1024 non-negative terms (recursive-summation bound; the
+// parallel scan chains <= 70 roundings); 4e-13 leaves a factor of 3.
+constexpr double kScanSlack = 4e-13;
+static_assert(kVocabChunk == 1024, "the chunk block holds one canonical chunk in shared memory");
+static_assert(kChunkWarps * 2 == kTilesPerChunk, "each warp owns two 32-id tiles of the chunk");
+static_assert(kMaxRowsPerPass % kMaxGroupRows == 0, "passes must keep rows in the same n-tile slots");
+static_assert(kKBlock == 64, "the mma k permutation assumes 64-wide k-blocks");
+
+__host__ __device__ __forceinline__ int zidx(int j) { return j + (j >> 5); }
+
+// ---------------------------------------------------------------------------------------------
+// Element types. bf16/fp16 travel as raw 16-bit patterns (uint16_t) and are converted only where
+// a float is needed; 0 bits are +0.0 in all three types, which the zero padding relies on.
+struct Bf16Tag {
+  using Storage = uint16_t;
+};
+struct Fp16Tag {
+  using Storage = uint16_t;
+};
+struct Fp32Tag {
+  using Storage = float;
+};
+
+__device__ __forceinline__ float to_float(Bf16Tag, uint16_t bits) {
+  return __bfloat162float(__ushort_as_bfloat16(bits));
+}
+__device__ __forceinline__ float to_float(Fp16Tag, uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+__device__ __forceinline__ float to_float(Fp32Tag, float x) { return x; }
+
+// ---------------------------------------------------------------------------------------------
+// Workspace layout, shared by the size function and the launcher.
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline size_t align256(size_t x) { return (x + 255) & ~static_cast<size_t>(255); }
+
+struct Layout {
+  int64_t rows_cap = 0;      // rows per pass at most
+  int64_t rows_pad_cap = 0;  // rows_cap rounded up to an n-tile (8)
+  int64_t d_pad = 0;         // d rounded up to a k-block (64)
+  int64_t n_chunks = 0;      // canonical chunks of kVocabChunk ids
+  // [rows_pad_cap, d_pad] packed hidden; then per (row, chunk), [rows_cap, n_chunks] each:
+  size_t hidden_off = 0;
+  size_t max_off = 0;     // float  chunk max (-inf: every id banned or -inf)
+  size_t arg_off = 0;     // int32  first argmax (-1: none)
+  size_t mass_off = 0;    // double sum expf(z - max), eight-lane order
+  size_t cand_off = 0;    // int32  candidate id (-1: none drawn)
+  size_t logit_off = 0;   // float  candidate's z
+  size_t weight_off = 0;  // double chunk weight (select kernel scratch)
+  size_t total = 0;
+};
+
+inline size_t element_size(HeadDtype dtype) { return dtype == HeadDtype::kFloat32 ? 4 : 2; }
+
+inline Layout make_layout(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) {
+  Layout l;
+  l.rows_cap = std::min<int64_t>(n, kMaxRowsPerPass);
+  l.rows_pad_cap = round_up(l.rows_cap, 8);
+  l.d_pad = round_up(d, kKBlock);
+  l.n_chunks = num_vocab_chunks(vocab);
+  const size_t per_chunk = static_cast<size_t>(l.rows_cap * l.n_chunks);
+  size_t off = 0;
+  l.hidden_off = off;
+  off += align256(static_cast<size_t>(l.rows_pad_cap * l.d_pad) * element_size(dtype));
+  l.max_off = off;
+  off += align256(per_chunk * sizeof(float));
+  l.arg_off = off;
+  off += align256(per_chunk * sizeof(int32_t));
+  l.mass_off = off;
+  off += align256(per_chunk * sizeof(double));
+  l.cand_off = off;
+  off += align256(per_chunk * sizeof(int32_t));
+  l.logit_off = off;
+  off += align256(per_chunk * sizeof(float));
+  l.weight_off = off;
+  off += align256(per_chunk * sizeof(double));
+  l.total = off;
+  return l;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small device helpers.
+
+// (max, argmax) with "lowest id among maxima"; arg -1 = nothing above -inf seen. Combining is
+// commutative and associative (for non-NaN values), so any reduction tree gives the CPU's result.
+struct MaxArg {
+  float max;
+  int arg;
+};
+
+__device__ __forceinline__ MaxArg better(MaxArg a, MaxArg b) {
+  if (b.arg < 0) return a;
+  if (a.arg < 0) return b;
+  if (b.max > a.max || (b.max == a.max && b.arg < a.arg)) return b;
+  return a;
+}
+
+__device__ __forceinline__ MaxArg shfl_xor(MaxArg v, int offset) {
+  MaxArg o;
+  o.max = __shfl_xor_sync(0xffffffffu, v.max, offset);
+  o.arg = __shfl_xor_sync(0xffffffffu, v.arg, offset);
+  return o;
+}
+
+// Bit j set iff id base + j is banned (j < 32). Warp-collective: every lane must call it. The
+// banned list is scanned once per 32-id tile, never per logit.
+__device__ __forceinline__ uint32_t banned_mask_warp(const int64_t* __restrict__ banned, int64_t n_banned,
+                                                     int64_t base) {
+  const int lane = threadIdx.x & 31;
+  uint32_t mask = 0;
+  for (int64_t i = lane; i < n_banned; i += 32) {
+    const int64_t off = banned[i] - base;
+    if (off >= 0 && off < 32) mask |= 1u << off;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) mask |= __shfl_xor_sync(0xffffffffu, mask, offset);
+  return mask;
+}
+
+// (std::min is a constexpr host function: not callable from device code without
+// --expt-relaxed-constexpr, which the CMake compile check does not pass.)
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ __forceinline__ bool divides_by_temperature(float temperature) {
+  return temperature > 0.f && temperature != 1.f;
+}
+
+// The CPU's chunk_logits epilogue for one logit: (+ bias) then (/ temperature), banned -> -inf.
+// Explicit round-to-nearest intrinsics so that no compiler flag can contract or approximate them.
+template <typename Tag>
+__device__ __forceinline__ float finish_logit(float acc, int64_t id, const typename Tag::Storage* __restrict__ bias,
+                                              float temperature, bool banned) {
+  float z = acc;
+  if (bias != nullptr) z = __fadd_rn(z, to_float(Tag{}, bias[id]));
+  if (divides_by_temperature(temperature)) z = __fdiv_rn(z, temperature);
+  return banned ? -INFINITY : z;
+}
+
+// The CPU's shifted_exp shift: the max, or 0 when it is not finite (all -inf).
+__device__ __forceinline__ float exp_shift(float max) { return isfinite(max) ? max : 0.f; }
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core tile (bf16/fp16): one warp, 32 vocabulary ids [base, base + 32) x NT n-tiles of 8
+// packed hidden rows starting at row0. acc[m][nt][r] follows the mma C layout: vocab id
+// base + 16 m + g + 8 (r >> 1), hidden row row0 + 8 nt + 2 t + (r & 1), g = lane / 4, t = lane % 4.
+//
+// k permutation (per 64-wide k-block kb and mma step s = 0..3): logical k 2t, 2t+1 of the mma
+// <-> physical kb + 16t + 4s + {0, 1}; logical 2t+8, 2t+9 <-> kb + 16t + 4s + {2, 3}. It is a
+// bijection of the 64 k's, identical for A (W) and B (hidden), so the products summed per
+// output element are exactly the d products of the dot product. Each lane thus needs the 16
+// contiguous elements [kb + 16t, kb + 16t + 16) of each of its rows: two 16-byte loads.
+//
+// Every output element is produced by the same sequence of mma instructions with the same
+// register inputs whether it is called from the projection or from the sample kernel (which
+// passes the same row0 = row & ~7 n-tile and the same 32-aligned base), hence bitwise equal.
+
+template <bool kVec>
+__device__ __forceinline__ uint4 load8(const uint16_t* __restrict__ row, int64_t k, int64_t d) {
+  if (row == nullptr || k >= d) return make_uint4(0u, 0u, 0u, 0u);
+  // row + k is 16-byte aligned when kVec: base aligned, row stride a multiple of 8 elements, k % 8 == 0.
+  if (kVec && k + 8 <= d) return __ldg(reinterpret_cast<const uint4*>(row + k));
+  uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    if (k + e < d) w[e >> 1] |= static_cast<uint32_t>(row[k + e]) << (16 * (e & 1));  // low half = lower k
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// 32-bit word w (0..7) of 16 contiguous 16-bit elements held as two uint4: elements 2w, 2w+1.
+__device__ __forceinline__ uint32_t word16(const uint4 (&v)[2], int w) {
+  const uint4& h = v[w >> 2];
+  switch (w & 3) {
+    case 0:
+      return h.x;
+    case 1:
+      return h.y;
+    case 2:
+      return h.z;
+    default:
+      return h.w;
+  }
+}
+
+template <typename Tag>
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if (std::is_same<Tag, Bf16Tag>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+#else
+  // Built for an arch without bf16/fp16 mma.sync; the launcher refuses such devices first.
+  __trap();
+#endif
+}
+
+template <typename Tag, int NT, bool kVecW>
+__device__ __forceinline__ void mma_warp_tile(const uint16_t* __restrict__ W, int64_t ldw, int64_t vocab, int64_t d,
+                                              int64_t d_pad, int64_t base, const uint16_t* __restrict__ H,
+                                              int64_t ldh, int64_t row0, int nt_count, float (&acc)[2][NT][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // W rows of this lane: [m][h] -> id base + 16 m + 8 h + g; ids past the vocabulary read as 0.
+  const uint16_t* wrow[2][2];
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t id = base + 16 * m + 8 * h + g;
+      wrow[m][h] = id < vocab ? W + id * ldw : nullptr;
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[m][nt][r] = 0.f;
+    }
+  }
+  for (int64_t kb = 0; kb < d_pad; kb += kKBlock) {
+    const int64_t k0 = kb + 16 * t;
+    uint4 a[2][2][2];  // [m][h][half]: elements k0 + 8 half .. + 7 of row (m, h); 0 past d
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        a[m][h][0] = load8<kVecW>(wrow[m][h], k0, d);
+        a[m][h][1] = load8<kVecW>(wrow[m][h], k0 + 8, d);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (nt < nt_count) {  // warp-uniform
+        // Packed hidden: aligned (ldh % 64 == 0, base 256-aligned), zero past d and past the rows.
+        const uint16_t* hrow = H + (row0 + 8 * nt + g) * ldh + k0;
+        uint4 b[2];
+        b[0] = __ldg(reinterpret_cast<const uint4*>(hrow));
+        b[1] = __ldg(reinterpret_cast<const uint4*>(hrow + 8));
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+            mma_16816<Tag>(acc[m][nt], word16(a[m][0], 2 * s), word16(a[m][1], 2 * s), word16(a[m][0], 2 * s + 1),
+                           word16(a[m][1], 2 * s + 1), word16(b, 2 * s), word16(b, 2 * s + 1));
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMT tile (float32): acc[r] = sum_k H[r][k] * w[k], fmaf in increasing k, for nr_count rows
+// starting at H (row stride ldh). The per-element operation sequence does not depend on NR or
+// nr_count, so the sample kernel (NR = 1) reproduces the projection's logits bit for bit.
+
+template <bool kVec>
+__device__ __forceinline__ float4 load4(const float* __restrict__ row, int64_t k, int64_t d) {
+  if (row == nullptr || k >= d) return make_float4(0.f, 0.f, 0.f, 0.f);
+  if (kVec && k + 4 <= d) return __ldg(reinterpret_cast<const float4*>(row + k));
+  float v[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    if (k + e < d) v[e] = row[k + e];
+  }
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+template <int NR, bool kVecW>
+__device__ __forceinline__ void simt_accumulate(const float* __restrict__ wrow, int64_t d,
+                                                const float* __restrict__ H, int64_t ldh, int nr_count,
+                                                float (&acc)[NR]) {
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = 0.f;
+  // Past d both w (load4) and the packed hidden are 0, and fmaf(0, 0, acc) == acc.
+  for (int64_t k = 0; k < d; k += 4) {
+    const float4 w = load4<kVecW>(wrow, k, d);
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      if (r < nr_count) {
+        const float4 h = __ldg(reinterpret_cast<const float4*>(H + r * ldh + k));
+        acc[r] = fmaf(h.x, w.x, acc[r]);
+        acc[r] = fmaf(h.y, w.y, acc[r]);
+        acc[r] = fmaf(h.z, w.z, acc[r]);
+        acc[r] = fmaf(h.w, w.w, acc[r]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel 1: pack hidden.
+
+template <typename S>
+__global__ void __launch_bounds__(256)
+    pack_hidden_kernel(const S* __restrict__ src, int64_t stride_row, int64_t stride_col, int64_t rows, int64_t d,
+                       S* __restrict__ dst, int64_t rows_pad, int64_t d_pad) {
+  const int64_t total = rows_pad * d_pad;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = idx / d_pad, k = idx - j * d_pad;
+    dst[idx] = (j < rows && k < d) ? src[j * stride_row + k * stride_col] : S(0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel 2: chunk summaries and candidates.
+
+struct ChunkRecords {
+  float* max;
+  int32_t* arg;
+  double* mass;
+  int32_t* cand;
+  float* cand_logit;
+};
+
+template <typename Tag>
+struct ChunkArgs {
+  using S = typename Tag::Storage;
+  const S* W;
+  int64_t ldw, vocab, d, d_pad;
+  const S* bias;
+  const S* H;  // packed [rows_pad, d_pad]
+  int64_t ldh;
+  int64_t rows, rows_pad;  // this pass
+  int64_t n_chunks, row_groups;
+  float temperature;
+  const int64_t* banned;
+  int64_t n_banned;
+  const int64_t* keys;  // this pass's rows
+  uint64_t seed;
+  uint32_t purpose;
+  ChunkRecords rec;  // [rows, n_chunks] each
+};
+
+// The CPU's sum_as_double (csrc/cpu/fused_head_sample_cpu.cpp): eight lanes over full groups
+// of 8, the tail into lane 0, then ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). Keep the two
+// in step. Warp-collective; lanes 0..7 do the work, every lane gets the sum.
+__device__ __forceinline__ double cpu_order_mass(const float* __restrict__ zr, int len, float shift) {
+  const int lane = threadIdx.x & 31;
+  double part = 0.0;
+  if (lane < 8) {
+    const int full = len / 8 * 8;
+    for (int j = lane; j < full; j += 8) part += static_cast<double>(expf(zr[zidx(j)] - shift));
+    if (lane == 0) {
+      for (int j = full; j < len; ++j) part += static_cast<double>(expf(zr[zidx(j)] - shift));
+    }
+  }
+  double l[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) l[k] = __shfl_sync(0xffffffffu, part, k);
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+// One row's summary of one chunk, from its logits zr (zidx layout, len ids). Warp-collective.
+// Lane L owns ids [32 L, 32 L + 32) of the chunk, walked in increasing order.
+__device__ void chunk_row_epilogue(const float* __restrict__ zr, int len, int64_t begin, int64_t chunk,
+                                   int64_t row, bool draw, const NoiseKey& key, const ChunkRecords& rec,
+                                   int64_t n_chunks) {
+  const int lane = threadIdx.x & 31;
+  const int j0 = lane * kTile, j1 = min(len, j0 + kTile);  // j1 <= j0 for lanes past the end
+  const int64_t out = row * n_chunks + chunk;
+
+  // Max and first argmax (lowest id among maxima), as at::max.
+  MaxArg best{-INFINITY, -1};
+  for (int j = j0; j < j1; ++j) {
+    const float z = zr[zidx(j)];
+    if (z > best.max) best = MaxArg{z, j};  // chunk-local id for now
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) best = better(best, shfl_xor(best, offset));
+  if (best.arg < 0) {  // every id of the chunk banned or -inf: an empty summary, no candidate
+    if (lane == 0) {
+      rec.max[out] = -INFINITY;
+      rec.arg[out] = -1;
+      rec.mass[out] = 0.0;
+      rec.cand[out] = -1;
+      rec.cand_logit[out] = -INFINITY;
+    }
+    return;
+  }
+  const float shift = exp_shift(best.max);
+  const double mass = cpu_order_mass(zr, len, shift);
+
+  int cand = -1;
+  if (draw) {  // block-uniform
+    const double target = uniform53_at(key, static_cast<uint32_t>(1 + chunk)) * mass;
+    // Pass A: this lane's segment total; inclusive then exclusive warp scan of the totals.
+    double seg = 0.0;
+    for (int j = j0; j < j1; ++j) seg += static_cast<double>(expf(zr[zidx(j)] - shift));
+    double incl = seg;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const double y = __shfl_up_sync(0xffffffffu, incl, offset);
+      if (lane >= offset) incl = y + incl;
+    }
+    double running = __shfl_up_sync(0xffffffffu, incl, 1);
+    if (lane == 0) running = 0.0;
+    // Pass B: running sums P_j; the first j not surely below the target, and whether it is surely
+    // above; the last positive id.
+    int first = INT_MAX, last_positive = -1;
+    bool surely_above = false;
+    for (int j = j0; j < j1; ++j) {
+      const double w = static_cast<double>(expf(zr[zidx(j)] - shift));
+      if (w > 0.0) last_positive = j;
+      running += w;
+      if (first == INT_MAX) {
+        const double slack = kScanSlack * running;
+        if (!(running < target - slack)) {
+          first = j;
+          surely_above = running > target + slack;
+        }
+      }
+    }
+    int first_all = first;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      first_all = min(first_all, __shfl_xor_sync(0xffffffffu, first_all, offset));
+      last_positive = max(last_positive, __shfl_xor_sync(0xffffffffu, last_positive, offset));
+    }
+    if (first_all == INT_MAX) {
+      // Every running sum is surely <= target: the sequential scan falls through to its clamp.
+      cand = last_positive >= 0 ? last_positive : 0;
+    } else {
+      const unsigned owner = __ffs(__ballot_sync(0xffffffffu, first == first_all)) - 1;
+      if (__shfl_sync(0xffffffffu, surely_above, owner)) {
+        cand = first_all;
+      } else {  // undecidable from the parallel sums: the sequential scan itself (rare)
+        int seq = 0;
+        if (lane == 0) {
+          seq = static_cast<int>(
+              inverse_cdf(len, target, [&](int64_t j) { return static_cast<double>(expf(zr[zidx(static_cast<int>(j))] - shift)); }));
+        }
+        cand = __shfl_sync(0xffffffffu, seq, 0);
+      }
+    }
+  }
+  if (lane == 0) {
+    rec.max[out] = best.max;
+    rec.arg[out] = static_cast<int32_t>(begin + best.arg);
+    rec.mass[out] = mass;
+    rec.cand[out] = cand >= 0 ? static_cast<int32_t>(begin + cand) : -1;
+    rec.cand_logit[out] = cand >= 0 ? zr[zidx(cand)] : -INFINITY;
+  }
+}
+
+// The chunk's rows after the logits are in shared memory: one warp per row.
+template <int R>
+__device__ __forceinline__ void chunk_block_epilogue(const float* s_z, int len, int64_t begin, int64_t chunk,
+                                                     int64_t row0, int64_t rows, float temperature,
+                                                     const int64_t* __restrict__ keys, uint64_t seed,
+                                                     uint32_t purpose, const ChunkRecords& rec, int64_t n_chunks) {
+  const int warp = threadIdx.x >> 5;
+  const int rows_here = static_cast<int>(min64(R, rows - row0));
+  const bool draw = temperature > 0.f;
+  for (int rl = warp; rl < rows_here; rl += kChunkWarps) {  // warp-uniform
+    const int64_t row = row0 + rl;
+    const int64_t* k = keys + 3 * row;
+    const NoiseKey key = make_noise_key(seed, purpose, k[0], k[1], k[2]);
+    chunk_row_epilogue(s_z + rl * kZRowStride, len, begin, chunk, row, draw, key, rec, n_chunks);
+  }
+}
+
+template <typename Tag, int NT, bool kVecW>
+__global__ void __launch_bounds__(kChunkThreads) chunk_mma_kernel(const ChunkArgs<Tag> a) {
+  extern __shared__ float s_z[];  // [8 NT][kZRowStride]
+  // Row group fastest: the row groups of one chunk run side by side and share W through L2.
+  const int64_t bid = blockIdx.x;
+  const int64_t rg = bid % a.row_groups, chunk = bid / a.row_groups;
+  const int64_t begin = chunk * kChunk;
+  const int len = static_cast<int>(min64(kChunk, a.vocab - begin));
+  const int64_t row0 = rg * (8 * NT);
+  const int nt_count = static_cast<int>(min64(NT, (a.rows_pad - row0) / 8));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int n_tiles = (len + kTile - 1) / kTile;
+  for (int tile = warp; tile < n_tiles; tile += kChunkWarps) {  // warp-uniform
+    const int64_t base = begin + static_cast<int64_t>(tile) * kTile;
+    float acc[2][NT][4];
+    mma_warp_tile<Tag, NT, kVecW>(a.W, a.ldw, a.vocab, a.d, a.d_pad, base, a.H, a.ldh, row0, nt_count, acc);
+    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (nt >= nt_count) continue;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float* zrow = s_z + (8 * nt + 2 * t + i) * kZRowStride;  // padding rows are stored too, never read
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int local = 16 * m + 8 * h + g;
+            const int64_t id = base + local;
+            if (id < a.vocab) {
+              zrow[zidx(tile * kTile + local)] =
+                  finish_logit<Tag>(acc[m][nt][2 * h + i], id, a.bias, a.temperature, (bmask >> local) & 1u);
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  chunk_block_epilogue<8 * NT>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.purpose, a.rec,
+                               a.n_chunks);
+}
+
+template <int NR, bool kVecW>
+__global__ void __launch_bounds__(kChunkThreads) chunk_simt_kernel(const ChunkArgs<Fp32Tag> a) {
+  extern __shared__ float s_z[];  // [NR][kZRowStride]
+  const int64_t bid = blockIdx.x;
+  const int64_t rg = bid % a.row_groups, chunk = bid / a.row_groups;
+  const int64_t begin = chunk * kChunk;
+  const int len = static_cast<int>(min64(kChunk, a.vocab - begin));
+  const int64_t row0 = rg * NR;
+  const int nr_count = static_cast<int>(min64(NR, a.rows_pad - row0));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n_tiles = (len + kTile - 1) / kTile;
+  for (int tile = warp; tile < n_tiles; tile += kChunkWarps) {  // warp-uniform
+    const int64_t base = begin + static_cast<int64_t>(tile) * kTile;
+    const int64_t id = base + lane;
+    const bool valid = id < a.vocab;
+    float acc[NR];
+    simt_accumulate<NR, kVecW>(valid ? a.W + id * a.ldw : nullptr, a.d, a.H + row0 * a.ldh, a.ldh, nr_count, acc);
+    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+    if (valid) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        if (r < nr_count) {
+          s_z[r * kZRowStride + zidx(tile * kTile + lane)] =
+              finish_logit<Fp32Tag>(acc[r], id, a.bias, a.temperature, (bmask >> lane) & 1u);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  chunk_block_epilogue<NR>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.purpose, a.rec,
+                           a.n_chunks);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel 3: select, one warp per row.
+
+struct SelectArgs {
+  int64_t rows, n_chunks;
+  float temperature;
+  const int64_t* keys;  // this pass's rows
+  uint64_t seed;
+  uint32_t purpose;
+  const float* max;
+  const int32_t* arg;
+  const double* mass;
+  const int32_t* cand;
+  const float* cand_logit;
+  double* weight;   // [rows, n_chunks] scratch
+  int64_t* tokens;  // this pass's rows
+  float* logprob;   // this pass's rows, or nullptr
+};
+
+__global__ void __launch_bounds__(kSelectWarps * 32) select_kernel(const SelectArgs a) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kSelectWarps + (threadIdx.x >> 5);
+  if (row >= a.rows) return;  // whole warp
+  const int lane = threadIdx.x & 31;
+  const int64_t base = row * a.n_chunks;
+
+  // The row's max and first argmax: merge_row_summary over the chunks.
+  MaxArg best{-INFINITY, -1};
+  for (int64_t c = lane; c < a.n_chunks; c += 32) best = better(best, MaxArg{a.max[base + c], a.arg[base + c]});
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) best = better(best, shfl_xor(best, offset));
+  if (best.arg < 0) {  // every id banned or -inf: nothing can be drawn
+    if (lane == 0) {
+      a.tokens[row] = -1;
+      if (a.logprob != nullptr) a.logprob[row] = NAN;
+    }
+    return;
+  }
+  const double row_max = static_cast<double>(best.max);
+
+  // Chunk weights in parallel; total and choice sequential in chunk order, as on the CPU.
+  double* weight = a.weight + base;
+  for (int64_t c = lane; c < a.n_chunks; c += 32) {
+    weight[c] = a.arg[base + c] < 0 ? 0.0 : a.mass[base + c] * exp(static_cast<double>(a.max[base + c]) - row_max);
+  }
+  __syncwarp();  // orders the lanes' global writes before lane 0 reads them
+  if (lane == 0) {
+    double total = 0.0;
+    for (int64_t c = 0; c < a.n_chunks; ++c) total += weight[c];
+    int64_t token = best.arg;
+    double token_logit = row_max;
+    if (a.temperature > 0.f) {
+      const int64_t* k = a.keys + 3 * row;
+      const double u = uniform53_at(make_noise_key(a.seed, a.purpose, k[0], k[1], k[2]), 0);
+      const int64_t c = inverse_cdf(a.n_chunks, u * total, [&](int64_t i) { return weight[i]; });
+      token = a.cand[base + c];
+      token_logit = static_cast<double>(a.cand_logit[base + c]);
+    }
+    a.tokens[row] = token;
+    if (a.logprob != nullptr) a.logprob[row] = static_cast<float>(token_logit - row_max - log(total));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+inline int64_t grid_for(int64_t total, int threads, int64_t cap) {
+  return std::max<int64_t>(1, std::min<int64_t>((total + threads - 1) / threads, cap));
+}
+
+inline size_t chunk_smem_bytes(int group_rows) {
+  return static_cast<size_t>(group_rows) * kZRowStride * sizeof(float);
+}
+
+template <typename Kernel, typename Args>
+cudaError_t launch_chunk_kernel(Kernel kernel, const Args& args, int group_rows, int64_t grid, cudaStream_t stream) {
+  const size_t smem = chunk_smem_bytes(group_rows);
+  // Over 48 KiB of dynamic shared memory must be opted into, per kernel (and device).
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, kChunkThreads, smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename Tag, bool kVecW>
+cudaError_t launch_chunk(const ChunkArgs<Tag>& ca, int group_rows, int64_t grid, cudaStream_t stream) {
+  if constexpr (std::is_same<Tag, Fp32Tag>::value) {
+    switch (group_rows) {
+      case 8:
+        return launch_chunk_kernel(chunk_simt_kernel<8, kVecW>, ca, group_rows, grid, stream);
+      case 16:
+        return launch_chunk_kernel(chunk_simt_kernel<16, kVecW>, ca, group_rows, grid, stream);
+      default:
+        return launch_chunk_kernel(chunk_simt_kernel<32, kVecW>, ca, group_rows, grid, stream);
+    }
+  } else {
+    switch (group_rows) {
+      case 8:
+        return launch_chunk_kernel(chunk_mma_kernel<Tag, 1, kVecW>, ca, group_rows, grid, stream);
+      case 16:
+        return launch_chunk_kernel(chunk_mma_kernel<Tag, 2, kVecW>, ca, group_rows, grid, stream);
+      default:
+        return launch_chunk_kernel(chunk_mma_kernel<Tag, 4, kVecW>, ca, group_rows, grid, stream);
+    }
+  }
+}
+
+template <typename Tag>
+cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cudaStream_t stream) {
+  using S = typename Tag::Storage;
+  constexpr bool kMma = !std::is_same<Tag, Fp32Tag>::value;
+  int device = 0, major = 0, smem_optin = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  if (kMma && major < 8) return cudaErrorInvalidDeviceFunction;  // mma.sync m16n8k16 bf16/fp16: sm_80+
+  // Rows per block: as many as fit (32 needs ~133 KiB: A100/H100; 16 fits consumer GPUs' 99 KiB).
+  int max_group_rows = kMaxGroupRows;
+  while (max_group_rows > 8 && chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) max_group_rows /= 2;
+  if (chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) return cudaErrorInvalidConfiguration;
+
+  const S* W = static_cast<const S*>(p.weight);
+  const S* bias = static_cast<const S*>(p.bias);
+  const S* hidden = static_cast<const S*>(p.hidden);
+  S* H = reinterpret_cast<S*>(ws + l.hidden_off);
+  ChunkRecords rec;
+  rec.max = reinterpret_cast<float*>(ws + l.max_off);
+  rec.arg = reinterpret_cast<int32_t*>(ws + l.arg_off);
+  rec.mass = reinterpret_cast<double*>(ws + l.mass_off);
+  rec.cand = reinterpret_cast<int32_t*>(ws + l.cand_off);
+  rec.cand_logit = reinterpret_cast<float*>(ws + l.logit_off);
+  double* weight_scratch = reinterpret_cast<double*>(ws + l.weight_off);
+  // 16-byte W loads need every row start 16-byte aligned; otherwise element loads (same values).
+  const bool vec_w = reinterpret_cast<uintptr_t>(W) % 16 == 0 &&
+                     (p.weight_stride_row * static_cast<int64_t>(sizeof(S))) % 16 == 0;
+
+  for (int64_t r0 = 0; r0 < p.n; r0 += kMaxRowsPerPass) {
+    const int64_t rows = std::min<int64_t>(kMaxRowsPerPass, p.n - r0);
+    const int64_t rows_pad = round_up(rows, 8);
+
+    const int64_t pack_total = rows_pad * l.d_pad;
+    if (pack_total > 0) {  // d == 0: nothing to pack (and a zero-block grid is an error)
+      pack_hidden_kernel<S><<<grid_for(pack_total, 256, 4096), 256, 0, stream>>>(
+          hidden + r0 * p.hidden_stride_row, p.hidden_stride_row, p.hidden_stride_col, rows, p.d, H, rows_pad,
+          l.d_pad);
+    }
+
+    ChunkArgs<Tag> ca;
+    ca.W = W;
+    ca.ldw = p.weight_stride_row;
+    ca.vocab = p.vocab;
+    ca.d = p.d;
+    ca.d_pad = l.d_pad;
+    ca.bias = bias;
+    ca.H = H;
+    ca.ldh = l.d_pad;
+    ca.rows = rows;
+    ca.rows_pad = rows_pad;
+    ca.n_chunks = l.n_chunks;
+    // The smallest group holding all rows, capped by what shared memory allows.
+    const int group = std::min(rows_pad <= 8 ? 8 : rows_pad <= 16 ? 16 : kMaxGroupRows, max_group_rows);
+    ca.row_groups = (rows_pad + group - 1) / group;
+    ca.temperature = p.temperature;
+    ca.banned = p.banned;
+    ca.n_banned = p.n_banned;
+    ca.keys = p.keys + 3 * r0;
+    ca.seed = p.seed;
+    ca.purpose = p.purpose;
+    ca.rec = rec;
+    const int64_t grid = l.n_chunks * ca.row_groups;
+    err = vec_w ? launch_chunk<Tag, true>(ca, group, grid, stream) : launch_chunk<Tag, false>(ca, group, grid, stream);
+    if (err != cudaSuccess) return err;
+
+    SelectArgs sa;
+    sa.rows = rows;
+    sa.n_chunks = l.n_chunks;
+    sa.temperature = p.temperature;
+    sa.keys = p.keys + 3 * r0;
+    sa.seed = p.seed;
+    sa.purpose = p.purpose;
+    sa.max = rec.max;
+    sa.arg = rec.arg;
+    sa.mass = rec.mass;
+    sa.cand = rec.cand;
+    sa.cand_logit = rec.cand_logit;
+    sa.weight = weight_scratch;
+    sa.tokens = p.tokens + r0;
+    sa.logprob = p.logprob != nullptr ? p.logprob + r0 : nullptr;
+    select_kernel<<<(rows + kSelectWarps - 1) / kSelectWarps, kSelectWarps * 32, 0, stream>>>(sa);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace head
+
+size_t fused_head_sample_workspace_bytes(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) {
+  if (n <= 0 || d < 0 || vocab <= 0) return 0;
+  return head::make_layout(dtype, n, d, vocab).total;
+}
+
+cudaError_t launch_fused_head_sample(const FusedHeadParams& p, void* workspace, size_t workspace_bytes,
+                                     cudaStream_t stream) {
+  if (p.n < 0 || p.d < 0 || p.vocab <= 0 || p.vocab > INT32_MAX || p.n_banned < 0) return cudaErrorInvalidValue;
+  if (p.n == 0) return cudaSuccess;  // nothing to do; launching a zero-block grid would be an error
+  // Any non-negative strides are memory-safe (each element is read at its own address).
+  if (p.weight == nullptr || p.keys == nullptr || p.tokens == nullptr || (p.d > 0 && p.hidden == nullptr) ||
+      (p.n_banned > 0 && p.banned == nullptr) || p.weight_stride_row < 0 || p.hidden_stride_row < 0 ||
+      p.hidden_stride_col < 0) {
+    return cudaErrorInvalidValue;
+  }
+  const head::Layout l = head::make_layout(p.dtype, p.n, p.d, p.vocab);
+  if (workspace == nullptr || workspace_bytes < l.total || reinterpret_cast<uintptr_t>(workspace) % 256 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  char* ws = static_cast<char*>(workspace);
+  switch (p.dtype) {
+    case HeadDtype::kFloat32:
+      return head::launch_typed<head::Fp32Tag>(p, l, ws, stream);
+    case HeadDtype::kBFloat16:
+      return head::launch_typed<head::Bf16Tag>(p, l, ws, stream);
+    case HeadDtype::kFloat16:
+      return head::launch_typed<head::Fp16Tag>(p, l, ws, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mdlm_fast

@@ -1,0 +1,81 @@
+// Torch-free CUDA launcher of fused_head_sample: the vocabulary projection fused with the
+// two-level categorical draw of mdlm_fast/categorical.h. W is read once per group of up to 32
+// rows; [N, V] logits are never written (one block holds one canonical chunk's logits for its
+// rows in shared memory); per (row, chunk) only a small summary goes to the workspace.
+//
+// Semantics are those of csrc/cpu/fused_head_sample_cpu.cpp and mdlm_fast/reference.py:
+//   z = float32(hidden @ weight^T) (+ float32(bias)), z /= temperature when temperature is not 0
+//   or 1, banned ids at -inf; canonical chunks of kVocabChunk = 1024 ids. Per chunk c: max_c,
+//   first argmax, mass_c = sum of expf(z - max_c) in double, and (temperature > 0) a candidate:
+//   the first id whose sequential float64 running sum of expf(z - max_c) exceeds v_c * mass_c,
+//   v_c = uniform number 1 + c of the row's Philox stream. Then uniform 0 picks a chunk by the
+//   sequential inverse CDF over mass_c * exp(max_c - max), and its candidate is the token.
+//   Temperature 0 = argmax (lowest id on ties). logprob = float32(z_tok - max - log(total))
+//   (temperature-1 logits at 0).
+//
+// Where the GPU can round differently from the CPU (tokens then still agree except with a
+// probability of order 1e-7 per draw; logits exact in fp32 give identical ids unless expf differs):
+//   * dot products: fp32 accumulation in tensor-core (bf16/fp16) or sequential-k fmaf (fp32)
+//     order, not BLAS order. A row's logits never depend on the other rows of the call.
+//   * CUDA's expf (<= 2 ulp; precise, not --use_fast_math) vs the CPU's vectorized exp, and
+//     CUDA's double exp/log (<= 1 ulp) vs glibc's.
+//   Everything else is the CPU's arithmetic in the CPU's order: mass_c is summed in the CPU's
+//   eight-lane order, the candidate is exactly the CPU's sequential inverse_cdf result (found by
+//   a parallel scan whose error bound is checked, with the sequential scan as fallback when the
+//   bound cannot decide), and chunk weights, total and the chunk choice are sequential.
+//
+// Requirements: sm_80 or newer for bfloat16/float16 (mma.sync.m16n8k16); any arch for float32.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+namespace mdlm_fast {
+
+enum class HeadDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+struct FusedHeadParams {
+  HeadDtype dtype = HeadDtype::kFloat32;  // of hidden, weight and bias alike
+
+  // hidden [n, d]: any strides (in elements, may be non-contiguous); copied into the workspace.
+  const void* hidden = nullptr;
+  int64_t n = 0, d = 0;
+  int64_t hidden_stride_row = 0, hidden_stride_col = 1;
+
+  // weight [vocab, d]: column stride 1, any row stride >= d (in elements). 16-byte loads are used
+  // when the base is 16-byte aligned and the row stride is a multiple of 16 bytes, element loads
+  // otherwise (same results).
+  const void* weight = nullptr;
+  int64_t vocab = 0;  // 1 <= vocab <= INT32_MAX
+  int64_t weight_stride_row = 0;
+
+  const void* bias = nullptr;  // [vocab] contiguous, or nullptr
+
+  const int64_t* keys = nullptr;  // [n, 3] contiguous (step, row, position)
+  uint64_t seed = 0;
+  uint32_t purpose = 0;
+  float temperature = 1.f;  // 0 = argmax
+
+  // Banned ids (any order, duplicates allowed). Ids outside [0, vocab) match nothing (callers
+  // validate). n_banned may be 0 (banned may then be nullptr).
+  const int64_t* banned = nullptr;
+  int64_t n_banned = 0;
+
+  int64_t* tokens = nullptr;  // [n] out. -1 where every id of the row is banned or -inf.
+  float* logprob = nullptr;   // [n] out (NaN for such rows), or nullptr to skip
+};
+
+// Bytes of device workspace launch_fused_head_sample needs (a multiple of 256; the workspace
+// must be 256-byte aligned, as cudaMalloc and the PyTorch allocator give). Rows are processed
+// in passes of at most 2048, so the size is bounded in n: about 2048 * (d * elem + 32 * V / 1024)
+// bytes at most.
+size_t fused_head_sample_workspace_bytes(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab);
+
+// Enqueues the kernels on `stream` (no synchronization, no allocation, graph-capturable).
+// Returns cudaErrorInvalidValue for bad sizes or a too-small workspace, else the launch status.
+// n == 0 launches nothing.
+cudaError_t launch_fused_head_sample(const FusedHeadParams& params, void* workspace, size_t workspace_bytes,
+                                     cudaStream_t stream);
+
+}  // namespace mdlm_fast

@@ -1,0 +1,73 @@
+// The two-level inverse-CDF categorical draw, shared by the CPU and CUDA kernels.
+//
+// The vocabulary is cut into canonical chunks of kVocabChunk ids -- a constant of the algorithm,
+// never a hardware tile -- so every device draws the same id from the same uniforms:
+//   inside every chunk c, uniform v_c (stream number 1 + c) picks a candidate id by inverse CDF
+//   over exp(z - max_c), while the chunk's logits are at hand;
+//   uniform u (stream number 0) then picks chunk c with probability mass_c exp(max_c - max) / sum,
+//   and its candidate is the token.
+// Exact in distribution (no truncated tail): P(id) = P(chunk) P(id | chunk). One exp per logit,
+// and the weight matrix is read once: no chunk is revisited after the choice.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "mdlm_fast/common.h"
+
+namespace mdlm_fast {
+
+constexpr int64_t kVocabChunk = 1024;
+
+MDLM_HOST_DEVICE inline int64_t num_vocab_chunks(int64_t vocab) { return (vocab + kVocabChunk - 1) / kVocabChunk; }
+
+// Running summary of the logits seen so far in one row: online max / argmax and a log-sum-exp.
+struct RowSummary {
+  float max;      // -inf when nothing finite was seen
+  int64_t argmax;  // lowest id among maxima
+  double mass;    // sum exp(z - max)
+};
+
+MDLM_HOST_DEVICE inline RowSummary empty_row_summary() {
+  RowSummary r;
+  r.max = -INFINITY;
+  r.argmax = -1;
+  r.mass = 0.0;
+  return r;
+}
+
+// What a row keeps of one chunk: its summary and the candidate drawn inside it.
+struct ChunkSummary {
+  RowSummary stats;
+  int64_t candidate;      // id drawn inside the chunk (-1 when nothing was drawn)
+  float candidate_logit;  // its z
+};
+
+// Merges summary b (ids after a's when tied) into a.
+MDLM_HOST_DEVICE inline RowSummary merge_row_summary(RowSummary a, RowSummary b) {
+  if (b.argmax < 0) return a;
+  if (a.argmax < 0) return b;
+  RowSummary r;
+  const bool b_wins = b.max > a.max || (b.max == a.max && b.argmax < a.argmax);
+  r.max = b_wins ? b.max : a.max;
+  r.argmax = b_wins ? b.argmax : a.argmax;
+  r.mass = a.mass * exp(static_cast<double>(a.max) - r.max) + b.mass * exp(static_cast<double>(b.max) - r.max);
+  return r;
+}
+
+// Index of the first entry whose running sum exceeds target, over n weights given by get(i);
+// clamped to the last entry with positive weight (rounding can leave target >= the final sum).
+template <typename Get>
+MDLM_HOST_DEVICE inline int64_t inverse_cdf(int64_t n, double target, Get get) {
+  double running = 0.0;
+  int64_t last_positive = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double w = get(i);
+    if (w > 0.0) last_positive = i;
+    running += w;
+    if (running > target) return i;
+  }
+  return last_positive;
+}
+
+}  // namespace mdlm_fast

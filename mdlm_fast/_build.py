@@ -1,0 +1,17 @@
+"""Loads the compiled extension (which registers torch.ops.mdlm_fast.*) and reports what it holds."""
+from __future__ import annotations
+
+import torch  # noqa: F401  (loads libtorch, which the extension links against)
+
+try:
+    from mdlm_fast import _C  # noqa: F401  (importing registers the operators)
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "mdlm_fast's compiled extension is missing. Install the package with "
+        "`pip install --no-build-isolation .` (or `-e .`) so the operators are built "
+        f"against your torch. Original error: {exc}") from exc
+
+
+def build_info() -> dict:
+    """Which backends this build compiled: {'cpu': True, 'cuda': bool, 'cuda_archs': str}."""
+    return dict(_C.build_info())

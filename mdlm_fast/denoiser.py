@@ -1,0 +1,117 @@
+"""A uniform view of the denoisers the samplers accept.
+
+Three kinds plug in:
+  (a) mdlm_fast.DiT;
+  (b) any nn.Module with ``trunk(x, sigma) -> hidden [B, L, d]`` and its output linear
+      (``head_weight``/``head_bias`` attributes, or an nn.Linear at ``output_layer.linear``,
+      ``lm_head`` or ``head``);
+  (c) any callable ``f(x, sigma) -> logits [B, L, V]`` (wrap it in :class:`Denoiser` to give
+      its vocabulary size and mask id).
+(a) and (b) get the fused head: the projection runs only at revealed positions. (c) runs its own
+head over every position of the active rows; the fast sampler still skips rows and steps.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mdlm_fast.flops import ModelShape
+
+
+def _find_head(module: Any):
+    """(weight, bias) of a module's output linear, or None."""
+    if hasattr(module, "head_weight"):
+        return lambda: (module.head_weight, getattr(module, "head_bias", None))
+    for path in ("output_layer.linear", "lm_head", "head"):
+        obj = module
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+        if isinstance(obj, torch.nn.Linear):
+            return lambda lin=obj: (lin.weight, lin.bias)
+    return None
+
+
+class Denoiser:
+    """Wraps a denoiser for the samplers (see the module doc for the kinds accepted).
+
+    vocab_size, mask_index, time_conditioning and n_blocks default to the model's ``config``
+    fields; pass them for callables and modules without one. n_blocks only feeds the FLOPs
+    accounting (None: unknown, FLOPs are not reported).
+    """
+
+    def __init__(self, model: Any, *, vocab_size: int | None = None, mask_index: int | None = None,
+                 time_conditioning: bool | None = None, n_blocks: int | None = None,
+                 hidden_dim: int | None = None):
+        if isinstance(model, Denoiser):
+            raise TypeError("model is already a Denoiser")
+        if not callable(model):
+            raise TypeError(f"a denoiser must be callable as f(x, sigma) -> logits, got {type(model).__name__}")
+        config = getattr(model, "config", None)
+
+        def pick(given, name, default=None):
+            return given if given is not None else getattr(config, name, default)
+
+        self.model = model
+        self.vocab_size = pick(vocab_size, "vocab_size")
+        self.mask_index = pick(mask_index, "mask_index")
+        self.time_conditioning = bool(pick(time_conditioning, "time_conditioning", True))
+        self.n_blocks = pick(n_blocks, "n_blocks", getattr(model, "n_blocks", None))
+        self.hidden_dim = pick(hidden_dim, "hidden_dim")
+        if self.vocab_size is None or self.mask_index is None:
+            raise ValueError("the denoiser has no config with vocab_size and mask_index: wrap it as "
+                             "mdlm_fast.Denoiser(model, vocab_size=..., mask_index=...)")
+        if not 0 <= self.mask_index < self.vocab_size:
+            raise ValueError(f"mask_index ({self.mask_index}) must lie in [0, vocab_size={self.vocab_size})")
+        self._head = _find_head(model) if callable(getattr(model, "trunk", None)) else None
+
+    @property
+    def fused(self) -> bool:
+        """Whether the head can be fused with sampling (trunk + output linear available)."""
+        return self._head is not None
+
+    @property
+    def device(self) -> torch.device | None:
+        params = getattr(self.model, "parameters", None)
+        if params is None:
+            return None
+        first = next(iter(params()), None)
+        return None if first is None else first.device
+
+    @property
+    def shape(self) -> ModelShape | None:
+        """Sizes for FLOPs accounting, or None when the depth or width is unknown."""
+        if self.n_blocks is None or self.hidden_dim is None:
+            return None
+        return ModelShape(hidden_dim=self.hidden_dim, n_blocks=self.n_blocks, vocab_size=self.vocab_size)
+
+    def logits(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model(x, sigma)
+
+    def hidden(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model.trunk(x, sigma)
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._head()
+
+    def __repr__(self) -> str:
+        kind = "fused head" if self.fused else "callable"
+        return f"Denoiser({type(self.model).__name__}, {kind}, V={self.vocab_size}, mask={self.mask_index})"
+
+
+def as_denoisers(models: Any) -> list[Denoiser]:
+    """One model or a sequence (index 0 = heavy) -> Denoisers that agree on vocabulary and mask id."""
+    if isinstance(models, (Denoiser, torch.nn.Module)) or (callable(models) and not isinstance(models, Sequence)):
+        models = [models]
+    if not isinstance(models, Sequence) or len(models) == 0:
+        raise ValueError("models must be a denoiser or a non-empty sequence of denoisers (index 0 = heavy)")
+    wrapped = [m if isinstance(m, Denoiser) else Denoiser(m) for m in models]
+    first = wrapped[0]
+    for i, m in enumerate(wrapped[1:], start=1):
+        if m.vocab_size != first.vocab_size:
+            raise ValueError(f"models[{i}] has vocab_size {m.vocab_size} but models[0] has {first.vocab_size}: "
+                             "scheduled models must share the vocabulary")
+        if m.mask_index != first.mask_index:
+            raise ValueError(f"models[{i}] has mask_index {m.mask_index} but models[0] has {first.mask_index}: "
+                             "scheduled models must share the mask id")
+    return wrapped

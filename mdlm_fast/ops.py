@@ -1,0 +1,59 @@
+"""Typed wrappers of the compiled operators (torch.ops.mdlm_fast.*) and their fake kernels.
+
+The fake (meta) implementations let torch.compile and torch.library.opcheck trace the ops
+without running them.
+"""
+from __future__ import annotations
+
+import torch
+
+from mdlm_fast import _build  # noqa: F401  (registers the operators)
+
+_NOISE_DISTS = ("uniform", "gumbel", "uniform24")
+
+
+def philox_noise(keys: torch.Tensor, seed: int, purpose: int, n: int, dist: str = "uniform") -> torch.Tensor:
+    """Counter-based noise: row i holds numbers 0..n-1 of the stream keyed by (seed, purpose, keys[i]).
+
+    keys: int64 [N, 3] rows of (step, row, position). dist: "uniform" (float64 in (0, 1)),
+    "gumbel" (float64 Gumbel(0, 1)) or "uniform24" (float32 in [0, 1), torch.rand's resolution).
+    """
+    return torch.ops.mdlm_fast.philox_noise(keys, int(seed), int(purpose), int(n), dist)
+
+
+@torch.library.register_fake("mdlm_fast::philox_noise")
+def _philox_noise_fake(keys, seed, purpose, n, dist):
+    torch._check(keys.dim() == 2 and keys.shape[1] == 3, lambda: "keys must have shape [N, 3]")
+    torch._check(dist in _NOISE_DISTS, lambda: f"dist must be one of {_NOISE_DISTS}")
+    dtype = torch.float32 if dist == "uniform24" else torch.float64
+    return keys.new_empty((keys.shape[0], n), dtype=dtype)
+
+
+def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      keys: torch.Tensor, *, seed: int, purpose: int = 2, temperature: float = 1.0,
+                      banned: torch.Tensor | None = None,
+                      return_logprob: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Project hidden rows onto the vocabulary and draw one token per row, without [N, V] logits.
+
+    hidden [N, d] (float32/bfloat16/float16), weight [V, d] and bias [V] in the same dtype,
+    keys int64 [N, 3] of (step, row, position): row i's draw uses the Philox stream
+    (seed, purpose, keys[i]), so it does not depend on which other rows are in the call.
+    temperature 0 takes the argmax (lowest id on ties). banned: int64 ids never drawn.
+    Returns (tokens int64 [N], logprob float32 [N] or None): the chosen ids' log-probabilities
+    under softmax(logits / temperature) (temperature 1 when it is 0).
+    """
+    if banned is None:
+        banned = torch.empty(0, dtype=torch.int64, device=hidden.device)
+    tokens, logprob = torch.ops.mdlm_fast.fused_head_sample(
+        hidden, weight, bias, keys, int(seed), int(purpose), float(temperature), banned, bool(return_logprob))
+    return tokens, (logprob if return_logprob else None)
+
+
+@torch.library.register_fake("mdlm_fast::fused_head_sample")
+def _fused_head_sample_fake(hidden, weight, bias, keys, seed, purpose, temperature, banned, return_logprob):
+    torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D [N, d]")
+    torch._check(weight.dim() == 2 and weight.shape[1] == hidden.shape[1], lambda: "weight must be [V, d]")
+    n = hidden.shape[0]
+    tokens = hidden.new_empty((n,), dtype=torch.int64)
+    logprob = hidden.new_empty((n if return_logprob else 0,), dtype=torch.float32)
+    return tokens, logprob
