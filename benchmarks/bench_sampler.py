@@ -4,7 +4,10 @@ For each light fraction (sandwich placement) both samplers generate with the sam
 and seeds; each row reports the predicted block-FLOPs saving (eq. 3), executed FLOPs, median
 wall time, the measured speedup of each sampler against its own all-heavy row, and
 realized/predicted = measured saving / predicted saving. Repeats are interleaved (every repeat
-walks all rows) so drift on a shared machine hits all rows alike.
+walks all rows) so drift on a shared machine hits all rows alike. With --time-blocks (the
+default on a CPU, where the hooks cost nothing measurable) every row also reports the fraction
+of its time spent in the Transformer blocks, and the all-heavy rows the eq. 4 bound on
+realized/predicted that this fraction implies.
 
   python benchmarks/bench_sampler.py --config cpu                 # all rows, both samplers
   python benchmarks/bench_sampler.py --config cpu --fractions 0,1 # a subset
@@ -14,7 +17,9 @@ walks all rows) so drift on a shared machine hits all rows alike.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,51 +27,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
-from common import get_config, machine_info, random_model, summary, write_results  # noqa: E402
+from common import BlockTimer, get_config, machine_info, random_model, summary, write_results  # noqa: E402
+
+LIGHT_SWEEP = (4, 6, 8, 10)
 
 
-def _run(models, config, schedule, sampler, seed):
-    result = mf.sample(models, steps=config.steps, batch_size=config.batch_size, length=config.length,
-                       schedule=schedule, sampler=sampler, seed=seed, device=config.device)
-    return result.stats
+@dataclass(frozen=True)
+class Case:
+    """One row of the table: a schedule over the model list, and what it replaces."""
+
+    light_blocks: int
+    light_fraction: float
+    schedule: mf.ModelSchedule
+
+    @property
+    def key(self) -> tuple:
+        return self.light_blocks, self.light_fraction
 
 
-def bench_fractions(config, fractions, samplers, repeats, light_blocks, reference_fractions=None,
-                    reference_repeats=None):
-    """reference_fractions / reference_repeats: a subset of fractions and fewer repeats for the slow
-    reference sampler (None: all fractions, `repeats`)."""
-    heavy = random_model(config, config.heavy_blocks, seed=0)
-    light = random_model(config, light_blocks, seed=1)
-    models = [heavy, light]
-    specs = [f"sandwich:{f:g}" for f in fractions]
-    # warm-up: one short run per sampler (allocator, thread pools, lazy constants)
-    for sampler in samplers:
+def fraction_cases(config, fractions, light_blocks, light_index=1) -> list[Case]:
+    return [Case(light_blocks, f, mf.ModelSchedule.from_fraction(config.steps, f, "sandwich", light=light_index))
+            for f in fractions]
+
+
+def run_cases(config, models, cases, samplers, repeats, *, reference_keys=None, reference_repeats=None,
+              time_blocks=False):
+    """Time every (sampler, case); returns {(sampler, key): (stats of the last run, times, block fractions)}.
+
+    reference_keys / reference_repeats: a subset of cases and fewer repeats for the slow reference
+    sampler (None: all cases, `repeats`)."""
+    for sampler in samplers:  # warm-up: allocator, thread pools, lazy constants
         mf.sample(models, steps=2, batch_size=1, length=config.length, sampler=sampler, device=config.device)
-    ref_specs = specs if reference_fractions is None else [f"sandwich:{f:g}" for f in reference_fractions]
-    runs = [(s, spec) for spec in specs for s in samplers if s != "reference" or spec in ref_specs]
-    times = {key: [] for key in runs}
-    stats = {}
     reference_repeats = repeats if reference_repeats is None else reference_repeats
+    runs = [(s, c) for c in cases for s in samplers
+            if s != "reference" or reference_keys is None or c.key in reference_keys]
+    measured = {(s, c.key): (None, [], []) for s, c in runs}
     for rep in range(repeats):
-        for sampler, spec in runs:
+        for sampler, case in runs:
             if sampler == "reference" and rep >= reference_repeats:
                 continue
-            st = _run(models, config, spec, sampler, seed=rep)
-            times[(sampler, spec)].append(st.wall_time_s)
-            stats[(sampler, spec)] = st
-            print(f"rep {rep} {sampler:9s} {spec:14s} {st.wall_time_s:8.2f} s  forwards {st.forwards}",
-                  file=sys.stderr, flush=True)
+            timers = [BlockTimer(m, config.device) for m in models] if time_blocks else []
+            try:
+                st = mf.sample(models, steps=config.steps, batch_size=config.batch_size, length=config.length,
+                               schedule=case.schedule, sampler=sampler, seed=rep, device=config.device).stats
+            finally:
+                for timer in timers:
+                    timer.remove()
+            _, times, fractions = measured[(sampler, case.key)]
+            times.append(st.wall_time_s)
+            if timers:
+                fractions.append(sum(t.total_s for t in timers) / st.wall_time_s)
+            measured[(sampler, case.key)] = (st, times, fractions)
+            print(f"rep {rep} {sampler:9s} L{case.light_blocks:<2d} {case.schedule.to_spec():18s} "
+                  f"{st.wall_time_s:8.2f} s  forwards {st.forwards}"
+                  + (f"  blocks {fractions[-1]:.1%}" if timers else ""), file=sys.stderr, flush=True)
+    return measured
+
+
+def table_rows(cases, samplers, measured, base_key) -> list[dict]:
     rows = []
     for sampler in samplers:
-        base = summary(times[(sampler, specs[0])])["median_s"] if fractions[0] == 0 else None
-        for f, spec in zip(fractions, specs):
-            if (sampler, spec) not in stats:
+        base = summary(measured[(sampler, base_key)][1])["median_s"] if (sampler, base_key) in measured else None
+        for case in cases:
+            if (sampler, case.key) not in measured:
                 continue
-            st, t = stats[(sampler, spec)], summary(times[(sampler, spec)])
-            measured_saving = 1 - t["median_s"] / base if base else None
+            st, times, fractions = measured[(sampler, case.key)]
+            t = summary(times)
+            saving = 1 - t["median_s"] / base if base else None
+            block_fraction = statistics.median(fractions) if fractions else None
             rows.append({
-                "sampler": sampler, "light_blocks": light_blocks, "light_fraction": f, "schedule": st.schedule,
-                "predicted_saving": st.predicted_saving,
+                "sampler": sampler, "light_blocks": case.light_blocks, "light_fraction": case.light_fraction,
+                "schedule": st.schedule, "predicted_saving": st.predicted_saving,
                 "analytic_saving": st.analytic_flops["analytic_saving"],
                 "executed_gflops": st.executed_flops["total"] / 1e9,
                 "executed_block_gflops": st.executed_flops["blocks"] / 1e9,
@@ -76,14 +107,16 @@ def bench_fractions(config, fractions, samplers, repeats, light_blocks, referenc
                 "median_s": t["median_s"], "min_s": t["min_s"], "max_s": t["max_s"], "spread": t["spread"],
                 "repeats": t["repeats"],
                 "speedup_vs_own_all_heavy": base / t["median_s"] if base else None,
-                "measured_saving": measured_saving,
-                "realized_over_predicted": (measured_saving / st.predicted_saving
-                                            if measured_saving is not None and st.predicted_saving else None),
+                "measured_saving": saving,
+                "realized_over_predicted": saving / st.predicted_saving if saving is not None and st.predicted_saving
+                else None,
+                "block_fraction": block_fraction,
+                # eq. 4: only block time scales with depth, so realized/predicted <= the all-heavy block fraction
+                "eq4_bound_realized_over_predicted": block_fraction if case.light_fraction == 0 else None,
             })
-    # fast vs reference at equal schedule
-    by_key = {(r["sampler"], r["light_fraction"]): r for r in rows}
-    for r in rows:
-        ref = by_key.get(("reference", r["light_fraction"]))
+    by_key = {(r["sampler"], r["light_blocks"], r["light_fraction"]): r for r in rows}
+    for r in rows:  # fast vs reference at an equal schedule
+        ref = by_key.get(("reference", r["light_blocks"], r["light_fraction"]))
         r["speedup_vs_reference"] = ref["median_s"] / r["median_s"] if ref else None
     return rows
 
@@ -101,6 +134,8 @@ def main(argv=None):
                         help="repeats of the reference sampler (default: --repeats)")
     parser.add_argument("--light-sweep", action="store_true",
                         help="instead: light 4/6/8/10 blocks at sandwich 25%% (the paper's Table 1)")
+    parser.add_argument("--time-blocks", choices=["auto", "on", "off"], default="auto",
+                        help="time the Transformer blocks (eq. 4); auto = on for CPU configs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--name", default=None, help="results file stem (default: sampler_<config>)")
     args = parser.parse_args(argv)
@@ -108,26 +143,37 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     config = get_config(args.config)
     samplers = args.samplers.split(",")
+    time_blocks = args.time_blocks == "on" or (args.time_blocks == "auto" and config.device == "cpu")
+    heavy = random_model(config, config.heavy_blocks, seed=0)
     if args.light_sweep:
-        rows = []
-        for light_blocks in (4, 6, 8, 10):
-            rows += bench_fractions(config, [0.0, 0.25], samplers, args.repeats, light_blocks)
+        sweep = [b for b in LIGHT_SWEEP if b < config.heavy_blocks] or [config.light_blocks]
+        models = [heavy] + [random_model(config, b, seed=i + 1) for i, b in enumerate(sweep)]
+        cases = fraction_cases(config, [0.0], sweep[0])
+        cases = [Case(0, 0.0, cases[0].schedule)] + [c for i, b in enumerate(sweep)
+                                                    for c in fraction_cases(config, [0.25], b, light_index=i + 1)]
+        reference_keys = None
         name = args.name or f"light_sweep_{config.name}"
     else:
+        models = [heavy, random_model(config, config.light_blocks, seed=1)]
         fractions = [float(f) for f in args.fractions.split(",")]
-        ref = None if args.reference_fractions is None else [float(f) for f in args.reference_fractions.split(",")]
-        rows = bench_fractions(config, fractions, samplers, args.repeats, config.light_blocks, ref,
-                               args.reference_repeats)
+        cases = fraction_cases(config, fractions, config.light_blocks)
+        reference_keys = None if args.reference_fractions is None else {
+            (config.light_blocks, float(f)) for f in args.reference_fractions.split(",")}
         name = args.name or f"sampler_{config.name}"
+    measured = run_cases(config, models, cases, samplers, args.repeats, reference_keys=reference_keys,
+                         reference_repeats=args.reference_repeats, time_blocks=time_blocks)
+    rows = table_rows(cases, samplers, measured, cases[0].key if cases[0].light_fraction == 0 else None)
     path = write_results(name, {"benchmark": "bench_sampler", "config": config.name,
                                 "config_detail": {k: str(v) for k, v in vars(config).items()},
+                                "light_sweep": args.light_sweep, "time_blocks": time_blocks,
                                 "machine": machine_info(config)}, rows)
+    nan = float("nan")
     for r in rows:
         print(f"{r['sampler']:9s} L{r['light_blocks']:<2d} f={r['light_fraction']:.2f} "
               f"pred {r['predicted_saving']:.3f}  {r['median_s']:8.2f} s (±{r['spread']:.1%})  "
-              f"speedup {r['speedup_vs_own_all_heavy'] or float('nan'):.3f}  "
-              f"realized/pred {r['realized_over_predicted'] or float('nan'):.3f}  "
-              f"vs ref {r['speedup_vs_reference'] or float('nan'):.2f}x")
+              f"speedup {r['speedup_vs_own_all_heavy'] or nan:.3f}  "
+              f"realized/pred {r['realized_over_predicted'] or nan:.3f}  "
+              f"vs ref {r['speedup_vs_reference'] or nan:.2f}x  blocks {r['block_fraction'] or nan:.1%}")
     print(f"results: {path}")
 
 

@@ -72,6 +72,31 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+class BlockTimer:
+    """Accumulates the wall time from entering a DiT's first block to leaving its last (eq. 4).
+
+    On a GPU each hook synchronizes, which perturbs the timing it measures: use it in runs that
+    report the breakdown, not in the runs that report speed.
+    """
+
+    def __init__(self, model: mf.DiT, device: str):
+        self.device, self.total_s, self._start = device, 0.0, 0.0
+        self._handles = [model.blocks[0].register_forward_pre_hook(self._enter),
+                         model.blocks[-1].register_forward_hook(self._leave)]
+
+    def _enter(self, module, args):
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _leave(self, module, args, output):
+        synchronize(self.device)
+        self.total_s += time.perf_counter() - self._start
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+
 def summary(times: list[float]) -> dict:
     """Median and spread (min, max, relative half-range) of repeated timings."""
     med = statistics.median(times)
@@ -99,8 +124,8 @@ def machine_info(config: BenchConfig) -> dict:
 
 def write_results(name: str, payload: dict, rows: list[dict]) -> Path:
     """Results as JSON (everything) and CSV (the rows), written atomically."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / f"{name}.json"
+    json_path = RESULTS / f"{name}.json"  # an absolute `name` puts the files elsewhere
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**payload, "rows": rows}, indent=1))
     os.replace(tmp, json_path)

@@ -6,6 +6,7 @@ both samplers, and the fused head vs matmul ratio over N.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -65,9 +66,12 @@ def plot_head(path: Path) -> Path:
     return out
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of results files (default: %(default)s)")
+    args = parser.parse_args(argv)
     drawn = []
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(args.results.glob("*.json")):
         kind = json.loads(path.read_text()).get("benchmark")
         if kind == "bench_sampler":
             drawn.append(plot_sampler(path))
@@ -76,7 +80,7 @@ def main():
     for out in drawn:
         print(out)
     if not drawn:
-        print("no results to plot in", RESULTS, file=sys.stderr)
+        print("no results to plot in", args.results, file=sys.stderr)
 
 
 if __name__ == "__main__":

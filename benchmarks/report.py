@@ -1,0 +1,80 @@
+"""Markdown tables from benchmarks/results/*.json (what the README's benchmark section shows).
+
+  python benchmarks/report.py                 # every results file, one table each
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _f(value, fmt):
+    return "–" if value is None else format(value, fmt)
+
+
+def _header(data: dict) -> str:
+    m = data["machine"]
+    where = m.get("gpu") or f"{m['processor']}, {m['threads']} threads"
+    return (f"*{data.get('config', data['benchmark'])}* — {m['device']} {m['dtype']}, {where}, torch {m['torch']}, "
+            f"rev {m['git_revision']}, {m['date']}")
+
+
+def sampler_table(data: dict) -> str:
+    lines = [_header(data), "",
+             "| sampler | light blocks | light % | predicted saving (eq. 3) | executed GFLOPs | median s (spread) "
+             "| speedup vs own all-heavy | realized/predicted | fast vs reference | time in blocks |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['sampler']} | {r['light_blocks']} | {r['light_fraction']:.0%} | {r['predicted_saving']:.3f} "
+            f"| {r['executed_gflops']:.4g} | {r['median_s']:.2f} (±{r['spread']:.1%}, n={r['repeats']}) "
+            f"| {_f(r['speedup_vs_own_all_heavy'], '.3f')} | {_f(r['realized_over_predicted'], '.3f')} "
+            f"| {_f(r['speedup_vs_reference'], '.2f')} | {_f(r.get('block_fraction'), '.1%')} |")
+    return "\n".join(lines)
+
+
+def head_table(data: dict) -> str:
+    gpu = data["machine"]["device"] == "cuda"
+    lines = [_header(data), "",
+             "| N | fused ms | matmul ms | fused / matmul (min–max) | matmul + fp64 Gumbel ms | reference path / fused "
+             "| fused GB/s |" + (" % roofline |" if gpu else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['n']} | {r['fused_ms']:.3f} | {r['matmul_ms']:.3f} | {r['fused_over_matmul']:.2f} "
+            f"({r['fused_over_matmul_min']:.2f}–{r['fused_over_matmul_max']:.2f}) | {r['matmul+gumbel_ms']:.2f} "
+            f"| {r['reference_over_fused']:.1f}x | {r['fused_gb_per_s']:.1f} |"
+            + (f" {_f(r.get('fused_pct_roofline'), '.0f')} |" if gpu else ""))
+    return "\n".join(lines)
+
+
+def breakdown_table(data: dict) -> str:
+    lines = [_header(data), "",
+             "| sampler | heavy run: time in blocks | light run: time in blocks | all-light saving predicted "
+             "| eq. 4 bound | measured |", "|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['sampler']} | {r['heavy_block_fraction']:.1%} | {r['light_block_fraction']:.1%} "
+                     f"| {r['predicted_saving_all_light']:.1%} | {r['bound_saving_all_light']:.1%} "
+                     f"| {r['measured_saving_all_light']:.1%} |")
+    return "\n".join(lines)
+
+
+TABLES = {"bench_sampler": sampler_table, "bench_head": head_table, "bench_breakdown": breakdown_table}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    for path in sorted(args.results.glob("*.json")):
+        data = json.loads(path.read_text())
+        table = TABLES.get(data.get("benchmark"))
+        if table:
+            print(f"#### {path.name}\n\n{table(data)}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The benchmark scripts run end to end on the seconds-long `tiny` config and write sound results."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script, tmp_path, *args):
+    out = tmp_path / "result"
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--name", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.with_suffix(".json").read_text()), proc
+
+
+def test_bench_sampler_reports_savings_against_each_samplers_all_heavy_row(tmp_path):
+    data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,0.5,1", "--repeats", "1")
+    rows = {(r["sampler"], r["light_fraction"]): r for r in data["rows"]}
+    assert set(rows) == {(s, f) for s in ("reference", "fast") for f in (0.0, 0.5, 1.0)}
+    for sampler in ("reference", "fast"):
+        assert rows[(sampler, 0.0)]["speedup_vs_own_all_heavy"] == 1.0
+        assert rows[(sampler, 1.0)]["predicted_saving"] == pytest.approx(1 - 1 / 3)
+    # the fast sampler projects far fewer head rows than the reference sampler at the same schedule
+    assert rows[("fast", 0.0)]["head_positions"] < rows[("reference", 0.0)]["head_positions"] / 4
+    assert data["machine"]["torch"] and (tmp_path / "result.csv").exists()
+
+
+def test_light_sweep_shares_one_all_heavy_row(tmp_path):
+    data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--light-sweep", "--repeats", "1",
+                   "--samplers", "fast")
+    rows = data["rows"]
+    assert [(r["light_blocks"], r["light_fraction"]) for r in rows] == [(0, 0.0), (1, 0.25)]
+    assert rows[1]["predicted_saving"] == pytest.approx(0.25 * (1 - 1 / 3), abs=0.02)
+    assert 0 < rows[0]["block_fraction"] < 1 and rows[0]["eq4_bound_realized_over_predicted"] == rows[0]["block_fraction"]
+
+
+def test_bench_breakdown_reports_block_fractions_and_the_eq4_bound(tmp_path):
+    data, _ = _run("bench_breakdown.py", tmp_path, "--config", "tiny", "--repeats", "1")
+    for row in data["rows"]:
+        assert 0 < row["heavy_block_fraction"] < 1 and 0 < row["light_block_fraction"] < 1
+        assert row["bound_saving_all_light"] == pytest.approx(row["heavy_block_fraction"] * (1 - 1 / 3))
+
+
+def test_bench_head_compares_fused_matmul_and_reference_path(tmp_path):
+    data, _ = _run("bench_head.py", tmp_path, "--ns", "1,5", "--hidden-dim", "32", "--vocab-size", "1009",
+                   "--repeats", "2")
+    assert [r["n"] for r in data["rows"]] == [1, 5]
+    assert all(r["fused_ms"] > 0 and r["matmul_ms"] > 0 and r["matmul+gumbel_ms"] > 0 for r in data["rows"])
+
+
+def test_paper_config_refuses_clearly_without_a_gpu(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the paper config would run")
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_sampler.py"), "--config", "paper"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plot_script_draws_every_results_file(tmp_path):
+    data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,1", "--repeats", "1",
+                   "--samplers", "fast")
+    proc = subprocess.run([sys.executable, str(BENCH / "plot_results.py"), "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "result.png").stat().st_size > 1000
