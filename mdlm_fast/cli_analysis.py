@@ -465,8 +465,7 @@ def _search_plots(args, rows, analysis, out: Path) -> list[str]:
         made.append(plots.plot_segment_frequency(analysis["segment_frequency_top"], analysis["segment_frequency_bottom"],
                                                  analysis["top_n"], out / "exhaustive_segment_frequency.png"))
     elif args.study == "placement":
-        made.append(plots.plot_sweep(rows, "fraction", out / "placement.png", group="placement",
-                                     xlabel="light fraction"))
+        made.append(plots.plot_bars(rows, out / "placement.png"))
     elif args.study == "fraction":
         made.append(plots.plot_sweep(rows, "fraction", out / "fraction.png", xlabel=f"light fraction ({args.placement})"))
     elif args.study == "light-size":

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["plot_importance", "plot_segment_frequency", "plot_segment_scores", "plot_sweep"]
+__all__ = ["plot_importance", "plot_segment_frequency", "plot_segment_scores", "plot_sweep", "plot_bars"]
 
 
 def _pyplot():
@@ -127,4 +127,20 @@ def plot_sweep(rows: Sequence[dict], x: str, path: str | os.PathLike, *, group: 
         ax.set_ylabel(ylabel)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_bars(rows: Sequence[dict], path: str | os.PathLike, label: str = "key") -> Path:
+    """One bar per row (e.g. placements): gen-PPL with SE bars, and unigram entropy."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    names = [str(r[label]) for r in rows]
+    if all("gen_ppl" in r for r in rows):
+        axes[0].bar(names, [r["gen_ppl"] for r in rows], yerr=[r.get("gen_ppl_se") or 0 for r in rows], capsize=3)
+    axes[0].set_ylabel("gen-PPL")
+    axes[1].bar(names, [r["unigram_entropy"] for r in rows], color="tab:orange")
+    axes[1].set_ylabel("unigram entropy (nats)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
     return _save(fig, path)

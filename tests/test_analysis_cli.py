@@ -185,3 +185,18 @@ def test_errors_are_one_line_when_run_as_a_module(models, tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["mdlm-fast: error: --light: no checkpoint at /nonexistent/light"]
+
+
+def test_torchrun_evaluate_shards_seeds_and_matches_one_process(models, tmp_path, capsys):
+    argv = ["evaluate", *_pair(models), *TINY, "--samples", "6", "--schedule", "L5-H5"]
+    assert main([*argv, "--out", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(mf.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mdlm_fast.cli", *argv, "--out", str(tmp_path / "dp")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "evaluate.json").read_text())["rows"][0] for d in ("single", "dp"))
+    assert a["record"]["seeds"] == b["record"]["seeds"] == [0, 1, 2]
+    for key in ("gen_ppl", "gen_ppl_se", "unigram_entropy", "distinct_2", "executed_flops", "tokens"):
+        assert a[key] == b[key]
