@@ -122,7 +122,8 @@ def plot_sweep(rows: Sequence[dict], x: str, path: str | os.PathLike, *, group: 
         if base and base.get("wall_time_s"):
             axes[2].plot(xs, [1 - r["wall_time_s"] / base["wall_time_s"] for r in members], "s-",
                          label=f"measured time{' ' + label if label else ''}")
-    for ax, ylabel in zip(axes, ("gen-PPL", "unigram entropy (nats)", "saving vs all-heavy")):
+    axes[0].set_yscale("log")  # gen-PPL grows by orders of magnitude toward all-light
+    for ax, ylabel in zip(axes, ("gen-PPL (log scale)", "unigram entropy (nats)", "saving vs all-heavy")):
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel)
         if ax.get_legend_handles_labels()[0]:
@@ -137,7 +138,8 @@ def plot_bars(rows: Sequence[dict], path: str | os.PathLike, label: str = "key")
     names = [str(r[label]) for r in rows]
     if all("gen_ppl" in r for r in rows):
         axes[0].bar(names, [r["gen_ppl"] for r in rows], yerr=[r.get("gen_ppl_se") or 0 for r in rows], capsize=3)
-    axes[0].set_ylabel("gen-PPL")
+    axes[0].set_ylabel("gen-PPL (log scale)")
+    axes[0].set_yscale("log")  # an all-light baseline can be orders of magnitude above the rest
     axes[1].bar(names, [r["unigram_entropy"] for r in rows], color="tab:orange")
     axes[1].set_ylabel("unigram entropy (nats)")
     for ax in axes:
