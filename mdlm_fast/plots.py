@@ -128,6 +128,7 @@ def plot_sweep(rows: Sequence[dict], x: str, path: str | os.PathLike, *, group: 
         ax.set_ylabel(ylabel)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
 
 
