@@ -15,7 +15,8 @@ from mdlm_fast.sampler import SampleResult, SampleStats, sample
 from mdlm_fast.schedule import ModelSchedule, ScheduleError
 from mdlm_fast.tokenizer import TextTokenizer, TokenizerError, load_tokenizer
 from mdlm_fast.judge import CausalLM, CausalLMConfig, load_judge, save_judge
-from mdlm_fast.eval import distinct_n, generative_perplexity, unigram_entropy
+from mdlm_fast.eval import (distinct_n, evaluate_samples, evaluate_schedule, generative_perplexity,
+                            unigram_entropy)
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,6 @@ __all__ = [
     "LogLinearNoise", "sample", "SampleResult", "SampleStats",
     "TextTokenizer", "TokenizerError", "load_tokenizer",
     "CausalLM", "CausalLMConfig", "load_judge", "save_judge",
-    "generative_perplexity", "unigram_entropy", "distinct_n",
+    "generative_perplexity", "unigram_entropy", "distinct_n", "evaluate_schedule", "evaluate_samples",
     "__version__",
 ]

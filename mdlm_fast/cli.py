@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["train"].set_defaults(func=lambda args: training.run_train(args, sys.argv[1:]))
     training.add_tokenizer_arguments(sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer"))
     sub.choices["tokenizer"].set_defaults(func=training.run_train_tokenizer)
+
+    from mdlm_fast import cli_analysis
+
+    cli_analysis.register(sub)  # evaluate, importance, search, calibrate
     return parser
 
 

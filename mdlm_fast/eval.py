@@ -70,3 +70,149 @@ def distinct_n(samples: Sequence[Sequence[int]], n: int = 2) -> float:
     """Distinct n-grams over all n-grams, pooled over samples (Li et al. 2016)."""
     grams = [tuple(ids[i:i + n]) for ids in samples for i in range(len(ids) - n + 1)]
     return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Judges from a spec, and whole-schedule evaluation (sample -> decode -> score)
+# --------------------------------------------------------------------------------------------
+
+class HFJudge(torch.nn.Module):
+    """Adapter: a ``transformers`` causal LM seen through the interface :func:`judge.nll` uses.
+
+    ``config.vocab_size``/``config.max_length`` come from the HF config (``n_positions`` or
+    ``max_position_embeddings``); ``forward(ids)`` returns the logits tensor.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.model = model
+        hf = model.config
+        max_length = getattr(hf, "n_positions", None) or getattr(hf, "max_position_embeddings", None) or 1024
+        self.config = SimpleNamespace(vocab_size=int(hf.vocab_size), max_length=int(max_length),
+                                      eos_id=getattr(hf, "eos_token_id", None))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids).logits
+
+
+def load_judge_and_tokenizer(spec: str = "embedded", tokenizer_spec: str | None = None,
+                             device: Any = None) -> tuple[Any, Any]:
+    """``(judge, judge_tokenizer)`` for ``"embedded"``, a mdlm_fast judge directory, or (when
+    ``transformers`` is installed) any local Hugging Face causal-LM directory such as GPT-2.
+
+    The tokenizer defaults to the judge's own (the embedded one, or the directory's).
+    """
+    import json
+    import os
+
+    from mdlm_fast.judge import MODEL_TYPE, load_judge
+    from mdlm_fast.tokenizer import load_tokenizer
+
+    spec = str(spec)
+    if spec not in ("embedded", "embedded:judge") and not os.path.isdir(spec):
+        raise FileNotFoundError(f"no judge directory at {spec}")
+    is_ours = spec.startswith("embedded")
+    if not is_ours:
+        try:
+            with open(os.path.join(spec, "config.json"), encoding="utf-8") as f:
+                is_ours = json.load(f).get("model_type") == MODEL_TYPE
+        except (OSError, ValueError):
+            raise ValueError(f"judge directory {spec} has no readable config.json") from None
+    if is_ours:
+        judge = load_judge(spec, device=device)
+    else:
+        try:
+            from transformers import AutoModelForCausalLM
+        except ImportError:
+            raise ValueError(f"judge {spec} is a Hugging Face model; reading it needs the "
+                             "'transformers' package, which is not installed") from None
+        judge = HFJudge(AutoModelForCausalLM.from_pretrained(spec)).eval()
+        if device is not None:
+            judge.to(device)
+    tokenizer = load_tokenizer(tokenizer_spec or ("embedded" if spec.startswith("embedded") else spec))
+    return judge, tokenizer
+
+
+def evaluate_samples(tokens: Sequence[Sequence[int]], *, tokenizer: Any = None, mask_id: int | None = None,
+                     judge: Any = None, judge_tokenizer: Any = None, distinct: Sequence[int] = (2, 3)) -> dict:
+    """Quality of sampled token ids: unigram entropy, distinct-n and, with a judge, gen-PPL.
+
+    Gen-PPL decodes each sample with ``tokenizer`` (mask ids dropped) and re-tokenizes for the
+    judge (see :func:`generative_perplexity`).
+    """
+    tokens = [[int(i) for i in row] for row in tokens]
+    out: dict = {"unigram_entropy": unigram_entropy(tokens)}
+    for n in distinct:
+        out[f"distinct_{n}"] = distinct_n(tokens, n)
+    if judge is not None:
+        if tokenizer is None or judge_tokenizer is None:
+            raise ValueError("gen-PPL needs the model's tokenizer (to decode) and the judge's tokenizer")
+        texts = [tokenizer.decode(row, mask_id=mask_id) for row in tokens]
+        out.update(generative_perplexity(texts, judge, judge_tokenizer))
+    return out
+
+
+def sample_seeds(samples: int, batch_size: int, seed: int) -> list[tuple[int, int]]:
+    """``(seed, size)`` of each sampling batch: ``samples`` split into batches of ``batch_size``
+    (the last one smaller) with seeds ``seed, seed + 1, ...``. The same seeds for every schedule
+    make schedule comparisons paired: differences are the schedule's, not the noise's."""
+    for name, value in (("samples", samples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return [(seed + k, min(batch_size, samples - start))
+            for k, start in enumerate(range(0, samples, batch_size))]
+
+
+def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, samples: int = 8,
+                      batch_size: int = 8, seed: int = 0, sampler: str = "fast", precision: str = "fp64",
+                      tokenizer: Any = None, judge: Any = None, judge_tokenizer: Any = None,
+                      record: dict | None = None, dist: Any = None, progress: bool = False) -> dict:
+    """Sample ``samples`` sequences under ``schedule`` and measure them.
+
+    Returns gen-PPL (with its SE over samples, when a judge is given), unigram entropy,
+    distinct-2/3, the predicted block-FLOPs saving (eq. 3), executed FLOPs, sampling wall time,
+    and a record of everything that produced the numbers (``record`` adds names such as the
+    judge's and the models'). With a data-parallel ``dist`` context the sampling batches are
+    sharded over ranks and the metrics computed from all of them on every rank (the result is
+    the same as in one process: each batch depends only on its seed).
+    """
+    import mdlm_fast as mf
+    from mdlm_fast.distributed import single_process
+    from mdlm_fast.schedule import ModelSchedule
+
+    dist = dist or single_process()
+    schedule = ModelSchedule.coerce(schedule, steps)
+    batches = sample_seeds(samples, batch_size, seed)
+    mine = dist.shard(list(enumerate(batches)))
+    done = []
+    for index, (batch_seed, size) in mine:
+        result = mf.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule,
+                           sampler=sampler, seed=batch_seed, precision=precision, progress=progress)
+        stats = result.stats
+        done.append((index, result.tokens.tolist(), stats.wall_time_s,
+                     (stats.executed_flops or {}).get("total"), stats.predicted_saving, sum(stats.forwards)))
+    merged = sorted((row for part in dist.gather(done) for row in part), key=lambda r: r[0])
+    tokens = [seq for row in merged for seq in row[1]]
+    flops = [row[3] for row in merged]
+    mask_id = getattr(getattr(models[0] if isinstance(models, (list, tuple)) else models, "config", None),
+                      "mask_index", None)
+    out = evaluate_samples(tokens, tokenizer=tokenizer, mask_id=mask_id, judge=judge,
+                           judge_tokenizer=judge_tokenizer)
+    out.update({
+        "schedule": schedule.to_spec(),
+        "light_fraction": schedule.light_fraction,
+        "predicted_saving": merged[0][4],
+        "executed_flops": sum(flops) if all(f is not None for f in flops) else None,
+        "forwards": sum(row[5] for row in merged),
+        "wall_time_s": sum(row[2] for row in merged),
+        "record": {
+            "sampler": sampler, "precision": precision, "steps": steps, "length": length,
+            "samples": samples, "batch_size": batch_size, "seeds": [s for s, _ in batches],
+            "tokenizer": getattr(tokenizer, "name", None),
+            "judge_tokenizer": getattr(judge_tokenizer, "name", None) if judge is not None else None,
+            **(record or {}),
+        },
+    })
+    return out

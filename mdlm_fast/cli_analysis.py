@@ -1,0 +1,630 @@
+"""Analysis subcommands of ``mdlm-fast``: ``evaluate``, ``importance``, ``search``, ``calibrate``.
+
+Each runs on the embedded models by default (``embedded:heavy``, ``embedded:light``, judge
+``embedded``), writes JSON + CSV (+ PNG) into ``--out`` (atomically), shows progress on stderr and
+a summary (or ``--json``) on stdout. ``evaluate`` and ``search`` run data-parallel under
+``torchrun`` (gloo): ``evaluate`` shards sampling seeds, ``search`` shards schedules; rank 0
+writes the outputs. ``search`` is resumable: rerun the same command to continue.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+
+
+class CliError(ValueError):
+    """A user error, printed by ``mdlm-fast`` as one line (exit 2). A ValueError so that
+    ``cli.main`` reports it however the CLI module was loaded (``python -m mdlm_fast.cli`` makes
+    ``cli.CliError`` a different class from ``__main__.CliError``)."""
+
+DEFAULT_OUT = "runs/analysis"
+DEFAULT_DATA = "../shared/data/shakespeare.txt"
+#: Sizes that keep one analysis within minutes on 2 CPU cores with the embedded models.
+DEFAULT_STEPS, DEFAULT_LENGTH, DEFAULT_SAMPLES, DEFAULT_BATCH = 40, 64, 8, 8
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default embedded:heavy)")
+    p.add_argument("--light", action="append", help="light denoiser (default embedded:light); "
+                   "search --study light-size takes several")
+    p.add_argument("--tokenizer", default="embedded", help="the denoisers' tokenizer (default embedded)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (sampling batch k uses seed + k)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"directory for JSON, CSV and PNG results (default {DEFAULT_OUT})")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {DEFAULT_STEPS})")
+    p.add_argument("--length", type=int, default=None, help=f"tokens per sample (default {DEFAULT_LENGTH})")
+    p.add_argument("--samples", type=int, default=None, help=f"samples per schedule (default {DEFAULT_SAMPLES})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"samples per sampling call (default {DEFAULT_BATCH})")
+    p.add_argument("--sampler", default=None, choices=["fast", "reference"], help="default fast")
+    p.add_argument("--precision", default=None, choices=["fp64", "fp32-mdlm"], help="default fp64")
+    p.add_argument("--judge", default="embedded", help="gen-PPL judge: 'embedded', a judge directory, or a "
+                   "local Hugging Face causal-LM directory (needs transformers)")
+    p.add_argument("--judge-tokenizer", default=None, help="the judge's tokenizer (default: the judge's own)")
+
+
+def _add_importance(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"text whose held-out split is used (default {DEFAULT_DATA})")
+    p.add_argument("--windows", type=int, default=32, help="held-out windows (default 32)")
+    p.add_argument("--window-length", type=int, default=None, help="tokens per window (default: the model's length)")
+    p.add_argument("--t-points", type=int, default=10, help="points of the t grid, (k + 1/2) / n (default 10)")
+    p.add_argument("--importance-batch", type=int, default=8, help="windows per forward (default 8)")
+    p.add_argument("--reference", default=None, help="a second heavy model (another training seed): "
+                   "normalizes eq. 6/7; without it the profile is unnormalized")
+
+
+def register(sub: Any) -> None:
+    """Add the analysis subcommands to ``mdlm-fast``'s subparsers."""
+    ev = sub.add_parser("evaluate", help="gen-PPL, entropy, distinct-n and FLOPs of schedules")
+    _add_common(ev)
+    _add_sampling(ev)
+    ev.add_argument("--schedule", action="append", help="schedule spec, repeatable (default: heavy and sandwich:0.25)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    imp = sub.add_parser("importance", help="step importance (eq. 6/7) of the light model over t")
+    _add_common(imp)
+    _add_importance(imp)
+    imp.set_defaults(func=cmd_importance)
+
+    se = sub.add_parser("search", help="schedule studies: exhaustive segment search, placements, sweeps")
+    _add_common(se)
+    _add_sampling(se)
+    se.add_argument("--study", default="exhaustive", choices=["exhaustive", "placement", "fraction", "light-size"])
+    se.add_argument("--segments", type=int, default=10, help="exhaustive: number of segments (default 10)")
+    se.add_argument("--n-light", type=int, default=4, help="exhaustive: light segments per schedule (default 4)")
+    se.add_argument("--top", type=int, default=20, help="exhaustive: top/bottom N for segment frequencies (default 20)")
+    se.add_argument("--fraction", type=float, default=0.25, help="placement: light fraction (default 0.25)")
+    se.add_argument("--placements", default="q1,q2,q3,q4,sandwich", help="placement: comma list")
+    se.add_argument("--fractions", default=None, help="fraction / light-size: comma list "
+                    "(default 0,0.1,...,1 / 0.25)")
+    se.add_argument("--placement", default="sandwich", help="fraction / light-size: placement (default sandwich)")
+    se.add_argument("--max-schedules", type=int, default=None, help="evaluate at most this many new schedules "
+                    "(per process), then stop; rerun to continue")
+    se.add_argument("--time-budget", type=float, default=None, help="minutes: start no new schedule after this")
+    se.set_defaults(func=cmd_search)
+
+    ca = sub.add_parser("calibrate", help="pick a schedule for a FLOPs budget from the importance profile")
+    _add_common(ca)
+    _add_sampling(ca)
+    _add_importance(ca)
+    ca.add_argument("--importance", default=None, help="importance.json from 'mdlm-fast importance' "
+                    "(default: measure it now with the importance options)")
+    ca.add_argument("--metric", default=None, choices=["kl", "ce_abs_diff", "kl_normalized", "ce_abs_diff_normalized"],
+                    help="profile column to rank segments by (default kl_normalized if measured, else kl)")
+    ca.add_argument("--saving", type=float, default=None, help="required predicted block-FLOPs saving (eq. 3)")
+    ca.add_argument("--n-light", type=int, default=None, help="number of light segments (default: the "
+                    "search's, else 4)")
+    ca.add_argument("--segments", type=int, default=None, help="number of segments (default: the search's, else 10)")
+    ca.add_argument("--search", default=None, help="exhaustive.json (or its directory) from 'mdlm-fast search' "
+                    "to compare against; its sampling settings are reused")
+    ca.set_defaults(func=cmd_calibrate)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared setup
+# --------------------------------------------------------------------------------------------
+
+def _positive(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or value <= 0):
+        raise CliError(f"{name} must be a positive integer, got {value}")
+
+
+def _setup(args) -> None:
+    _positive("--threads", args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.seed < 0:
+        raise CliError(f"--seed must be >= 0, got {args.seed}")
+
+
+def _load_model(path: str, flag: str):
+    from mdlm_fast.checkpoint import load_denoiser
+
+    if not str(path).startswith("embedded:") and not os.path.exists(path):
+        raise CliError(f"{flag}: no checkpoint at {path}")
+    return load_denoiser(path)
+
+
+def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
+    """``([heavy, light, ...], names)``; refuses pairs that do not share vocabulary and mask id."""
+    heavy_name = args.heavy or "embedded:heavy"
+    light_names = args.light or ["embedded:light"]
+    if len(light_names) > max_lights:
+        raise CliError(f"--light was given {len(light_names)} times; only search --study light-size takes several")
+    names = [heavy_name, *light_names]
+    models = [_load_model(heavy_name, "--heavy")] + [_load_model(n, "--light") for n in light_names]
+    base = models[0].config
+    for name, m in zip(names[1:], models[1:]):
+        if (m.config.vocab_size, m.config.mask_index) != (base.vocab_size, base.mask_index):
+            raise CliError(f"--light {name} has vocab_size {m.config.vocab_size} / mask id {m.config.mask_index}, "
+                           f"the heavy model {base.vocab_size} / {base.mask_index}: they must match")
+    return models, names
+
+
+def _load_tokenizer(args, model):
+    from mdlm_fast.tokenizer import check_compatible, load_tokenizer
+
+    if args.tokenizer != "embedded" and not os.path.exists(args.tokenizer):
+        raise CliError(f"--tokenizer: no tokenizer at {args.tokenizer}")
+    tokenizer = load_tokenizer(args.tokenizer)
+    check_compatible(tokenizer, model.config.vocab_size, model.config.mask_index)
+    return tokenizer
+
+
+def _load_judge(args):
+    from mdlm_fast.eval import load_judge_and_tokenizer
+
+    if args.judge == "none":
+        return None, None
+    if args.judge not in ("embedded", "embedded:judge") and not os.path.isdir(args.judge):
+        raise CliError(f"--judge: no judge directory at {args.judge}")
+    if args.judge_tokenizer and args.judge_tokenizer != "embedded" and not os.path.exists(args.judge_tokenizer):
+        raise CliError(f"--judge-tokenizer: no tokenizer at {args.judge_tokenizer}")
+    return load_judge_and_tokenizer(args.judge, args.judge_tokenizer)
+
+
+def _sampling(args, fallback: dict | None = None) -> dict:
+    """Sampling settings from the arguments; unset ones from ``fallback`` (e.g. a search's), then defaults."""
+    fallback = fallback or {}
+    defaults = {"steps": DEFAULT_STEPS, "length": DEFAULT_LENGTH, "samples": DEFAULT_SAMPLES,
+                "batch_size": DEFAULT_BATCH, "sampler": "fast", "precision": "fp64"}
+    out = {}
+    for key, default in defaults.items():
+        given = getattr(args, key)
+        if given is not None and key in fallback and given != fallback[key]:
+            flag = "--" + key.replace("_", "-")
+            raise CliError(f"{flag} {given} differs from the search's {fallback[key]}; leave it out to compare "
+                           f"at the search's settings")
+        out[key] = given if given is not None else fallback.get(key, default)
+    for key in ("steps", "length", "samples", "batch_size"):
+        _positive("--" + key.replace("_", "-"), out[key])
+    if out["sampler"] == "fast" and out["precision"] != "fp64":
+        raise CliError("--precision fp32-mdlm is for --sampler reference only")
+    return out
+
+
+def _check_length(models, length: int, flag: str = "--length") -> None:
+    limit = models[0].config.model_length
+    if length > limit:
+        raise CliError(f"{flag} {length} exceeds the heavy model's model_length {limit}")
+
+
+def _record(args, names, models, tokenizer, judge_tokenizer) -> dict:
+    return {"models": names, "blocks": [m.config.n_blocks for m in models],
+            "tokenizer": getattr(tokenizer, "name", None),
+            "judge": None if args.judge == "none" else args.judge,
+            "judge_tokenizer": getattr(judge_tokenizer, "name", None)}
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None so the JSON is standard (readable by any parser)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return _atomic_write(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    """Scalar columns of ``rows`` (lists joined with ';'; nested dicts left out)."""
+    columns: list[str] = []
+    for row in rows:
+        for k, v in row.items():
+            if k not in columns and not isinstance(v, dict):
+                columns.append(k)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+                         for k, v in row.items() if k in columns})
+    return _atomic_write(path, buf.getvalue())
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def _quality(row: dict) -> str:
+    ppl = f"gen-PPL {_fmt(row.get('gen_ppl'))} ± {_fmt(row.get('gen_ppl_se'))}, " if "gen_ppl" in row else ""
+    return (f"{ppl}entropy {_fmt(row.get('unigram_entropy'), '.3f')}, saving {_fmt(row.get('predicted_saving'), '.1%')}, "
+            f"time {_fmt(row.get('wall_time_s'))} s")
+
+
+def _emit(args, result: dict, lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(_json_safe(result)))
+    else:
+        print("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+def cmd_evaluate(args) -> int:
+    from mdlm_fast.distributed import from_env
+    from mdlm_fast.eval import evaluate_schedule
+    from mdlm_fast.schedule import ModelSchedule
+
+    _setup(args)
+    settings = _sampling(args)
+    models, names = _load_models(args)
+    _check_length(models, settings["length"])
+    specs = args.schedule or ["heavy", "sandwich:0.25"]
+    schedules = []
+    for spec in specs:
+        try:
+            schedules.append(ModelSchedule.parse(spec, settings["steps"]).validate_for(len(models)))
+        except ValueError as exc:
+            raise CliError(f"--schedule {spec}: {exc}") from None
+    tokenizer = _load_tokenizer(args, models[0])
+    judge, judge_tokenizer = _load_judge(args)
+    record = _record(args, names, models, tokenizer, judge_tokenizer)
+    rows = []
+    with from_env() as dist:
+        from tqdm.auto import tqdm
+
+        for spec, schedule in tqdm(list(zip(specs, schedules)), desc="evaluate",
+                                   disable=args.no_progress or not dist.is_main):
+            row = evaluate_schedule(models, schedule, tokenizer=tokenizer, judge=judge, judge_tokenizer=judge_tokenizer,
+                                    seed=args.seed, record=record, dist=dist,
+                                    **{k: settings[k] for k in ("steps", "length", "samples", "batch_size",
+                                                                "sampler", "precision")})
+            rows.append({"key": spec, **row})
+        if not dist.is_main:
+            return 0
+    result = {"settings": {**settings, "seed": args.seed, **record}, "rows": rows}
+    out = Path(args.out)
+    write_json(out / "evaluate.json", result)
+    write_csv(out / "evaluate.csv", rows)
+    _emit(args, result, [f"{r['key']:>20} ({r['schedule']}): {_quality(r)}" for r in rows]
+          + [f"results in {out}/evaluate.json, evaluate.csv"])
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# importance
+# --------------------------------------------------------------------------------------------
+
+def _measure_importance(args, models, names, tokenizer):
+    from mdlm_fast.data import load_corpus
+    from mdlm_fast.importance import default_t_grid, step_importance
+
+    for flag, value in (("--windows", args.windows), ("--t-points", args.t_points),
+                        ("--importance-batch", args.importance_batch), ("--window-length", args.window_length)):
+        _positive(flag, value)
+    length = args.window_length or models[0].config.model_length
+    _check_length(models, length, "--window-length")
+    if not os.path.isfile(args.data):
+        raise CliError(f"--data: no text file at {args.data}")
+    reference = _load_model(args.reference, "--reference") if args.reference else None
+    if reference is not None and reference.config.mask_index != models[0].config.mask_index:
+        raise CliError(f"--reference {args.reference} has another mask id than the heavy model")
+    corpus = load_corpus(args.data, tokenizer, cache_dir=Path(args.out) / "cache")
+    all_windows = corpus.val_windows(length)
+    if args.windows > all_windows.shape[0]:
+        raise CliError(f"--windows {args.windows}: the held-out split has only {all_windows.shape[0]} windows "
+                       f"of {length} tokens")
+    # Evenly spaced windows cover the whole held-out text rather than its first scenes.
+    pick = torch.linspace(0, all_windows.shape[0] - 1, args.windows).round().long().unique()
+    start = time.perf_counter()
+    profile = step_importance(models[0], models[1], all_windows[pick], default_t_grid(args.t_points),
+                              reference=reference, seed=args.seed, batch_size=args.importance_batch,
+                              progress=not args.no_progress,
+                              record={"heavy": names[0], "light": names[1], "reference": args.reference,
+                                      "data": args.data, "data_sha256": corpus.data_sha256,
+                                      "tokenizer": tokenizer.name})
+    profile.record["wall_time_s"] = time.perf_counter() - start
+    return profile
+
+
+def _write_importance(profile, out: Path) -> None:
+    from mdlm_fast import plots
+
+    write_json(out / "importance.json", profile.as_dict())
+    write_csv(out / "importance.csv", [p.as_dict() for p in profile.points])
+    plots.plot_importance(profile, out / "importance.png")
+
+
+def cmd_importance(args) -> int:
+    _setup(args)
+    models, names = _load_models(args)
+    tokenizer = _load_tokenizer(args, models[0])
+    profile = _measure_importance(args, models, names, tokenizer)
+    out = Path(args.out)
+    _write_importance(profile, out)
+    norm = profile.normalized
+    lines = [f"{'t':>6} {'masked':>7} {'CE heavy':>9} {'CE light':>9} {'|dCE|':>7} {'KL':>7}"
+             + (f" {'KL/KLref':>9}" if norm else "")]
+    for p in profile.points:
+        lines.append(f"{p.t:6.3f} {p.masked_tokens:7d} {p.ce_heavy:9.3f} {p.ce_light:9.3f} {p.ce_abs_diff:7.3f} "
+                     f"{p.kl:7.3f}" + (f" {p.kl_normalized:9.3f}" if norm else ""))
+    if not norm:
+        lines.append("unnormalized: no --reference heavy model (second training seed) was given")
+    lines.append(f"{profile.record['wall_time_s']:.1f} s; results in {out}/importance.json, importance.csv, importance.png")
+    _emit(args, profile.as_dict(), lines)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# search
+# --------------------------------------------------------------------------------------------
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{flag} must be a comma-separated list of numbers, got {text!r}") from None
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise CliError(f"{flag} values must lie in [0, 1], got {text!r}")
+    return values
+
+
+def _study_items(args, steps: int, light_names: list[str]) -> tuple[list[dict], dict]:
+    """Work items of the study and the settings that define them (part of the log's settings)."""
+    from mdlm_fast.schedule import PLACEMENTS
+    from mdlm_fast import search
+
+    try:
+        if args.study == "exhaustive":
+            _positive("--segments", args.segments)
+            if args.segments > steps:
+                raise CliError(f"--segments {args.segments} exceeds --steps {steps}")
+            if not 0 <= args.n_light <= args.segments:
+                raise CliError(f"--n-light must be in [0, --segments={args.segments}], got {args.n_light}")
+            return (search.exhaustive_items(steps, args.segments, args.n_light),
+                    {"n_segments": args.segments, "n_light": args.n_light})
+        if args.study == "placement":
+            if not 0 <= args.fraction <= 1:
+                raise CliError(f"--fraction must be in [0, 1], got {args.fraction}")
+            placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+            bad = [p for p in placements if p not in PLACEMENTS]
+            if bad or not placements:
+                raise CliError(f"--placements: unknown placement {bad[0] if bad else '(none)'}; "
+                               f"expected {', '.join(PLACEMENTS)}")
+            return search.placement_items(steps, args.fraction, placements), {}
+        if args.placement not in PLACEMENTS:
+            raise CliError(f"--placement {args.placement}: expected one of {', '.join(PLACEMENTS)}")
+        if args.study == "fraction":
+            fractions = _floats(args.fractions or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "--fractions")
+            return search.fraction_items(steps, fractions, args.placement), {}
+        fractions = _floats(args.fractions or "0.25", "--fractions")
+        return search.light_size_items(steps, light_names, fractions, args.placement), {}
+    except ValueError as exc:
+        if isinstance(exc, CliError):
+            raise
+        raise CliError(str(exc)) from None
+
+
+def _search_analysis(args, rows: list[dict], extra: dict) -> dict:
+    from mdlm_fast import search
+
+    if args.study != "exhaustive" or not rows or not any("gen_ppl" in r for r in rows):
+        return {}
+    order = search.ranked(rows)
+    n = extra["n_segments"]
+    top, bottom = search.segment_frequency(rows, n, args.top)
+    brief = [{k: r.get(k) for k in ("key", "schedule", "gen_ppl", "gen_ppl_se", "unigram_entropy")} for r in order]
+    return {"segment_scores": search.segment_scores(rows, n), "top5": brief[:5], "bottom5": brief[-5:][::-1],
+            "top_n": min(args.top, len(order)), "segment_frequency_top": top, "segment_frequency_bottom": bottom}
+
+
+def _search_plots(args, rows, analysis, out: Path) -> list[str]:
+    from mdlm_fast import plots
+
+    made = []
+    if analysis:
+        made.append(plots.plot_segment_scores(analysis["segment_scores"], out / "exhaustive_segment_scores.png"))
+        made.append(plots.plot_segment_frequency(analysis["segment_frequency_top"], analysis["segment_frequency_bottom"],
+                                                 analysis["top_n"], out / "exhaustive_segment_frequency.png"))
+    elif args.study == "placement":
+        made.append(plots.plot_bars(rows, out / "placement.png"))
+    elif args.study == "fraction":
+        made.append(plots.plot_sweep(rows, "fraction", out / "fraction.png", xlabel=f"light fraction ({args.placement})"))
+    elif args.study == "light-size":
+        made.append(plots.plot_sweep(rows, "fraction", out / "light-size.png", group="light_model",
+                                     xlabel=f"light fraction ({args.placement})"))
+    return [str(p) for p in made]
+
+
+def cmd_search(args) -> int:
+    from mdlm_fast.distributed import from_env
+    from mdlm_fast.eval import evaluate_schedule
+    from mdlm_fast.search import ResultsLog, run_items
+
+    _setup(args)
+    settings = _sampling(args)
+    _positive("--max-schedules", args.max_schedules)
+    _positive("--top", args.top)
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise CliError(f"--time-budget must be positive minutes, got {args.time_budget}")
+    models, names = _load_models(args, max_lights=64 if args.study == "light-size" else 1)
+    _check_length(models, settings["length"])
+    items, item_settings = _study_items(args, settings["steps"], names[1:])
+    tokenizer = _load_tokenizer(args, models[0])
+    judge, judge_tokenizer = _load_judge(args)
+    if judge is None:
+        raise CliError("search ranks schedules by gen-PPL: --judge none is not possible here")
+    record = _record(args, names, models, tokenizer, judge_tokenizer)
+    log_settings = {"study": args.study, **settings, "seed": args.seed, **record, **item_settings}
+    deadline = time.monotonic() + 60 * args.time_budget if args.time_budget else None
+
+    def evaluate(item: dict) -> dict:
+        light = models[1 + item.get("light", 0)]
+        return evaluate_schedule([models[0], light], item["schedule"], tokenizer=tokenizer, judge=judge,
+                                 judge_tokenizer=judge_tokenizer, seed=args.seed, record=None,
+                                 **{k: settings[k] for k in ("steps", "length", "samples", "batch_size",
+                                                             "sampler", "precision")})
+
+    out = Path(args.out)
+    with from_env() as dist:
+        log = ResultsLog(out, args.study, log_settings, dist.rank, dist.world_size)
+        rows, complete = run_items(items, evaluate, log, dist=dist, max_new=args.max_schedules,
+                                   progress=not args.no_progress, desc=args.study, deadline=deadline)
+        if not dist.is_main:
+            return 0
+    for row in rows:
+        row.pop("record", None)  # the settings hold it once for all rows
+    analysis = _search_analysis(args, rows, item_settings)
+    result = {"settings": log_settings, "complete": complete, "finished": len(rows), "total": len(items),
+              "rows": rows, **analysis}
+    write_json(out / f"{args.study}.json", result)
+    write_csv(out / f"{args.study}.csv", rows)
+    pngs = _search_plots(args, rows, analysis, out) if rows else []
+    lines = [f"{args.study}: {len(rows)} of {len(items)} schedules finished"
+             + ("" if complete else " -- rerun the same command to continue")]
+    if analysis:
+        lines.append("segment scores (eq. 8, gen-PPL): " + " ".join(f"{s:+.2f}" for s in analysis["segment_scores"]))
+        lines += ["top 5:"] + [f"  {r['key']:>22}  gen-PPL {_fmt(r['gen_ppl'])}" for r in analysis["top5"]]
+        lines += ["bottom 5:"] + [f"  {r['key']:>22}  gen-PPL {_fmt(r['gen_ppl'])}" for r in analysis["bottom5"]]
+    else:
+        lines += [f"  {r['key']:>22}: {_quality(r)}" for r in rows]
+    lines.append(f"results in {out}/{args.study}.json, {args.study}.csv" + (", " + ", ".join(pngs) if pngs else ""))
+    _emit(args, result, lines)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# calibrate
+# --------------------------------------------------------------------------------------------
+
+def _read_search(path: str) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "exhaustive.json"
+    if not p.is_file():
+        raise CliError(f"--search: no search results at {p}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        data["settings"], data["rows"]
+    except (ValueError, KeyError, TypeError):
+        raise CliError(f"--search: {p} is not a results file of 'mdlm-fast search'") from None
+    if data["settings"].get("study") != "exhaustive":
+        raise CliError(f"--search: {p} is a {data['settings'].get('study')} study, not the exhaustive search")
+    return data
+
+
+def cmd_calibrate(args) -> int:
+    from mdlm_fast.calibrate import calibrate, compare_with_search
+    from mdlm_fast.eval import evaluate_schedule
+    from mdlm_fast.importance import ImportanceProfile
+
+    _setup(args)
+    searched = _read_search(args.search) if args.search else None
+    fallback = searched["settings"] if searched else {}
+    settings = _sampling(args, fallback)
+    if searched and args.seed != fallback.get("seed", args.seed):
+        raise CliError(f"--seed {args.seed} differs from the search's {fallback['seed']}")
+    seed = fallback.get("seed", args.seed)
+    models, names = _load_models(args)
+    if searched and names != fallback.get("models"):
+        raise CliError(f"the models {names} differ from the search's {fallback.get('models')}")
+    _check_length(models, settings["length"])
+    tokenizer = _load_tokenizer(args, models[0])
+    out = Path(args.out)
+    if args.importance:
+        try:
+            profile = ImportanceProfile.from_dict(json.loads(Path(args.importance).read_text(encoding="utf-8")))
+        except OSError:
+            raise CliError(f"--importance: cannot read {args.importance}") from None
+        except ValueError as exc:
+            raise CliError(f"--importance: {args.importance} is not an importance profile ({exc})") from None
+    else:
+        profile = _measure_importance(args, models, names, tokenizer)
+        _write_importance(profile, out)
+    metric = args.metric or ("kl_normalized" if profile.normalized else "kl")
+    n_segments = args.segments or fallback.get("n_segments", 10)
+    if args.saving is not None and args.n_light is not None:
+        raise CliError("give --saving or --n-light, not both")
+    n_light = args.n_light if args.n_light is not None else (None if args.saving is not None
+                                                             else fallback.get("n_light", 4))
+    _positive("--segments", n_segments)
+    if n_segments > settings["steps"]:
+        raise CliError(f"--segments {n_segments} exceeds --steps {settings['steps']}")
+    try:
+        chosen = calibrate(profile, settings["steps"], block_counts=[m.config.n_blocks for m in models[:2]],
+                           saving=args.saving, n_light=n_light, n_segments=n_segments, metric=metric)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    judge, judge_tokenizer = _load_judge(args)
+    record = _record(args, names, models, tokenizer, judge_tokenizer)
+    evaluation = evaluate_schedule(models[:2], chosen.schedule, tokenizer=tokenizer, judge=judge,
+                                   judge_tokenizer=judge_tokenizer, seed=seed, record=record,
+                                   **{k: settings[k] for k in ("steps", "length", "samples", "batch_size",
+                                                               "sampler", "precision")})
+    result = {"calibration": chosen.as_dict(), "evaluation": evaluation,
+              "importance": {"normalized": profile.normalized, "record": profile.record}}
+    if searched:
+        result["comparison"] = compare_with_search({**evaluation, "schedule": chosen.schedule.to_spec(),
+                                                    "predicted_saving": chosen.predicted_saving}, searched["rows"])
+    write_json(out / "calibrate.json", result)
+    from mdlm_fast import plots
+
+    plots.plot_segment_scores([d for d in chosen.segment_divergence], out / "calibrate_divergence.png",
+                              ylabel=f"segment divergence ({metric})", highlight=chosen.light_segments)
+    lines = [f"calibrated schedule (metric {metric}{'' if profile.normalized else ', unnormalized'}): "
+             f"light segments {chosen.light_segments} of {n_segments} -> {chosen.schedule.to_spec()}",
+             f"  predicted saving {chosen.predicted_saving:.1%}; {_quality(evaluation)}"]
+    comp = result.get("comparison")
+    if comp and comp.get("best_searched"):
+        best = comp["best_searched"]
+        rank = comp["calibrated_rank"]
+        lines.append(f"  best searched at the same budget: {best['key']} gen-PPL {_fmt(best['gen_ppl'])}; "
+                     f"calibrated rank {rank if rank else '-'} of {comp['searched_at_same_budget']}, "
+                     f"median {_fmt(comp['median_searched'])}")
+    lines.append(f"results in {out}/calibrate.json, calibrate_divergence.png")
+    _emit(args, result, lines)
+    return 0
+
+
+if __name__ == "__main__":  # python -m mdlm_fast.cli_analysis ... == mdlm-fast ...
+    from mdlm_fast.cli import main
+
+    sys.exit(main())
