@@ -1,0 +1,89 @@
+"""Atomic writes: a file or a directory appears complete at its final path, or not at all.
+
+Everything is written to a temporary sibling (same filesystem, so the final rename is atomic),
+fsynced, and renamed into place; a failure removes the temporary and leaves any previous
+version untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries durable (not supported everywhere, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """``with atomic_file(p) as f: f.write(...)`` -- ``p`` is replaced only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results and shipped assets must be readable
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_file(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename directory ``tmp`` to ``path``; an existing ``path`` is kept as a backup until that worked."""
+    if not path.exists():
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    backup.rmdir()  # only the unique name is wanted: rename needs a free target
+    os.rename(path, backup)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(backup, path)  # put the old version back
+        raise
+    fsync_dir(path.parent)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, tag: str = "tmp") -> Iterator[Path]:
+    """``with atomic_directory(p) as tmp: <write files into tmp>`` -- then ``tmp`` becomes ``p``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
+    try:
+        yield tmp
+        for item in tmp.rglob("*"):
+            os.chmod(item, 0o755 if item.is_dir() else 0o644)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        fsync_dir(tmp)
+        swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
