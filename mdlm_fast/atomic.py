@@ -80,7 +80,10 @@ def atomic_directory(path: str | os.PathLike, *, tag: str = "tmp") -> Iterator[P
     try:
         yield tmp
         for item in tmp.rglob("*"):
-            os.chmod(item, 0o755 if item.is_dir() else 0o644)
+            os.chmod(item, 0o755 if item.is_dir() else 0o644)  # results and assets are for everyone
+            if item.is_file():
+                with open(item, "rb") as f:
+                    os.fsync(f.fileno())
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         fsync_dir(tmp)
         swap_into_place(tmp, path)

@@ -28,14 +28,13 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from mdlm_fast.atomic import atomic_directory
 from mdlm_fast.model import DiT, DiTConfig
 
 __all__ = ["CheckpointError", "load_denoiser", "save_denoiser"]
@@ -125,16 +124,9 @@ def save_denoiser(model: DiT, path: str | os.PathLike) -> Path:
         raise TypeError(f"save_denoiser expects a DiT, got {type(model).__name__}")
     path = Path(path)
     _check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         _write_config(model.config, tmp / CONFIG_NAME)
         _write_safetensors(_state_for_saving(model), tmp / SAFETENSORS_NAME)
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -442,29 +434,11 @@ def _write_config(config: DiTConfig, file: Path) -> None:
     with open(file, "w", encoding="utf-8") as f:
         json.dump(config.to_dict(), f, indent=2, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
     from safetensors.torch import save_file
     save_file(tensors, str(file), metadata={"format": "pt"})
-    with open(file, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the directory entries durable; not supported everywhere (e.g. Windows).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_replaceable(path: Path) -> None:
@@ -476,20 +450,3 @@ def _check_replaceable(path: Path) -> None:
         raise CheckpointError(f"refusing to replace {path}: it is a non-empty directory "
                               f"without {CONFIG_NAME}, so it does not look like a checkpoint")
 
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is kept as a backup until that worked."""
-    if not path.exists():
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-    backup.rmdir()  # only the unique name is wanted: rename needs a free target
-    os.rename(path, backup)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(backup, path)  # put the old checkpoint back
-        raise
-    _fsync_dir(path.parent)
-    shutil.rmtree(backup, ignore_errors=True)

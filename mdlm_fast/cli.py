@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -123,11 +123,11 @@ def _cmd_generate(args) -> int:
                     for row, text in zip(tokens, texts or [None] * len(tokens))],
     }
     if args.out:
-        tmp = f"{args.out}.tmp"
-        with open(tmp, "w") as f:
+        from mdlm_fast.atomic import atomic_file
+
+        with atomic_file(args.out) as f:
             for sample in report["samples"]:
                 f.write(json.dumps(sample) + "\n")
-        os.replace(tmp, args.out)
     if args.json:
         print(json.dumps(report))
         return 0

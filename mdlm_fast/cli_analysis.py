@@ -15,12 +15,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from mdlm_fast.atomic import write_text
 
 
 
@@ -220,22 +221,6 @@ def _record(args, names, models, tokenizer, judge_tokenizer) -> dict:
 # Output
 # --------------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _json_safe(obj: Any) -> Any:
     """NaN/inf -> None so the JSON is standard (readable by any parser)."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -248,7 +233,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    return _atomic_write(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+    return write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> Path:
@@ -264,7 +249,7 @@ def write_csv(path: Path, rows: Sequence[dict]) -> Path:
     for row in rows:
         writer.writerow({k: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v
                          for k, v in row.items() if k in columns})
-    return _atomic_write(path, buf.getvalue())
+    return write_text(path, buf.getvalue())
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from mdlm_fast.atomic import atomic_file
 
 __all__ = [
     "DEFAULT_VAL_FRACTION", "DOC_SEPARATOR", "Corpus", "read_text", "split_train_val",
@@ -168,7 +169,8 @@ def load_corpus(data_path: str | os.PathLike, tokenizer, *,
         val, n_val = _tokenize_stream(val_text, tokenizer, data_path)
         arrays = {"train": train, "val": val, "docs": np.array([n_train, n_val], dtype=np.int64)}
         if cache is not None:
-            _atomic_savez(cache, arrays)
+            with atomic_file(cache, "wb") as f:
+                np.savez(f, **arrays)
     return Corpus(
         train=torch.from_numpy(arrays["train"].astype(np.int64)),
         val=torch.from_numpy(arrays["val"].astype(np.int64)),
@@ -191,18 +193,3 @@ def _tokenize_stream(text: str, tokenizer, data_path: Path) -> tuple[np.ndarray,
     return out, len(docs)
 
 
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

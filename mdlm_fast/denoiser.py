@@ -12,7 +12,7 @@ head over every position of the active rows; the fast sampler still skips rows a
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdlm_fast.checkpoint import (CheckpointError, _check_replaceable, _fsync_dir,
-                                  _swap_into_place, _write_safetensors)
+from mdlm_fast.atomic import atomic_directory
+from mdlm_fast.checkpoint import CheckpointError, _check_replaceable, _write_safetensors
 
 __all__ = ["CausalLMConfig", "CausalLM", "save_judge", "load_judge", "nll", "EMBEDDED_JUDGE"]
 
@@ -205,25 +203,14 @@ def save_judge(model: CausalLM, path: str | os.PathLike) -> Path:
         raise TypeError(f"save_judge expects a CausalLM, got {type(model).__name__}")
     path = Path(path)
     _check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
         state = {k: v.detach().to("cpu").contiguous().clone()
                  for k, v in model.state_dict().items()
                  if not (model.config.tie_embeddings and k == "head.weight")}
         _write_safetensors(state, tmp / "model.safetensors")
-        os.chmod(tmp / "model.safetensors", 0o644)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

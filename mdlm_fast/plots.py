@@ -6,9 +6,10 @@ matplotlib is imported inside the functions so the package imports without it.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from mdlm_fast.atomic import atomic_file
 
 __all__ = ["plot_importance", "plot_segment_frequency", "plot_segment_scores", "plot_sweep", "plot_bars"]
 
@@ -23,18 +24,12 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def plot_importance(profile, path: str | os.PathLike) -> Path:

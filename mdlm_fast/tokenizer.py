@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from mdlm_fast import atomic
 
 __all__ = [
     "TextTokenizer", "TokenizerError", "train_bpe_tokenizer", "load_tokenizer", "check_compatible",
@@ -140,7 +141,7 @@ class TextTokenizer:
         if self._kind != "tokenizers":
             raise TokenizerError(f"tokenizer {self.name} is a transformers tokenizer; "
                                  f"only tokenizers.Tokenizer backends can be saved as one file")
-        return _atomic_write_text(Path(path), self._tok.to_str(pretty=True))
+        return atomic.write_text(path, self._tok.to_str(pretty=True))
 
 
 def check_compatible(tokenizer: TextTokenizer, model_vocab_size: int, mask_index: int) -> None:
@@ -273,20 +274,3 @@ def train_bpe_tokenizer(text_path: str | os.PathLike, vocab_size: int = 8192,
 # Helpers
 # --------------------------------------------------------------------------------------------
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped asset must be readable
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path

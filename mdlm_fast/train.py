@@ -31,16 +31,13 @@ step are dropped on resume, so nothing is duplicated).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import shlex
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -51,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mdlm_fast.atomic import atomic_directory, atomic_file
 from mdlm_fast.data import Corpus, derive_seed, load_corpus
 from mdlm_fast.model import DiT, DiTConfig
 from mdlm_fast.noise import LogLinearNoise
@@ -374,20 +372,6 @@ class _EMA:
 # State files
 # --------------------------------------------------------------------------------------------
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _load_state(run_dir: Path) -> dict | None:
     path = run_dir / STATE_NAME
     if not path.is_file():
@@ -430,14 +414,9 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict]:
 
 
 def _rewrite_metrics(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,19 +512,20 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
     _rewrite_metrics(metrics_path, _read_metrics(metrics_path, step))
 
     def save() -> None:
-        _atomic_torch_save({
-            "format": _STATE_FORMAT, "config": config.to_dict(), "step": step,
-            "tokens_seen": tokens_seen, "wall_time_s": wall_before + (time.time() - t_start),
-            "best_val_loss": best_val, "val_loss": last_val, "commands": commands,
-            "log_window": list(window),
-            "model": model.state_dict(), "ema": ema.model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "data": {"seed": config.seed, "next_step": step}},
-            "tokenizer_fingerprint": tokenizer.fingerprint, "tokenizer_name": tokenizer.name,
-            "data_sha256": corpus.data_sha256, "data_path": str(config.data),
-            "n_params": sum(p.numel() for p in model.parameters()),
-        }, run_dir / STATE_NAME)
+        with atomic_file(run_dir / STATE_NAME, "wb") as f:
+            torch.save({
+                "format": _STATE_FORMAT, "config": config.to_dict(), "step": step,
+                "tokens_seen": tokens_seen, "wall_time_s": wall_before + (time.time() - t_start),
+                "best_val_loss": best_val, "val_loss": last_val, "commands": commands,
+                "log_window": list(window),
+                "model": model.state_dict(), "ema": ema.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state(),
+                        "data": {"seed": config.seed, "next_step": step}},
+                "tokenizer_fingerprint": tokenizer.fingerprint, "tokenizer_name": tokenizer.name,
+                "data_sha256": corpus.data_sha256, "data_path": str(config.data),
+                "n_params": sum(p.numel() for p in model.parameters()),
+            }, f)
 
     t_start = time.time()
     stopped = "max_steps"
@@ -664,7 +644,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     rounded to bf16 if so exported; ``val_passes`` noise draws per window for MDLM). The
     directory is replaced atomically. Returns the card's numbers.
     """
-    from mdlm_fast.checkpoint import _check_replaceable, _swap_into_place, save_denoiser
+    from mdlm_fast.checkpoint import _check_replaceable, save_denoiser
     from mdlm_fast.judge import save_judge
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -709,27 +689,17 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         info["val_ppl"] = math.exp(val)
 
     _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
-    try:
-        inner = staging / "model"
+    with atomic_directory(out_dir, tag="export") as staging:
         if dtype == "bf16":
             model.to(torch.bfloat16)
         if config.kind == "mdlm":
-            save_denoiser(model, inner)
+            save_denoiser(model, staging)
         else:
-            save_judge(model, inner)
-        os.chmod(inner, 0o755)
+            save_judge(model, staging)
         if include_tokenizer and hasattr(tokenizer.backend, "to_str"):
-            tokenizer.save(inner / TOKENIZER_COPY)
-        (inner / "training.json").write_text(json.dumps(info, indent=2) + "\n",
-                                             encoding="utf-8")
-        (inner / "MODEL_CARD.md").write_text(_model_card(info, config), encoding="utf-8")
-        for f in inner.iterdir():
-            os.chmod(f, 0o644)  # shipped assets must be readable by everyone
-        _swap_into_place(inner, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            tokenizer.save(staging / TOKENIZER_COPY)
+        (staging / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (staging / "MODEL_CARD.md").write_text(_model_card(info, config), encoding="utf-8")
     return info
 
 

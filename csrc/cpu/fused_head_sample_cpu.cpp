@@ -1,14 +1,15 @@
 // CPU kernel of fused_head_sample: the vocabulary projection fused with the two-level draw.
 //
-// Pass 1 walks the vocabulary in canonical chunks (at::parallel_for over chunks). Each chunk's
-// logits for all N rows come from one small GEMM (BLAS speed, W read once for every row) and stay
-// in cache while the chunk's max, argmax and mass are taken and a candidate id is drawn inside
-// it; [N, V] logits never exist. Pass 2, per row, picks a chunk from the per-chunk summaries and
+// Pass 1 walks the vocabulary in groups of canonical chunks (at::parallel_for over groups). A
+// group's logits for all N rows come from one small GEMM (BLAS speed, W read once for every row)
+// and stay in cache while each chunk's max, argmax and mass are taken and a candidate id is drawn
+// inside it; [N, V] logits never exist. Pass 2, per row, picks a chunk from the per-chunk summaries and
 // takes its candidate (see categorical.h).
 #include <ATen/Parallel.h>
 #include <ATen/ops/exp.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -54,6 +55,25 @@ double sum_as_double(const float* e, int64_t cols) {
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
+// A run of canonical chunks projected together: whole chunks only, the vocabulary's partial last
+// chunk alone. Groups are as large as keeps the [N, cols] float tile near 256 KB (in cache), but
+// there are at least two per thread so that at::parallel_for can balance them.
+struct ChunkGroup {
+  int64_t first_chunk, n_chunks;
+};
+
+std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t threads) {
+  constexpr int64_t kTileFloats = 64 * 1024;
+  const int64_t full = vocab / kVocabChunk;
+  const int64_t by_cache = std::max<int64_t>(1, kTileFloats / (std::max<int64_t>(rows, 1) * kVocabChunk));
+  const int64_t by_balance = std::max<int64_t>(1, (full + 2 * threads - 1) / (2 * threads));
+  const int64_t per_group = std::min(by_cache, by_balance);
+  std::vector<ChunkGroup> groups;
+  for (int64_t c = 0; c < full; c += per_group) groups.push_back({c, std::min(per_group, full - c)});
+  if (vocab % kVocabChunk != 0) groups.push_back({full, 1});
+  return groups;
+}
+
 std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidden, const at::Tensor& weight,
                                                          const c10::optional<at::Tensor>& bias,
                                                          const at::Tensor& keys, int64_t seed, int64_t purpose,
@@ -85,37 +105,45 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   };
   const bool draw = a.temperature > 0.f;
 
-  // Pass 1: per-chunk summaries and candidates, rows x chunks.
+  // Pass 1: per-chunk summaries and candidates, rows x chunks. Canonical chunks are projected in
+  // groups (one GEMM and a handful of ATen calls per group rather than per chunk, which matters
+  // at small N where the per-call overhead rivals the arithmetic); the grouping only changes the
+  // work split, never a result.
   const int64_t n_chunks = num_vocab_chunks(vocab);
+  const std::vector<ChunkGroup> groups = chunk_groups(vocab, n, at::get_num_threads());
   std::vector<ChunkSummary> summary(n * n_chunks);
-  at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-      const int64_t begin = c * kVocabChunk, end = std::min(vocab, begin + kVocabChunk);
-      const int64_t cols = end - begin;
-      const at::Tensor z = chunk_logits(a, a.hidden, begin, end);
-      // Max and first argmax per row, then exp(z - max): vectorized ATen calls over the tile.
-      const auto [maxima, argmaxima] = at::max(z, 1);
+  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t group_begin, int64_t group_end) {
+    for (int64_t g = group_begin; g < group_end; ++g) {
+      const int64_t first = groups[g].first_chunk, count = groups[g].n_chunks;
+      const int64_t begin = first * kVocabChunk, end = std::min(vocab, (first + count) * kVocabChunk);
+      const int64_t cols = (end - begin) / count;  // a group holds whole chunks, or the one partial chunk
+      const at::Tensor z = chunk_logits(a, a.hidden, begin, end).view({n, count, cols});
+      // Max and first argmax per (row, chunk), then exp(z - max): vectorized ATen calls over the tile.
+      const auto [maxima, argmaxima] = at::max(z, 2);
       const float* mp = maxima.data_ptr<float>();
       const int64_t* ap = argmaxima.data_ptr<int64_t>();
       const at::Tensor shift = at::where(at::isfinite(maxima), maxima, at::zeros_like(maxima));
-      const at::Tensor e = at::exp(z - shift.unsqueeze(1));  // a fully banned row: exp(-inf) = 0
+      const at::Tensor e = at::exp(z - shift.unsqueeze(2));  // a fully banned chunk: exp(-inf) = 0
       const float* zp = z.data_ptr<float>();
       const float* ep = e.data_ptr<float>();
       for (int64_t r = 0; r < n; ++r) {
-        ChunkSummary& s = summary[r * n_chunks + c];
-        s.stats = empty_row_summary();
-        s.candidate = -1;
-        s.candidate_logit = -std::numeric_limits<float>::infinity();
-        if (mp[r] == -std::numeric_limits<float>::infinity()) continue;  // every id banned here
-        const float* er = ep + r * cols;
-        s.stats.max = mp[r];
-        s.stats.argmax = begin + ap[r];
-        s.stats.mass = sum_as_double(er, cols);
-        if (draw) {
-          const double v = uniform53_at(row_key(r), static_cast<uint32_t>(1 + c));
-          const int64_t j = inverse_cdf(cols, v * s.stats.mass, [&](int64_t i) { return static_cast<double>(er[i]); });
-          s.candidate = begin + j;
-          s.candidate_logit = zp[r * cols + j];
+        for (int64_t local = 0; local < count; ++local) {
+          const int64_t c = first + local, at_rc = r * count + local;
+          ChunkSummary& s = summary[r * n_chunks + c];
+          s.stats = empty_row_summary();
+          s.candidate = -1;
+          s.candidate_logit = -std::numeric_limits<float>::infinity();
+          if (mp[at_rc] == -std::numeric_limits<float>::infinity()) continue;  // every id banned here
+          const float* er = ep + at_rc * cols;
+          s.stats.max = mp[at_rc];
+          s.stats.argmax = c * kVocabChunk + ap[at_rc];
+          s.stats.mass = sum_as_double(er, cols);
+          if (draw) {
+            const double v = uniform53_at(row_key(r), static_cast<uint32_t>(1 + c));
+            const int64_t j = inverse_cdf(cols, v * s.stats.mass, [&](int64_t i) { return static_cast<double>(er[i]); });
+            s.candidate = c * kVocabChunk + j;
+            s.candidate_logit = zp[at_rc * cols + j];
+          }
         }
       }
     }
