@@ -55,22 +55,28 @@ double sum_as_double(const float* e, int64_t cols) {
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-// A run of canonical chunks projected together: whole chunks only, the vocabulary's partial last
-// chunk alone. Groups are as large as keeps the [N, cols] float tile near 256 KB (in cache), but
-// there are at least two per thread so that at::parallel_for can balance them.
+// A run of whole canonical chunks projected together by one GEMM; the group that ends at the
+// vocabulary's end also takes its partial last chunk (a second, narrower GEMM). Groups are as
+// large as keeps the [N, cols] float tile near 64 KB (in L2), and their number is a multiple
+// of the thread count so that at::parallel_for hands every thread the same share of W.
 struct ChunkGroup {
-  int64_t first_chunk, n_chunks;
+  int64_t first_chunk, n_full;
+  bool with_partial;
 };
 
 std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t threads) {
-  constexpr int64_t kTileFloats = 64 * 1024;
+  constexpr int64_t kTileFloats = 16 * 1024;
   const int64_t full = vocab / kVocabChunk;
+  const bool partial = vocab % kVocabChunk != 0;
   const int64_t by_cache = std::max<int64_t>(1, kTileFloats / (std::max<int64_t>(rows, 1) * kVocabChunk));
-  const int64_t by_balance = std::max<int64_t>(1, (full + 2 * threads - 1) / (2 * threads));
-  const int64_t per_group = std::min(by_cache, by_balance);
+  threads = std::max<int64_t>(1, threads);
+  int64_t n_groups = std::max<int64_t>((full + by_cache - 1) / by_cache, 1);
+  n_groups = std::min(full, (n_groups + threads - 1) / threads * threads);
   std::vector<ChunkGroup> groups;
-  for (int64_t c = 0; c < full; c += per_group) groups.push_back({c, std::min(per_group, full - c)});
-  if (vocab % kVocabChunk != 0) groups.push_back({full, 1});
+  if (n_groups == 0) return {{0, 0, partial}};
+  const int64_t per_group = (full + n_groups - 1) / n_groups;
+  for (int64_t c = 0; c < full; c += per_group) groups.push_back({c, std::min(per_group, full - c), false});
+  groups.back().with_partial = partial;
   return groups;
 }
 
@@ -112,40 +118,44 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   const int64_t n_chunks = num_vocab_chunks(vocab);
   const std::vector<ChunkGroup> groups = chunk_groups(vocab, n, at::get_num_threads());
   std::vector<ChunkSummary> summary(n * n_chunks);
-  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t group_begin, int64_t group_end) {
-    for (int64_t g = group_begin; g < group_end; ++g) {
-      const int64_t first = groups[g].first_chunk, count = groups[g].n_chunks;
-      const int64_t begin = first * kVocabChunk, end = std::min(vocab, (first + count) * kVocabChunk);
-      const int64_t cols = (end - begin) / count;  // a group holds whole chunks, or the one partial chunk
-      const at::Tensor z = chunk_logits(a, a.hidden, begin, end).view({n, count, cols});
-      // Max and first argmax per (row, chunk), then exp(z - max): vectorized ATen calls over the tile.
-      const auto [maxima, argmaxima] = at::max(z, 2);
-      const float* mp = maxima.data_ptr<float>();
-      const int64_t* ap = argmaxima.data_ptr<int64_t>();
-      const at::Tensor shift = at::where(at::isfinite(maxima), maxima, at::zeros_like(maxima));
-      const at::Tensor e = at::exp(z - shift.unsqueeze(2));  // a fully banned chunk: exp(-inf) = 0
-      const float* zp = z.data_ptr<float>();
-      const float* ep = e.data_ptr<float>();
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t local = 0; local < count; ++local) {
-          const int64_t c = first + local, at_rc = r * count + local;
-          ChunkSummary& s = summary[r * n_chunks + c];
-          s.stats = empty_row_summary();
-          s.candidate = -1;
-          s.candidate_logit = -std::numeric_limits<float>::infinity();
-          if (mp[at_rc] == -std::numeric_limits<float>::infinity()) continue;  // every id banned here
-          const float* er = ep + at_rc * cols;
-          s.stats.max = mp[at_rc];
-          s.stats.argmax = c * kVocabChunk + ap[at_rc];
-          s.stats.mass = sum_as_double(er, cols);
-          if (draw) {
-            const double v = uniform53_at(row_key(r), static_cast<uint32_t>(1 + c));
-            const int64_t j = inverse_cdf(cols, v * s.stats.mass, [&](int64_t i) { return static_cast<double>(er[i]); });
-            s.candidate = c * kVocabChunk + j;
-            s.candidate_logit = zp[at_rc * cols + j];
-          }
+  // Projects `count` consecutive chunks of `cols` ids from chunk `first` on, and fills their summaries.
+  const auto summarize_chunks = [&](int64_t first, int64_t count, int64_t cols) {
+    const int64_t begin = first * kVocabChunk;
+    const at::Tensor z = chunk_logits(a, a.hidden, begin, begin + count * cols).view({n, count, cols});
+    // Max and first argmax per (row, chunk), then exp(z - max): vectorized ATen calls over the tile.
+    const auto [maxima, argmaxima] = at::max(z, 2);
+    const float* mp = maxima.data_ptr<float>();
+    const int64_t* ap = argmaxima.data_ptr<int64_t>();
+    const at::Tensor shift = at::where(at::isfinite(maxima), maxima, at::zeros_like(maxima));
+    const at::Tensor e = at::exp(z - shift.unsqueeze(2));  // a fully banned chunk: exp(-inf) = 0
+    const float* zp = z.data_ptr<float>();
+    const float* ep = e.data_ptr<float>();
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t local = 0; local < count; ++local) {
+        const int64_t c = first + local, at_rc = r * count + local;
+        ChunkSummary& s = summary[r * n_chunks + c];
+        s.stats = empty_row_summary();
+        s.candidate = -1;
+        s.candidate_logit = -std::numeric_limits<float>::infinity();
+        if (mp[at_rc] == -std::numeric_limits<float>::infinity()) continue;  // every id banned here
+        const float* er = ep + at_rc * cols;
+        s.stats.max = mp[at_rc];
+        s.stats.argmax = c * kVocabChunk + ap[at_rc];
+        s.stats.mass = sum_as_double(er, cols);
+        if (draw) {
+          const double v = uniform53_at(row_key(r), static_cast<uint32_t>(1 + c));
+          const int64_t j = inverse_cdf(cols, v * s.stats.mass, [&](int64_t i) { return static_cast<double>(er[i]); });
+          s.candidate = c * kVocabChunk + j;
+          s.candidate_logit = zp[at_rc * cols + j];
         }
       }
+    }
+  };
+  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t group_begin, int64_t group_end) {
+    for (int64_t g = group_begin; g < group_end; ++g) {
+      const ChunkGroup& group = groups[g];
+      if (group.n_full > 0) summarize_chunks(group.first_chunk, group.n_full, kVocabChunk);
+      if (group.with_partial) summarize_chunks(vocab / kVocabChunk, 1, vocab % kVocabChunk);
     }
   });
 
