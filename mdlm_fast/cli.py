@@ -15,8 +15,9 @@ from typing import Sequence
 import torch
 
 
-class CliError(Exception):
-    """A user error: printed as one line, no traceback."""
+class CliError(ValueError):
+    """A user error: printed as one line, no traceback. A ValueError, so that ``main`` catches it
+    even where ``python -m mdlm_fast.cli`` has loaded this module twice (as ``__main__`` too)."""
 
 
 def _load_models(args) -> list:

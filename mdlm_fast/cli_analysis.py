@@ -22,13 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from mdlm_fast.atomic import write_text
-
-
-
-class CliError(ValueError):
-    """A user error, printed by ``mdlm-fast`` as one line (exit 2). A ValueError so that
-    ``cli.main`` reports it however the CLI module was loaded (``python -m mdlm_fast.cli`` makes
-    ``cli.CliError`` a different class from ``__main__.CliError``)."""
+from mdlm_fast.cli import CliError
 
 DEFAULT_OUT = "runs/analysis"
 DEFAULT_DATA = "../shared/data/shakespeare.txt"

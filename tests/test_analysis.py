@@ -1,6 +1,5 @@
 """Evaluation and analysis on constructed inputs with known answers: gen-PPL, importance (eq. 6/7),
 segment scores (eq. 8), resumable search, calibration."""
-import itertools
 import json
 import math
 import random
@@ -16,9 +15,10 @@ from mdlm_fast import search
 from mdlm_fast.distributed import DistContext, from_env
 from mdlm_fast.importance import (ImportancePoint, ImportanceProfile, corrupt, default_t_grid,
                                   step_importance)
-from mdlm_fast.judge import CausalLM, CausalLMConfig, nll
+from mdlm_fast.judge import nll
 from mdlm_fast.model import subs_log_probs
 from mdlm_fast.noise import LogLinearNoise
+from text_helpers import FixedJudge, IdTokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -29,28 +29,6 @@ def tiny_dit(n_blocks, seed, vocab=6, length=8, scale=0.5):
     config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab,
                           model_length=length)
     return mf.DiT(config).init_random_(seed, std=scale).eval()
-
-
-class FixedJudge(CausalLM):
-    """Next-token distribution is the same fixed categorical at every position."""
-
-    def __init__(self, probs):
-        super().__init__(CausalLMConfig(vocab_size=len(probs), hidden_dim=8, n_heads=2, n_blocks=1, max_length=64))
-        self.log_probs = torch.log(torch.tensor(probs))
-
-    def forward(self, ids):
-        return self.log_probs.expand(*ids.shape, -1).clone()
-
-
-class IdTokenizer:
-    """Text "3 1 2" <-> ids [3, 1, 2]; decoding drops the mask id."""
-    name, eos_id = "ids", 0
-
-    def encode(self, text):
-        return [int(t) for t in text.split()]
-
-    def decode(self, ids, mask_id=None):
-        return " ".join(str(i) for i in ids if i != mask_id)
 
 
 PROBS = [0.1, 0.2, 0.3, 0.15, 0.2499, 0.0001]  # sums to 1; id 5 = the tiny models' mask id

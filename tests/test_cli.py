@@ -56,10 +56,11 @@ def test_tokenizer_vocabulary_mismatch_is_refused(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be that is the question " * 50)
     small = train_bpe_tokenizer(text, vocab_size=300, out_path=tmp_path / "small.json")
-    assert Path(tmp_path / "small.json").exists()
+    assert Path(tmp_path / "small.json").exists() and small.vocab_size < 8193
     proc = subprocess.run([sys.executable, "-m", "mdlm_fast.cli", "generate", *SMALL, "--tokenizer",
                            str(tmp_path / "small.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "vocab" in proc.stderr
 
 
 def test_info(capsys):

@@ -2,29 +2,9 @@
 import math
 
 import pytest
-import torch
 
 from mdlm_fast import eval as ev
-from mdlm_fast.judge import CausalLM, CausalLMConfig
-
-
-class FixedJudge(CausalLM):
-    """A judge whose next-token distribution is the same fixed categorical everywhere."""
-
-    def __init__(self, probs):
-        super().__init__(CausalLMConfig(vocab_size=len(probs), hidden_dim=8, n_heads=2, n_blocks=1, max_length=16))
-        self.log_probs = torch.log(torch.tensor(probs))
-
-    def forward(self, ids):
-        return self.log_probs.expand(*ids.shape, -1).clone()
-
-
-class IdTokenizer:
-    """Text "3 1 2" <-> ids [3, 1, 2]."""
-    name, eos_id = "ids", 0
-
-    def encode(self, text):
-        return [int(t) for t in text.split()]
+from text_helpers import FixedJudge, IdTokenizer
 
 
 def test_gen_ppl_of_a_judge_with_known_probabilities():
