@@ -2,8 +2,8 @@
 
 For each light fraction (sandwich placement) both samplers generate with the same models, steps
 and seeds; each row reports the predicted block-FLOPs saving (eq. 3), executed FLOPs, median
-wall time, the measured speedup of each sampler against its own all-heavy row, and
-realized/predicted = measured saving / predicted saving. Repeats are interleaved (every repeat
+wall time, the measured speedup of each sampler against its own all-heavy row (the median of
+per-repeat ratios), and realized/predicted = measured saving / predicted saving. Repeats are interleaved (every repeat
 walks all rows) so drift on a shared machine hits all rows alike. With --time-blocks (the
 default on a CPU, where the hooks cost nothing measurable) every row also reports the fraction
 of its time spent in the Transformer blocks, and the all-heavy rows the eq. 4 bound on
@@ -84,16 +84,31 @@ def run_cases(config, models, cases, samplers, repeats, *, reference_keys=None, 
     return measured
 
 
+def paired_speedup(base_times: list[float], times: list[float]) -> dict:
+    """Speedup against the all-heavy row, repeat by repeat.
+
+    Repeat k of every row runs within the same few minutes (run_cases interleaves them), so the
+    ratio t_base[k] / t[k] cancels the machine's slow load drifts that a ratio of medians keeps.
+    Falls back to the ratio of medians when the repeat counts differ."""
+    if len(base_times) == len(times):
+        ratios = [b / t for b, t in zip(base_times, times)]
+        return {"speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+                "paired": True}
+    ratio = statistics.median(base_times) / statistics.median(times)
+    return {"speedup": ratio, "speedup_min": ratio, "speedup_max": ratio, "paired": False}
+
+
 def table_rows(cases, samplers, measured, base_key) -> list[dict]:
     rows = []
     for sampler in samplers:
-        base = summary(measured[(sampler, base_key)][1])["median_s"] if (sampler, base_key) in measured else None
+        base_times = measured[(sampler, base_key)][1] if (sampler, base_key) in measured else None
         for case in cases:
             if (sampler, case.key) not in measured:
                 continue
             st, times, fractions = measured[(sampler, case.key)]
             t = summary(times)
-            saving = 1 - t["median_s"] / base if base else None
+            speed = paired_speedup(base_times, times) if base_times else None
+            saving = 1 - 1 / speed["speedup"] if speed else None
             block_fraction = statistics.median(fractions) if fractions else None
             rows.append({
                 "sampler": sampler, "light_blocks": case.light_blocks, "light_fraction": case.light_fraction,
@@ -105,11 +120,19 @@ def table_rows(cases, samplers, measured, base_key) -> list[dict]:
                 "forwards": sum(st.forwards), "forwards_per_step": st.forwards_per_step,
                 "rows_run": sum(st.rows), "head_positions": st.head_positions,
                 "median_s": t["median_s"], "min_s": t["min_s"], "max_s": t["max_s"], "spread": t["spread"],
-                "repeats": t["repeats"],
-                "speedup_vs_own_all_heavy": base / t["median_s"] if base else None,
+                "repeats": t["repeats"], "times_s": list(times),
+                "speedup_vs_own_all_heavy": speed["speedup"] if speed else None,
+                "speedup_min": speed["speedup_min"] if speed else None,
+                "speedup_max": speed["speedup_max"] if speed else None,
+                "speedup_paired": speed["paired"] if speed else None,
                 "measured_saving": saving,
                 "realized_over_predicted": saving / st.predicted_saving if saving is not None and st.predicted_saving
                 else None,
+                # the same ratio at the extreme repeats: how far noise moves it
+                "realized_over_predicted_min": (1 - 1 / speed["speedup_min"]) / st.predicted_saving
+                if speed and st.predicted_saving else None,
+                "realized_over_predicted_max": (1 - 1 / speed["speedup_max"]) / st.predicted_saving
+                if speed and st.predicted_saving else None,
                 "block_fraction": block_fraction,
                 # eq. 4: only block time scales with depth, so realized/predicted <= the all-heavy block fraction
                 "eq4_bound_realized_over_predicted": block_fraction if case.light_fraction == 0 else None,

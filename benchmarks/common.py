@@ -140,6 +140,8 @@ def write_results(name: str, payload: dict, rows: list[dict]) -> Path:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, (list, tuple)):  # one CSV cell: per-repeat values separated by ';'
+        return ";".join(_fmt(v) for v in value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else str(value)

@@ -1,8 +1,8 @@
 """Plots from benchmarks/results/*.json (the benchmarks write data; this script only draws).
 
   python benchmarks/plot_results.py                 # every results file it knows how to draw
-Writes PNGs next to the data: measured speedup saving vs predicted FLOPs saving (with y = x) for
-both samplers, and the fused head vs matmul ratio over N.
+Writes PNGs next to the data: measured wall-clock saving vs predicted FLOPs saving (with y = x and the
+range over paired repeats) for both samplers, and the fused head vs matmul ratio over N.
 """
 from __future__ import annotations
 
@@ -26,8 +26,12 @@ def plot_sampler(path: Path) -> Path:
         rows = [r for r in data["rows"] if r["sampler"] == sampler and r["measured_saving"] is not None]
         if not rows:
             continue
-        ax.plot([r["predicted_saving"] for r in rows], [r["measured_saving"] for r in rows], marker=marker,
-                label=f"{sampler} sampler")
+        saving = [r["measured_saving"] for r in rows]
+        # error bars: the saving at the slowest and fastest paired repeat (absent in older results files)
+        low = [s - (1 - 1 / r["speedup_min"]) if r.get("speedup_min") else 0.0 for s, r in zip(saving, rows)]
+        high = [(1 - 1 / r["speedup_max"]) - s if r.get("speedup_max") else 0.0 for s, r in zip(saving, rows)]
+        ax.errorbar([r["predicted_saving"] for r in rows], saving, yerr=[low, high], marker=marker, capsize=3,
+                    label=f"{sampler} sampler")
     top = max(r["predicted_saving"] for r in data["rows"])
     ax.plot([0, top], [0, top], "k--", lw=1, label="y = x (wall-clock follows FLOPs)")
     ax.set_xlabel("predicted saving, block FLOPs (eq. 3)")

@@ -15,6 +15,16 @@ def _f(value, fmt):
     return "–" if value is None else format(value, fmt)
 
 
+def _range(row: dict, key: str, stem: str, fmt: str) -> str:
+    """`value (min–max)` where the row has a per-repeat range that differs from the value."""
+    value, lo, hi = row.get(key), row.get(f"{stem}_min"), row.get(f"{stem}_max")
+    if value is None:
+        return "–"
+    if lo is None or hi is None or lo == hi:
+        return format(value, fmt)
+    return f"{value:{fmt}} ({lo:{fmt}}–{hi:{fmt}})"
+
+
 def _header(data: dict) -> str:
     m = data["machine"]
     where = m.get("gpu") or f"{m['processor']}, {m['threads']} threads"
@@ -25,14 +35,16 @@ def _header(data: dict) -> str:
 def sampler_table(data: dict) -> str:
     lines = [_header(data), "",
              "| sampler | light blocks | light % | predicted saving (eq. 3) | executed GFLOPs | median s (spread) "
-             "| speedup vs own all-heavy | realized/predicted | fast vs reference | time in blocks |",
+             "| speedup vs own all-heavy (min–max) | realized/predicted (min–max) | fast vs reference | time in blocks |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         lines.append(
             f"| {r['sampler']} | {r['light_blocks']} | {r['light_fraction']:.0%} | {r['predicted_saving']:.3f} "
             f"| {r['executed_gflops']:.4g} | {r['median_s']:.2f} (±{r['spread']:.1%}, n={r['repeats']}) "
-            f"| {_f(r['speedup_vs_own_all_heavy'], '.3f')} | {_f(r['realized_over_predicted'], '.3f')} "
-            f"| {_f(r['speedup_vs_reference'], '.2f')} | {_f(r.get('block_fraction'), '.1%')} |")
+            f"| {_range(r, 'speedup_vs_own_all_heavy', 'speedup', '.3f')} "
+            f"| {_range(r, 'realized_over_predicted', 'realized_over_predicted', '.2f')} "
+            f"| {_f(r['speedup_vs_reference'] if r['sampler'] != 'reference' else None, '.2f')} "
+            f"| {_f(r.get('block_fraction'), '.1%')} |")
     return "\n".join(lines)
 
 

@@ -69,3 +69,31 @@ def test_plot_script_draws_every_results_file(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "result.png").stat().st_size > 1000
+
+
+def test_speedups_pair_repeats_so_a_slow_spell_cancels():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_sampler import paired_speedup
+    finally:
+        sys.path.remove(str(BENCH))
+    # repeat 1 ran while the machine was twice as slow for both rows: the paired ratio stays 2
+    paired = paired_speedup([10.0, 20.0, 10.0], [5.0, 10.0, 5.0])
+    assert paired == {"speedup": 2.0, "speedup_min": 2.0, "speedup_max": 2.0, "paired": True}
+    # the ratio of medians would not: base median 10, row median 10 after an unlucky spell
+    assert paired_speedup([10.0, 20.0, 10.0], [5.0, 10.0, 10.0])["speedup"] == 2.0
+    # different repeat counts cannot be paired: ratio of medians
+    assert paired_speedup([10.0, 12.0, 14.0], [6.0]) == {"speedup": 2.0, "speedup_min": 2.0, "speedup_max": 2.0,
+                                                         "paired": False}
+
+
+def test_report_prints_a_table_per_results_file(tmp_path):
+    _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,1", "--repeats", "2", "--samplers", "fast")
+    proc = subprocess.run([sys.executable, str(BENCH / "report.py"), "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| fast |")]
+    assert len(lines) == 2
+    speedup_column = [line.split("|")[7] for line in lines]
+    assert speedup_column[0].strip() == "1.000"  # all-heavy against itself, every repeat
+    assert "–" in speedup_column[1]  # the all-light row shows its per-repeat range
