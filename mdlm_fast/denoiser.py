@@ -9,14 +9,24 @@ Three kinds plug in:
       its vocabulary size and mask id).
 (a) and (b) get the fused head: the projection runs only at revealed positions. (c) runs its own
 head over every position of the active rows; the fast sampler still skips rows and steps.
+A trunk that takes ``positions=`` (int64 [B, Q]; DiT's does) returns the hidden states at those
+positions only and may skip work elsewhere (DiT's last block runs its queries and MLP there only).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
 
 from mdlm_fast.flops import ModelShape
+
+
+def _takes_keyword(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some C extensions have no signature
+        return False
 
 
 def _find_head(module: Any):
@@ -64,6 +74,7 @@ class Denoiser:
         if not 0 <= self.mask_index < self.vocab_size:
             raise ValueError(f"mask_index ({self.mask_index}) must lie in [0, vocab_size={self.vocab_size})")
         self._head = _find_head(model) if callable(getattr(model, "trunk", None)) else None
+        self._trunk_takes_positions = self._head is not None and _takes_keyword(model.trunk, "positions")
 
     @property
     def fused(self) -> bool:
@@ -90,6 +101,14 @@ class Denoiser:
 
     def hidden(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.model.trunk(x, sigma)
+
+    def hidden_at(self, x: torch.Tensor, sigma: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Hidden states ``[B, Q, d]`` at ``positions [B, Q]`` of each row, and whether the trunk
+        computed its last block at those positions only (worth it while Q <= L / 2)."""
+        if self._trunk_takes_positions and 2 * positions.shape[1] <= x.shape[1]:
+            return self.model.trunk(x, sigma, positions=positions), True
+        hidden = self.model.trunk(x, sigma)
+        return hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])), False
 
     def head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._head()

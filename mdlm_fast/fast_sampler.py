@@ -8,7 +8,8 @@ so ONE uniform u per position fixes its reveal step: the i with ts[i + 1] < u <=
 model runs, which gives:
   * rows with nothing to reveal at a step skip the model (exact for any denoiser: their output
     would never be used), and steps where no row reveals anything run nothing at all;
-  * the scheduled model's trunk runs on the active rows only;
+  * the scheduled model's trunk runs on the active rows only, and a DiT's last block only at the
+    positions the step reveals (keys and values still cover the whole row);
   * the fused head projects and samples only the revealed positions ([N, V] logits never exist);
   * the loop never waits on the device: the plan is moved to the host once, up front.
 """
@@ -29,9 +30,11 @@ class StepPlan:
     """Positions one step reveals, as index tensors on the sampling device."""
 
     step: int
-    rows: torch.Tensor        # active batch rows, ascending [R]
-    local_rows: torch.Tensor  # for each revealed position: its index into `rows` [N]
-    keys: torch.Tensor        # (step, batch row, position) of each revealed position [N, 3]
+    rows: torch.Tensor             # active batch rows, ascending [R]
+    local_rows: torch.Tensor       # for each revealed position: its index into `rows` [N]
+    keys: torch.Tensor             # (step, batch row, position) of each revealed position [N, 3]
+    query_positions: torch.Tensor  # revealed positions per active row, padded by repetition [R, Q]
+    query_index: torch.Tensor      # for each revealed position: its index into query_positions.flatten() [N]
 
     @property
     def n_rows(self) -> int:
@@ -71,10 +74,16 @@ def build_plan(reveal: torch.Tensor, steps: int, device: torch.device) -> tuple[
     for step, count in enumerate(counts):
         if count == 0:
             continue
-        rows = row_of[start:start + count]
-        active, local = torch.unique(rows, sorted=True, return_inverse=True)
-        keys = torch.stack([torch.full_like(rows, step), rows, pos_of[start:start + count]], dim=1)
-        plans.append(StepPlan(step, active.to(device), local.to(device), keys.to(device)))
+        rows, positions = row_of[start:start + count], pos_of[start:start + count]
+        # entries are ordered by (row, position): consecutive per row
+        active, local, per_row = torch.unique_consecutive(rows, return_inverse=True, return_counts=True)
+        first = torch.cumsum(per_row, 0) - per_row
+        width = int(per_row.max())
+        take = first[:, None] + torch.minimum(torch.arange(width), per_row[:, None] - 1)
+        query_index = local * width + torch.arange(count) - first[local]
+        keys = torch.stack([torch.full_like(rows, step), rows, positions], dim=1)
+        plans.append(StepPlan(step, active.to(device), local.to(device), keys.to(device),
+                              positions[take].to(device), query_index.to(device)))
         start += count
     noise_removal = plans.pop() if plans and plans[-1].step == steps else None
     return plans, noise_removal
@@ -88,18 +97,21 @@ def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int,
     sigma = run.sigma(t, plan.n_rows)
     positions = plan.keys[:, 2]
     banned = run.banned
+    last_block_queries = None
     if model.fused:
-        hidden = model.hidden(x_rows, sigma)[plan.local_rows, positions]
+        hidden, pruned = model.hidden_at(x_rows, sigma, plan.query_positions)
+        hidden = hidden.flatten(0, 1)[plan.query_index]
         weight, bias = model.head()
         tokens, _ = ops.fused_head_sample(hidden, weight, bias, plan.keys, seed=run.seed, purpose=purpose,
                                           temperature=temperature, banned=banned)
         head_positions = plan.n_positions
+        last_block_queries = plan.query_positions.numel() if pruned else None
     else:
         logits = model.logits(x_rows, sigma)[plan.local_rows, positions]
         tokens, _ = reference.sample_from_logits(logits, plan.keys, run.seed, purpose, temperature, banned, False)
         head_positions = plan.n_rows * x.shape[1]
     x.index_put_((plan.keys[:, 1], positions), tokens)
-    run.record_forward(model_index, plan.n_rows, head_positions)
+    run.record_forward(model_index, plan.n_rows, head_positions, last_block_queries)
 
 
 def run(run: SamplingRun) -> torch.Tensor:

@@ -111,17 +111,25 @@ def _from_module(obj: Any) -> Optional[ModelShape]:
 # ----------------------------------------------------------------------------------------------
 
 
-def block_flops(shape: Any, rows: int, length: int) -> int:
+def block_flops(shape: Any, rows: int, length: int, last_block_queries: Optional[int] = None) -> int:
     """FLOPs of all Transformer blocks over ``rows`` sequences of ``length`` tokens.
 
     ``rows * length * n_blocks * ((8 + 4 r) d^2 + 4 length d)``; with ``r = 4``: ``24 d^2 + 4 L d``
     per token and block (linear layers + attention scores and mixing).
+
+    ``last_block_queries``: the last block ran at that many positions only (``DiT.trunk(...,
+    positions=)``): its key/value projections ``4 d^2`` still cover every token, while the query
+    and output projections, attention and MLP, ``(4 + 4 r) d^2 + 4 L d``, cover the queries only.
     """
     shape = ModelShape.of(shape)
     rows, length = _count(rows, "rows"), _count(length, "length")
     d = shape.hidden_dim
     per_token = (8 + 4 * shape.mlp_ratio) * d * d + 4 * length * d
-    return rows * length * shape.n_blocks * per_token
+    if last_block_queries is None:
+        return rows * length * shape.n_blocks * per_token
+    queries = _count(last_block_queries, "last_block_queries")
+    per_query = (4 + 4 * shape.mlp_ratio) * d * d + 4 * length * d
+    return rows * length * ((shape.n_blocks - 1) * per_token + 4 * d * d) + queries * per_query
 
 
 def head_flops(shape: Any, positions: int) -> int:
@@ -216,10 +224,13 @@ class ExecutedFlops:
         """Blocks plus head FLOPs."""
         return self.blocks + self.head
 
-    def add_trunk(self, model_index: int, shape: Any, rows: int, length: int) -> int:
-        """Record one trunk forward of model ``model_index`` over ``rows`` rows; returns its FLOPs."""
+    def add_trunk(self, model_index: int, shape: Any, rows: int, length: int,
+                  last_block_queries: Optional[int] = None) -> int:
+        """Record one trunk forward of model ``model_index`` over ``rows`` rows; returns its FLOPs.
+
+        ``last_block_queries``: see :func:`block_flops`."""
         model_index = _count(model_index, "model_index")
-        flops = block_flops(shape, rows, length)
+        flops = block_flops(shape, rows, length, last_block_queries)
         if rows:
             self.forwards[model_index] = self.forwards.get(model_index, 0) + 1
             self.rows[model_index] = self.rows.get(model_index, 0) + int(rows)

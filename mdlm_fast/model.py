@@ -272,17 +272,48 @@ class DDiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
                 mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``x``: fp32 residual stream [B, L, d]; ``mods`` from :meth:`modulations`."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        shift_msa, scale_msa = mods[:2]
         dtype = self.attn_qkv.weight.dtype
         b, s, d = x.shape
         h = modulate(self.norm1(x), shift_msa, scale_msa).to(dtype)
         qkv = self.attn_qkv(h).view(b, s, 3, self.n_heads, d // self.n_heads)
-        q, k = _apply_rotary(qkv[:, :, :2], *cos_sin).to(dtype).unbind(2)
+        cos, sin = (c[:, None, None, :] for c in cos_sin)
+        q, k = _rotary(qkv[:, :, :2], cos, sin).to(dtype).unbind(2)
         v = qkv[:, :, 2]
+        return self._attend_and_mlp(x, q, k, v, mods)
+
+    def forward_at(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+                   mods: tuple[torch.Tensor, ...], positions: torch.Tensor) -> torch.Tensor:
+        """The block's output only at ``positions [B, Q]`` of each row: ``[B, Q, d]``.
+
+        Keys and values still cover every position; the query projection, attention output, output
+        projection and MLP run at the Q positions only. Same math as ``forward(...)`` gathered at
+        ``positions``: the last block before a head that reads a few positions needs no more.
+        """
+        shift_msa, scale_msa = mods[:2]
+        dtype = self.attn_qkv.weight.dtype
+        b, s, d = x.shape
+        heads, head_dim = self.n_heads, d // self.n_heads
+        h = modulate(self.norm1(x), shift_msa, scale_msa).to(dtype)
+        w_q, w_kv = self.attn_qkv.weight[:d], self.attn_qkv.weight[d:]  # rows of the fused [3d, d]
+        kv = F.linear(h, w_kv).view(b, s, 2, heads, head_dim)
+        index = positions[..., None].expand(-1, -1, d)
+        q = F.linear(h.gather(1, index), w_q).view(b, positions.shape[1], heads, head_dim)
+        cos, sin = cos_sin
+        k = _rotary(kv[:, :, 0], cos[:, None, :], sin[:, None, :]).to(dtype)
+        q = _rotary(q, cos[positions][:, :, None, :], sin[positions][:, :, None, :]).to(dtype)
+        return self._attend_and_mlp(x.gather(1, index), q, k, kv[:, :, 1], mods)
+
+    def _attend_and_mlp(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Attention of ``q [B, Q, H, dh]`` over ``k, v [B, L, H, dh]``, then the gated residual
+        updates of ``x [B, Q, d]`` (the residual stream at the query positions)."""
+        _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        b, n_queries, d = x.shape
         # [B, L, H, dh] -> [B, H, L, dh]; non-causal, softmax scale 1/sqrt(dh) as flash_attn's.
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                               v.transpose(1, 2))
-        attn = attn.transpose(1, 2).reshape(b, s, d)
+        attn = attn.transpose(1, 2).reshape(b, n_queries, d)
         x = x + gate_msa * self._drop(self.attn_out(attn.to(self.attn_out.weight.dtype)))
         h = modulate(self.norm2(x), shift_mlp, scale_mlp).to(self.mlp[0].weight.dtype)
         return x + gate_mlp * self._drop(self.mlp(h))
@@ -292,11 +323,12 @@ class DDiTBlock(nn.Module):
         return F.dropout(x, p=self.dropout, training=self.training) if self.training else x
 
 
-def _apply_rotary(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary on ``qk [B, L, 2, H, dh]`` in fp32 with ``cos/sin [L, dh]``; returns fp32."""
-    qk = qk.float()
-    cos, sin = cos[:, None, None, :], sin[:, None, None, :]
-    return qk * cos + rotate_half(qk) * sin
+def _rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary on ``t [..., dh]`` in fp32, ``cos/sin`` broadcast against it; returns fp32.
+
+    Elementwise, so rotating a subset of positions gives exactly the rows of rotating them all."""
+    t = t.float()
+    return t * cos + rotate_half(t) * sin
 
 
 class DDitFinalLayer(nn.Module):
@@ -391,19 +423,26 @@ class DiT(nn.Module):
         h = self.trunk(x, sigma)
         return F.linear(h, self.head_weight, self.head_bias)
 
-    def trunk(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def trunk(self, x: torch.Tensor, sigma: torch.Tensor | float,
+              positions: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state ``[B, L, d]`` right before ``output_layer.linear``, in the parameter dtype.
 
         ``sigma``: shape ``[B]``, ``[B, 1]``, ``[1]`` or scalar (broadcast over the batch).
+        ``positions``: optional int64 ``[B, Q]``; then only the hidden states at those positions of
+        each row are returned, ``[B, Q, d]`` (the same values as ``trunk(x, sigma)`` gathered there),
+        and the last block computes its queries, output projection and MLP at those positions only.
         """
         self._check_x(x)
         b, seq_len = x.shape
+        if positions is not None:
+            self._check_positions(positions, b, seq_len, x.device)
         sigma = self._check_sigma(sigma, b, x.device)
         block_mods, final_mods = self._modulations(sigma)
         cos_sin = self.rotary_emb(seq_len, x.device)
         h = self.vocab_embed(x).float()  # fp32 residual stream (see module doc)
-        for block, mods in zip(self.blocks, block_mods):
-            h = block(h, cos_sin, mods)
+        last = self.n_blocks - 1 if positions is not None else None
+        for i, (block, mods) in enumerate(zip(self.blocks, block_mods)):
+            h = block.forward_at(h, cos_sin, mods, positions) if i == last else block(h, cos_sin, mods)
         return self.output_layer.pre_head(h, final_mods)
 
     # ---- input checks -----------------------------------------------------------------------
@@ -427,6 +466,18 @@ class DiT(nn.Module):
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"x holds token ids outside [0, {self.config.vocab_size}): "
                                  f"min {lo}, max {hi}")
+
+    @staticmethod
+    def _check_positions(positions: torch.Tensor, batch: int, length: int, device: torch.device) -> None:
+        if not isinstance(positions, torch.Tensor) or positions.dtype != torch.int64:
+            raise ValueError(f"positions must be an int64 tensor [B, Q], got "
+                             f"{getattr(positions, 'dtype', type(positions).__name__)}")
+        if positions.dim() != 2 or positions.shape[0] != batch:
+            raise ValueError(f"positions must have shape [B={batch}, Q], got {tuple(positions.shape)}")
+        if positions.device != device:
+            raise ValueError(f"positions is on {positions.device} but x is on {device}")
+        if device.type == "cpu" and positions.numel() and (positions.min() < 0 or positions.max() >= length):
+            raise ValueError(f"positions must lie in [0, L={length})")
 
     @staticmethod
     def _check_sigma(sigma: torch.Tensor | float, batch: int,

@@ -102,14 +102,16 @@ class SamplingRun:
     def sigma(self, t: float, rows: int) -> torch.Tensor:
         return torch.full((rows,), float(self.noise.sigma(t)), device=self.x.device)
 
-    def record_forward(self, model_index: int, rows: int, head_positions: int) -> None:
-        """Count one trunk forward over `rows` rows and a head over `head_positions` positions."""
+    def record_forward(self, model_index: int, rows: int, head_positions: int,
+                       last_block_queries: int | None = None) -> None:
+        """Count one trunk forward over `rows` rows and a head over `head_positions` positions
+        (`last_block_queries`: the last block ran at that many positions only)."""
         model = self.models[model_index]
         self.forwards[model_index] += 1
         self.rows[model_index] += rows
         self.head_positions += head_positions
         if model.shape is not None:
-            self.flops.add_trunk(model_index, model.shape, rows, self.x.shape[1])
+            self.flops.add_trunk(model_index, model.shape, rows, self.x.shape[1], last_block_queries)
             self.flops.add_head(model.shape, head_positions)
 
 

@@ -28,6 +28,16 @@ def test_block_flops_by_hand():
     assert block_flops(ModelShape(4, 1, 10, mlp_ratio=2), 1, 3) == 3 * (256 + 48)
 
 
+def test_block_flops_with_the_last_block_at_a_few_queries_by_hand():
+    # rows 2, L 3, d 4: full blocks 432 per token; the last block's key/value projections
+    # 2 * 2 d^2 = 64 per token, and per query 2 * (d^2 + d^2 + 8 d^2) + 4 L d = 320 + 48 = 368.
+    assert block_flops(HEAVY, rows=2, length=3, last_block_queries=2) == 6 * (2 * 432 + 64) + 2 * 368
+    # queries at every token cost exactly the full block
+    assert block_flops(HEAVY, 2, 3, last_block_queries=6) == block_flops(HEAVY, 2, 3)
+    with pytest.raises(ValueError, match="last_block_queries"):
+        block_flops(HEAVY, 2, 3, last_block_queries=-1)
+
+
 def test_paper_block_flops_per_token():
     # d = 768, L = 1024: 24 d^2 + 4 L d per token per block.
     per_token = 24 * 768**2 + 4 * 1024 * 768

@@ -254,6 +254,44 @@ def test_trunk_then_head_equals_forward(dev):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_blocks", [1, 3])
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_trunk_at_positions_equals_the_full_trunk_gathered(dev, n_blocks, time_conditioning):
+    model = random_model(seed=5, n_blocks=n_blocks, time_conditioning=time_conditioning).to(dev)
+    x, sigma = torch.randint(0, 37, (3, 10), device=dev), torch.rand(3, device=dev)
+    # unsorted, repeated (padding) and edge positions
+    positions = torch.tensor([[9, 0, 0], [4, 5, 4], [7, 7, 7]], device=dev)
+    with torch.no_grad():
+        full = model.trunk(x, sigma)
+        at = model.trunk(x, sigma, positions=positions)
+    assert at.shape == (3, 3, TINY["hidden_dim"])
+    expected = full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1]))
+    torch.testing.assert_close(at, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_trunk_at_positions_bf16_close_to_the_full_trunk(dev):
+    model = random_model(seed=6).to(dev).to(torch.bfloat16)
+    x, sigma = torch.randint(0, 37, (2, 8), device=dev), torch.rand(2, device=dev)
+    positions = torch.tensor([[1, 6], [0, 3]], device=dev)
+    with torch.no_grad():
+        full = model.trunk(x, sigma).float()
+        at = model.trunk(x, sigma, positions=positions).float()
+    expected = full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1]))
+    assert (at - expected).abs().max() / expected.abs().max() < 0.02
+
+
+@pytest.mark.parametrize("positions,match", [
+    (torch.zeros(2, 2), r"positions must be an int64 tensor"),
+    (torch.zeros(3, 2, dtype=torch.int64), r"positions must have shape \[B=2, Q\]"),
+    (torch.zeros(2, dtype=torch.int64), r"positions must have shape"),
+    (torch.full((2, 1), 5, dtype=torch.int64), r"positions must lie in \[0, L=5\)"),
+    (torch.full((2, 1), -1, dtype=torch.int64), r"positions must lie in"),
+])
+def test_bad_positions_raise(positions, match):
+    with pytest.raises(ValueError, match=match):
+        random_model().trunk(torch.zeros(2, 5, dtype=torch.int64), torch.zeros(2), positions=positions)
+
+
 @pytest.mark.parametrize("time_conditioning", [False, True])
 def test_bf16_close_to_fp32(dev, time_conditioning):
     model = random_model(seed=4, time_conditioning=time_conditioning).to(dev)

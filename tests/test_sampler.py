@@ -206,6 +206,36 @@ def test_fast_sampler_skips_work_and_counts_it():
     assert fast.stats.host_syncs == 1
 
 
+class TrunkWithoutPositions(torch.nn.Module):
+    """A DiT behind a trunk that takes no `positions=`: the sampler must run every block whole."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit, self.config = dit, dit.config
+        self.head_weight, self.head_bias = dit.head_weight, dit.head_bias
+
+    def trunk(self, x, sigma):
+        return self.dit.trunk(x, sigma)
+
+    def forward(self, x, sigma):
+        return self.dit(x, sigma)
+
+
+def test_last_block_at_revealed_positions_changes_the_work_not_the_tokens():
+    heavy = tiny_dit(3, 0, vocab=50, length=32)
+    pruned = mf.sample(heavy, steps=32, batch_size=4, sampler="fast", seed=3)
+    whole = mf.sample(TrunkWithoutPositions(heavy), steps=32, batch_size=4, sampler="fast", seed=3)
+    assert torch.equal(pruned.tokens, whole.tokens)
+    assert pruned.stats.rows == whole.stats.rows
+    # the saving is (rows * L - queries) * the per-query cost of the last block (flops.block_flops)
+    d, length = 16, 32
+    per_query = 2 * (d * d + d * d + 8 * d * d) + 4 * length * d
+    saved = whole.stats.executed_flops["blocks"] - pruned.stats.executed_flops["blocks"]
+    assert saved > 0 and saved % per_query == 0
+    queries = sum(whole.stats.rows) * length - saved // per_query
+    assert pruned.stats.head_positions <= queries < sum(whole.stats.rows) * length // 2
+
+
 def _noise_removal_tokens(model, x, how):
     """Run the fast sampler's noise removal on every masked position of x."""
     from mdlm_fast import fast_sampler
