@@ -270,36 +270,28 @@ class DDiTBlock(nn.Module):
         return self.adaLN_modulation(c)[:, None].float().chunk(6, dim=2)
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
-                mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """``x``: fp32 residual stream [B, L, d]; ``mods`` from :meth:`modulations`."""
-        shift_msa, scale_msa = mods[:2]
-        dtype = self.attn_qkv.weight.dtype
-        b, s, d = x.shape
-        h = modulate(self.norm1(x), shift_msa, scale_msa).to(dtype)
-        qkv = self.attn_qkv(h).view(b, s, 3, self.n_heads, d // self.n_heads)
-        cos, sin = (c[:, None, None, :] for c in cos_sin)
-        q, k = _rotary(qkv[:, :, :2], cos, sin).to(dtype).unbind(2)
-        v = qkv[:, :, 2]
-        return self._attend_and_mlp(x, q, k, v, mods)
+                mods: tuple[torch.Tensor, ...], positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: fp32 residual stream [B, L, d]; ``mods`` from :meth:`modulations`.
 
-    def forward_at(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
-                   mods: tuple[torch.Tensor, ...], positions: torch.Tensor) -> torch.Tensor:
-        """The block's output only at ``positions [B, Q]`` of each row: ``[B, Q, d]``.
-
-        Keys and values still cover every position; the query projection, attention output, output
-        projection and MLP run at the Q positions only. Same math as ``forward(...)`` gathered at
-        ``positions``: the last block before a head that reads a few positions needs no more.
+        ``positions [B, Q]``: return the block's output only there, ``[B, Q, d]``. Keys and values
+        still cover every position; the query projection, attention output, output projection and
+        MLP run at the Q positions only. Same math as the full output gathered at ``positions``:
+        the last block before a head that reads a few positions needs no more.
         """
         shift_msa, scale_msa = mods[:2]
         dtype = self.attn_qkv.weight.dtype
         b, s, d = x.shape
         heads, head_dim = self.n_heads, d // self.n_heads
         h = modulate(self.norm1(x), shift_msa, scale_msa).to(dtype)
+        cos, sin = cos_sin
+        if positions is None:
+            qkv = self.attn_qkv(h).view(b, s, 3, heads, head_dim)
+            q, k = _rotary(qkv[:, :, :2], cos[:, None, None, :], sin[:, None, None, :]).to(dtype).unbind(2)
+            return self._attend_and_mlp(x, q, k, qkv[:, :, 2], mods)
         w_q, w_kv = self.attn_qkv.weight[:d], self.attn_qkv.weight[d:]  # rows of the fused [3d, d]
         kv = F.linear(h, w_kv).view(b, s, 2, heads, head_dim)
         index = positions[..., None].expand(-1, -1, d)
         q = F.linear(h.gather(1, index), w_q).view(b, positions.shape[1], heads, head_dim)
-        cos, sin = cos_sin
         k = _rotary(kv[:, :, 0], cos[:, None, :], sin[:, None, :]).to(dtype)
         q = _rotary(q, cos[positions][:, :, None, :], sin[positions][:, :, None, :]).to(dtype)
         return self._attend_and_mlp(x.gather(1, index), q, k, kv[:, :, 1], mods)
@@ -442,7 +434,7 @@ class DiT(nn.Module):
         h = self.vocab_embed(x).float()  # fp32 residual stream (see module doc)
         last = self.n_blocks - 1 if positions is not None else None
         for i, (block, mods) in enumerate(zip(self.blocks, block_mods)):
-            h = block.forward_at(h, cos_sin, mods, positions) if i == last else block(h, cos_sin, mods)
+            h = block(h, cos_sin, mods, positions if i == last else None)
         return self.output_layer.pre_head(h, final_mods)
 
     # ---- input checks -----------------------------------------------------------------------

@@ -269,6 +269,17 @@ def test_trunk_at_positions_equals_the_full_trunk_gathered(dev, n_blocks, time_c
     torch.testing.assert_close(at, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_the_positions_path_goes_through_the_block_modules():
+    # profilers and the benchmarks' block timers hook the block modules: the last one must fire too
+    model = random_model(seed=5, n_blocks=2)
+    seen = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    with torch.no_grad():
+        model.trunk(torch.zeros(2, 6, dtype=torch.int64), torch.zeros(2), positions=torch.tensor([[1], [4]]))
+    assert seen == [(2, 6, TINY["hidden_dim"]), (2, 1, TINY["hidden_dim"])]
+
+
 def test_trunk_at_positions_bf16_close_to_the_full_trunk(dev):
     model = random_model(seed=6).to(dev).to(torch.bfloat16)
     x, sigma = torch.randint(0, 37, (2, 8), device=dev), torch.rand(2, device=dev)
