@@ -3,8 +3,9 @@
 For each light fraction (sandwich placement) both samplers generate with the same models, steps
 and seeds; each row reports the predicted block-FLOPs saving (eq. 3), executed FLOPs, median
 wall time, the measured speedup of each sampler against its own all-heavy row (the median of
-per-repeat ratios), and realized/predicted = measured saving / predicted saving. Repeats are interleaved (every repeat
-walks all rows) so drift on a shared machine hits all rows alike. With --time-blocks (the
+per-repeat ratios), and realized/predicted = measured saving / predicted saving. Repeats are
+interleaved (every repeat walks all rows, odd repeats in reverse order) so drift on a shared
+machine hits all rows alike. With --time-blocks (the
 default on a CPU, where the hooks cost nothing measurable) every row also reports the fraction
 of its time spent in the Transformer blocks, and the all-heavy rows the eq. 4 bound on
 realized/predicted that this fraction implies.
@@ -63,7 +64,9 @@ def run_cases(config, models, cases, samplers, repeats, *, reference_keys=None, 
             if s != "reference" or reference_keys is None or c.key in reference_keys]
     measured = {(s, c.key): (None, [], []) for s, c in runs}
     for rep in range(repeats):
-        for sampler, case in runs:
+        # Odd repeats walk the rows backwards, so a drift of the machine's speed within a repeat
+        # pushes a row's ratio to the all-heavy row one way in even repeats and the other way in odd ones.
+        for sampler, case in (runs if rep % 2 == 0 else runs[::-1]):
             if sampler == "reference" and rep >= reference_repeats:
                 continue
             timers = [BlockTimer(m, config.device) for m in models] if time_blocks else []

@@ -71,6 +71,17 @@ def test_plot_script_draws_every_results_file(tmp_path):
     assert (tmp_path / "result.png").stat().st_size > 1000
 
 
+def test_odd_repeats_walk_the_rows_in_reverse_so_drift_within_a_repeat_cancels(tmp_path):
+    _, proc = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,0.5,1", "--repeats", "2",
+                   "--samplers", "fast")
+    order = {"rep 0": [], "rep 1": []}
+    for line in proc.stderr.splitlines():
+        if line[:5] in order:
+            order[line[:5]].append(line.split()[4])  # the schedule spec
+    assert len(order["rep 0"]) == 3 and len(set(order["rep 0"])) == 3
+    assert order["rep 1"] == order["rep 0"][::-1]
+
+
 def test_speedups_pair_repeats_so_a_slow_spell_cancels():
     sys.path.insert(0, str(BENCH))
     try:
