@@ -22,3 +22,19 @@ OMP_NUM_THREADS=1 $BIN/torchrun --standalone --nproc_per_node 2 -m mdlm_fast.cli
   "${SAMPLING[@]}" --samples 16 --threads 1 --no-progress --out "$OUT"
 # Calibration at the search's budget (4 of 10 segments light), with the search's settings and seeds.
 $BIN/mdlm-fast calibrate --importance "$OUT/importance.json" --search "$OUT" --threads 2 --no-progress --out "$OUT"
+
+# Normalized step importance (section 1b) needs a second heavy seed, which is not in the wheel.
+# Train it first (about 62 CPU-minutes, resumable) with the heavy card's command plus a seed:
+#   .venv/bin/mdlm-fast train --kind mdlm --data ../shared/data/shakespeare.txt --run-dir runs/heavy_seed1 \
+#     --tokenizer embedded --n-blocks 8 --hidden-dim 256 --n-heads 4 --cond-dim 16 --length 256 \
+#     --batch-size 16 --amp bf16 --threads 2 --max-steps 2500 --eval-every 250 --seed 1 \
+#     --export runs/heavy_seed1/export --export-dtype bf16 --export-no-tokenizer
+SEED1=${HEAVY_SEED1:-runs/heavy_seed1/export}
+if [ -d "$SEED1" ]; then
+  $BIN/mdlm-fast importance --windows 64 --t-points 20 --threads 2 --no-progress --reference "$SEED1" \
+    --out "$OUT/importance_normalized"
+  $BIN/mdlm-fast calibrate --importance "$OUT/importance_normalized/importance.json" --metric kl_normalized \
+    --search "$OUT" --threads 2 --no-progress --out "$OUT/importance_normalized"
+else
+  echo "no second heavy seed at $SEED1: skipping the normalized step importance (section 1b)" >&2
+fi
