@@ -5,10 +5,9 @@ and seeds; each row reports the predicted block-FLOPs saving (eq. 3), executed F
 wall time, the measured speedup of each sampler against its own all-heavy row (the median of
 per-repeat ratios), and realized/predicted = measured saving / predicted saving. Repeats are
 interleaved (every repeat walks all rows, odd repeats in reverse order) so drift on a shared
-machine hits all rows alike. With --time-blocks (the
-default on a CPU, where the hooks cost nothing measurable) every row also reports the fraction
-of its time spent in the Transformer blocks, and the all-heavy rows the eq. 4 bound on
-realized/predicted that this fraction implies.
+machine hits all rows alike. With --time-blocks (the default on a CPU, where the hooks cost
+nothing measurable) every row also reports the fraction of its time spent in the Transformer
+blocks, and the all-heavy rows the eq. 4 bound on realized/predicted that this fraction implies.
 
   python benchmarks/bench_sampler.py --config cpu                 # all rows, both samplers
   python benchmarks/bench_sampler.py --config cpu --fractions 0,1 # a subset
