@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["PairedDifference", "paired_ratio_difference", "paired_mean_difference", "gen_ppl_ratio", "unpaired_se",
+           "compare_rows", "segment_score_se",
            "BOOTSTRAP_SEED"]
 
 #: Generator seed of the bootstrap: reruns print the same intervals.
@@ -122,3 +123,80 @@ def unpaired_se(se_a: float, se_b: float) -> Optional[float]:
     if not (math.isfinite(se_a) and math.isfinite(se_b)):
         return None
     return math.hypot(se_a, se_b)
+
+
+# --------------------------------------------------------------------------------------------
+# Rows of evaluate_schedule / the searches: a schedule against a baseline schedule
+# --------------------------------------------------------------------------------------------
+
+def _pairing_key(row: dict) -> tuple:
+    record = row.get("record") or {}
+    return tuple(tuple(v) if isinstance(v, list) else v
+                 for v in (record.get(k) for k in ("sampler", "precision", "steps", "length", "seeds", "samples")))
+
+
+def compare_rows(row: dict, baseline: dict) -> dict:
+    """Paired columns of ``row`` against ``baseline`` (two results of
+    :func:`mdlm_fast.eval.evaluate_schedule` with the same seeds): the mean-NLL difference and the
+    gen-PPL ratio with their SE and 95% intervals, the unigram-entropy difference, and the unpaired
+    SE of the gen-PPL difference beside them. Raises when the two were not sampled with the same
+    sampler, steps, length and seeds (then they are not paired)."""
+    if _pairing_key(row) != _pairing_key(baseline):
+        raise ValueError("rows are paired only when sampled with the same sampler, precision, steps, "
+                         f"length and seeds: {_pairing_key(row)} vs {_pairing_key(baseline)}")
+    out: dict = {"baseline": baseline.get("schedule")}
+    a, b = row.get("per_sample") or {}, baseline.get("per_sample") or {}
+    if "nll_sums" in a and "nll_sums" in b:
+        pairs = [(sa, na, sb, nb) for sa, na, sb, nb in
+                 zip(a["nll_sums"], a["token_counts"], b["nll_sums"], b["token_counts"])
+                 if sa is not None and sb is not None]
+        if len(pairs) >= 2:
+            d = paired_ratio_difference(*zip(*pairs))
+            out.update(d.as_dict("nll_diff_"))
+            out.update(gen_ppl_ratio(d))
+            out["gen_ppl_diff_unpaired_se"] = unpaired_se(row.get("gen_ppl_se", float("nan")),
+                                                          baseline.get("gen_ppl_se", float("nan")))
+    if "unigram_entropies" in a and "unigram_entropies" in b:
+        pairs = [(x, y) for x, y in zip(a["unigram_entropies"], b["unigram_entropies"])
+                 if x is not None and y is not None]
+        if len(pairs) >= 2:
+            out.update(paired_mean_difference(*zip(*pairs)).as_dict("entropy_diff_"))
+    return out
+
+
+def segment_score_se(rows: Sequence[dict], n_segments: int) -> list[float]:
+    """Paired standard error of each eq. 8 segment score of gen-PPL (see search.segment_scores).
+
+    A score is a fixed linear combination of the schedules' gen-PPLs, and every schedule was
+    sampled with the same seeds, so its SE comes from the per-sample influences summed across
+    schedules: ``z_i = sum_s c_s * ppl_s * (a_si - A_s n_si) / n_bar_s``, ``se = sd(z) / sqrt(k)``.
+    Shared noise cancels inside ``z_i``. NaN for a segment no schedule puts light."""
+    usable = [r for r in rows if (r.get("per_sample") or {}).get("nll_sums") is not None
+              and "light_segments" in r]
+    if not usable:
+        raise ValueError("segment_score_se needs rows with per-sample NLLs and light_segments")
+    keys = {_pairing_key(r) for r in usable}
+    if len(keys) != 1:
+        raise ValueError("segment_score_se needs rows sampled with the same seeds (paired)")
+    influences = []
+    for r in usable:
+        sums = np.array([np.nan if v is None else v for v in r["per_sample"]["nll_sums"]], dtype=np.float64)
+        counts = np.array([np.nan if v is None else v for v in r["per_sample"]["token_counts"]], dtype=np.float64)
+        ok = np.isfinite(sums)
+        mean = sums[ok].sum() / counts[ok].sum()
+        infl = np.where(ok, (sums - mean * counts) / counts[ok].mean(), 0.0)
+        influences.append(math.exp(mean) * infl)
+    influences = np.stack(influences)  # [schedules, samples]
+    k = influences.shape[1]
+    if k < 2:
+        raise ValueError("segment_score_se needs at least 2 samples per schedule")
+    overall = influences.mean(0)
+    out = []
+    for seg in range(n_segments):
+        using = [i for i, r in enumerate(usable) if seg in r["light_segments"]]
+        if not using:
+            out.append(float("nan"))
+            continue
+        z = influences[using].mean(0) - overall
+        out.append(float(z.std(ddof=1) / math.sqrt(k)))
+    return out

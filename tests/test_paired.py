@@ -130,3 +130,105 @@ def test_same_seed_samples_of_two_schedules_agree_far_more_than_two_seeds():
     agree_seeds = (all_heavy == other_seed).float().mean().item()
     assert agree_paired > 0.6
     assert agree_seeds < 0.3
+
+
+# --------------------------------------------------------------------------------------------
+# Rows of evaluate_schedule and the segment search
+# --------------------------------------------------------------------------------------------
+
+from mdlm_fast import eval as ev  # noqa: E402
+from mdlm_fast.paired import compare_rows, segment_score_se  # noqa: E402
+from text_helpers import FixedJudge, IdTokenizer  # noqa: E402
+
+PROBS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.25]
+
+
+def _evaluate(models, schedule, seed=3, samples=6):
+    return ev.evaluate_schedule(models, schedule, steps=4, length=6, samples=samples, batch_size=4, seed=seed,
+                                tokenizer=IdTokenizer(), judge=FixedJudge(PROBS), judge_tokenizer=IdTokenizer())
+
+
+def _tiny5(seed, n_blocks):
+    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=6, model_length=6)
+    model = mf.DiT(config)
+    model.init_random_(seed, std=0.5)
+    return model.eval()
+
+
+def test_rows_carry_aligned_per_sample_values():
+    row = _evaluate([_tiny5(0, 2), _tiny5(1, 1)], "L1-H2-L1")
+    per = row["per_sample"]
+    assert len(per["nll_sums"]) == len(per["token_counts"]) == len(per["unigram_entropies"]) == 6
+    sums = [s for s in per["nll_sums"] if s is not None]
+    counts = [c for c in per["token_counts"] if c is not None]
+    assert sum(sums) / sum(counts) == pytest.approx(row["mean_nll"])
+
+
+def test_a_schedule_against_itself_is_a_zero_difference():
+    models = [_tiny5(0, 2), _tiny5(1, 1)]
+    row = _evaluate(models, "L1-H2-L1")
+    paired = compare_rows(row, row)
+    assert paired["nll_diff_estimate"] == 0 and paired["nll_diff_se"] == 0
+    assert paired["gen_ppl_ratio"] == 1 and paired["entropy_diff_estimate"] == 0
+    assert paired["gen_ppl_diff_unpaired_se"] > 0
+
+
+def test_compare_rows_matches_the_column_statistics():
+    models = [_tiny5(0, 2), _tiny5(1, 1)]
+    row, base = _evaluate(models, "light"), _evaluate(models, "heavy")
+    paired = compare_rows(row, base)
+    a, b = row["per_sample"], base["per_sample"]
+    expect = paired_ratio_difference(a["nll_sums"], a["token_counts"], b["nll_sums"], b["token_counts"])
+    assert paired["nll_diff_estimate"] == pytest.approx(row["mean_nll"] - base["mean_nll"])
+    assert paired["nll_diff_se"] == pytest.approx(expect.se)
+    assert paired["gen_ppl_ratio"] == pytest.approx(row["gen_ppl"] / base["gen_ppl"])
+    assert paired["baseline"] == "H4"
+
+
+def test_rows_with_other_seeds_are_not_paired():
+    models = [_tiny5(0, 2), _tiny5(1, 1)]
+    with pytest.raises(ValueError, match="same sampler, precision, steps, length and seeds"):
+        compare_rows(_evaluate(models, "light", seed=3), _evaluate(models, "heavy", seed=9))
+
+
+def _segment_rows(rng, k, effects, shared):
+    """Constructed search rows over 4 segments, 2 light: per-sample NLL = shared difficulty +
+    the effects of the light segments + small independent noise; 32 tokens per sample."""
+    import itertools
+
+    rows = []
+    for chosen in itertools.combinations(range(4), 2):
+        per_token = shared + sum(effects[c] for c in chosen) + rng.normal(0, 0.02, size=k)
+        rows.append({"key": str(chosen), "light_segments": list(chosen),
+                     "record": {"seeds": [0], "samples": k, "steps": 8, "length": 32},
+                     "per_sample": {"nll_sums": list(per_token * 32), "token_counts": [32] * k},
+                     "gen_ppl": float(np.exp(per_token.mean()))})
+    return rows
+
+
+def test_segment_score_se_is_calibrated_by_simulation():
+    from mdlm_fast.search import segment_scores
+
+    rng = np.random.default_rng(5)
+    effects = [0.0, 0.05, 0.0, -0.05]
+    scores, ses = [], []
+    for _ in range(150):
+        shared = rng.normal(5.0, 0.3, size=48)
+        rows = _segment_rows(rng, 48, effects, shared)
+        scores.append(segment_scores(rows, 4))
+        ses.append(segment_score_se(rows, 4))
+    scores, ses = np.array(scores), np.array(ses)
+    # Segment 1 hurts and segment 3 helps, by construction.
+    assert scores[:, 1].mean() > 0 > scores[:, 3].mean()
+    # The paired SE predicts the spread of the scores around their mean: the shared per-sample
+    # difficulty (sd 0.3, 15x the independent noise) moves every schedule alike and cancels.
+    for seg in range(4):
+        assert scores[:, seg].std() == pytest.approx(ses[:, seg].mean(), rel=0.3)
+
+
+def test_segment_score_se_needs_paired_rows():
+    rng = np.random.default_rng(6)
+    rows = _segment_rows(rng, 8, [0, 0, 0, 0], rng.normal(5, 0.3, size=8))
+    rows[0]["record"] = {**rows[0]["record"], "seeds": [1]}
+    with pytest.raises(ValueError, match="same seeds"):
+        segment_score_se(rows, 4)
