@@ -124,7 +124,10 @@ def evaluate_until(items: Sequence[dict], baseline_key: str,
 
 
 def _finish(per_round: dict, baseline_key: str) -> dict:
-    rows = {k: merge_rounds(v) for k, v in per_round.items() if v}
+    # A deadline can stop a round half done: report the rounds every schedule finished, which
+    # are the ones whose samples pair up.
+    complete = min(len(v) for v in per_round.values())
+    rows = {k: merge_rounds(v[:complete]) for k, v in per_round.items() if complete}
     if baseline_key in rows:
         for key, row in rows.items():
             row.update({"paired": compare_rows(row, rows[baseline_key])} if key != baseline_key else {})

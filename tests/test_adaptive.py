@@ -96,3 +96,15 @@ def test_bad_arguments_are_named(kwargs, match):
 def test_the_baseline_must_be_an_item():
     with pytest.raises(ValueError, match="baseline 'nope'"):
         evaluate_until(ITEMS, "nope", Rounds(), batch_size=2, seed=0, target_se=0.01, max_samples=4)
+
+
+def test_a_deadline_inside_a_round_reports_the_complete_rounds(tmp_path):
+    settings = {"study": "until"}
+    log = ResultsLog(tmp_path, "until", settings)
+    evaluate_until(ITEMS[:2], "heavy", Rounds(), batch_size=2, seed=0, target_se=1e-6, max_samples=4, log=log)
+    # Two rounds of two items are logged; the third item has none, so a run stopped by its
+    # deadline before sampling it has no complete round to report.
+    rows, status = evaluate_until(ITEMS, "heavy", Rounds(), batch_size=2, seed=0, target_se=1e-6,
+                                  max_samples=4, log=ResultsLog(tmp_path, "until", settings),
+                                  deadline=time.monotonic() - 1)
+    assert status["reason"] == "deadline" and rows == {}
