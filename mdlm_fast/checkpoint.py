@@ -125,7 +125,7 @@ def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
     if mask_index is not None:
         config_overrides["mask_index"] = mask_index
     _check_overrides(config_overrides)
-    state, config, shadow = _read_any(path, ema, bool(trust_checkpoint))
+    state, config, shadow = _read_any(path, ema, bool(trust_checkpoint), "mask_index" in config_overrides)
     fields = {**config, **config_overrides}
     source = (MASK_FROM_ARGUMENT if "mask_index" in config_overrides
               else config.get(_MASK_SOURCE_KEY, MASK_FROM_CONFIG if "mask_index" in config else MASK_DEFAULT))
@@ -165,8 +165,8 @@ def save_denoiser(model: DiT, path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_any(path: Path, ema: bool,
-              trusted: bool) -> tuple["_BackboneState", dict, list | None]:
+def _read_any(path: Path, ema: bool, trusted: bool,
+              mask_given: bool) -> tuple["_BackboneState", dict, list | None]:
     """Dispatch on the kind of path: (backbone state, config fields, EMA params or None)."""
     if path.name == CONFIG_NAME and path.is_file():
         path = path.parent  # the config file of an HF-style directory stands for the directory
@@ -180,7 +180,7 @@ def _read_any(path: Path, ema: bool,
         # A weights file of an HF-style directory: its config.json sits next to it.
         config = _read_config_json(path.parent)
         return _read_hf_weights(path, trusted), config, None
-    return _read_lightning(path, ema, trusted)
+    return _read_lightning(path, ema, trusted, mask_given)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 # Reading: Lightning checkpoints
 # --------------------------------------------------------------------------------------------
 
-def _read_lightning(file: Path, ema: bool, trusted: bool) -> tuple[dict, dict, list | None]:
+def _read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> tuple[dict, dict, list | None]:
     ckpt = _torch_load(file, trusted)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"corrupted checkpoint {file}: expected a dict, "
@@ -250,7 +250,8 @@ def _read_lightning(file: Path, ema: bool, trusted: bool) -> tuple[dict, dict, l
         config.update(_read_config_json(file.parent))
     hparams = _mapping(ckpt.get("hyper_parameters"))
     config.update(_lightning_config(hparams))
-    config.update(_tokenizer_mask(hparams.get("tokenizer") if hparams else None, file))
+    if not mask_given:  # the caller's id stands; a tokenizer this loader cannot read is no error then
+        config.update(_tokenizer_mask(hparams.get("tokenizer") if hparams else None, file))
     shadow = _ema_shadow(ckpt, file) if ema else None
     return state, config, shadow
 

@@ -90,6 +90,13 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)
 
 
+def _encode(text, encoding="utf-8", *rest):
+    # Protocol 2 pickles bytes as _codecs.encode(str, "latin1"); no other codec is looked up.
+    if isinstance(text, str) and encoding in ("latin1", "latin-1") and not rest:
+        return text.encode("latin1")
+    return _stand_in("_codecs", "encode")(text, encoding, *rest)
+
+
 # Functions that only rebuild tensors from storages torch has already read from the archive.
 _TENSOR_REBUILDERS = {
     torch._utils._rebuild_tensor,
@@ -100,6 +107,7 @@ _TENSOR_REBUILDERS = {
 _ALLOWED: dict[tuple[str, str], Any] = {
     **{("torch._utils", f.__name__): f for f in _TENSOR_REBUILDERS},
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("_codecs", "encode"): _encode,
     ("torch", "Tensor"): torch.Tensor,
     ("torch", "Size"): torch.Size,
     ("torch", "device"): torch.device,
