@@ -113,7 +113,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch", "device"): torch.device,
     ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("builtins", t.__name__): t for t in (set, frozenset, complex, bytearray, slice, range)},
+    **{("builtins", t.__name__): t for t in (set, frozenset, complex, slice, range)},
 }
 _STAND_INS: dict[tuple[str, str], type] = {}
 
