@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def evil_ckpt(tmp_path) -> tuple[Path, Path]:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mdlm_fast.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -211,7 +211,7 @@ def mdlm_ckpt(file: Path, state: dict, tokenizer, *, shadow=None, extra=None, mo
         "training": {"ema": 0.9999}})
     ckpt = {
         "epoch": 0, "global_step": 10, "pytorch-lightning_version": "2.2.1",
-        "state_dict": {**{"backbone." + k: v for k, v in state.items()}},
+        "state_dict": {"backbone." + k: v for k, v in state.items()},
         "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 0}}}},
         "callbacks": {"ModelCheckpoint{'monitor': 'val/nll'}": {"best_model_score": torch.tensor(3.5),
                                                                 "dirpath": "/checkpoints"}},
@@ -348,16 +348,18 @@ def test_unknown_tokenizer_layout_is_an_error(tmp_path, text8_state):
 
 def test_mask_id_from_an_hf_config(tmp_path, text8_state):
     directory = tmp_path / "hf"
-    model = ref.DiT(ref.tiny_config(vocab_size=35, mask_index=TEXT8_MASK)).init_random_(1).eval()
+    model = mf.DiT(ref.tiny_config(vocab_size=35, mask_index=TEXT8_MASK)).init_random_(1).eval()
     save_denoiser(model, directory)
     loaded = load_denoiser(directory)
     assert (loaded.config.mask_index, loaded.config.mask_index_source) == (TEXT8_MASK, "config")
     config = json.loads((directory / "config.json").read_text())
     del config["mask_index"]
     (directory / "config.json").write_text(json.dumps({**config, "mask_token_id": 6}))
-    assert (load_denoiser(directory).config.mask_index, load_denoiser(directory).config.mask_index_source) == (6, "config")
+    loaded = load_denoiser(directory)
+    assert (loaded.config.mask_index, loaded.config.mask_index_source) == (6, "config")
     (directory / "config.json").write_text(json.dumps(config))
-    assert (load_denoiser(directory).config.mask_index, load_denoiser(directory).config.mask_index_source) == (34, "default")
+    loaded = load_denoiser(directory)
+    assert (loaded.config.mask_index, loaded.config.mask_index_source) == (34, "default")
     assert load_denoiser("embedded:light").config.mask_index_source == "config"
 
 
