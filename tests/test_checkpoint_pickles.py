@@ -422,3 +422,34 @@ def test_text8_checkpoint_through_the_samplers(tmp_path, text8_state, sampler):
     assert math.isclose(probs.sum().item(), 1.0, abs_tol=1e-9) and probs[TEXT8_MASK] == 0
     assert chi_square_p_value(counts, probs) > 1e-4
     assert counts[34] > 0 or probs[34] * draws < 5  # the last id is a real token here
+
+
+# --------------------------------------------------------------------------------------------
+# Pickles written by the real classes (tests/data/mdlm_pickles/make_pickles.py)
+# --------------------------------------------------------------------------------------------
+
+REAL_PICKLES = sorted((Path(__file__).parent / "data" / "mdlm_pickles").glob("transformers-*.pkl"))
+
+
+def test_real_pickles_are_present():
+    assert {p.stem for p in REAL_PICKLES} >= {"transformers-4.38.2", "transformers-5.24.0"}
+
+
+@pytest.mark.parametrize("file", REAL_PICKLES, ids=lambda p: p.stem)
+def test_real_tokenizers_and_config_read_inertly(file):
+    """transformers' tokenizers (MDLM's text8 one, BERT slow and fast, GPT-2 with MDLM's pad token)
+    and an OmegaConf DictConfig, pickled by the real classes, read without importing them: the mask
+    id is the one each tokenizer reported when it was pickled."""
+    with open(file, "rb") as f:
+        data = inert_pickle.Unpickler(f).load()
+    from mdlm_fast import checkpoint
+    for name, tokenizer in data["tokenizers"].items():
+        assert isinstance(tokenizer, inert_pickle.InertRecord) and "Tokenizer" in tokenizer.qualname
+        expected = data["expected_mask_ids"][name]
+        want = ({"_mask_index_source": "appended"} if expected is None
+                else {"mask_index": expected, "_mask_index_source": "tokenizer"})
+        assert checkpoint._tokenizer_mask(tokenizer, file) == want, name
+    assert isinstance(data["config"], inert_pickle.InertRecord)
+    assert inert_pickle.plain(data["config"]) == data["expected_config"]
+    assert checkpoint._lightning_config({"config": data["config"]}) == {
+        "hidden_dim": 32, "cond_dim": 16, "model_length": 16, "n_blocks": 2, "n_heads": 4, "time_conditioning": True}
