@@ -32,7 +32,7 @@ def _load_models(args) -> list:
     for path in paths:
         if not str(path).startswith("embedded:") and not os.path.exists(path):
             raise CliError(f"no checkpoint at {path}")
-        models.append(load_denoiser(path))
+        models.append(load_denoiser(path, trust_checkpoint=args.trust_checkpoint, mask_index=args.mask_index))
     return models
 
 
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="sample text from a heavy/light pair under a model schedule")
     gen.add_argument("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default: embedded)")
     gen.add_argument("--light", help="light denoiser, same vocabulary and mask id (default: embedded)")
+    from mdlm_fast.cli_analysis import add_checkpoint_arguments
+
+    add_checkpoint_arguments(gen)
     gen.add_argument("--tokenizer", help="'embedded', a tokenizer.json or a local HF tokenizer directory")
     gen.add_argument("--judge", help="gen-PPL judge: 'embedded' (default for embedded models), a judge "
                                      "directory, or 'none'")

@@ -34,10 +34,20 @@ DEFAULT_STEPS, DEFAULT_LENGTH, DEFAULT_SAMPLES, DEFAULT_BATCH = 40, 64, 8, 8
 # Arguments
 # --------------------------------------------------------------------------------------------
 
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """How model files are read: shared by every command that loads --heavy/--light."""
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle .ckpt/.bin files fully, which runs any code they name; only for files "
+                        "you trust (default: off, tensors and inert records only)")
+    p.add_argument("--mask-index", type=int, default=None,
+                   help="mask token id of the models (default: what the checkpoint records, else vocab_size - 1)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default embedded:heavy)")
     p.add_argument("--light", action="append", help="light denoiser (default embedded:light); "
                    "search --study light-size takes several")
+    add_checkpoint_arguments(p)
     p.add_argument("--tokenizer", default="embedded", help="the denoisers' tokenizer (default embedded)")
     p.add_argument("--seed", type=int, default=0, help="first seed (sampling batch k uses seed + k)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -132,12 +142,12 @@ def _setup(args) -> None:
         raise CliError(f"--seed must be >= 0, got {args.seed}")
 
 
-def _load_model(path: str, flag: str):
+def _load_model(path: str, flag: str, args):
     from mdlm_fast.checkpoint import load_denoiser
 
     if not str(path).startswith("embedded:") and not os.path.exists(path):
         raise CliError(f"{flag}: no checkpoint at {path}")
-    return load_denoiser(path)
+    return load_denoiser(path, trust_checkpoint=args.trust_checkpoint, mask_index=args.mask_index)
 
 
 def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
@@ -147,7 +157,7 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
     if len(light_names) > max_lights:
         raise CliError(f"--light was given {len(light_names)} times; only search --study light-size takes several")
     names = [heavy_name, *light_names]
-    models = [_load_model(heavy_name, "--heavy")] + [_load_model(n, "--light") for n in light_names]
+    models = [_load_model(heavy_name, "--heavy", args)] + [_load_model(n, "--light", args) for n in light_names]
     base = models[0].config
     for name, m in zip(names[1:], models[1:]):
         if (m.config.vocab_size, m.config.mask_index) != (base.vocab_size, base.mask_index):
@@ -323,7 +333,7 @@ def _measure_importance(args, models, names, tokenizer):
     _check_length(models, length, "--window-length")
     if not os.path.isfile(args.data):
         raise CliError(f"--data: no text file at {args.data}")
-    reference = _load_model(args.reference, "--reference") if args.reference else None
+    reference = _load_model(args.reference, "--reference", args) if args.reference else None
     if reference is not None and reference.config.mask_index != models[0].config.mask_index:
         raise CliError(f"--reference {args.reference} has another mask id than the heavy model")
     corpus = load_corpus(args.data, tokenizer, cache_dir=Path(args.out) / "cache")
