@@ -295,7 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Exit status: 0 done, 2 a bad argument (one line on stderr), 130 Ctrl-C,
     141 stdout closed early (``| head``), the shell's status for a program stopped by SIGPIPE."""
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help (0) or a parse error (2, its line already printed)
+            return exc.code if isinstance(exc.code, int) else 0
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, where it can still be handled
         return code
