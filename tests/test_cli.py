@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,53 +148,40 @@ def _with_out(argv, tmp):
 
 @pytest.fixture(scope="module")
 def error_runs(tmp_path_factory):
-    """Every error case in its own process, three at a time (each is mostly interpreter start-up)."""
+    """Every error case in its own process (forked from one interpreter, see forked_cli.py), with
+    sampling refused in all but the out-of-memory case."""
     root = tmp_path_factory.mktemp("errors")
     file = root / "a-file.txt"
     file.write_text("not a directory\n")
-
-    def run(case):
-        name, argv, _ = case
-        tmp = root / name
+    cases, dirs = [], {}
+    for name, argv, _ in ERROR_CASES:
+        tmp, logs = root / name, root / f"{name}.logs"
         tmp.mkdir()
+        logs.mkdir()
         argv = _with_out(_expand(argv, tmp, file), tmp)
-        proc = subprocess.run([sys.executable, "-m", "mdlm_fast.cli", *argv], capture_output=True,
-                              timeout=300, env=ENV, cwd=tmp)
-        return name, (proc, tmp)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        runs = dict(pool.map(run, ERROR_CASES))
-    return runs, file
+        argv = [{"hex": a.hex()} if isinstance(a, bytes) else a for a in argv]
+        cases.append({"name": name, "argv": argv, "cwd": str(tmp), "logs": str(logs),
+                      "refuse_sampling": name != "out-of-memory"})
+        dirs[name] = tmp
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("forked_cli.py"))], input=json.dumps(cases),
+                          capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    return {name: (results[name], dirs[name]) for name in dirs}, file
 
 
 @pytest.mark.parametrize("name,argv,match", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
-def test_every_bad_argument_is_one_line_and_exit_2_with_nothing_written(error_runs, name, argv, match):
+def test_every_bad_argument_is_one_line_and_exit_2_before_sampling(error_runs, name, argv, match):
     runs, file = error_runs
-    proc, tmp = runs[name]
-    err = proc.stderr.decode("utf-8", "replace")
+    result, tmp = runs[name]
+    err = result["stderr"]
     lines = err.strip().splitlines()
-    assert proc.returncode == 2, err
+    assert result["status"] == 2, err  # 99: sampling started before the arguments were refused
     assert len(lines) == 1 and lines[0].startswith("mdlm-fast: error: "), err
     assert match.replace("{file}", str(file)) in lines[0], lines[0]
-    assert proc.stdout == b""
+    assert result["stdout"] == ""
     assert list(tmp.iterdir()) == [], "a bad argument left files behind"
     assert file.read_text() == "not a directory\n"
-
-
-@pytest.mark.parametrize("name,argv,match", [c for c in ERROR_CASES if c[1][0] == "generate" and c[0] != "out-of-memory"],
-                         ids=[c[0] for c in ERROR_CASES if c[1][0] == "generate" and c[0] != "out-of-memory"])
-def test_bad_generate_arguments_are_refused_before_sampling(monkeypatch, capsys, tmp_path, name, argv, match):
-    import mdlm_fast
-
-    def no_sampling(*args, **kwargs):
-        raise AssertionError("sampling started before the arguments were checked")
-
-    monkeypatch.setattr(mdlm_fast, "sample", no_sampling)
-    file = tmp_path / "a-file.txt"
-    file.write_text("x")
-    argv = [a.decode("utf-8", "surrogateescape") if isinstance(a, bytes) else a for a in argv]
-    assert main(_with_out(_expand(argv, tmp_path, file), tmp_path)) == 2
-    assert capsys.readouterr().err.count("mdlm-fast: error:") == 1
 
 
 # --------------------------------------------------------------------------------------------
