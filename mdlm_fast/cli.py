@@ -136,6 +136,11 @@ def _cmd_generate(args) -> int:
     _check_generate_arguments(args)
     device = args.device
     models = [m.to(device) for m in _load_models(args)]
+    if len(models) > 1:
+        (h, l) = (m.config for m in models)
+        if (l.vocab_size, l.mask_index) != (h.vocab_size, h.mask_index):
+            raise CliError(f"--light has vocab_size {l.vocab_size} / mask id {l.mask_index}, the heavy model "
+                           f"{h.vocab_size} / {h.mask_index}: scheduled models must share both")
     model_length = min(m.config.model_length for m in models)
     what = "the models' model_length" if len(models) > 1 else "the model's model_length"
     length = check.at_most("--length", args.length, model_length, what) if args.length else model_length

@@ -224,3 +224,13 @@ def test_analysis_json_is_strict(models, tmp_path, capsys):
     row = json.loads(out, parse_constant=no_constants)["rows"][0]
     assert row["gen_ppl_se"] is None
     json.loads((tmp_path / "evaluate.json").read_text(), parse_constant=no_constants)
+
+
+def test_without_matplotlib_results_are_written_and_plots_skipped_with_a_note(models, tmp_path, capsys, monkeypatch):
+    from mdlm_fast import cli_analysis
+
+    monkeypatch.setattr(cli_analysis, "_can_plot", lambda: False)
+    code, _, err = _run(["importance", *_pair(models), "--windows", "2", "--window-length", "16", "--t-points", "2",
+                         "--no-progress", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "matplotlib is not installed" in err and len(err.strip().splitlines()) == 1
+    assert {p.name for p in tmp_path.iterdir() if p.is_file()} == {"importance.json", "importance.csv"}

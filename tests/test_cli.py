@@ -118,6 +118,8 @@ ERROR_CASES = [
     ("search-budget", ["search", "--time-budget", "0", "--out", "{tmp}"], "argument --time-budget"),
     ("calibrate-both", ["calibrate", "--saving", "0.1", "--n-light", "2", "--out", "{tmp}"], "not both"),
     ("unknown-option", ["generate", "--stepz", "3"], "unrecognized arguments: --stepz"),
+    ("light-vocabulary", ["generate", *TINY, "--heavy", "embedded:heavy", "--light", "{small}"],
+     "--light has vocab_size 300"),
     ("schedule-fraction", ["generate", *SMALL, "--schedule", "sandwich:2"], "sandwich:2"),
     ("schedule-steps", ["generate", *SMALL, "--schedule", "H3-L3"], "12"),
     ("prefix-too-long", ["generate", *SMALL, "--prefix", "To be, or not to be, that is the question " * 4],
@@ -129,7 +131,9 @@ ERROR_CASES = [
 
 
 def _expand(argv, tmp, file):
-    return [a.replace("{tmp}", str(tmp)).replace("{file}", str(file)) if isinstance(a, str) else a for a in argv]
+    small = file.parent / "small-vocabulary"
+    return [a.replace("{tmp}", str(tmp)).replace("{file}", str(file)).replace("{small}", str(small))
+            if isinstance(a, str) else a for a in argv]
 
 
 def _with_out(argv, tmp):
@@ -143,6 +147,9 @@ def error_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors")
     file = root / "a-file.txt"
     file.write_text("not a directory\n")
+    import mdlm_fast as mf
+    config = mf.DiTConfig(hidden_dim=32, n_heads=2, n_blocks=1, cond_dim=8, vocab_size=300, model_length=32)
+    mf.save_denoiser(mf.DiT(config).init_random_(0), root / "small-vocabulary")
     cases, dirs = [], {}
     for name, argv, _ in ERROR_CASES:
         tmp, logs = root / name, root / f"{name}.logs"
