@@ -87,7 +87,7 @@ def test_analysis_commands_take_both_flags(tmp_path, evil_ckpt):
     file, created = evil_ckpt
     out = tmp_path / "results"
     proc = run_cli("evaluate", "--heavy", str(file), "--mask-index", "-1", "--out", str(out), cwd=tmp_path)
-    assert_one_line_error(proc, "mask_index (-1)")
+    assert_one_line_error(proc, "--mask-index", "got -1")
     assert not created.exists() and not out.exists()
     # trusted, the heavy model loads (running the payload) and the embedded light one does not match it
     proc = run_cli("evaluate", "--heavy", str(file), "--trust-checkpoint", "--out", str(out), cwd=tmp_path)
