@@ -11,7 +11,7 @@ Build knobs (environment variables):
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -59,9 +59,24 @@ def _extension():
         })
 
 
+def _asset_packages():
+    """The asset directories as (namespace) packages with all their files as package data: the
+    form setuptools expects for data directories inside a package."""
+    root = os.path.join(ROOT, "mdlm_fast", "assets")
+    data = {}
+    for directory, _, files in os.walk(root):
+        files = [f for f in files if not f.startswith(".")]
+        if files:
+            package = os.path.relpath(directory, ROOT).replace(os.sep, ".")
+            data[package] = files
+    return data
+
+
+ASSETS = _asset_packages()
+
 setup(
-    packages=find_packages(include=["mdlm_fast", "mdlm_fast.*"]),
-    package_data={"mdlm_fast": ["assets/*", "assets/**/*"]},
+    packages=find_namespace_packages(include=["mdlm_fast", "mdlm_fast.*"], exclude=["*.__pycache__"]),
+    package_data=ASSETS,
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

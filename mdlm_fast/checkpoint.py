@@ -16,6 +16,22 @@ Formats read by :func:`load_denoiser`:
   top-level ``time_conditioning``) < keyword overrides. ``n_heads`` cannot be inferred from
   shapes: without a config it must be passed (``load_denoiser(path, n_heads=12)``).
 
+Torch pickles (``.ckpt``, ``pytorch_model.bin``) are read by default through
+:mod:`mdlm_fast.inert_pickle`: tensors are rebuilt, and every other object the file names (an
+OmegaConf config, a pickled tokenizer, ...) becomes an inert record of its class name and stored
+state; nothing from the file is imported or executed. ``trust_checkpoint=True`` unpickles fully.
+Config values that are OmegaConf interpolations (``"${...}"``) count as not recorded.
+
+The mask id, first rule that applies (``model.config.mask_index_source`` names it):
+
+* ``"argument"``: ``mask_index=`` given;
+* ``"tokenizer"``: the tokenizer MDLM pickles into ``hyper_parameters`` has a mask token: its id
+  (text8: ``[MASK]`` = 4; a BERT tokenizer: 103);
+* ``"appended"``: that tokenizer has no mask token, so MDLM appended one after its vocabulary:
+  ``vocab_size - 1``;
+* ``"config"``: ``mask_index`` (or Hugging Face's ``mask_token_id``) in ``config.json``;
+* ``"default"``: nothing recorded: ``vocab_size - 1``.
+
 Loading is strict: missing and unexpected keys and shape mismatches are all reported in one
 :class:`CheckpointError`. The one tolerated omission is ``rotary_emb.inv_freq``, a deterministic
 function of the config, which is recomputed when absent.
@@ -26,14 +42,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from mdlm_fast import inert_pickle
 from mdlm_fast.atomic import atomic_directory
 from mdlm_fast.model import DiT, DiTConfig
 
@@ -45,6 +60,13 @@ BIN_NAME = "pytorch_model.bin"
 _PREFIX = "backbone."
 _OPTIONAL_KEYS = frozenset({"rotary_emb.inv_freq"})  # recomputed from the config when absent
 _MAX_LISTED = 10
+# model.config.mask_index_source: which rule gave the mask id.
+MASK_FROM_ARGUMENT = "argument"      # mask_index= / --mask-index
+MASK_FROM_TOKENIZER = "tokenizer"    # the mask token of the tokenizer pickled in a .ckpt
+MASK_FROM_CONFIG = "config"          # mask_index / mask_token_id in config.json
+MASK_APPENDED = "appended"           # the .ckpt's tokenizer has none: MDLM appends it, vocab_size - 1
+MASK_DEFAULT = "default"             # nothing recorded: vocab_size - 1
+_MASK_SOURCE_KEY = "_mask_index_source"
 #: The trained models shipped inside the package: ``load_denoiser("embedded:heavy")``.
 EMBEDDED_DIR = Path(__file__).resolve().parent / "assets"
 EMBEDDED_MODELS = ("heavy", "light")
@@ -73,7 +95,8 @@ class CheckpointError(ValueError):
 
 def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
                   device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                  weights_only: bool | None = None, **config_overrides: Any) -> DiT:
+                  mask_index: int | None = None, trust_checkpoint: bool = False,
+                  **config_overrides: Any) -> DiT:
     """Load a :class:`DiT` from an HF-style directory or a Lightning ``.ckpt`` file.
 
     Args:
@@ -84,21 +107,32 @@ def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
             HF directories, whose weights are the exported ones).
         device, dtype: applied after loading (the model is built in fp32 on the CPU first).
             ``dtype=None`` keeps fp32.
-        weights_only: how to unpickle torch files. None: try ``torch.load(weights_only=True)``
-            and, if the file holds other Python objects (MDLM's ``.ckpt`` stores an OmegaConf
-            config and the tokenizer), warn and fall back to full unpickling, which can run
-            arbitrary code -- only for trusted files. True: never fall back. False: full
-            unpickling directly.
+        mask_index: the mask token id, overriding what the checkpoint records (see the module
+            doc for where it is read from; ``model.config.mask_index_source`` says which rule
+            applied).
+        trust_checkpoint: unpickle torch files fully (``torch.load(weights_only=False)``), which
+            runs whatever code the file names -- only for files you trust. By default nothing
+            from the file is executed: tensors are rebuilt and every other object becomes an
+            inert record that the config and the mask token are read from.
         **config_overrides: DiTConfig fields that override the stored config (e.g. ``n_heads``
-            for a bare state dict, or ``mask_index``).
+            for a bare state dict).
 
     Returns the model in eval mode. Raises :class:`CheckpointError` on any problem with the
     files, TypeError for an override that is not a DiTConfig field.
     """
     path = resolve_embedded(path)
+    if mask_index is not None:
+        config_overrides["mask_index"] = mask_index
     _check_overrides(config_overrides)
-    state, config, shadow = _read_any(path, ema, weights_only)
-    config = _make_config({**config, **config_overrides}, path)
+    state, config, shadow = _read_any(path, ema, bool(trust_checkpoint), "mask_index" in config_overrides)
+    fields = {**config, **config_overrides}
+    source = (MASK_FROM_ARGUMENT if "mask_index" in config_overrides
+              else config.get(_MASK_SOURCE_KEY, MASK_FROM_CONFIG if "mask_index" in config else MASK_DEFAULT))
+    if source == MASK_APPENDED and "mask_index" not in config_overrides:
+        fields.pop("mask_index", None)  # vocab_size - 1, after any vocab_size override
+    config = _make_config(fields, path)
+    # Not a DiTConfig field (equality and saved configs stay as they were): where the id came from.
+    config.mask_index_source = source
     model = _build_and_load(config, state, path)
     if shadow is not None:
         _apply_ema(model, shadow, path)
@@ -130,13 +164,13 @@ def save_denoiser(model: DiT, path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_any(path: Path, ema: bool,
-              weights_only: bool | None) -> tuple["_BackboneState", dict, list | None]:
+def _read_any(path: Path, ema: bool, trusted: bool,
+              mask_given: bool) -> tuple["_BackboneState", dict, list | None]:
     """Dispatch on the kind of path: (backbone state, config fields, EMA params or None)."""
     if path.name == CONFIG_NAME and path.is_file():
         path = path.parent  # the config file of an HF-style directory stands for the directory
     if path.is_dir():
-        state, config = _read_hf_dir(path, weights_only)
+        state, config = _read_hf_dir(path, trusted)
         return state, config, None
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint file or directory: {path}")
@@ -144,19 +178,19 @@ def _read_any(path: Path, ema: bool,
             path.suffix == ".bin" and (path.parent / CONFIG_NAME).is_file()):
         # A weights file of an HF-style directory: its config.json sits next to it.
         config = _read_config_json(path.parent)
-        return _read_hf_weights(path, weights_only), config, None
-    return _read_lightning(path, ema, weights_only)
+        return _read_hf_weights(path, trusted), config, None
+    return _read_lightning(path, ema, trusted, mask_given)
 
 
 # --------------------------------------------------------------------------------------------
 # Reading: HF-style directories
 # --------------------------------------------------------------------------------------------
 
-def _read_hf_dir(directory: Path, weights_only: bool | None) -> tuple["_BackboneState", dict]:
+def _read_hf_dir(directory: Path, trusted: bool) -> tuple["_BackboneState", dict]:
     config = _read_config_json(directory)
     for name in (SAFETENSORS_NAME, BIN_NAME):
         if (directory / name).is_file():
-            return _read_hf_weights(directory / name, weights_only), config
+            return _read_hf_weights(directory / name, trusted), config
     raise CheckpointError(f"no {SAFETENSORS_NAME} or {BIN_NAME} in {directory}")
 
 
@@ -171,14 +205,16 @@ def _read_config_json(directory: Path) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"corrupted checkpoint {file}: expected a JSON object, "
                               f"got {type(config).__name__}")
+    if "mask_index" not in config and isinstance(config.get("mask_token_id"), int):
+        config["mask_index"] = config["mask_token_id"]  # the Hugging Face name for the same id
     return config
 
 
-def _read_hf_weights(file: Path, weights_only: bool | None) -> "_BackboneState":
+def _read_hf_weights(file: Path, trusted: bool) -> "_BackboneState":
     if file.suffix == ".safetensors":
         state = _read_safetensors(file)
     else:
-        state = _torch_load(file, weights_only)
+        state = _torch_load(file, trusted)
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]
     return _backbone_state(_tensor_dict(state, file), ignore_other_prefixes=False)
@@ -196,9 +232,8 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 # Reading: Lightning checkpoints
 # --------------------------------------------------------------------------------------------
 
-def _read_lightning(file: Path, ema: bool,
-                    weights_only: bool | None) -> tuple[dict, dict, list | None]:
-    ckpt = _torch_load(file, weights_only)
+def _read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> tuple[dict, dict, list | None]:
+    ckpt = _torch_load(file, trusted)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"corrupted checkpoint {file}: expected a dict, "
                               f"got {type(ckpt).__name__}")
@@ -212,42 +247,155 @@ def _read_lightning(file: Path, ema: bool,
     config = _infer_config(state)
     if (file.parent / CONFIG_NAME).is_file():
         config.update(_read_config_json(file.parent))
-    config.update(_lightning_config(ckpt.get("hyper_parameters")))
+    hparams = _mapping(ckpt.get("hyper_parameters"))
+    config.update(_lightning_config(hparams))
+    if not mask_given:  # the caller's id stands; a tokenizer this loader cannot read is no error then
+        config.update(_tokenizer_mask(hparams.get("tokenizer") if hparams else None, file))
     shadow = _ema_shadow(ckpt, file) if ema else None
     return state, config, shadow
 
 
-def _torch_load(file: Path, weights_only: bool | None) -> Any:
-    """torch.load on CPU; the weights_only policy is documented in :func:`load_denoiser`."""
-    if weights_only is not False:
+def _torch_load(file: Path, trusted: bool) -> Any:
+    """torch.load on CPU: through the inert unpickler unless the caller trusts the file."""
+    if trusted:
         try:
-            return torch.load(file, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            # torch raises UnpicklingError both for disallowed globals and for some corrupted
-            # files; only the former is worth a retry.
-            if weights_only or "weights only load failed" not in str(e).lower():
-                raise CheckpointError(
-                    f"corrupted checkpoint {file}, or it holds Python objects that "
-                    f"torch.load(weights_only=True) refuses: {e}") from e
-            warnings.warn(
-                f"{file} holds Python objects besides tensors (MDLM's .ckpt stores its config "
-                f"and tokenizer); loading it with torch.load(weights_only=False), which can run "
-                f"arbitrary code. Only load files you trust; pass weights_only=True to refuse.",
-                stacklevel=3)
+            return torch.load(file, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as e:
+            raise CheckpointError(f"cannot unpickle {file}: it needs the module '{e.name}' "
+                                  f"(install it, e.g. omegaconf for MDLM checkpoints)") from e
         except Exception as e:
             raise CheckpointError(f"corrupted checkpoint {file}: {e}") from e
+    with open(file, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's format since 1.6 (even if truncated)
+    if not is_zip:
+        # The legacy format reads storages through its own pickle hooks: only torch's
+        # weights-only unpickler reads it without trusting the file.
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"corrupted checkpoint {file}, or a legacy-format torch file holding Python "
+                f"objects: torch.load(weights_only=True) refuses it ({_first_line(e)}); pass "
+                f"trust_checkpoint=True (--trust-checkpoint) only if you trust the file") from e
     try:
-        return torch.load(file, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as e:
-        raise CheckpointError(f"cannot unpickle {file}: it needs the module '{e.name}' "
-                              f"(install it, e.g. omegaconf for MDLM checkpoints)") from e
+        return inert_pickle.load(file)
     except Exception as e:
         raise CheckpointError(f"corrupted checkpoint {file}: {e}") from e
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _mapping(obj: Any) -> dict | None:
+    """A dict (or a record of a dict subclass, e.g. Lightning's AttributeDict) as a dict."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, inert_pickle.InertRecord) and obj.dict_items:
+        return dict(obj.dict_items)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The mask id
+# --------------------------------------------------------------------------------------------
+
+def _tokenizer_mask(tokenizer: Any, file: Path) -> dict:
+    """MDLM's rule for the tokenizer it pickled into ``hyper_parameters``: the tokenizer's mask
+    token id if it has a mask token, else ``vocab_size`` of the tokenizer with the model's
+    vocabulary grown by one (``vocab_size - 1`` of the model). Returns config fields."""
+    if tokenizer is None:
+        return {}
+    if not isinstance(tokenizer, inert_pickle.InertRecord):  # a trusted load: the real object
+        if getattr(tokenizer, "mask_token", None) is None:
+            return {_MASK_SOURCE_KEY: MASK_APPENDED}
+        mask_id = getattr(tokenizer, "mask_token_id", None)
+        if not isinstance(mask_id, int):
+            raise CheckpointError(f"{file}: the tokenizer's mask token has no integer id "
+                                  f"({mask_id!r}); pass mask_index=... (--mask-index)")
+        return {"mask_index": mask_id, _MASK_SOURCE_KEY: MASK_FROM_TOKENIZER}
+    attrs = tokenizer.state if isinstance(tokenizer.state, dict) else {}
+    if "_mask_token" in attrs:
+        token = attrs["_mask_token"]
+    elif isinstance(attrs.get("_special_tokens_map"), dict):
+        token = attrs["_special_tokens_map"].get("mask_token")
+    elif isinstance(attrs.get("init_kwargs"), dict) and "mask_token" in attrs["init_kwargs"]:
+        token = attrs["init_kwargs"]["mask_token"]
+    else:
+        raise CheckpointError(f"{file}: cannot tell whether the pickled tokenizer "
+                              f"({tokenizer.qualname}) has a mask token; pass mask_index=... "
+                              f"(--mask-index)")
+    if token is None:
+        return {_MASK_SOURCE_KEY: MASK_APPENDED}
+    text = _token_text(token)
+    mask_id = _token_id(attrs, text) if text is not None else None
+    if mask_id is None:
+        raise CheckpointError(f"{file}: the pickled tokenizer ({tokenizer.qualname}) has the mask "
+                              f"token {text!r} but no id for it that this loader can read; pass "
+                              f"mask_index=... (--mask-index)")
+    return {"mask_index": mask_id, _MASK_SOURCE_KEY: MASK_FROM_TOKENIZER}
+
+
+def _token_text(token: Any) -> str | None:
+    """A special token's text: a str, or a record of a tokenizers.AddedToken."""
+    if isinstance(token, str):
+        return token
+    if isinstance(token, inert_pickle.InertRecord):
+        content = token.attribute("content")
+        if isinstance(content, str):
+            return content
+        if token.args and isinstance(token.args[0], str):
+            return token.args[0]
+    return None
+
+
+def _token_id(attrs: dict, text: str) -> int | None:
+    """The id of ``text`` in a pickled tokenizer's attributes: its added-token tables, the
+    serialized fast tokenizer, or a vocabulary mapping (text8's ``_vocab_str_to_int``, BERT's
+    ``vocab``, GPT-2's ``encoder``)."""
+    for name in ("_added_tokens_encoder", "added_tokens_encoder"):
+        found = _mapping(attrs.get(name)) or {}
+        if isinstance(found.get(text), int):
+            return found[text]
+    for name in ("_added_tokens_decoder", "added_tokens_decoder"):
+        for index, token in (_mapping(attrs.get(name)) or {}).items():
+            if isinstance(index, int) and _token_text(token) == text:
+                return index
+    fast = attrs.get("_tokenizer")
+    if isinstance(fast, inert_pickle.InertRecord) and isinstance(fast.state, (bytes, str)):
+        found = _fast_tokenizer_id(fast.state, text)
+        if found is not None:
+            return found
+    for value in attrs.values():
+        vocab = _mapping(value)
+        if vocab and isinstance(vocab.get(text), int) and not isinstance(vocab[text], bool):
+            return vocab[text]
+    return None
+
+
+def _fast_tokenizer_id(serialized: bytes | str, text: str) -> int | None:
+    """The id of ``text`` in a tokenizers.Tokenizer's pickled state (its JSON serialization)."""
+    try:
+        data = json.loads(serialized)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    for token in data.get("added_tokens") or []:
+        if isinstance(token, dict) and token.get("content") == text and isinstance(token.get("id"), int):
+            return token["id"]
+    vocab = (data.get("model") or {}).get("vocab") if isinstance(data.get("model"), dict) else None
+    if isinstance(vocab, dict) and isinstance(vocab.get(text), int):
+        return vocab[text]
+    return None
 
 
 def _lightning_config(hparams: Any) -> dict:
     """DiTConfig fields from MDLM's saved hyperparameters (an OmegaConf config or plain dicts)."""
     cfg = _get(hparams, "config")
+    if isinstance(cfg, inert_pickle.InertRecord):
+        cfg = inert_pickle.plain(cfg)  # an OmegaConf DictConfig read from its stored content
     model = _get(cfg, "model")
     out: dict[str, Any] = {}
     # MDLM's names -> DiTConfig's names.
@@ -255,17 +403,23 @@ def _lightning_config(hparams: Any) -> dict:
                      ("n_heads", "n_heads"), ("n_blocks", "n_blocks"), ("cond_dim", "cond_dim"),
                      ("length", "model_length"), ("dropout", "dropout")):
         value = _get(model, src)
-        if value is not None:
+        if value is not None and not _is_interpolation(value):
             out[dst] = value
     time_conditioning = _get(cfg, "time_conditioning")
-    if time_conditioning is not None:
+    if time_conditioning is not None and not _is_interpolation(time_conditioning):
         out["time_conditioning"] = bool(time_conditioning)
     return out
 
 
+def _is_interpolation(value: Any) -> bool:
+    # An OmegaConf "${...}" read from the stored content: resolving it could run a resolver
+    # (MDLM registers an "eval" one), so it counts as not recorded.
+    return isinstance(value, str) and "${" in value
+
+
 def _get(obj: Any, key: str) -> Any:
     # Works for dicts and OmegaConf DictConfigs alike (both are mappings with .get).
-    if obj is None:
+    if obj is None or isinstance(obj, inert_pickle.InertRecord):
         return None
     try:
         return obj.get(key) if hasattr(obj, "get") else getattr(obj, key, None)
@@ -313,8 +467,11 @@ def _tensor_dict(state: Any, file: Path) -> dict[str, torch.Tensor]:
                               f"{type(state).__name__}, not a mapping")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
+        objects = sorted({v.qualname for v in state.values() if isinstance(v, inert_pickle.InertRecord)})
+        hint = (f" (objects of {', '.join(objects)}, which are not rebuilt without "
+                f"trust_checkpoint=True)" if objects else "")
         raise CheckpointError(f"corrupted checkpoint {file}: non-tensor entries "
-                              f"{_listing([str(k) for k in bad])}")
+                              f"{_listing([str(k) for k in bad])}{hint}")
     return dict(state)
 
 

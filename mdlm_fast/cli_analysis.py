@@ -21,11 +21,13 @@ from typing import Any, Sequence
 
 import torch
 
+from mdlm_fast import cli_validate as check
 from mdlm_fast.atomic import write_text
-from mdlm_fast.cli import CliError
+from mdlm_fast.cli_validate import CliError
+from mdlm_fast.json_output import dumps, json_safe
 
 DEFAULT_OUT = "runs/analysis"
-DEFAULT_DATA = "../shared/data/shakespeare.txt"
+DEFAULT_DATA = "embedded:heldout"  # the split the embedded models were validated on, shipped
 #: Sizes that keep one analysis within minutes on 2 CPU cores with the embedded models.
 DEFAULT_STEPS, DEFAULT_LENGTH, DEFAULT_SAMPLES, DEFAULT_BATCH = 40, 64, 8, 8
 
@@ -38,34 +40,42 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default embedded:heavy)")
     p.add_argument("--light", action="append", help="light denoiser (default embedded:light); "
                    "search --study light-size takes several")
+    check.add_checkpoint_arguments(p)
     p.add_argument("--tokenizer", default="embedded", help="the denoisers' tokenizer (default embedded)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (sampling batch k uses seed + k)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=check.seed, default=0, help="first seed; sampling batch k uses seed + k (default 0)")
+    p.add_argument("--threads", type=check.positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"directory for JSON, CSV and PNG results (default {DEFAULT_OUT})")
     p.add_argument("--json", action="store_true", help="print the full result as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {DEFAULT_STEPS})")
-    p.add_argument("--length", type=int, default=None, help=f"tokens per sample (default {DEFAULT_LENGTH})")
-    p.add_argument("--samples", type=int, default=None, help=f"samples per schedule (default {DEFAULT_SAMPLES})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"samples per sampling call (default {DEFAULT_BATCH})")
-    p.add_argument("--sampler", default=None, choices=["fast", "reference"], help="default fast")
-    p.add_argument("--precision", default=None, choices=["fp64", "fp32-mdlm"], help="default fp64")
+    p.add_argument("--steps", type=check.positive_int, default=None, help=f"denoising steps (default {DEFAULT_STEPS})")
+    p.add_argument("--length", type=check.positive_int, default=None,
+                   help=f"tokens per sample, at most the model's model_length (default {DEFAULT_LENGTH})")
+    p.add_argument("--samples", type=check.positive_int, default=None, help=f"samples per schedule (default {DEFAULT_SAMPLES})")
+    p.add_argument("--batch-size", type=check.positive_int, default=None,
+                   help=f"samples per sampling call (default {DEFAULT_BATCH})")
+    p.add_argument("--sampler", default=None, choices=["fast", "reference"], help="sampler (default fast)")
+    p.add_argument("--precision", default=None, choices=["fp64", "fp32-mdlm"],
+                   help="fp32-mdlm: MDLM's float32 Gumbel noise, reference sampler only (default fp64)")
     p.add_argument("--judge", default="embedded", help="gen-PPL judge: 'embedded', a judge directory, or a "
-                   "local Hugging Face causal-LM directory (needs transformers)")
+                   "local Hugging Face causal-LM directory (needs transformers) (default embedded)")
     p.add_argument("--judge-tokenizer", default=None, help="the judge's tokenizer (default: the judge's own)")
 
 
 def _add_importance(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"text whose held-out split is used (default {DEFAULT_DATA})")
-    p.add_argument("--windows", type=int, default=32, help="held-out windows (default 32)")
-    p.add_argument("--window-length", type=int, default=None, help="tokens per window (default: the model's length)")
-    p.add_argument("--t-points", type=int, default=10, help="points of the t grid, (k + 1/2) / n (default 10)")
-    p.add_argument("--importance-batch", type=int, default=8, help="windows per forward (default 8)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="held-out text: embedded:heldout (used whole: the split "
+                   "the embedded models were validated on) or a text file, whose last 5%% is used "
+                   f"(default {DEFAULT_DATA})")
+    p.add_argument("--windows", type=check.positive_int, default=32, help="held-out windows (default 32)")
+    p.add_argument("--window-length", type=check.positive_int, default=None,
+                   help="tokens per window (default: the model's length)")
+    p.add_argument("--t-points", type=check.positive_int, default=10,
+                   help="points of the t grid, (k + 1/2) / n (default 10)")
+    p.add_argument("--importance-batch", type=check.positive_int, default=8, help="windows per forward (default 8)")
     p.add_argument("--reference", default=None, help="a second heavy model (another training seed): "
-                   "normalizes eq. 6/7; without it the profile is unnormalized")
+                   "normalizes eq. 6/7; without it the profile is unnormalized (default: none)")
 
 
 def register(sub: Any) -> None:
@@ -84,18 +94,23 @@ def register(sub: Any) -> None:
     se = sub.add_parser("search", help="schedule studies: exhaustive segment search, placements, sweeps")
     _add_common(se)
     _add_sampling(se)
-    se.add_argument("--study", default="exhaustive", choices=["exhaustive", "placement", "fraction", "light-size"])
-    se.add_argument("--segments", type=int, default=10, help="exhaustive: number of segments (default 10)")
-    se.add_argument("--n-light", type=int, default=4, help="exhaustive: light segments per schedule (default 4)")
-    se.add_argument("--top", type=int, default=20, help="exhaustive: top/bottom N for segment frequencies (default 20)")
-    se.add_argument("--fraction", type=float, default=0.25, help="placement: light fraction (default 0.25)")
-    se.add_argument("--placements", default="q1,q2,q3,q4,sandwich", help="placement: comma list")
+    se.add_argument("--study", default="exhaustive", choices=["exhaustive", "placement", "fraction", "light-size"],
+                    help="which study (default exhaustive)")
+    se.add_argument("--segments", type=check.positive_int, default=10, help="exhaustive: number of segments (default 10)")
+    se.add_argument("--n-light", type=check.non_negative_int, default=4,
+                    help="exhaustive: light segments per schedule (default 4)")
+    se.add_argument("--top", type=check.positive_int, default=20,
+                    help="exhaustive: top/bottom N for segment frequencies (default 20)")
+    se.add_argument("--fraction", type=check.fraction, default=0.25, help="placement: light fraction (default 0.25)")
+    se.add_argument("--placements", default="q1,q2,q3,q4,sandwich",
+                    help="placement: comma list (default q1,q2,q3,q4,sandwich)")
     se.add_argument("--fractions", default=None, help="fraction / light-size: comma list "
                     "(default 0,0.1,...,1 / 0.25)")
     se.add_argument("--placement", default="sandwich", help="fraction / light-size: placement (default sandwich)")
-    se.add_argument("--max-schedules", type=int, default=None, help="evaluate at most this many new schedules "
-                    "(per process), then stop; rerun to continue")
-    se.add_argument("--time-budget", type=float, default=None, help="minutes: start no new schedule after this")
+    se.add_argument("--max-schedules", type=check.positive_int, default=None, help="evaluate at most this many "
+                    "new schedules (per process), then stop; rerun to continue (default: all)")
+    se.add_argument("--time-budget", type=check.positive_float, default=None,
+                    help="minutes: start no new schedule after this (default: no limit)")
     se.set_defaults(func=cmd_search)
 
     ca = sub.add_parser("calibrate", help="pick a schedule for a FLOPs budget from the importance profile")
@@ -106,12 +121,14 @@ def register(sub: Any) -> None:
                     "(default: measure it now with the importance options)")
     ca.add_argument("--metric", default=None, choices=["kl", "ce_abs_diff", "kl_normalized", "ce_abs_diff_normalized"],
                     help="profile column to rank segments by (default kl_normalized if measured, else kl)")
-    ca.add_argument("--saving", type=float, default=None, help="required predicted block-FLOPs saving (eq. 3)")
-    ca.add_argument("--n-light", type=int, default=None, help="number of light segments (default: the "
-                    "search's, else 4)")
-    ca.add_argument("--segments", type=int, default=None, help="number of segments (default: the search's, else 10)")
+    ca.add_argument("--saving", type=check.fraction, default=None,
+                    help="required predicted block-FLOPs saving, eq. 3 (default: use --n-light)")
+    ca.add_argument("--n-light", type=check.non_negative_int, default=None, help="number of light segments "
+                    "(default: the search's, else 4)")
+    ca.add_argument("--segments", type=check.positive_int, default=None,
+                    help="number of segments (default: the search's, else 10)")
     ca.add_argument("--search", default=None, help="exhaustive.json (or its directory) from 'mdlm-fast search' "
-                    "to compare against; its sampling settings are reused")
+                    "to compare against; its sampling settings are reused (default: none)")
     ca.set_defaults(func=cmd_calibrate)
 
 
@@ -125,19 +142,36 @@ def _positive(name: str, value: Any) -> None:
 
 
 def _setup(args) -> None:
-    _positive("--threads", args.threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.seed < 0:
-        raise CliError(f"--seed must be >= 0, got {args.seed}")
+    """Checks every subcommand shares, before any model is loaded."""
+    check.threads(args.threads)
+    check.output_dir("--out", args.out)
+    check.checkpoint("--heavy", args.heavy or "embedded:heavy")
+    for light in args.light or []:
+        check.checkpoint("--light", light)
+    check.tokenizer("--tokenizer", args.tokenizer)
+    if getattr(args, "judge", None) is not None:
+        check.judge("--judge", args.judge)
+        check.tokenizer("--judge-tokenizer", args.judge_tokenizer)
+    if getattr(args, "data", None) is not None:
+        check.text("--data", args.data)
+    if getattr(args, "reference", None) is not None:
+        check.checkpoint("--reference", args.reference)
+    if not _can_plot():
+        print("mdlm-fast: note: matplotlib is not installed, so no PNG plots are drawn "
+              "(pip install 'mdlm_fast[plot]'); JSON and CSV are written as usual", file=sys.stderr)
 
 
-def _load_model(path: str, flag: str):
+def _can_plot() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _load_model(path: str, flag: str, args):
     from mdlm_fast.checkpoint import load_denoiser
 
-    if not str(path).startswith("embedded:") and not os.path.exists(path):
-        raise CliError(f"{flag}: no checkpoint at {path}")
-    return load_denoiser(path)
+    return load_denoiser(check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint,
+                         mask_index=args.mask_index)
 
 
 def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
@@ -147,7 +181,7 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
     if len(light_names) > max_lights:
         raise CliError(f"--light was given {len(light_names)} times; only search --study light-size takes several")
     names = [heavy_name, *light_names]
-    models = [_load_model(heavy_name, "--heavy")] + [_load_model(n, "--light") for n in light_names]
+    models = [_load_model(heavy_name, "--heavy", args)] + [_load_model(n, "--light", args) for n in light_names]
     base = models[0].config
     for name, m in zip(names[1:], models[1:]):
         if (m.config.vocab_size, m.config.mask_index) != (base.vocab_size, base.mask_index):
@@ -159,9 +193,7 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
 def _load_tokenizer(args, model):
     from mdlm_fast.tokenizer import check_compatible, load_tokenizer
 
-    if args.tokenizer != "embedded" and not os.path.exists(args.tokenizer):
-        raise CliError(f"--tokenizer: no tokenizer at {args.tokenizer}")
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(check.tokenizer("--tokenizer", args.tokenizer))
     check_compatible(tokenizer, model.config.vocab_size, model.config.mask_index)
     return tokenizer
 
@@ -169,12 +201,9 @@ def _load_tokenizer(args, model):
 def _load_judge(args):
     from mdlm_fast.eval import load_judge_and_tokenizer
 
-    if args.judge == "none":
+    if check.judge("--judge", args.judge) == "none":
         return None, None
-    if args.judge not in ("embedded", "embedded:judge") and not os.path.isdir(args.judge):
-        raise CliError(f"--judge: no judge directory at {args.judge}")
-    if args.judge_tokenizer and args.judge_tokenizer != "embedded" and not os.path.exists(args.judge_tokenizer):
-        raise CliError(f"--judge-tokenizer: no tokenizer at {args.judge_tokenizer}")
+    check.tokenizer("--judge-tokenizer", args.judge_tokenizer)
     return load_judge_and_tokenizer(args.judge, args.judge_tokenizer)
 
 
@@ -215,19 +244,8 @@ def _record(args, names, models, tokenizer, judge_tokenizer) -> dict:
 # Output
 # --------------------------------------------------------------------------------------------
 
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> None so the JSON is standard (readable by any parser)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def write_json(path: Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+    return write_text(path, dumps(obj, indent=2) + "\n")
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> Path:
@@ -258,7 +276,7 @@ def _quality(row: dict) -> str:
 
 def _emit(args, result: dict, lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(_json_safe(result)))
+        print(dumps(result))
     else:
         print("\n".join(lines))
 
@@ -313,7 +331,7 @@ def cmd_evaluate(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _measure_importance(args, models, names, tokenizer):
-    from mdlm_fast.data import load_corpus
+    from mdlm_fast.data import held_out_fraction, load_corpus
     from mdlm_fast.importance import default_t_grid, step_importance
 
     for flag, value in (("--windows", args.windows), ("--t-points", args.t_points),
@@ -321,12 +339,11 @@ def _measure_importance(args, models, names, tokenizer):
         _positive(flag, value)
     length = args.window_length or models[0].config.model_length
     _check_length(models, length, "--window-length")
-    if not os.path.isfile(args.data):
-        raise CliError(f"--data: no text file at {args.data}")
-    reference = _load_model(args.reference, "--reference") if args.reference else None
+    reference = _load_model(args.reference, "--reference", args) if args.reference else None
     if reference is not None and reference.config.mask_index != models[0].config.mask_index:
         raise CliError(f"--reference {args.reference} has another mask id than the heavy model")
-    corpus = load_corpus(args.data, tokenizer, cache_dir=Path(args.out) / "cache")
+    corpus = load_corpus(check.text("--data", args.data), tokenizer, val_fraction=held_out_fraction(args.data),
+                         cache_dir=Path(args.out) / "cache")
     all_windows = corpus.val_windows(length)
     if args.windows > all_windows.shape[0]:
         raise CliError(f"--windows {args.windows}: the held-out split has only {all_windows.shape[0]} windows "
@@ -349,7 +366,8 @@ def _write_importance(profile, out: Path) -> None:
 
     write_json(out / "importance.json", profile.as_dict())
     write_csv(out / "importance.csv", [p.as_dict() for p in profile.points])
-    plots.plot_importance(profile, out / "importance.png")
+    if _can_plot():
+        plots.plot_importance(profile, out / "importance.png")
 
 
 def cmd_importance(args) -> int:
@@ -439,6 +457,8 @@ def _search_plots(args, rows, analysis, out: Path) -> list[str]:
     from mdlm_fast import plots
 
     made = []
+    if not _can_plot():
+        return made
     if analysis:
         made.append(plots.plot_segment_scores(analysis["segment_scores"], out / "exhaustive_segment_scores.png"))
         made.append(plots.plot_segment_frequency(analysis["segment_frequency_top"], analysis["segment_frequency_bottom"],
@@ -548,6 +568,16 @@ def cmd_calibrate(args) -> int:
     _check_length(models, settings["length"])
     tokenizer = _load_tokenizer(args, models[0])
     out = Path(args.out)
+    n_segments = args.segments or fallback.get("n_segments", 10)
+    if args.saving is not None and args.n_light is not None:
+        raise CliError("give --saving or --n-light, not both")
+    n_light = args.n_light if args.n_light is not None else (None if args.saving is not None
+                                                             else fallback.get("n_light", 4))
+    if n_segments > settings["steps"]:
+        raise CliError(f"--segments {n_segments} exceeds --steps {settings['steps']}")
+    if n_light is not None and n_light > n_segments:
+        raise CliError(f"--n-light {n_light} exceeds --segments {n_segments}")
+    judge, judge_tokenizer = _load_judge(args)
     if args.importance:
         try:
             profile = ImportanceProfile.from_dict(json.loads(Path(args.importance).read_text(encoding="utf-8")))
@@ -559,20 +589,11 @@ def cmd_calibrate(args) -> int:
         profile = _measure_importance(args, models, names, tokenizer)
         _write_importance(profile, out)
     metric = args.metric or ("kl_normalized" if profile.normalized else "kl")
-    n_segments = args.segments or fallback.get("n_segments", 10)
-    if args.saving is not None and args.n_light is not None:
-        raise CliError("give --saving or --n-light, not both")
-    n_light = args.n_light if args.n_light is not None else (None if args.saving is not None
-                                                             else fallback.get("n_light", 4))
-    _positive("--segments", n_segments)
-    if n_segments > settings["steps"]:
-        raise CliError(f"--segments {n_segments} exceeds --steps {settings['steps']}")
     try:
         chosen = calibrate(profile, settings["steps"], block_counts=[m.config.n_blocks for m in models[:2]],
                            saving=args.saving, n_light=n_light, n_segments=n_segments, metric=metric)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    judge, judge_tokenizer = _load_judge(args)
     record = _record(args, names, models, tokenizer, judge_tokenizer)
     evaluation = evaluate_schedule(models[:2], chosen.schedule, tokenizer=tokenizer, judge=judge,
                                    judge_tokenizer=judge_tokenizer, seed=seed, record=record,
@@ -586,8 +607,9 @@ def cmd_calibrate(args) -> int:
     write_json(out / "calibrate.json", result)
     from mdlm_fast import plots
 
-    plots.plot_segment_scores([d for d in chosen.segment_divergence], out / "calibrate_divergence.png",
-                              ylabel=f"segment divergence ({metric})", highlight=chosen.light_segments)
+    if _can_plot():
+        plots.plot_segment_scores([d for d in chosen.segment_divergence], out / "calibrate_divergence.png",
+                                  ylabel=f"segment divergence ({metric})", highlight=chosen.light_segments)
     lines = [f"calibrated schedule (metric {metric}{'' if profile.normalized else ', unnormalized'}): "
              f"light segments {chosen.light_segments} of {n_segments} -> {chosen.schedule.to_spec()}",
              f"  predicted saving {chosen.predicted_saving:.1%}; {_quality(evaluation)}"]

@@ -31,7 +31,8 @@ def run(run: SamplingRun) -> torch.Tensor:
     ts = run.timesteps.tolist()
     rows = torch.arange(batch, device=x.device)
     remaining = masked
-    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="confidence", leave=False):
+    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="confidence sampler", unit="step",
+                  leave=False):
         k = counts[i]
         if k == 0:
             continue
@@ -45,6 +46,7 @@ def run(run: SamplingRun) -> torch.Tensor:
         sigma = run.sigma(ts[i], batch)
         if model.fused:
             hidden = model.hidden(x, sigma)[flat_rows, flat_pos]
+            run.check_forward(i, model_index, hidden, logits=False)
             weight, bias = model.head()
             tokens, logprob = ops.fused_head_sample(hidden, weight, bias, keys, seed=run.seed, purpose=PURPOSE_TOKEN,
                                                     temperature=run.temperature, banned=run.banned,
@@ -52,6 +54,7 @@ def run(run: SamplingRun) -> torch.Tensor:
             head_positions = flat_rows.shape[0]
         else:
             logits = model.logits(x, sigma)[flat_rows, flat_pos]
+            run.check_forward(i, model_index, logits, logits=True)
             tokens, logprob = reference.sample_from_logits(logits, keys, run.seed, PURPOSE_TOKEN, run.temperature,
                                                            run.banned, True)
             head_positions = batch * length

@@ -19,6 +19,12 @@ generator seeded by ``(seed, step)`` -- so a batch depends on nothing but the se
 number, which makes resumed runs exact. Validation uses the fixed non-overlapping windows that
 tile the validation stream from its start (the remainder shorter than a window is dropped).
 
+Shipped text. ``embedded:heldout`` is the validation split of ``shakespeare.txt`` (the rule above)
+that the embedded models were validated on, shipped whole in ``mdlm_fast/assets/data/``: read
+as a text, all of it is held out (validation fraction 1). ``embedded:sample`` is 100k characters
+of the training split spanning a play boundary, for quick training runs and tests. Any other
+name is a path; the full corpus is passed as one for real training.
+
 Cache. Token streams are cached as ``tokens-<key>.npz`` in a cache directory (the training run
 directory by default); the key hashes the text's sha256, the tokenizer's fingerprint, the split
 fraction and the document rule, so a different tokenizer or file never reuses a stale cache.
@@ -37,7 +43,7 @@ import torch
 from mdlm_fast.atomic import atomic_file
 
 __all__ = [
-    "DEFAULT_VAL_FRACTION", "DOC_SEPARATOR", "Corpus", "read_text", "split_train_val",
+    "DEFAULT_VAL_FRACTION", "EMBEDDED_TEXTS", "resolve_text", "held_out_fraction", "DOC_SEPARATOR", "Corpus", "read_text", "split_train_val",
     "split_documents", "load_corpus", "derive_seed", "file_sha256",
 ]
 
@@ -46,11 +52,33 @@ DEFAULT_VAL_FRACTION = 0.05
 #: the blank line between title and author is optional, as in The Sonnets' heading).
 DOC_SEPARATOR = r"\n{3,}(?=[^\n]+\n\n?by [^\n]+\n)"
 _CACHE_FORMAT = 1
+_ASSETS = Path(__file__).resolve().parent / "assets" / "data"
+#: Texts shipped with the package: name -> file.
+EMBEDDED_TEXTS = {
+    "embedded:heldout": _ASSETS / "shakespeare_heldout.txt",
+    "embedded:sample": _ASSETS / "shakespeare_sample.txt",
+}
+
+
+def resolve_text(spec: str | os.PathLike) -> Path:
+    """The file behind a text spec: an ``embedded:`` name (:data:`EMBEDDED_TEXTS`) or a path."""
+    name = str(spec)
+    if name.startswith("embedded:"):
+        if name not in EMBEDDED_TEXTS:
+            raise FileNotFoundError(f"no embedded text {name!r}; expected one of {', '.join(EMBEDDED_TEXTS)}")
+        return EMBEDDED_TEXTS[name]
+    return Path(spec)
+
+
+def held_out_fraction(spec: str | os.PathLike, default: float = DEFAULT_VAL_FRACTION) -> float:
+    """The validation fraction that makes ``spec``'s validation split the held-out text: all of
+    ``embedded:heldout`` (it is that split already), else ``default`` of the file."""
+    return 1.0 if str(spec) == "embedded:heldout" else default
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """The file as UTF-8 text (a clear error if it is missing or not UTF-8)."""
-    path = Path(path)
+    """The file (or ``embedded:`` text) as UTF-8 text (a clear error if it is missing or not UTF-8)."""
+    path = resolve_text(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such text file: {path}")
     try:
@@ -72,12 +100,15 @@ def split_train_val(text: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> tu
 
     The cut moves forward to the first blank line (else newline) at or after
     ``len(text) * (1 - val_fraction)``; ``train + val`` loses only the separating newlines.
-    ``val_fraction = 0`` gives an empty validation split.
+    ``val_fraction = 0`` gives an empty validation split, ``1`` an empty training split (the
+    text is held-out text already, as ``embedded:heldout`` is).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
     if val_fraction == 0.0 or not text:
         return text, ""
+    if val_fraction == 1.0:
+        return "", text
     target = int(len(text) * (1.0 - val_fraction))
     cut = text.find("\n\n", target)
     if cut < 0:
@@ -148,7 +179,7 @@ def load_corpus(data_path: str | os.PathLike, tokenizer, *,
     from mdlm_fast.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer)
-    data_path = Path(data_path)
+    data_path = resolve_text(data_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"no such text file: {data_path}")
     sha = file_sha256(data_path)

@@ -101,6 +101,7 @@ def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int,
     if model.fused:
         hidden, pruned = model.hidden_at(x_rows, sigma, plan.query_positions)
         hidden = hidden.flatten(0, 1)[plan.query_index]
+        run.check_forward(plan.step, model_index, hidden, logits=False)
         weight, bias = model.head()
         tokens, _ = ops.fused_head_sample(hidden, weight, bias, plan.keys, seed=run.seed, purpose=purpose,
                                           temperature=temperature, banned=banned)
@@ -108,6 +109,7 @@ def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int,
         last_block_queries = plan.query_positions.numel() if pruned else None
     else:
         logits = model.logits(x_rows, sigma)[plan.local_rows, positions]
+        run.check_forward(plan.step, model_index, logits, logits=True)
         tokens, _ = reference.sample_from_logits(logits, plan.keys, run.seed, purpose, temperature, banned, False)
         head_positions = plan.n_rows * x.shape[1]
     x.index_put_((plan.keys[:, 1], positions), tokens)
@@ -121,8 +123,11 @@ def run(run: SamplingRun) -> torch.Tensor:
     run.host_syncs += 1  # the plan: the only device->host transfer of the run
     plans, removal = build_plan(reveal, steps, x.device)
     ts = run.timesteps.tolist()
-    for plan in tqdm(plans, disable=not run.progress, desc="fast", leave=False):
-        _reveal(run, x, plan, run.schedule[plan.step], ts[plan.step], run.temperature, PURPOSE_TOKEN)
+    with tqdm(total=steps, disable=not run.progress, desc="fast sampler", unit="step", leave=False) as bar:
+        for plan in plans:
+            _reveal(run, x, plan, run.schedule[plan.step], ts[plan.step], run.temperature, PURPOSE_TOKEN)
+            bar.update(plan.step + 1 - bar.n)  # steps that reveal nothing were skipped: count them too
+        bar.update(steps - bar.n)
     if removal is not None:
         greedy = run.noise_removal == "greedy"
         _reveal(run, x, removal, run.schedule[-1], ts[-1], 0.0 if greedy else run.temperature, PURPOSE_NOISE_REMOVAL)

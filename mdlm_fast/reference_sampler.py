@@ -53,25 +53,32 @@ def run(run: SamplingRun) -> torch.Tensor:
     dt = sampling_dt(run.schedule.steps)
     keys = _position_keys(batch, length, x.device)
     p_x0, cached_model = None, None
-    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="reference", leave=False):
+    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="reference sampler", unit="step",
+                  leave=False):
         t = ts[i]
         s = t - dt
         index = run.schedule[i]
         model = run.models[index]
         if p_x0 is None or cached_model != index:
             logits = model.logits(x, run.sigma(t, batch))
+            run.check_forward(i, index, logits, logits=True)
             p_x0 = subs_log_probs(logits, x, run.mask_index).exp()
             cached_model = index
             run.record_forward(index, batch, batch * length)
         keys[:, 0] = i
         proposal = _gumbel_max_step(run, p_x0, run.noise.move_chance(t), run.noise.move_chance(s), keys)
         x_next = torch.where(x != run.mask_index, x, proposal)
-        run.host_syncs += 1  # the cache rule compares the whole batch on the host, as MDLM does
-        if model.time_conditioning or not torch.equal(x_next, x):
+        run.host_syncs += 1  # the cache rule compares the whole batch on the host, as MDLM does;
+        # the same transfer brings this step's non-finite flag, so a broken forward stops at once
+        changed, bad = torch.stack([(x_next != x).any(), run.non_finite[i] != 0]).tolist()
+        if bad:
+            run.raise_if_non_finite(i)
+        if model.time_conditioning or changed:
             p_x0 = None
         x = x_next
 
     last = run.schedule[-1]
     logits = run.models[last].logits(x, run.sigma(ts[-1], batch))
+    run.check_forward(run.schedule.steps, last, logits, logits=True)
     run.record_forward(last, batch, batch * length)
     return subs_log_probs(logits, x, run.mask_index).argmax(dim=-1)

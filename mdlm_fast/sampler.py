@@ -26,6 +26,15 @@ PRECISIONS = ("fp64", "fp32-mdlm")
 NOISE_REMOVALS = ("greedy", "ancestral")
 
 
+class NonFiniteForwardError(FloatingPointError, ValueError):
+    """A model forward produced NaN or inf: sampling stops rather than drawing from garbage."""
+
+
+# Bits of SamplingRun.non_finite[step]: what was not finite in that step's forward.
+_BAD_OUTPUT = 1  # the hidden states or logits the step used
+_BAD_HEAD = 2    # the output layer's weight or bias (checked at each model's first forward)
+
+
 @dataclass
 class SampleStats:
     """What a sampling run did and cost."""
@@ -84,6 +93,7 @@ class SamplingRun:
     def __post_init__(self):
         self.forwards = [0] * len(self.models)
         self.rows = [0] * len(self.models)
+        self._heads_checked: set[int] = set()
 
     @property
     def mask_index(self) -> int:
@@ -93,6 +103,47 @@ class SamplingRun:
     def banned(self) -> torch.Tensor:
         """Ids never drawn: the mask id (SUBS gives it zero probability)."""
         return torch.tensor([self.mask_index], dtype=torch.int64, device=self.x.device)
+
+    @functools.cached_property
+    def non_finite(self) -> torch.Tensor:
+        """int8 [T + 1] on the device: per step (T = noise removal), the _BAD_* bits of its forward.
+        Written without a host sync; read where the sampler syncs anyway."""
+        return torch.zeros(self.schedule.steps + 1, dtype=torch.int8, device=self.x.device)
+
+    def check_forward(self, step: int, model_index: int, output: torch.Tensor, *, logits: bool) -> None:
+        """Flag step ``step`` if ``output`` is not finite: hidden states must be finite, logits must
+        have a finite maximum per position (-inf marks an impossible token; NaN and +inf are
+        errors). A fused model's head is checked at its first forward in the run."""
+        bad = ~torch.isfinite(output.amax(-1) if logits else output).all()
+        code = bad.to(torch.int8)
+        model = self.models[model_index]
+        if model.fused and model_index not in self._heads_checked:
+            self._heads_checked.add(model_index)
+            weight, bias = model.head()
+            head_ok = torch.isfinite(weight).all()
+            if bias is not None:
+                head_ok = head_ok & torch.isfinite(bias).all()
+            code = code + (~head_ok).to(torch.int8) * _BAD_HEAD
+        self.non_finite[step] = code
+
+    def raise_if_non_finite(self, step: int | None = None) -> None:
+        """Raise NonFiniteForwardError naming the first flagged step (or ``step`` if given) and
+        its model; this reads the flags from the device."""
+        flags = self.non_finite if step is None else self.non_finite[step:step + 1]
+        bad = torch.nonzero(flags).flatten().tolist()
+        if not bad:
+            return
+        first = bad[0] + (0 if step is None else step)
+        code = int(self.non_finite[first])
+        steps = self.schedule.steps
+        model = self.schedule[first] if first < steps else self.schedule[-1]
+        where = (f"step {first} of {steps} (t = {float(self.timesteps[first]):.4g})" if first < steps
+                 else f"the noise-removal forward after step {steps}")
+        what = " and ".join(name for bit, name in ((_BAD_OUTPUT, "its hidden states or logits"),
+                                                   (_BAD_HEAD, "its output layer's weights")) if code & bit)
+        raise NonFiniteForwardError(
+            f"sampling stopped: the forward of model {model} at {where} produced NaN or inf in {what}; "
+            f"the model's weights or the given tokens are not usable")
 
     @property
     def timesteps(self) -> torch.Tensor:
@@ -210,6 +261,7 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
     start = time.perf_counter()
     with torch.inference_mode():
         tokens = loop(run)
+        run.raise_if_non_finite()  # the flags come over with the end-of-run sync
     _synchronize(device)
     wall = time.perf_counter() - start
 

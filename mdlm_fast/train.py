@@ -746,58 +746,85 @@ def _model_card(info: dict, config: TrainConfig) -> str:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of ``mdlm-fast train`` (defaults: the embedded heavy MDLM's settings)."""
+    from mdlm_fast import cli_validate as check
+
     d = TrainConfig(data="")
     a = parser.add_argument
     a("--kind", choices=["mdlm", "judge"], default=d.kind, help="what to train (default mdlm)")
-    a("--data", required=True, help="UTF-8 text file to train on")
+    a("--data", required=True, help="UTF-8 text file to train on, e.g. the full corpus, or embedded:sample "
+                                    "(100k characters shipped for quick runs)")
     a("--run-dir", required=True, help="run directory (state.pt, metrics.jsonl); resumed if present")
     a("--tokenizer", default=d.tokenizer,
-      help="'embedded', a tokenizer.json, or a local Hugging Face tokenizer directory")
-    a("--val-fraction", type=float, default=d.val_fraction,
-      help="last fraction of the file held out for validation (default 0.05)")
-    a("--n-blocks", type=int, default=d.n_blocks)
-    a("--hidden-dim", type=int, default=d.hidden_dim)
-    a("--n-heads", type=int, default=d.n_heads)
-    a("--cond-dim", type=int, default=d.cond_dim, help="MDLM conditioning width")
-    a("--length", type=int, default=d.length, help="sequence length in tokens (default 256)")
-    a("--dropout", type=float, default=d.dropout)
+      help="'embedded', a tokenizer.json, or a local Hugging Face tokenizer directory (default embedded)")
+    a("--val-fraction", type=check.held_out_fraction, default=d.val_fraction,
+      help=f"last fraction of the file held out for validation (default {d.val_fraction})")
+    a("--n-blocks", type=check.positive_int, default=d.n_blocks, help=f"Transformer blocks (default {d.n_blocks})")
+    a("--hidden-dim", type=check.positive_int, default=d.hidden_dim, help=f"model width (default {d.hidden_dim})")
+    a("--n-heads", type=check.positive_int, default=d.n_heads, help=f"attention heads (default {d.n_heads})")
+    a("--cond-dim", type=check.positive_int, default=d.cond_dim,
+      help=f"MDLM conditioning width (default {d.cond_dim})")
+    a("--length", type=check.positive_int, default=d.length, help=f"sequence length in tokens (default {d.length})")
+    a("--dropout", type=check.non_negative_float, default=d.dropout, help=f"dropout rate (default {d.dropout})")
     a("--time-conditioning", action="store_true", help="MDLM: condition on sigma(t)")
     a("--untied", action="store_true", help="judge: untie the head from the token embedding")
-    a("--batch-size", type=int, default=d.batch_size)
-    a("--lr", type=float, default=d.lr)
-    a("--betas", type=float, nargs=2, default=list(d.betas), metavar=("B1", "B2"))
-    a("--weight-decay", type=float, default=d.weight_decay)
-    a("--warmup-steps", type=int, default=d.warmup_steps)
-    a("--lr-schedule", choices=["cosine", "constant"], default=d.lr_schedule)
-    a("--decay-steps", type=int, default=None, help="cosine horizon (default: --max-steps)")
-    a("--min-lr-ratio", type=float, default=d.min_lr_ratio)
-    a("--grad-clip", type=float, default=d.grad_clip)
-    a("--ema-decay", type=float, default=d.ema_decay)
+    a("--batch-size", type=check.positive_int, default=d.batch_size,
+      help=f"sequences per step (default {d.batch_size})")
+    a("--lr", type=check.positive_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    a("--betas", type=check.fraction, nargs=2, default=list(d.betas), metavar=("B1", "B2"),
+      help=f"AdamW betas (default {d.betas[0]} {d.betas[1]})")
+    a("--weight-decay", type=check.non_negative_float, default=d.weight_decay,
+      help=f"AdamW weight decay (default {d.weight_decay})")
+    a("--warmup-steps", type=check.non_negative_int, default=d.warmup_steps,
+      help=f"linear warmup steps (default {d.warmup_steps})")
+    a("--lr-schedule", choices=["cosine", "constant"], default=d.lr_schedule,
+      help=f"learning-rate schedule after warmup (default {d.lr_schedule})")
+    a("--decay-steps", type=check.positive_int, default=None, help="cosine horizon (default: --max-steps)")
+    a("--min-lr-ratio", type=check.fraction, default=d.min_lr_ratio,
+      help=f"cosine floor as a fraction of --lr (default {d.min_lr_ratio})")
+    a("--grad-clip", type=check.non_negative_float, default=d.grad_clip,
+      help=f"gradient-norm clip (default {d.grad_clip})")
+    a("--ema-decay", type=check.fraction, default=d.ema_decay,
+      help=f"EMA decay of the exported weights (default {d.ema_decay})")
     a("--no-antithetic", action="store_true", help="MDLM: plain uniform t instead of antithetic")
-    a("--max-steps", type=int, default=d.max_steps)
-    a("--eval-every", type=int, default=d.eval_every)
-    a("--eval-batches", type=int, default=d.eval_batches,
-      help="validation batches per periodic eval (0 = all; the final eval uses all)")
-    a("--save-every", type=int, default=d.save_every)
-    a("--log-every", type=int, default=d.log_every)
-    a("--export-val-passes", type=int, default=d.export_val_passes,
-      help="MDLM: noise draws per validation window for the exported card")
-    a("--seed", type=int, default=d.seed)
-    a("--threads", type=int, default=None, help="torch CPU threads")
+    a("--max-steps", type=check.positive_int, default=d.max_steps, help=f"training steps (default {d.max_steps})")
+    a("--eval-every", type=check.positive_int, default=d.eval_every,
+      help=f"steps between validations (default {d.eval_every})")
+    a("--eval-batches", type=check.non_negative_int, default=d.eval_batches,
+      help=f"validation batches per periodic eval, 0 = all; the final eval uses all (default {d.eval_batches})")
+    a("--save-every", type=check.positive_int, default=d.save_every,
+      help=f"steps between saves of state.pt (default {d.save_every})")
+    a("--log-every", type=check.positive_int, default=d.log_every,
+      help=f"steps between metrics rows (default {d.log_every})")
+    a("--export-val-passes", type=check.positive_int, default=d.export_val_passes,
+      help=f"MDLM: noise draws per validation window for the exported card (default {d.export_val_passes})")
+    a("--seed", type=check.seed, default=d.seed, help=f"seed of batches, masks and dropout (default {d.seed})")
+    a("--threads", type=check.positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     a("--amp", choices=["none", "bf16"], default=d.amp,
       help="bf16 autocast for the matmuls (fp32 weights); about 2x faster on CPUs with "
-           "avx512_bf16/AMX. The exported card's validation loss is always computed in fp32")
-    a("--device", default=d.device, help="torch device to train on (default cpu)")
-    a("--time-budget", type=float, default=None, metavar="MINUTES",
-      help="stop cleanly (state saved) after this many minutes; rerun to continue")
+           "avx512_bf16/AMX. The exported card's validation loss is always computed in fp32 (default none)")
+    a("--device", default=d.device, help=f"torch device to train on: cpu, cuda or cuda:N (default {d.device})")
+    a("--time-budget", type=check.positive_float, default=None, metavar="MINUTES",
+      help="stop cleanly (state saved) after this many minutes; rerun to continue (default: no limit)")
     a("--export", default=None, metavar="DIR",
-      help="after training reaches --max-steps, export the EMA model (+ card) to DIR")
+      help="after training reaches --max-steps, export the EMA model (+ card) to DIR (default: no export)")
     a("--export-dtype", choices=["fp32", "bf16"], default="fp32",
-      help="weights dtype of the export (bf16 halves the size; the card is measured on it)")
+      help="weights dtype of the export; bf16 halves the size, and the card is measured on it (default fp32)")
     a("--export-no-tokenizer", action="store_true",
       help="do not copy tokenizer.json into the export (e.g. when it ships once beside it)")
     a("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def check_train_arguments(args: argparse.Namespace) -> None:
+    """Everything ``train`` can check before it builds a model: paths, device, tokenizer spec."""
+    from mdlm_fast import cli_validate as check
+
+    check.text("--data", args.data)
+    check.output_dir("--run-dir", args.run_dir)
+    if args.export is not None:
+        check.output_dir("--export", args.export)
+    check.tokenizer("--tokenizer", args.tokenizer)
+    check.device("--device", args.device)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -823,9 +850,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
     User errors raise :class:`TrainError` / :class:`TokenizerError` / FileNotFoundError (all
     one-line); the CLI prints them without a traceback.
     """
+    check_train_arguments(args)
     config = config_from_args(args)
-    if not Path(config.data).is_file():
-        raise TrainError(f"no such data file: {config.data}")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "mdlm-fast " + shlex.join(argv) if argv else None
     budget = None if args.time_budget is None else args.time_budget * 60.0
@@ -848,20 +874,28 @@ def run_train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
 
 def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of ``mdlm-fast tokenizer``."""
-    parser.add_argument("--data", required=True, help="UTF-8 text file")
-    parser.add_argument("--vocab-size", type=int, default=8192,
-                        help="BPE ids including <|endoftext|>; [MASK] is appended after them")
+    from mdlm_fast import cli_validate as check
+
+    parser.add_argument("--data", required=True, help="UTF-8 text file, or embedded:sample")
+    parser.add_argument("--vocab-size", type=check.positive_int, default=8192,
+                        help="BPE ids including <|endoftext|>; [MASK] is appended after them (default 8192)")
     parser.add_argument("--out", required=True, help="tokenizer.json to write")
-    parser.add_argument("--val-fraction", type=float, default=0.05,
+    parser.add_argument("--val-fraction", type=check.held_out_fraction, default=0.05,
                         help="tail of the file left out of tokenizer training (default 0.05)")
     return parser
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> int:
     """``mdlm-fast tokenizer``: train the byte-level BPE and write it. Returns 0."""
-    if not Path(args.data).is_file():
-        raise TrainError(f"no such data file: {args.data}")
-    tok = train_bpe_tokenizer(args.data, args.vocab_size, args.out,
+    from mdlm_fast import cli_validate as check
+    from mdlm_fast.data import resolve_text
+
+    check.text("--data", args.data)
+    check.output_file("--out", args.out)
+    if args.vocab_size < 258:
+        raise check.CliError(f"--vocab-size must be at least 258 (256 bytes, <|endoftext|> and one merge), "
+                             f"got {args.vocab_size}")
+    tok = train_bpe_tokenizer(resolve_text(args.data), args.vocab_size, args.out,
                               val_fraction=args.val_fraction)
     print(json.dumps({"out": str(args.out), "vocab_size": tok.vocab_size, "mask_id": tok.mask_id,
                       "eos_id": tok.eos_id, "sha256": tok.fingerprint}))
@@ -870,12 +904,14 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Run ``train`` on its own (``python -m mdlm_fast.train ...``)."""
-    parser = add_train_arguments(argparse.ArgumentParser(prog="mdlm-fast train"))
+    from mdlm_fast.cli_validate import OneLineParser
+
+    parser = add_train_arguments(OneLineParser(prog="mdlm-fast train"))
     args = parser.parse_args(argv)
     try:
         return run_train(args, argv=["train", *(sys.argv[1:] if argv is None else argv)])
-    except (TrainError, TokenizerError, FileNotFoundError) as e:
-        print(f"mdlm-fast train: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # TrainError, TokenizerError, CliError
+        print(f"mdlm-fast: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -200,3 +200,37 @@ def test_torchrun_evaluate_shards_seeds_and_matches_one_process(models, tmp_path
     assert a["record"]["seeds"] == b["record"]["seeds"] == [0, 1, 2]
     for key in ("gen_ppl", "gen_ppl_se", "unigram_entropy", "distinct_2", "executed_flops", "tokens"):
         assert a[key] == b[key]
+
+
+def test_importance_defaults_to_the_shipped_held_out_text(models, tmp_path, capsys):
+    code, out, _ = _run(["importance", *_pair(models), "--windows", "2", "--window-length", "16", "--t-points", "2",
+                         "--no-progress", "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0
+    record = json.loads(out)["record"]
+    assert record["data"] == "embedded:heldout"
+    from mdlm_fast.data import file_sha256, resolve_text
+    assert record["data_sha256"] == file_sha256(resolve_text("embedded:heldout"))
+
+
+def test_analysis_json_is_strict(models, tmp_path, capsys):
+    """One sample per schedule has no standard error: null in the JSON, never NaN."""
+    code, out, _ = _run(["evaluate", *_pair(models), *TINY, "--samples", "1", "--batch-size", "1",
+                         "--schedule", "heavy", "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    row = json.loads(out, parse_constant=no_constants)["rows"][0]
+    assert row["gen_ppl_se"] is None
+    json.loads((tmp_path / "evaluate.json").read_text(), parse_constant=no_constants)
+
+
+def test_without_matplotlib_results_are_written_and_plots_skipped_with_a_note(models, tmp_path, capsys, monkeypatch):
+    from mdlm_fast import cli_analysis
+
+    monkeypatch.setattr(cli_analysis, "_can_plot", lambda: False)
+    code, _, err = _run(["importance", *_pair(models), "--windows", "2", "--window-length", "16", "--t-points", "2",
+                         "--no-progress", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "matplotlib is not installed" in err and len(err.strip().splitlines()) == 1
+    assert {p.name for p in tmp_path.iterdir() if p.is_file()} == {"importance.json", "importance.csv"}

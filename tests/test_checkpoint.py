@@ -184,13 +184,25 @@ def test_lightning_without_config_needs_n_heads(tmp_path, state):
     assert_matches_reference(load_denoiser(file), state)
 
 
-def test_lightning_pickled_objects_fall_back_with_warning(tmp_path, state):
+def test_lightning_pickled_objects_load_inertly(tmp_path, state, recwarn):
     # MDLM's .ckpt pickles non-tensor objects (OmegaConf config, tokenizer); a Fraction stands in.
     file = write_ckpt(tmp_path / "a.ckpt", state, extra={"tokenizer": fractions.Fraction(1, 3)})
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        assert_matches_reference(load_denoiser(file), state)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
-        load_denoiser(file, weights_only=True)
+    assert_matches_reference(load_denoiser(file), state)
+    assert not [w for w in recwarn if "weights_only" in str(w.message)]
+    assert_matches_reference(load_denoiser(file, trust_checkpoint=True), state)
+
+
+def test_legacy_format_needs_trust_for_objects(tmp_path, state):
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": prefixed(state), "hyper_parameters": MDLM_HPARAMS}, plain,
+               _use_new_zipfile_serialization=False)
+    assert_matches_reference(load_denoiser(plain), state)
+    objects = tmp_path / "objects.ckpt"
+    torch.save({"state_dict": prefixed(state), "hyper_parameters": MDLM_HPARAMS,
+                "extra": fractions.Fraction(1, 3)}, objects, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="legacy-format.*trust_checkpoint=True"):
+        load_denoiser(objects)
+    assert_matches_reference(load_denoiser(objects, trust_checkpoint=True), state)
 
 
 def test_wrong_ema_count_and_shape(tmp_path, state):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mdlm_fast.checkpoint import CheckpointError, load_denoiser
+from mdlm_fast.cli_validate import CliError
 from mdlm_fast.data import (derive_seed, load_corpus, read_text, split_documents,
                             split_train_val)
 from mdlm_fast.judge import CausalLM, CausalLMConfig, load_judge, nll, save_judge
@@ -25,14 +26,12 @@ from mdlm_fast.train import (TrainConfig, TrainError, add_tokenizer_arguments,
                              add_train_arguments, export, mdlm_loss, run_train,
                              run_train_tokenizer, sample_noise, train)
 
-CORPUS = Path(__file__).parents[1].parent / "shared" / "data" / "shakespeare.txt"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_file(),
-                                  reason=f"corpus not found at {CORPUS} (../shared/data)")
+SAMPLE = "embedded:sample"  # shipped: 100k characters of the corpus around a play boundary
 TIMING_FIELDS = ("tokens_per_s", "wall_time_s")
 
 
 # --------------------------------------------------------------------------------------------
-# Fixtures: a slice of the corpus spanning a document boundary, a tiny BPE
+# Fixtures: the shipped slice of the corpus spanning a document boundary, a tiny BPE
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,13 +45,10 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory) -> Path:
-    if not CORPUS.is_file():
-        pytest.skip(f"corpus not found at {CORPUS} (../shared/data)")
-    text = read_text(CORPUS)
-    boundary = text.find("ANTONY AND CLEOPATRA\n\nby")
-    assert boundary > 0
+    text = read_text(SAMPLE)
+    assert text.find("ANTONY AND CLEOPATRA\n\nby") == 50_000
     path = tmp_path_factory.mktemp("data") / "slice.txt"
-    path.write_text(text[boundary - 50_000: boundary + 50_000], encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -166,15 +162,39 @@ def test_check_compatible(tok):
 # Data
 # --------------------------------------------------------------------------------------------
 
-@needs_corpus
 def test_split_is_contiguous_and_disjoint():
-    text = read_text(CORPUS)
+    text = read_text(SAMPLE)
     train_text, val_text = split_train_val(text, 0.05)
     assert text.startswith(train_text) and text.endswith(val_text)
     gap = text[len(train_text): len(text) - len(val_text)]
     assert gap.strip("\n") == ""  # only the separating newlines are dropped
     assert 0.04 < len(val_text) / len(text) < 0.06
-    assert len(split_documents(text)) == 38
+    assert text[len(train_text):].startswith("\n\n")  # the cut lies on a paragraph boundary
+    assert len(split_documents(text)) == 2
+    assert split_train_val(text, 1.0) == ("", text) and split_train_val(text, 0.0) == (text, "")
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_train_val(text, 1.5)
+
+
+def test_shipped_held_out_text_is_the_split_the_models_were_validated_on():
+    """The held-out text reproduces the embedded models' validation set: its token count gives the
+    cards' window count, and its checksum is the one the data README records."""
+    import hashlib
+    from mdlm_fast.data import EMBEDDED_TEXTS, held_out_fraction
+
+    heldout = EMBEDDED_TEXTS["embedded:heldout"]
+    readme = (heldout.parent / "README.md").read_text()
+    for name, path in EMBEDDED_TEXTS.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in readme, name
+    corpus = load_corpus("embedded:heldout", "embedded", val_fraction=held_out_fraction("embedded:heldout"))
+    assert corpus.train.numel() == 0 and corpus.n_val_docs == 2  # Two Gentlemen's end, The Winter's Tale
+    card = json.loads((Path(heldout).parents[1] / "heavy" / "training.json").read_text())
+    windows = corpus.val_windows(card["config"]["length"])
+    assert windows.shape[0] == card["val_windows"] == 265
+    assert windows.numel() == card["val_tokens"]
+    assert read_text("embedded:heldout").startswith("[Enter PANTHINO.]")
+    with pytest.raises(FileNotFoundError, match="embedded:heldout"):
+        read_text("embedded:nonesuch")
 
 
 def test_corpus_windows(text_file, tok, tmp_path):
@@ -420,5 +440,5 @@ def test_cli_train_tokenizer_and_export(text_file, tmp_path, capsys):
 
     bad = parser.parse_args(["--data", str(tmp_path / "nope.txt"), "--run-dir",
                              str(tmp_path / "r2")])
-    with pytest.raises(TrainError, match="no such data file"):
+    with pytest.raises(CliError, match="--data: no text file at"):
         run_train(bad, argv=[])

@@ -1,0 +1,260 @@
+"""Argument checks shared by every ``mdlm-fast`` subcommand.
+
+Each check runs before any model forward, and a failure is one :class:`CliError` naming the
+flag and what it expects. Checks of a value alone are argparse ``type=`` functions (the parser
+reports them); checks that look at the machine (paths, devices) are called by the commands.
+Nothing here writes a file that outlives the check.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+
+class CliError(ValueError):
+    """A user error: printed as one line, no traceback. A ValueError, so that ``main`` catches it
+    even where ``python -m mdlm_fast.cli`` has loaded the CLI modules twice (as ``__main__`` too)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are the CLI's one line, ``mdlm-fast: error: ...``, exit 2
+    (argparse's own adds the usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"mdlm-fast: error: {message.strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------------------------
+# Values (argparse types)
+# --------------------------------------------------------------------------------------------
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^64), got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def held_out_fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes against a model
+# --------------------------------------------------------------------------------------------
+
+def at_most(flag: str, value: int, limit: int, what: str) -> int:
+    if value > limit:
+        raise CliError(f"{flag} {value} exceeds {what} {limit}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+def _existing_ancestor(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def _probe_writable(flag: str, directory: Path, target: Path) -> None:
+    """Create and remove a temporary file in ``directory``: the only test that holds for root,
+    read-only mounts and odd filesystems alike. It is where ``atomic_file`` will write."""
+    if not directory.is_dir():
+        raise CliError(f"{flag} {target}: {directory} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mdlm-fast-probe-", dir=directory)
+    except OSError as exc:
+        raise CliError(f"{flag} {target}: cannot write in {directory} ({exc.strerror or exc})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def output_file(flag: str, path: str | os.PathLike | None) -> Path | None:
+    """``path`` can be written as a file: not a directory, under a writable directory (missing
+    directories are created only when the result is written)."""
+    if path is None:
+        return None
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CliError(f"{flag} {target} is a directory; expected a file name")
+    if target.exists() and not target.is_file():
+        raise CliError(f"{flag} {target} is not a regular file")
+    parent = target.parent if target.parent.exists() else _existing_ancestor(target)
+    _probe_writable(flag, parent, target)
+    return target
+
+
+def output_dir(flag: str, path: str | os.PathLike) -> Path:
+    """``path`` is (or can become) a writable directory."""
+    target = Path(path).expanduser()
+    if target.exists():
+        if not target.is_dir():
+            raise CliError(f"{flag} {target} is a file; expected a directory")
+        _probe_writable(flag, target, target)
+    else:
+        _probe_writable(flag, _existing_ancestor(target), target)
+    return target
+
+
+def input_file(flag: str, path: str | os.PathLike) -> Path:
+    target = Path(path).expanduser()
+    if not target.is_file():
+        raise CliError(f"{flag}: no file at {target}")
+    return target
+
+
+def checkpoint(flag: str, spec: str) -> str:
+    """A denoiser spec: ``embedded:heavy`` / ``embedded:light`` or an existing directory or file."""
+    if str(spec).startswith("embedded:"):
+        if spec not in ("embedded:heavy", "embedded:light"):
+            raise CliError(f"{flag} {spec}: the embedded models are embedded:heavy and embedded:light")
+        return spec
+    if not os.path.exists(spec):
+        raise CliError(f"{flag}: no checkpoint at {spec}")
+    return spec
+
+
+def tokenizer(flag: str, spec: str | None) -> str | None:
+    """A tokenizer spec: ``embedded``, a ``tokenizer.json`` or a tokenizer directory."""
+    if spec is None or spec in ("embedded", "embedded:tokenizer"):
+        return spec
+    if not os.path.exists(spec):
+        raise CliError(f"{flag}: no tokenizer at {spec}")
+    return spec
+
+
+def judge(flag: str, spec: str) -> str:
+    """A judge spec: ``embedded``, ``none`` or a judge / Hugging Face causal-LM directory."""
+    if spec in ("embedded", "embedded:judge", "none"):
+        return spec
+    if not os.path.isdir(spec):
+        raise CliError(f"{flag}: no judge directory at {spec}")
+    return spec
+
+
+def text(flag: str, spec: str) -> str:
+    """A text spec: an ``embedded:`` text of :mod:`mdlm_fast.data` or an existing file."""
+    from mdlm_fast.data import EMBEDDED_TEXTS, resolve_text
+
+    if str(spec).startswith("embedded:") and spec not in EMBEDDED_TEXTS:
+        raise CliError(f"{flag} {spec}: the embedded texts are {', '.join(EMBEDDED_TEXTS)}")
+    if not resolve_text(spec).is_file():
+        raise CliError(f"{flag}: no text file at {spec}")
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+# --------------------------------------------------------------------------------------------
+
+def device(flag: str, spec: str | None) -> Any:
+    """The ``torch.device`` of ``spec`` (default cpu), refused unless it is present and this
+    build has kernels for it."""
+    import torch
+
+    if spec is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise CliError(f"{flag} {spec!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise CliError(f"{flag} {spec}: mdlm_fast has kernels for cpu and cuda only")
+    if not torch.cuda.is_available():
+        build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU-only build)"
+        raise CliError(f"{flag} {spec}: no CUDA device is visible{build}")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise CliError(f"{flag} {spec}: only {count} CUDA device(s) are visible")
+    from mdlm_fast import build_info
+
+    if not build_info()["cuda"]:
+        raise CliError(f"{flag} {spec}: this build of mdlm_fast has no CUDA kernels "
+                       f"(rebuild it where torch has CUDA and nvcc is found)")
+    return dev
+
+
+def threads(value: int | None) -> None:
+    """Apply ``--threads`` (already checked positive by its type)."""
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """How model files are read: shared by every command that loads --heavy/--light."""
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle .ckpt/.bin files fully, which runs any code they name; only for files "
+                        "you trust (default: off, tensors and inert records only)")
+    p.add_argument("--mask-index", type=non_negative_int, default=None,
+                   help="mask token id of the models (default: what the checkpoint records, else vocab_size - 1)")
