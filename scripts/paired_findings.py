@@ -25,6 +25,8 @@ import mdlm_fast as mf
 from mdlm_fast import eval as ev
 from mdlm_fast.adaptive import evaluate_until
 from mdlm_fast.atomic import write_text
+from mdlm_fast.data import held_out_fraction, load_corpus
+from mdlm_fast.paired import compare_rows
 from mdlm_fast.schedule import PLACEMENTS, ModelSchedule
 from mdlm_fast.search import ResultsLog
 
@@ -38,6 +40,14 @@ SAME_BUDGET = {
     "segments-sandwich4": (0, 1, 8, 9),
 }
 FRACTIONS = (0.125, 0.5, 0.75, 0.875)
+#: Direct paired comparisons between schedules (A / B), beyond each one against all-heavy.
+PAIRS = (("q4:0.25", "q2:0.25"), ("q4:0.25", "middle:0.25"), ("q4:0.25", "q3:0.25"), ("q1:0.25", "q2:0.25"),
+         ("q1:0.25", "q4:0.25"), ("sandwich:0.25", "middle:0.25"), ("sandwich:0.25", "q2:0.25"),
+         ("sandwich:0.25", "q4:0.25"), ("calibrated-kl", "segments-middle4"),
+         ("calibrated-kl", "calibrated-kl-normalized"), ("calibrated-kl", "segments-first4"),
+         ("calibrated-kl", "segments-sandwich4"), ("segments-sandwich4", "segments-middle4"),
+         ("sandwich:0.5", "sandwich:0.25"), ("sandwich:0.75", "sandwich:0.5"), ("sandwich:0.875", "sandwich:0.75"),
+         ("light", "sandwich:0.875"))
 
 
 def items(steps: int) -> list[dict]:
@@ -65,6 +75,27 @@ def _json_ready(value):
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     return value
+
+
+def pairwise(rows: dict) -> list[dict]:
+    """The PAIRS, each a paired comparison of two schedules' samples (same seeds)."""
+    out = []
+    for a, b in PAIRS:
+        paired = compare_rows(rows[a], rows[b])
+        out.append({"a": a, "b": b, **{k: v for k, v in paired.items() if k != "baseline"}})
+    return out
+
+
+def held_out_reference(tokenizer, judge, judge_tokenizer, length: int, windows: int) -> dict:
+    """The judge on held-out text cut like the samples: ``windows`` windows of ``length`` model
+    tokens of the shipped validation split, decoded and re-tokenized as samples are."""
+    corpus = load_corpus("embedded:heldout", tokenizer, val_fraction=held_out_fraction("embedded:heldout"))
+    all_windows = corpus.val_windows(length)
+    pick = torch.linspace(0, all_windows.shape[0] - 1, min(windows, all_windows.shape[0])).round().long().unique()
+    row = ev.evaluate_samples(all_windows[pick].tolist(), tokenizer=tokenizer, judge=judge,
+                              judge_tokenizer=judge_tokenizer)
+    row.pop("per_sample", None)
+    return {**row, "windows": int(pick.numel()), "length": length}
 
 
 def main(argv=None) -> int:
@@ -105,9 +136,12 @@ def main(argv=None) -> int:
                                   seed=args.seed, target_se=args.target_se, max_samples=args.max_samples,
                                   log=log, deadline=deadline)
     labels = {item["key"]: item for item in items(args.steps)}
+    complete = status["reason"] != "deadline"
     result = {"settings": settings, "status": status, "target_se": args.target_se, "max_samples": args.max_samples,
               "rows": [{**{k: v for k, v in labels[key].items() if k != "schedule"}, **row}
-                       for key, row in rows.items()]}
+                       for key, row in rows.items()],
+              "pairwise": pairwise(rows) if complete else [],
+              "held_out": held_out_reference(tokenizer, judge, judge_tokenizer, args.length, 128) if complete else None}
     write_text(Path(args.out) / "paired.json", json.dumps(_json_ready(result), indent=1, allow_nan=False, default=str) + "\n")
     print(f"{status['reason']}: {status['rounds']} rounds, {status['samples']} samples per schedule, "
           f"worst paired relative SE {status['worst_ratio_se']:.4f}", file=sys.stderr)
