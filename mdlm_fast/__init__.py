@@ -13,6 +13,7 @@ from mdlm_fast.model import DiT, DiTConfig, subs_log_probs
 from mdlm_fast.noise import LogLinearNoise
 from mdlm_fast.sampler import SampleResult, SampleStats, sample
 from mdlm_fast.schedule import ModelSchedule, ScheduleError
+from mdlm_fast.time_schedule import TimeSchedule, resolve_schedule
 from mdlm_fast.tokenizer import TextTokenizer, TokenizerError, load_tokenizer
 from mdlm_fast.judge import CausalLM, CausalLMConfig, load_judge, save_judge
 from mdlm_fast.eval import (distinct_n, evaluate_samples, evaluate_schedule, generative_perplexity,
@@ -24,7 +25,7 @@ __all__ = [
     "build_info", "ops", "reference",
     "DiT", "DiTConfig", "subs_log_probs", "Denoiser",
     "load_denoiser", "save_denoiser", "CheckpointError",
-    "ModelSchedule", "ScheduleError", "ModelShape", "ExecutedFlops", "schedule_flops",
+    "ModelSchedule", "ScheduleError", "TimeSchedule", "resolve_schedule", "ModelShape", "ExecutedFlops", "schedule_flops",
     "LogLinearNoise", "sample", "SampleResult", "SampleStats",
     "TextTokenizer", "TokenizerError", "load_tokenizer",
     "CausalLM", "CausalLMConfig", "load_judge", "save_judge",

@@ -26,6 +26,12 @@ def _check_generate_arguments(args) -> None:
     two_models = args.heavy is None or args.light is not None
     if args.schedule is not None and not two_models:
         raise CliError(f"--schedule {args.schedule} needs two models to schedule: give --light as well")
+    if args.schedule_file is not None:
+        if args.schedule is not None:
+            raise CliError("give --schedule or --schedule-file, not both")
+        if not two_models:
+            raise CliError(f"--schedule-file {args.schedule_file} needs two models to schedule: give --light as well")
+        _read_schedule_file(args)
     check.checkpoint("--heavy", args.heavy or "embedded:heavy")
     if args.light is not None:
         check.checkpoint("--light", args.light)
@@ -130,9 +136,20 @@ def _savings(stats) -> dict:
     }
 
 
+def _read_schedule_file(args):
+    from mdlm_fast.schedule import ScheduleError
+    from mdlm_fast.time_schedule import TimeSchedule
+
+    try:
+        return TimeSchedule.load(args.schedule_file)
+    except ScheduleError as exc:
+        raise CliError(f"--schedule-file: {exc}") from None
+
+
 def _cmd_generate(args) -> int:
     import mdlm_fast as mf
-    from mdlm_fast.schedule import ModelSchedule, ScheduleError
+    from mdlm_fast.schedule import ScheduleError
+    from mdlm_fast.time_schedule import resolve_schedule
 
     _check_generate_arguments(args)
     device = args.device
@@ -147,10 +164,13 @@ def _cmd_generate(args) -> int:
     length = check.at_most("--length", args.length, model_length, what) if args.length else model_length
     steps = args.steps if args.steps is not None else length
     spec = (args.schedule or DEFAULT_SCHEDULE) if len(models) > 1 else "heavy"
+    flag = "--schedule"
+    if args.schedule_file is not None:
+        spec, flag = _read_schedule_file(args), "--schedule-file"
     try:
-        schedule = ModelSchedule.coerce(spec, steps).validate_for(len(models))
+        schedule = resolve_schedule(spec, steps).validate_for(len(models))
     except ScheduleError as exc:
-        raise CliError(f"--schedule {spec}: {exc}") from None
+        raise CliError(f"{flag} {spec}: {exc}") from None
     tokenizer = _load_tokenizer(args, models)
     mask = models[0].config.mask_index
     prefix = _encode_prefix(args, tokenizer, length, mask)
@@ -247,7 +267,11 @@ def _add_generate_arguments(gen) -> None:
                       "transformers) or 'none' (default: embedded where there is a tokenizer, else none)")
     a("--judge-tokenizer", help="the judge's tokenizer (default: the judge's own)")
     a("--schedule", default=None, help=f"which model runs each step, for two models only: a spec such as "
-                                       f"'{DEFAULT_SCHEDULE}', 'q2:25%%', 'L32-H192-L32' (default {DEFAULT_SCHEDULE})")
+                                       f"'{DEFAULT_SCHEDULE}', 'q2:25%%', 'L32-H192-L32', or in diffusion time "
+                                       f"'time:0.9-1=L,0-0.1=L' (default {DEFAULT_SCHEDULE})")
+    a("--schedule-file", default=None, metavar="FILE",
+      help="a time-schedule JSON file (written by calibrate or search), applied at any --steps; "
+           "instead of --schedule (default: none)")
     a("--steps", type=check.positive_int, default=None, help="denoising steps (default: the length)")
     a("--length", type=check.positive_int, default=None,
       help="tokens per sample, at most the model's model_length (default: model_length)")

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from mdlm_fast import cli_validate as check
 from mdlm_fast.atomic import write_text
 from mdlm_fast.cli_validate import CliError
-from mdlm_fast.json_output import dumps, json_safe
+from mdlm_fast.json_output import dumps
 
 DEFAULT_OUT = "runs/analysis"
 DEFAULT_DATA = "embedded:heldout"  # the split the embedded models were validated on, shipped
@@ -83,7 +82,10 @@ def register(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="gen-PPL, entropy, distinct-n and FLOPs of schedules")
     _add_common(ev)
     _add_sampling(ev)
-    ev.add_argument("--schedule", action="append", help="schedule spec, repeatable (default: heavy and sandwich:0.25)")
+    ev.add_argument("--schedule", action="append", help="schedule spec, repeatable; 'time:...' specs too "
+                    "(default: heavy and sandwich:0.25)")
+    ev.add_argument("--baseline", default="heavy", help="schedule every other one is compared with, paired "
+                    "(same seeds); added to the run when not given (default heavy)")
     ev.set_defaults(func=cmd_evaluate)
 
     imp = sub.add_parser("importance", help="step importance (eq. 6/7) of the light model over t")
@@ -274,6 +276,34 @@ def _quality(row: dict) -> str:
             f"time {_fmt(row.get('wall_time_s'))} s")
 
 
+def _add_paired_columns(rows: list[dict], baseline: dict | None) -> None:
+    """Each row's paired comparison with ``baseline`` (same seeds), as flat ``paired_*`` columns
+    beside the unpaired ones (mdlm_fast.paired)."""
+    from mdlm_fast.paired import compare_rows
+
+    if baseline is None:
+        return
+    for row in rows:
+        if row is not baseline:
+            row.update({f"paired_{k}": v for k, v in compare_rows(row, baseline).items()})
+
+
+def _paired_text(row: dict) -> str:
+    if "paired_gen_ppl_ratio" not in row:
+        return ""
+    return (f"; vs {row['paired_baseline']}: gen-PPL x{row['paired_gen_ppl_ratio']:.3f} "
+            f"[{row['paired_gen_ppl_ratio_ci_low']:.3f}, {row['paired_gen_ppl_ratio_ci_high']:.3f}] (paired 95%)")
+
+
+def _write_time_schedule(path: Path, spec: str, source: dict) -> Path:
+    """The chosen schedule in diffusion time, so ``generate --schedule-file`` runs it at any steps."""
+    from mdlm_fast.schedule import ModelSchedule
+    from mdlm_fast.time_schedule import TimeSchedule
+
+    TimeSchedule.from_model_schedule(ModelSchedule.parse(spec), source=source).save(path)
+    return path
+
+
 def _emit(args, result: dict, lines: list[str]) -> None:
     if args.json:
         print(dumps(result))
@@ -288,7 +318,7 @@ def _emit(args, result: dict, lines: list[str]) -> None:
 def cmd_evaluate(args) -> int:
     from mdlm_fast.distributed import from_env
     from mdlm_fast.eval import evaluate_schedule
-    from mdlm_fast.schedule import ModelSchedule
+    from mdlm_fast.time_schedule import resolve_schedule
 
     _setup(args)
     settings = _sampling(args)
@@ -296,11 +326,14 @@ def cmd_evaluate(args) -> int:
     _check_length(models, settings["length"])
     specs = args.schedule or ["heavy", "sandwich:0.25"]
     schedules = []
-    for spec in specs:
+    for flag, spec in [("--schedule", s) for s in specs] + [("--baseline", args.baseline)]:
         try:
-            schedules.append(ModelSchedule.parse(spec, settings["steps"]).validate_for(len(models)))
+            schedules.append(resolve_schedule(spec, settings["steps"]).validate_for(len(models)))
         except ValueError as exc:
-            raise CliError(f"--schedule {spec}: {exc}") from None
+            raise CliError(f"{flag} {spec}: {exc}") from None
+    baseline = schedules.pop()
+    if baseline not in schedules:
+        specs, schedules = [args.baseline] + list(specs), [baseline] + schedules
     tokenizer = _load_tokenizer(args, models[0])
     judge, judge_tokenizer = _load_judge(args)
     record = _record(args, names, models, tokenizer, judge_tokenizer)
@@ -317,11 +350,12 @@ def cmd_evaluate(args) -> int:
             rows.append({"key": spec, **row})
         if not dist.is_main:
             return 0
-    result = {"settings": {**settings, "seed": args.seed, **record}, "rows": rows}
+    _add_paired_columns(rows, next(r for r, s in zip(rows, schedules) if s == baseline))
+    result = {"settings": {**settings, "seed": args.seed, **record}, "baseline": args.baseline, "rows": rows}
     out = Path(args.out)
     write_json(out / "evaluate.json", result)
     write_csv(out / "evaluate.csv", rows)
-    _emit(args, result, [f"{r['key']:>20} ({r['schedule']}): {_quality(r)}" for r in rows]
+    _emit(args, result, [f"{r['key']:>20} ({r['schedule']}): {_quality(r)}{_paired_text(r)}" for r in rows]
           + [f"results in {out}/evaluate.json, evaluate.csv"])
     return 0
 
@@ -449,7 +483,14 @@ def _search_analysis(args, rows: list[dict], extra: dict) -> dict:
     n = extra["n_segments"]
     top, bottom = search.segment_frequency(rows, n, args.top)
     brief = [{k: r.get(k) for k in ("key", "schedule", "gen_ppl", "gen_ppl_se", "unigram_entropy")} for r in order]
-    return {"segment_scores": search.segment_scores(rows, n), "top5": brief[:5], "bottom5": brief[-5:][::-1],
+    from mdlm_fast.paired import segment_score_se
+
+    try:
+        score_se = segment_score_se(rows, n)
+    except ValueError:  # rows from a log written before per-sample values were kept
+        score_se = None
+    return {"segment_scores": search.segment_scores(rows, n), "segment_score_se": score_se,
+            "top5": brief[:5], "bottom5": brief[-5:][::-1],
             "top_n": min(args.top, len(order)), "segment_frequency_top": top, "segment_frequency_bottom": bottom}
 
 
@@ -475,7 +516,9 @@ def _search_plots(args, rows, analysis, out: Path) -> list[str]:
 
 def cmd_search(args) -> int:
     from mdlm_fast.distributed import from_env
+    from mdlm_fast import search
     from mdlm_fast.eval import evaluate_schedule
+    from mdlm_fast.schedule import ModelSchedule
     from mdlm_fast.search import ResultsLog, run_items
 
     _setup(args)
@@ -509,9 +552,12 @@ def cmd_search(args) -> int:
                                    progress=not args.no_progress, desc=args.study, deadline=deadline)
         if not dist.is_main:
             return 0
+    heavy_spec = ModelSchedule.all_heavy(settings["steps"]).to_spec()
+    _add_paired_columns(rows, next((r for r in rows if r.get("schedule") == heavy_spec), None))
+    analysis = _search_analysis(args, rows, item_settings)
     for row in rows:
         row.pop("record", None)  # the settings hold it once for all rows
-    analysis = _search_analysis(args, rows, item_settings)
+        row.pop("per_sample", None)  # kept in the resumable log
     result = {"settings": log_settings, "complete": complete, "finished": len(rows), "total": len(items),
               "rows": rows, **analysis}
     write_json(out / f"{args.study}.json", result)
@@ -525,6 +571,12 @@ def cmd_search(args) -> int:
         lines += ["bottom 5:"] + [f"  {r['key']:>22}  gen-PPL {_fmt(r['gen_ppl'])}" for r in analysis["bottom5"]]
     else:
         lines += [f"  {r['key']:>22}: {_quality(r)}" for r in rows]
+    best = search.ranked(rows)[:1] if rows and any("gen_ppl" in r for r in rows) else []
+    if best:
+        files = [str(_write_time_schedule(out / f"{args.study}_best_schedule.json", best[0]["schedule"],
+                                          {"from": f"mdlm-fast search --study {args.study}", "key": best[0]["key"],
+                                           "gen_ppl": best[0].get("gen_ppl"), "settings": log_settings}))]
+        lines.append(f"best schedule {best[0]['key']} in diffusion time: {files[0]}")
     lines.append(f"results in {out}/{args.study}.json, {args.study}.csv" + (", " + ", ".join(pngs) if pngs else ""))
     _emit(args, result, lines)
     return 0
@@ -604,6 +656,9 @@ def cmd_calibrate(args) -> int:
     if searched:
         result["comparison"] = compare_with_search({**evaluation, "schedule": chosen.schedule.to_spec(),
                                                     "predicted_saving": chosen.predicted_saving}, searched["rows"])
+    schedule_file = _write_time_schedule(out / "calibrate_schedule.json", chosen.schedule.to_spec(),
+                                         {"from": "mdlm-fast calibrate", **chosen.as_dict(),
+                                          "importance": result["importance"]})
     write_json(out / "calibrate.json", result)
     from mdlm_fast import plots
 
@@ -620,6 +675,7 @@ def cmd_calibrate(args) -> int:
         lines.append(f"  best searched at the same budget: {best['key']} gen-PPL {_fmt(best['gen_ppl'])}; "
                      f"calibrated rank {rank if rank else '-'} of {comp['searched_at_same_budget']}, "
                      f"median {_fmt(comp['median_searched'])}")
+    lines.append(f"the schedule in diffusion time (for generate --schedule-file): {schedule_file}")
     lines.append(f"results in {out}/calibrate.json, calibrate_divergence.png")
     _emit(args, result, lines)
     return 0

@@ -38,31 +38,40 @@ def generative_perplexity(texts: Sequence[str], judge: Any, judge_tokenizer: Any
     device = device or next(judge.parameters()).device
     bos = judge_tokenizer.eos_id if judge_tokenizer.eos_id is not None else getattr(judge.config, "eos_id", None)
     encoded = [judge_tokenizer.encode(t) for t in texts]
-    kept = [ids for ids in encoded if ids]
-    sums, counts = [], []
-    for start in range(0, len(kept), batch_size):
-        for ids in kept[start:start + batch_size]:  # one at a time: samples differ in length
+    # Per text, in input order (None for an empty one): paired comparisons need them aligned.
+    nll_sums: list = [None] * len(texts)
+    token_counts: list = [None] * len(texts)
+    for index, ids in enumerate(encoded):  # one at a time: samples differ in length
+        if ids:
             row = torch.tensor([ids], dtype=torch.int64, device=device)
             token_nll = nll(judge, row, bos_id=bos)
-            sums.append(float(token_nll.double().sum()))
-            counts.append(token_nll.numel())
+            nll_sums[index] = float(token_nll.double().sum())
+            token_counts[index] = token_nll.numel()
+    sums = [s for s in nll_sums if s is not None]
+    counts = [c for c in token_counts if c is not None]
     if not counts:
         raise ValueError("no non-empty samples to score")
     mean, se = _ratio_se(sums, counts)
     ppl = math.exp(mean)
     return {"gen_ppl": ppl, "gen_ppl_se": ppl * se, "mean_nll": mean, "mean_nll_se": se,
             "tokens": int(sum(counts)), "samples": len(counts), "skipped": len(texts) - len(counts),
-            "judge_tokenizer": getattr(judge_tokenizer, "name", "?")}
+            "judge_tokenizer": getattr(judge_tokenizer, "name", "?"),
+            "per_sample": {"nll_sums": nll_sums, "token_counts": token_counts}}
+
+
+def unigram_entropies(samples: Sequence[Sequence[int]]) -> list:
+    """Per sample, the entropy (nats) of its token-id unigram distribution (None for an empty one)."""
+    values: list = []
+    for ids in samples:
+        counts = Counter(int(i) for i in ids)
+        n = sum(counts.values())
+        values.append(-sum(c / n * math.log(c / n) for c in counts.values()) if n else None)
+    return values
 
 
 def unigram_entropy(samples: Sequence[Sequence[int]]) -> float:
     """Mean over samples of the entropy (nats) of each sample's token-id unigram distribution."""
-    values = []
-    for ids in samples:
-        counts = Counter(int(i) for i in ids)
-        n = sum(counts.values())
-        if n:
-            values.append(-sum(c / n * math.log(c / n) for c in counts.values()))
+    values = [v for v in unigram_entropies(samples) if v is not None]
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -143,7 +152,9 @@ def evaluate_samples(tokens: Sequence[Sequence[int]], *, tokenizer: Any = None, 
     judge (see :func:`generative_perplexity`).
     """
     tokens = [[int(i) for i in row] for row in tokens]
-    out: dict = {"unigram_entropy": unigram_entropy(tokens)}
+    entropies = unigram_entropies(tokens)
+    kept = [v for v in entropies if v is not None]
+    out: dict = {"unigram_entropy": sum(kept) / len(kept) if kept else float("nan")}
     for n in distinct:
         out[f"distinct_{n}"] = distinct_n(tokens, n)
     if judge is not None:
@@ -151,6 +162,8 @@ def evaluate_samples(tokens: Sequence[Sequence[int]], *, tokenizer: Any = None, 
             raise ValueError("gen-PPL needs the model's tokenizer (to decode) and the judge's tokenizer")
         texts = [tokenizer.decode(row, mask_id=mask_id) for row in tokens]
         out.update(generative_perplexity(texts, judge, judge_tokenizer))
+    # Per-sample values, aligned with the input order, for paired comparisons (mdlm_fast.paired).
+    out["per_sample"] = {**out.get("per_sample", {}), "unigram_entropies": entropies}
     return out
 
 

@@ -20,6 +20,7 @@ from mdlm_fast.denoiser import Denoiser, as_denoisers
 from mdlm_fast.flops import ExecutedFlops, schedule_flops
 from mdlm_fast.noise import LogLinearNoise, sampling_timesteps
 from mdlm_fast.schedule import ModelSchedule
+from mdlm_fast.time_schedule import resolve_schedule
 
 SAMPLERS = ("reference", "fast", "confidence")
 PRECISIONS = ("fp64", "fp32-mdlm")
@@ -238,7 +239,7 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
         raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
 
     denoisers = as_denoisers(models)
-    schedule = ModelSchedule.coerce(schedule, steps).validate_for(len(denoisers))
+    schedule = resolve_schedule(schedule, steps).validate_for(len(denoisers))
     if length is None:
         length = getattr(getattr(denoisers[0].model, "config", None), "model_length", None)
         if length is None:

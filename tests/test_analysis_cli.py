@@ -59,6 +59,21 @@ def test_evaluate_writes_json_and_csv_with_a_record(models, tmp_path, capsys):
     assert record["seeds"] == [0] and record["samples"] == 2 and record["precision"] == "fp64" and record["steps"] == 10
     assert json.loads((tmp_path / "evaluate.json").read_text())["rows"][0]["key"] == "heavy"
     assert (tmp_path / "evaluate.csv").read_text().splitlines()[0].startswith("key,")
+    # paired against the baseline (same seeds), beside the unpaired numbers
+    assert row["paired_baseline"] == "H10"
+    assert row["paired_gen_ppl_ratio"] == pytest.approx(row["gen_ppl"] / report["rows"][0]["gen_ppl"])
+    assert row["paired_nll_diff_ci_low"] <= row["paired_nll_diff_estimate"] <= row["paired_nll_diff_ci_high"]
+    assert "paired_gen_ppl_ratio" not in report["rows"][0]
+
+
+def test_evaluate_adds_its_baseline_and_reads_time_specs(models, tmp_path, capsys):
+    code, out, _ = _run(["evaluate", *_pair(models), *TINY, "--out", str(tmp_path), "--json",
+                         "--schedule", "time:0.55-1=L", "--schedule", "L5-H5", "--baseline", "light"], capsys)
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    assert [r["key"] for r in rows] == ["light", "time:0.55-1=L", "L5-H5"]
+    assert rows[1]["schedule"] == "L5-H5" and rows[1]["gen_ppl"] == rows[2]["gen_ppl"]  # 5 of 10 steps at t > 0.55
+    assert rows[1]["paired_baseline"] == "L10" and "paired_gen_ppl_ratio" not in rows[0]
 
 
 def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
@@ -86,6 +101,11 @@ def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
     # same schedule, same seeds: the calibrated evaluation reproduces the search's number
     assert result["evaluation"]["gen_ppl"] == pytest.approx(searched[calib["schedule"]]["gen_ppl"])
     assert (tmp_path / "calibrate_divergence.png").is_file()
+    from mdlm_fast.time_schedule import TimeSchedule
+
+    carried = TimeSchedule.load(tmp_path / "calibrate_schedule.json")
+    assert carried.at_steps(10).to_spec() == calib["schedule"] and carried.source["from"] == "mdlm-fast calibrate"
+    assert (tmp_path / "exhaustive_best_schedule.json").is_file()
 
 
 def test_search_resumes_and_matches_an_uninterrupted_run(models, tmp_path, capsys):
@@ -143,6 +163,10 @@ def test_placement_and_fraction_studies(models, tmp_path, capsys, study, extra, 
     else:
         assert [r["predicted_saving"] for r in rows] == pytest.approx([0, 0.25, 0.5])
     assert all("gen_ppl" in r and "wall_time_s" in r and "unigram_entropy" in r for r in rows)
+    heavy = rows[0]  # placement: all-heavy; fraction: fraction 0
+    assert "paired_gen_ppl_ratio" not in heavy and all(r["paired_baseline"] == heavy["schedule"] for r in rows[1:])
+    assert all("per_sample" not in r for r in rows)
+    assert (tmp_path / f"{study}_best_schedule.json").is_file()
     assert (tmp_path / png).is_file() and (tmp_path / f"{study}.csv").is_file()
 
 

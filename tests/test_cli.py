@@ -90,6 +90,11 @@ ERROR_CASES = [
     ("schedule-one-model", ["generate", *TINY, "--heavy", "embedded:heavy", "--schedule", "foo"],
      "--schedule foo needs two models"),
     ("schedule-unknown", ["generate", *TINY, "--schedule", "foo"], "--schedule foo: invalid model schedule spec"),
+    ("schedule-time-bad", ["generate", *TINY, "--schedule", "time:0.5-0.2=L"], "lo < hi"),
+    ("schedule-file-missing", ["generate", *TINY, "--schedule-file", "{tmp}/none.json"],
+     "--schedule-file: cannot read time schedule file"),
+    ("schedule-file-not-json", ["generate", *TINY, "--schedule-file", "{file}"], "is not valid JSON"),
+    ("schedule-file-and-spec", ["generate", *TINY, "--schedule-file", "{file}", "--schedule", "heavy"], "not both"),
     ("light-without-heavy", ["generate", *TINY, "--light", "embedded:light"], "--light needs --heavy"),
     ("embedded-typo", ["generate", *TINY, "--heavy", "embedded:heavvy"], "--heavy embedded:heavvy"),
     ("device-bogus", ["generate", *TINY, "--device", "bogus"], "--device 'bogus' is not a device"),
@@ -280,3 +285,14 @@ def test_one_model_runs_all_heavy_and_steps_default_to_the_length(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["models"] == ["embedded:heavy"] and report["stats"]["steps"] == 16
     assert report["stats"]["schedule"] == "H16"
+
+
+def test_a_time_schedule_file_runs_at_any_number_of_steps(tmp_path, capsys):
+    from mdlm_fast.time_schedule import TimeSchedule
+
+    path = tmp_path / "schedule.json"
+    TimeSchedule.parse("time:0.8-1=L").save(path)
+    for steps, expected in ((8, "L2-H6"), (32, "L7-H25")):  # steps run at t = ts[i] > 0.8
+        assert main(["generate", "--length", "16", "--steps", str(steps), "--batch-size", "1", "--judge", "none",
+                     "--schedule-file", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["stats"]["schedule"] == expected
