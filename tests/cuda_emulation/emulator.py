@@ -58,7 +58,9 @@ def build(variant: str = "plain", kernel_sources: dict[str, str] | None = None, 
     cxx = compiler()
     if cxx is None:
         raise FileNotFoundError("g++ not found")
-    sources = {name: (ROOT / "csrc" / "cuda" / name).read_text() for name in KERNELS}
+    # MDLM_FAST_EMU_KERNELS: a folder whose kernel files replace csrc/cuda's (mutate.py uses it).
+    kernel_dir = Path(os.environ.get("MDLM_FAST_EMU_KERNELS", ROOT / "csrc" / "cuda"))
+    sources = {name: (kernel_dir / name).read_text() for name in KERNELS}
     sources.update(kernel_sources or {})
     sources["selftest_kernels.cu"] = (HERE / "selftest_kernels.cu").read_text()
     sources.update(extra or {})
