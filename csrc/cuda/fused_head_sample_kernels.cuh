@@ -25,9 +25,9 @@
 //   * otherwise the same distribution, with rare differences in the drawn id: the dot products
 //     are accumulated in tensor-core (bf16/fp16) or sequential-k fmaf (fp32) order rather than
 //     BLAS order, and CUDA's expf (<= 2 ulp) and double exp/log differ from the CPU's in the last
-//     bits. With a model of CUDA's expf and a different dot-product order on real activations,
-//     5 of 49,152 draws at temperature 1 (about 1e-4) differed from the CPU, each time by
-//     the adjacent id;
+//     bits. In an emulator experiment with a model of CUDA's expf and a different dot-product
+//     order on real activations, 5 of 49,152 draws at temperature 1 (about 1e-4) differed from
+//     the CPU, each time by the adjacent id;
 //   * on one device, a row's token does not depend on the batch size, on which other rows are in
 //     the call or on their order (each row's logits and uniforms are its own).
 //   Everything else is the CPU's arithmetic in the CPU's order: mass_c is summed in the CPU's
