@@ -74,6 +74,8 @@ if [ ! -f "$torch_include/c10/cuda/impl/cuda_cmake_macros.h" ]; then
   echo "check_cuda_compile: this torch has no c10/cuda/impl/cuda_cmake_macros.h (CPU build); supplying its one definition"
 fi
 abi="$("$python" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"
+# The flags cpp_extension gives nvcc (--expt-relaxed-constexpr, the __CUDA_NO_HALF_* defines).
+read -r -a torch_nvcc_flags <<<"$("$python" -c 'import torch.utils.cpp_extension as c; print(" ".join(c.COMMON_NVCC_FLAGS))')"
 first_arch="${archs%%;*}"
 includes=(-Icsrc -Icsrc/include -Icsrc/cuda -I"$stub")
 for dir in $torch_includes; do includes+=(-I"$dir"); done
@@ -81,7 +83,8 @@ pids=()
 for adapter in csrc/cuda/*_cuda.cu; do
   obj="$build_dir/$(basename "$adapter" .cu).o"
   # -std=c++20: what torch's cpp_extension passes for these headers.
-  "$nvcc" -std=c++20 -arch="sm_$first_arch" -c "$adapter" "${includes[@]}" -D_GLIBCXX_USE_CXX11_ABI="$abi" \
+  "$nvcc" -std=c++20 -arch="sm_$first_arch" "${torch_nvcc_flags[@]}" -c "$adapter" "${includes[@]}" \
+    -D_GLIBCXX_USE_CXX11_ABI="$abi" \
     -DMDLM_FAST_WITH_CUDA -o "$obj" &
   pids+=($!)
 done

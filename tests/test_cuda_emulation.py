@@ -90,7 +90,7 @@ QUICK_CASES = [  # (n, d, vocab, temperature, bias, banned)
 FULL_CASES = [
     (n, d, vocab, t, b, banned)
     for n, d, vocab, t, b, banned in itertools.product(
-        [0, 1, 31, 32, 33], [1, 13, 64, 67], [7, 1009, 1024, 1025, 3000], [1.0, 0.0, 0.7], [True, False], [[], [2, 6]])
+        [0, 1, 31, 32, 33], [1, 67], [7, 1025, 3000], [1.0, 0.0, 0.7], [True, False], [[], [2, 6]])
 ]
 
 
