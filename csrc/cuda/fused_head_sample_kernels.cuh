@@ -20,8 +20,9 @@
 // What is guaranteed across devices (and what is not):
 //   * the noise: every uniform is the same Philox number on every device (integer arithmetic);
 //   * the same tokens as the CPU when the logits are bit-identical on both (e.g. inputs whose dot
-//     products are exact in float32) -- checked on every CI run by executing these kernels under
-//     the CUDA-on-CPU emulator of tests/cuda_emulation against the CPU kernel;
+//     products are exact in float32) and expf agrees on them -- checked on every CI run by
+//     executing these kernels under the CUDA-on-CPU emulator of tests/cuda_emulation (with the
+//     host's expf) against the CPU kernel;
 //   * otherwise the same distribution, with rare differences in the drawn id: the dot products
 //     are accumulated in tensor-core (bf16/fp16) or sequential-k fmaf (fp32) order rather than
 //     BLAS order, and CUDA's expf (<= 2 ulp) and double exp/log differ from the CPU's in the last
