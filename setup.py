@@ -5,7 +5,8 @@ nvcc is found -- never gated on a visible GPU, so a GPU-less build machine still
 
 Build knobs (environment variables):
   MDLM_FAST_FORCE_CPU=1      build the CPU kernels only, even where CUDA torch and nvcc exist
-  TORCH_CUDA_ARCH_LIST       CUDA archs; defaults to "8.0;9.0" (A100, H100) when unset
+  TORCH_CUDA_ARCH_LIST       CUDA archs; defaults to "8.0;9.0+PTX" (A100, H100, and PTX that newer
+                             GPUs compile at load time) when unset
   MDLM_FAST_DEBUG=1          -O0 -g, for stepping through the kernels
 """
 import glob
@@ -15,7 +16,7 @@ from setuptools import find_namespace_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCHS = "8.0;9.0"
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def _flag(name):
@@ -39,7 +40,8 @@ def _extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx_flags = opt + ["-std=c++17", "-fvisibility=hidden"]
+    # No -std flag: cpp_extension passes the standard the installed torch's headers need.
+    cxx_flags = opt + ["-fvisibility=hidden"]
     if not _want_cuda():
         return cpp_extension.CppExtension(
             "mdlm_fast._C", sources, include_dirs=include_dirs,
@@ -55,7 +57,7 @@ def _extension():
             "cxx": cxx_flags + define,
             # No --use_fast_math: the kernels need IEEE expf/division and no flush-to-zero to
             # draw the same tokens as the CPU kernel and reference.py.
-            "nvcc": opt + define + ["-std=c++17", "-lineinfo"],
+            "nvcc": opt + define + ["-lineinfo"],
         })
 
 

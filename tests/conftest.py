@@ -20,3 +20,8 @@ def _skip_unless_usable(device: str) -> None:
 def device(request) -> str:
     _skip_unless_usable(request.param)
     return request.param
+
+
+def pytest_addoption(parser):
+    parser.addoption("--emulated-full", action="store_true", default=False,
+                     help="run the full matrix of the emulated CUDA kernel tests (default: the quick set)")

@@ -2,10 +2,10 @@
 // same-device checks, device guard, current stream, workspace from the caching allocator; the
 // kernels themselves are torch-free (fused_head_sample_kernels.cu).
 //
-// Two CPU checks need tensor *values* (banned ids inside [0, V); a row with every id banned or
-// -inf is an error). On CUDA they would cost a device synchronization per call, so they run only
-// when the environment variable MDLM_FAST_CUDA_CHECK_VALUES is 1. Otherwise out-of-range banned
-// ids match nothing, and a row with nothing to draw gets token -1 (logprob NaN).
+// Two CPU checks need tensor *values* (banned ids inside [0, V); a row with a NaN logit or with
+// every id banned or -inf is an error). They cost one device synchronization per call, after
+// the kernels: the launcher ignores out-of-range banned ids (they match nothing) and writes a
+// code token for such rows, and one small device-to-host copy then tells whether to raise.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,8 +14,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
 #include "checks.h"
@@ -23,11 +21,6 @@
 
 namespace mdlm_fast {
 namespace {
-
-bool check_values_on_cuda() {
-  const char* v = std::getenv("MDLM_FAST_CUDA_CHECK_VALUES");
-  return v != nullptr && (std::strcmp(v, "1") == 0 || std::strcmp(v, "true") == 0);
-}
 
 std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidden, const at::Tensor& weight,
                                                           const c10::optional<at::Tensor>& bias,
@@ -40,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   const int64_t n = hidden.size(0), vocab = weight.size(0), d = hidden.size(1);
 
   // --- CUDA-only checks ---
-  MDLM_CHECK_ARG(hidden.is_cuda(), "hidden", "must be a CUDA tensor here, got ", hidden.device());
+  check_fused_head_devices(hidden, weight, bias, keys, banned, at::kCUDA, "cuda");
   MDLM_CHECK_SAME_DEVICE(weight, "weight", hidden, "hidden");
   if (bias.has_value()) MDLM_CHECK_SAME_DEVICE(*bias, "bias", hidden, "hidden");
   MDLM_CHECK_SAME_DEVICE(keys, "keys", hidden, "hidden");
@@ -62,17 +55,27 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   const at::Tensor keys_c = keys.contiguous();
   const at::Tensor banned_c = banned.contiguous();
-  const bool check_values = check_values_on_cuda();
-  if (check_values && banned_c.numel() > 0) {
-    const at::Tensor bad = ((banned_c < 0) | (banned_c >= vocab)).nonzero();
-    if (bad.size(0) > 0) {
-      MDLM_CHECK_ARG(false, "banned", "ids must lie in [0, ", vocab, "), got ", banned_c[bad[0][0]].item<int64_t>());
-    }
-  }
-
   at::Tensor tokens = at::empty({n}, hidden.options().dtype(at::kLong));
   at::Tensor logprob = at::empty({return_logprob ? n : 0}, hidden.options().dtype(at::kFloat));
-  if (n == 0) return {tokens, logprob};
+  // [bad banned count, first row code]: one copy to the host after the kernels.
+  const auto raise_value_errors = [&](const at::Tensor& status) {
+    const at::Tensor host = status.cpu();
+    const int64_t* h = host.data_ptr<int64_t>();
+    if (h[0] > 0) {
+      const at::Tensor bad = ((banned_c < 0) | (banned_c >= vocab)).nonzero();
+      fail_banned_out_of_range(banned_c[bad[0][0]].item<int64_t>(), vocab);
+    }
+    if (h[1] < 0) {
+      const int64_t row = (tokens < 0).nonzero()[0][0].item<int64_t>();
+      if (tokens[row].item<int64_t>() == kNanRowToken) fail_nan_row(row);
+      fail_empty_row(row);
+    }
+  };
+  const at::Tensor bad_banned = ((banned_c < 0) | (banned_c >= vocab)).sum().to(at::kLong).reshape({1});
+  if (n == 0) {
+    raise_value_errors(at::cat({bad_banned, at::zeros({1}, bad_banned.options())}));
+    return {tokens, logprob};
+  }
 
   FusedHeadParams p;
   p.dtype = dtype == at::kFloat ? HeadDtype::kFloat32 : dtype == at::kBFloat16 ? HeadDtype::kBFloat16 : HeadDtype::kFloat16;
@@ -100,13 +103,7 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   const at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, hidden.options().dtype(at::kByte));
   C10_CUDA_CHECK(launch_fused_head_sample(p, workspace.data_ptr(), ws_bytes, c10::cuda::getCurrentCUDAStream().stream()));
 
-  if (check_values) {
-    const at::Tensor empty_rows = (tokens < 0).nonzero();
-    if (empty_rows.size(0) > 0) {
-      TORCH_CHECK(false, "mdlm_fast: fused_head_sample: every vocabulary id of row ", empty_rows[0][0].item<int64_t>(),
-                  " is banned or -inf; nothing can be drawn");
-    }
-  }
+  raise_value_errors(at::cat({bad_banned, tokens.min().reshape({1})}));
   return {tokens, logprob};
 }
 

@@ -26,6 +26,12 @@
 //     inverse CDF with uniform 0, and writes the chunk's candidate (or the argmax at temperature 0)
 //     and its log-probability.
 //
+// Non-finite logits follow the rule of every backend (see fused_head_sample_kernels.cuh): a chunk
+// holding a NaN records max = NaN, one holding +inf records max = +inf and its first +inf id, and
+// neither draws; select then writes kNanRowToken for a row with a NaN, the first +inf id with
+// log-probability 0 for a row with +inf, and kEmptyRowToken for a row with nothing to draw. The
+// adapter turns the two codes into the CPU kernel's errors.
+//
 // The candidate search (in kernel 2) must return exactly inverse_cdf(len, v * mass, e) of
 // categorical.h: the first id whose *sequential* float64 running sum of e exceeds the target.
 // A warp computes all running sums P_j with a parallel scan instead, whose rounding differs from
@@ -213,9 +219,9 @@ __device__ __forceinline__ float exp_shift(float max) { return isfinite(max) ? m
 // output element are exactly the d products of the dot product. Each lane thus needs the 16
 // contiguous elements [kb + 16t, kb + 16t + 16) of each of its rows: two 16-byte loads.
 //
-// Every output element is produced by the same sequence of mma instructions with the same
-// register inputs whether it is called from the projection or from the sample kernel (which
-// passes the same row0 = row & ~7 n-tile and the same 32-aligned base), hence bitwise equal.
+// An output element's value depends only on its vocabulary id's W row and its hidden row (the
+// k order is fixed), never on which other rows share the n-tiles: a row's logits are the same
+// whatever the batch.
 
 template <bool kVec>
 __device__ __forceinline__ uint4 load8(const uint16_t* __restrict__ row, int64_t k, int64_t d) {
@@ -326,7 +332,7 @@ __device__ __forceinline__ void mma_warp_tile(const uint16_t* __restrict__ W, in
 // ---------------------------------------------------------------------------------------------
 // SIMT tile (float32): acc[r] = sum_k H[r][k] * w[k], fmaf in increasing k, for nr_count rows
 // starting at H (row stride ldh). The per-element operation sequence does not depend on NR or
-// nr_count, so the sample kernel (NR = 1) reproduces the projection's logits bit for bit.
+// nr_count, so a row's logits are the same whatever the batch.
 
 template <bool kVec>
 __device__ __forceinline__ float4 load4(const float* __restrict__ row, int64_t k, int64_t d) {
@@ -435,18 +441,24 @@ __device__ void chunk_row_epilogue(const float* __restrict__ zr, int len, int64_
   const int j0 = lane * kTile, j1 = min(len, j0 + kTile);  // j1 <= j0 for lanes past the end
   const int64_t out = row * n_chunks + chunk;
 
-  // Max and first argmax (lowest id among maxima), as at::max.
+  // Max and first argmax (lowest id among maxima), as at::max; NaN seen apart (at::max would
+  // return it as the max).
   MaxArg best{-INFINITY, -1};
+  bool nan_seen = false;
   for (int j = j0; j < j1; ++j) {
     const float z = zr[zidx(j)];
+    nan_seen |= isnan(z);
     if (z > best.max) best = MaxArg{z, j};  // chunk-local id for now
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) best = better(best, shfl_xor(best, offset));
-  if (best.arg < 0) {  // every id of the chunk banned or -inf: an empty summary, no candidate
+  const bool chunk_nan = __ballot_sync(0xffffffffu, nan_seen) != 0u;
+  if (best.arg < 0 || chunk_nan || best.max == INFINITY) {
+    // Every id banned or -inf (an empty summary), or a NaN or +inf that decides the row alone
+    // (see select_kernel): no mass, no candidate.
     if (lane == 0) {
-      rec.max[out] = -INFINITY;
-      rec.arg[out] = -1;
+      rec.max[out] = chunk_nan ? NAN : best.arg < 0 ? -INFINITY : best.max;
+      rec.arg[out] = chunk_nan || best.arg < 0 ? -1 : static_cast<int32_t>(begin + best.arg);
       rec.mass[out] = 0.0;
       rec.cand[out] = -1;
       rec.cand_logit[out] = -INFINITY;
@@ -638,13 +650,20 @@ __global__ void __launch_bounds__(kSelectWarps * 32) select_kernel(const SelectA
 
   // The row's max and first argmax: merge_row_summary over the chunks.
   MaxArg best{-INFINITY, -1};
-  for (int64_t c = lane; c < a.n_chunks; c += 32) best = better(best, MaxArg{a.max[base + c], a.arg[base + c]});
+  bool nan_seen = false;
+  for (int64_t c = lane; c < a.n_chunks; c += 32) {
+    nan_seen |= isnan(a.max[base + c]);
+    best = better(best, MaxArg{a.max[base + c], a.arg[base + c]});
+  }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) best = better(best, shfl_xor(best, offset));
-  if (best.arg < 0) {  // every id banned or -inf: nothing can be drawn
+  const bool row_nan = __ballot_sync(0xffffffffu, nan_seen) != 0u;
+  if (row_nan || best.arg < 0 || best.max == INFINITY) {
+    // A NaN logit, or nothing to draw: codes the adapter raises on. A +inf logit: the lowest +inf
+    // id (better() keeps the lowest among equal maxima), log-probability 0.
     if (lane == 0) {
-      a.tokens[row] = -1;
-      if (a.logprob != nullptr) a.logprob[row] = NAN;
+      a.tokens[row] = row_nan ? kNanRowToken : best.arg < 0 ? kEmptyRowToken : best.arg;
+      if (a.logprob != nullptr) a.logprob[row] = row_nan || best.arg < 0 ? NAN : 0.f;
     }
     return;
   }
@@ -818,7 +837,9 @@ cudaError_t launch_fused_head_sample(const FusedHeadParams& p, void* workspace, 
   if (p.n < 0 || p.d < 0 || p.vocab <= 0 || p.vocab > INT32_MAX || p.n_banned < 0) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;  // nothing to do; launching a zero-block grid would be an error
   // Any non-negative strides are memory-safe (each element is read at its own address).
-  if (p.weight == nullptr || p.keys == nullptr || p.tokens == nullptr || (p.d > 0 && p.hidden == nullptr) ||
+  // With d == 0 a [V, 0] weight and [n, 0] hidden may have null data (PyTorch's CUDA allocator
+  // returns nullptr for zero bytes): the logits are all 0 (+ bias) and nothing is read.
+  if (p.keys == nullptr || p.tokens == nullptr || (p.d > 0 && (p.hidden == nullptr || p.weight == nullptr)) ||
       (p.n_banned > 0 && p.banned == nullptr) || p.weight_stride_row < 0 || p.hidden_stride_row < 0 ||
       p.hidden_stride_col < 0) {
     return cudaErrorInvalidValue;

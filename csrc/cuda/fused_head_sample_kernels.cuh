@@ -13,16 +13,29 @@
 //   Temperature 0 = argmax (lowest id on ties). logprob = float32(z_tok - max - log(total))
 //   (temperature-1 logits at 0).
 //
-// Where the GPU can round differently from the CPU (tokens then still agree except with a
-// probability of order 1e-7 per draw; logits exact in fp32 give identical ids unless expf differs):
-//   * dot products: fp32 accumulation in tensor-core (bf16/fp16) or sequential-k fmaf (fp32)
-//     order, not BLAS order. A row's logits never depend on the other rows of the call.
-//   * CUDA's expf (<= 2 ulp; precise, not --use_fast_math) vs the CPU's vectorized exp, and
-//     CUDA's double exp/log (<= 1 ulp) vs glibc's.
+//   Non-finite logits, as on the CPU: a row with a NaN logit, or with every id banned or -inf,
+//   gets a code token (kNanRowToken, kEmptyRowToken) that the adapter raises on; a row with a
+//   +inf logit takes its lowest +inf id with log-probability 0.
+//
+// What is guaranteed across devices (and what is not):
+//   * the noise: every uniform is the same Philox number on every device (integer arithmetic);
+//   * the same tokens as the CPU when the logits are bit-identical on both (e.g. inputs whose dot
+//     products are exact in float32) and expf agrees on them -- checked on every CI run by
+//     executing these kernels under the CUDA-on-CPU emulator of tests/cuda_emulation (with the
+//     host's expf) against the CPU kernel;
+//   * otherwise the same distribution, with rare differences in the drawn id: the dot products
+//     are accumulated in tensor-core (bf16/fp16) or sequential-k fmaf (fp32) order rather than
+//     BLAS order, and CUDA's expf (<= 2 ulp) and double exp/log differ from the CPU's in the last
+//     bits. In an emulator experiment with a model of CUDA's expf and a different dot-product
+//     order on real activations, 5 of 49,152 draws at temperature 1 (about 1e-4) differed from
+//     the CPU, each time by the adjacent id;
+//   * on one device, a row's token does not depend on the batch size, on which other rows are in
+//     the call or on their order (each row's logits and uniforms are its own).
 //   Everything else is the CPU's arithmetic in the CPU's order: mass_c is summed in the CPU's
 //   eight-lane order, the candidate is exactly the CPU's sequential inverse_cdf result (found by
 //   a parallel scan whose error bound is checked, with the sequential scan as fallback when the
 //   bound cannot decide), and chunk weights, total and the chunk choice are sequential.
+//   These kernels have not yet run on a GPU (scripts/gpu_check.sh is the one-command check).
 //
 // Requirements: sm_80 or newer for bfloat16/float16 (mma.sync.m16n8k16); any arch for float32.
 #pragma once
@@ -62,9 +75,13 @@ struct FusedHeadParams {
   const int64_t* banned = nullptr;
   int64_t n_banned = 0;
 
-  int64_t* tokens = nullptr;  // [n] out. -1 where every id of the row is banned or -inf.
+  int64_t* tokens = nullptr;  // [n] out; kNanRowToken / kEmptyRowToken for rows that cannot be drawn
   float* logprob = nullptr;   // [n] out (NaN for such rows), or nullptr to skip
 };
+
+// Token codes of rows with nothing to draw; the adapter raises the CPU kernel's error on them.
+constexpr int64_t kEmptyRowToken = -1;  // every id banned or -inf
+constexpr int64_t kNanRowToken = -2;    // a NaN logit
 
 // Bytes of device workspace launch_fused_head_sample needs (a multiple of 256; the workspace
 // must be 256-byte aligned, as cudaMalloc and the PyTorch allocator give). Rows are processed

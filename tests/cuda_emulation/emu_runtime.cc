@@ -1,0 +1,474 @@
+// The emulator's scheduler, collectives and launch checks (see include/cuda_emu.h).
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda_emu.h"
+#include "emu_api.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
+namespace emu {
+
+struct ThreadState {
+  ucontext_t ctx;
+  dim3 tid;
+  unsigned linear = 0;
+  bool done = false;
+  Op op = Op::kNone;  // what it waits for (kNone: runnable)
+  unsigned mask = 0;
+  uint64_t payload = 0, result = 0;
+  int arg = 0, width = 32;
+  const char* file = "";
+  int line = 0;
+};
+
+namespace {
+
+constexpr size_t kStackBytes = EMU_ASAN ? (1u << 20) : (256u << 10);
+constexpr size_t kDefaultSmem = 48 * 1024;
+
+struct Config {
+  int order = EMU_ORDER_FORWARD;
+  uint64_t seed = 0;
+  int major = 9, minor = 0;
+  int smem_optin = 232448;  // sm_90: 227 KB per block with opt-in
+} g_config;
+
+struct Launch {
+  dim3 grid, block, block_idx;
+  std::vector<ThreadState> threads;
+  std::vector<char*> stacks;
+  char* dyn_smem = nullptr;
+  std::map<std::string, char*> static_smem;
+  const std::function<void()>* body = nullptr;
+  ThreadState* cur = nullptr;
+  ucontext_t scheduler;
+  std::mt19937_64 rng;
+  bool aborted = false;
+#if EMU_ASAN
+  const void* sched_stack_bottom = nullptr;
+  size_t sched_stack_size = 0;
+#endif
+};
+
+Launch* g_launch = nullptr;
+std::string g_fault;  // sticky: the first fault since the last reset
+cudaError_t g_last_error = cudaSuccess;
+std::map<const void*, int> g_max_dyn_smem;
+
+std::string where(const char* file, int line) {
+  std::string f = file;
+  const size_t slash = f.find_last_of('/');
+  if (slash != std::string::npos) f = f.substr(slash + 1);
+  return f + ":" + std::to_string(line);
+}
+
+std::string thread_name(const ThreadState& t) {
+  const Launch& l = *g_launch;
+  return "thread (" + std::to_string(t.tid.x) + "," + std::to_string(t.tid.y) + "," + std::to_string(t.tid.z) +
+         ") of block (" + std::to_string(l.block_idx.x) + "," + std::to_string(l.block_idx.y) + "," +
+         std::to_string(l.block_idx.z) + ")";
+}
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::kShflIdx: return "__shfl_sync";
+    case Op::kShflXor: return "__shfl_xor_sync";
+    case Op::kShflUp: return "__shfl_up_sync";
+    case Op::kShflDown: return "__shfl_down_sync";
+    case Op::kBallot: return "__ballot_sync";
+    case Op::kSyncWarp: return "__syncwarp";
+    case Op::kMma: return "mma.sync.m16n8k16";
+    case Op::kBarrier: return "__syncthreads";
+    default: return "nothing";
+  }
+}
+
+std::string waiting_at(const ThreadState& t) {
+  if (t.done) return "has exited";
+  return std::string("waits at ") + op_name(t.op) + " (" + where(t.file, t.line) + ")";
+}
+
+// Records the fault; inside a fiber, returns to the scheduler for good.
+void record_fault(const std::string& what) {
+  if (g_fault.empty()) g_fault = what;
+  if (g_launch != nullptr) g_launch->aborted = true;
+}
+
+void switch_to_scheduler(ThreadState* t) {
+  Launch& l = *g_launch;
+#if EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(t->done || l.aborted ? nullptr : &fake, l.sched_stack_bottom, l.sched_stack_size);
+  swapcontext(&t->ctx, &l.scheduler);
+  __sanitizer_finish_switch_fiber(fake, &l.sched_stack_bottom, &l.sched_stack_size);
+#else
+  swapcontext(&t->ctx, &l.scheduler);
+#endif
+}
+
+void fiber_entry() {
+  Launch& l = *g_launch;
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &l.sched_stack_bottom, &l.sched_stack_size);
+#endif
+  (*l.body)();
+  l.cur->done = true;
+  l.cur->op = Op::kNone;
+  switch_to_scheduler(l.cur);
+}
+
+void run_fiber(ThreadState& t, size_t index) {
+  Launch& l = *g_launch;
+  l.cur = &t;
+#if EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, l.stacks[index], kStackBytes);
+  swapcontext(&l.scheduler, &t.ctx);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  (void)index;
+  swapcontext(&l.scheduler, &t.ctx);
+#endif
+  l.cur = nullptr;
+}
+
+std::vector<size_t> sweep_order(size_t n) {
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  if (g_config.order == EMU_ORDER_REVERSE) std::reverse(order.begin(), order.end());
+  if (g_config.order == EMU_ORDER_RANDOM) std::shuffle(order.begin(), order.end(), g_launch->rng);
+  return order;
+}
+
+float mma_input(uint32_t word, int half, int kind) {
+  const uint16_t bits = static_cast<uint16_t>(word >> (16 * half));
+  return kind == 0 ? __bfloat162float(__nv_bfloat16{bits}) : __half2float(__half{bits});
+}
+
+// D = A B + C over the warp's fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"). A model
+// of the tensor core, not its exact rounding: products are exact (bf16/fp16 into double) and the
+// 16-term dot product plus C is rounded to float once.
+void complete_mma(ThreadState* lanes[32]) {
+  float a[16][16], b[16][8], c[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const MmaOperands& m = *reinterpret_cast<const MmaOperands*>(static_cast<uintptr_t>(lanes[lane]->payload));
+    const int g = lane >> 2, t = lane & 3;
+    for (int h = 0; h < 2; ++h) {
+      a[g][2 * t + h] = mma_input(m.a[0], h, m.kind);
+      a[g + 8][2 * t + h] = mma_input(m.a[1], h, m.kind);
+      a[g][2 * t + 8 + h] = mma_input(m.a[2], h, m.kind);
+      a[g + 8][2 * t + 8 + h] = mma_input(m.a[3], h, m.kind);
+      b[2 * t + h][g] = mma_input(m.b[0], h, m.kind);
+      b[2 * t + 8 + h][g] = mma_input(m.b[1], h, m.kind);
+    }
+    c[g][2 * t] = *m.c[0];
+    c[g][2 * t + 1] = *m.c[1];
+    c[g + 8][2 * t] = *m.c[2];
+    c[g + 8][2 * t + 1] = *m.c[3];
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    const MmaOperands& m = *reinterpret_cast<const MmaOperands*>(static_cast<uintptr_t>(lanes[lane]->payload));
+    const int g = lane >> 2, t = lane & 3;
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int r = 0; r < 4; ++r) {
+      double acc = c[rows[r]][cols[r]];
+      for (int k = 0; k < 16; ++k) acc += static_cast<double>(a[rows[r]][k]) * static_cast<double>(b[k][cols[r]]);
+      *m.c[r] = static_cast<float>(acc);
+    }
+  }
+}
+
+// Completes the collective lane `first` waits at, or faults. Returns true when it completed.
+bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, ThreadState& first) {
+  const unsigned lane0 = first.linear - static_cast<unsigned>(warp_base);
+  const std::string site = std::string(op_name(first.op)) + " at " + where(first.file, first.line);
+  if (first.op == Op::kMma && first.mask != 0xffffffffu) {
+    record_fault(site + ": mma.sync.aligned needs the whole warp");
+    return false;
+  }
+  if (!((first.mask >> lane0) & 1u)) {
+    record_fault(site + ": the mask 0x" + [&] { char b[16]; snprintf(b, sizeof b, "%08x", first.mask); return std::string(b); }() +
+                 " does not name the calling lane " + std::to_string(lane0) + " (" + thread_name(first) + ")");
+    return false;
+  }
+  ThreadState* lanes[32] = {};
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    if (!((first.mask >> lane) & 1u)) continue;
+    const size_t idx = warp_base + lane;
+    if (idx >= threads.size()) {
+      record_fault(site + ": the mask names lane " + std::to_string(lane) + ", which the block does not have (" +
+                   std::to_string(threads.size()) + " threads)");
+      return false;
+    }
+    ThreadState& t = threads[idx];
+    if (t.done || t.op != first.op || t.line != first.line || strcmp(t.file, first.file) != 0 || t.mask != first.mask) {
+      record_fault(site + " (" + thread_name(first) + "): lane " + std::to_string(lane) + " of its mask " +
+                   waiting_at(t) + (t.done || t.op == Op::kNone ? "" : " with mask " + std::to_string(t.mask)) +
+                   " -- a collective in divergent code");
+      return false;
+    }
+    lanes[lane] = &t;
+  }
+  const int width = first.width;
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    ThreadState* t = lanes[lane];
+    if (t == nullptr) continue;
+    const unsigned seg = lane / width * width;
+    int src = -1;
+    switch (first.op) {
+      case Op::kShflIdx: src = static_cast<int>(seg + (static_cast<unsigned>(t->arg) % width)); break;
+      case Op::kShflXor: src = static_cast<int>(lane ^ static_cast<unsigned>(t->arg)); break;
+      case Op::kShflUp: src = static_cast<int>(lane) - t->arg < static_cast<int>(seg) ? static_cast<int>(lane) : static_cast<int>(lane) - t->arg; break;
+      case Op::kShflDown: src = static_cast<int>(lane) + t->arg >= static_cast<int>(seg + width) ? static_cast<int>(lane) : static_cast<int>(lane) + t->arg; break;
+      default: break;
+    }
+    if (src >= 0) {
+      if (src >= 32 || lanes[src] == nullptr) {
+        record_fault(site + " (" + thread_name(*t) + "): reads lane " + std::to_string(src) +
+                     ", which is not in the mask (undefined value)");
+        return false;
+      }
+      t->result = lanes[src]->payload;
+    } else if (first.op == Op::kBallot) {
+      uint64_t bits = 0;
+      for (unsigned l = 0; l < 32; ++l) {
+        if (lanes[l] != nullptr && lanes[l]->payload != 0) bits |= uint64_t{1} << l;
+      }
+      t->result = bits;
+    }
+  }
+  if (first.op == Op::kMma) complete_mma(lanes);
+  for (ThreadState* t : lanes) {
+    if (t != nullptr) t->op = Op::kNone;
+  }
+  return true;
+}
+
+// Runs one block to completion (or to a fault).
+void run_block(Launch& l) {
+  const size_t n = l.threads.size();
+  for (size_t i = 0; i < n; ++i) {
+    ThreadState& t = l.threads[i];
+    t = ThreadState();
+    t.linear = static_cast<unsigned>(i);
+    t.tid = dim3(static_cast<unsigned>(i % l.block.x), static_cast<unsigned>(i / l.block.x % l.block.y),
+                 static_cast<unsigned>(i / (l.block.x * l.block.y)));
+    getcontext(&t.ctx);
+    t.ctx.uc_stack.ss_sp = l.stacks[i];
+    t.ctx.uc_stack.ss_size = kStackBytes;
+    t.ctx.uc_link = nullptr;
+    makecontext(&t.ctx, fiber_entry, 0);
+  }
+  while (!l.aborted) {
+    for (size_t i : sweep_order(n)) {
+      ThreadState& t = l.threads[i];
+      if (t.done || t.op != Op::kNone) continue;
+      run_fiber(t, i);
+      if (l.aborted) return;
+    }
+    // Everyone is parked or done: complete what can complete.
+    bool progressed = false, all_done = true, any_barrier = false;
+    for (size_t w = 0; w < n && !l.aborted; w += 32) {
+      for (size_t i = w; i < std::min(n, w + 32) && !l.aborted; ++i) {
+        ThreadState& t = l.threads[i];
+        if (t.op != Op::kNone && t.op != Op::kBarrier && resolve_collective(l.threads, w, t)) progressed = true;
+      }
+    }
+    if (l.aborted) return;
+    if (progressed) continue;
+    for (const ThreadState& t : l.threads) {
+      all_done &= t.done;
+      any_barrier |= t.op == Op::kBarrier;
+    }
+    if (all_done) return;
+    if (any_barrier) {
+      const ThreadState* at = nullptr;
+      for (const ThreadState& t : l.threads) {
+        if (t.op == Op::kBarrier) {
+          at = &t;
+          break;
+        }
+      }
+      for (const ThreadState& t : l.threads) {
+        if (t.op != Op::kBarrier || t.line != at->line || strcmp(t.file, at->file) != 0) {
+          record_fault(std::string("__syncthreads at ") + where(at->file, at->line) + " (" + thread_name(*at) +
+                       ") is not reached by every thread of the block: " + thread_name(t) + " " + waiting_at(t));
+          return;
+        }
+      }
+      for (ThreadState& t : l.threads) t.op = Op::kNone;
+      continue;
+    }
+    record_fault("deadlock: no thread can proceed");
+    return;
+  }
+}
+
+}  // namespace
+
+ThreadState* current() { return g_launch != nullptr ? g_launch->cur : nullptr; }
+const dim3& thread_idx() { return g_launch->cur->tid; }
+const dim3& block_idx() { return g_launch->block_idx; }
+const dim3& block_dim() { return g_launch->block; }
+const dim3& grid_dim() { return g_launch->grid; }
+
+uint64_t collective(Op op, unsigned mask, uint64_t payload, int arg, int width, const char* file, int line) {
+  ThreadState* t = current();
+  if (t == nullptr) throw std::logic_error("a warp collective called outside a kernel");
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) fault(file, line, "shuffle width must be a power of two <= 32");
+  t->op = op;
+  t->mask = mask;
+  t->payload = payload;
+  t->arg = arg;
+  t->width = width;
+  t->file = file;
+  t->line = line;
+  switch_to_scheduler(t);
+  return t->result;
+}
+
+void syncthreads(const char* file, int line) {
+  ThreadState* t = current();
+  if (t == nullptr) throw std::logic_error("__syncthreads called outside a kernel");
+  t->op = Op::kBarrier;
+  t->file = file;
+  t->line = line;
+  switch_to_scheduler(t);
+}
+
+void fault(const char* file, int line, const char* what) {
+  ThreadState* t = current();
+  const std::string msg = where(file, line) + ": " + what + (t != nullptr ? " (" + thread_name(*t) + ")" : "");
+  record_fault(msg);
+  if (t == nullptr) throw std::runtime_error(msg);
+  for (;;) switch_to_scheduler(t);  // never resumed: the launch is aborted
+}
+
+void check_launch_bounds(unsigned max_threads, const char* kernel) {
+  const dim3& b = block_dim();
+  if (b.x * b.y * b.z > max_threads) {
+    const std::string msg = std::string(kernel) + ": launched with " + std::to_string(b.x * b.y * b.z) +
+                            " threads per block, above its __launch_bounds__(" + std::to_string(max_threads) + ")";
+    fault("launch", 0, msg.c_str());
+  }
+}
+
+void check_vector_load(const void* p, size_t align, const char* file, int line) {
+  if (reinterpret_cast<uintptr_t>(p) % align != 0) {
+    const std::string msg = std::to_string(align) + "-byte vector load from a misaligned address";
+    fault(file, line, msg.c_str());
+  }
+}
+
+void* dynamic_shared_base() { return g_launch->dyn_smem; }
+
+void* static_shared(const char* key, size_t bytes) {
+  Launch& l = *g_launch;
+  auto it = l.static_smem.find(key);
+  if (it != l.static_smem.end()) return it->second;
+  char* p = static_cast<char*>(malloc(bytes));
+  memset(p, 0xFF, bytes);
+  l.static_smem[key] = p;
+  return p;
+}
+
+int device_attribute(cudaDeviceAttr attr) {
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: return g_config.major;
+    case cudaDevAttrComputeCapabilityMinor: return g_config.minor;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: return g_config.smem_optin;
+  }
+  return 0;
+}
+
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
+  if (bytes < 0 || bytes > g_config.smem_optin) return cudaErrorInvalidValue;
+  g_max_dyn_smem[kernel] = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t take_last_error() {
+  const cudaError_t e = g_last_error;
+  g_last_error = cudaSuccess;
+  return e;
+}
+
+bool begin_launch(const void* kernel, dim3 grid, dim3 block, size_t smem) {
+  if (!g_fault.empty()) return false;
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  const bool grid_ok = grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 0x7fffffffu && grid.y <= 65535 &&
+                       grid.z <= 65535;
+  const bool block_ok = threads >= 1 && threads <= 1024 && block.x <= 1024 && block.y <= 1024 && block.z <= 64;
+  auto it = g_max_dyn_smem.find(kernel);
+  const size_t smem_cap = it != g_max_dyn_smem.end() ? std::max<size_t>(kDefaultSmem, it->second) : kDefaultSmem;
+  if (!grid_ok || !block_ok || smem > smem_cap) {
+    g_last_error = cudaErrorInvalidConfiguration;
+    return false;
+  }
+  return true;
+}
+
+void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
+  Launch l;
+  l.grid = grid;
+  l.block = block;
+  l.body = &body;
+  l.rng.seed(g_config.seed);
+  const size_t n = static_cast<size_t>(block.x) * block.y * block.z;
+  l.threads.resize(n);
+  for (size_t i = 0; i < n; ++i) l.stacks.push_back(static_cast<char*>(malloc(kStackBytes)));
+  g_launch = &l;
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  std::vector<uint64_t> order(blocks);
+  for (uint64_t b = 0; b < blocks; ++b) order[b] = b;
+  if (g_config.order == EMU_ORDER_REVERSE) std::reverse(order.begin(), order.end());
+  if (g_config.order == EMU_ORDER_RANDOM) std::shuffle(order.begin(), order.end(), l.rng);
+  for (uint64_t b : order) {
+    l.block_idx = dim3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                       static_cast<unsigned>(b / (uint64_t{grid.x} * grid.y)));
+    l.dyn_smem = static_cast<char*>(malloc(smem > 0 ? smem : 1));
+    memset(l.dyn_smem, 0xFF, smem > 0 ? smem : 1);  // poison: uninitialized reads see NaN / -1
+    run_block(l);
+    free(l.dyn_smem);
+    for (auto& kv : l.static_smem) free(kv.second);
+    l.static_smem.clear();
+    if (l.aborted) break;
+  }
+  for (char* s : l.stacks) free(s);
+  g_launch = nullptr;
+  if (!g_fault.empty()) g_last_error = cudaErrorLaunchFailure;
+}
+
+}  // namespace emu
+
+extern "C" {
+
+void emu_configure(int order, uint64_t seed, int major, int smem_optin) {
+  emu::g_config.order = order;
+  emu::g_config.seed = seed;
+  emu::g_config.major = major;
+  emu::g_config.smem_optin = smem_optin;
+}
+
+const char* emu_last_fault() { return emu::g_fault.c_str(); }
+
+void emu_reset() {
+  emu::g_fault.clear();
+  emu::g_last_error = cudaSuccess;
+  emu::g_max_dyn_smem.clear();
+}
+
+}  // extern "C"
