@@ -9,7 +9,6 @@ confidence_sampler.py).
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ from mdlm_fast.denoiser import Denoiser, as_denoisers
 from mdlm_fast.flops import ExecutedFlops, schedule_flops
 from mdlm_fast.noise import LogLinearNoise, sampling_timesteps
 from mdlm_fast.schedule import ModelSchedule
+from mdlm_fast.reference import check_temperature
 from mdlm_fast.time_schedule import resolve_schedule
 
 SAMPLERS = ("reference", "fast", "confidence")
@@ -223,8 +223,9 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if noise_removal not in NOISE_REMOVALS:
         raise ValueError(f"noise_removal must be one of {NOISE_REMOVALS}, got {noise_removal!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a number, got {temperature!r}")
+    check_temperature(temperature)  # the fused op's rule, so sample() refuses what the op would
     if sampler == "reference" and temperature != 1.0:
         raise ValueError("the reference sampler is MDLM's: temperature must be 1")
     if sampler != "reference" and precision != "fp64":
