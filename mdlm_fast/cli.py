@@ -89,9 +89,11 @@ def _cmd_generate(args) -> int:
     import mdlm_fast as mf
     from mdlm_fast.schedule import ModelSchedule, ScheduleError
 
+    from mdlm_fast.compute_dtype import resolve_dtype
+
     models = _load_models(args)
     device = torch.device(args.device) if args.device else torch.device("cpu")
-    models = [m.to(device) for m in models]
+    models = [m.to(device=device, dtype=resolve_dtype(args.dtype, device).dtype) for m in models]
     tokenizer = _load_tokenizer(args, models)
     length = args.length or models[0].config.model_length
     steps = args.steps or length
@@ -109,7 +111,7 @@ def _cmd_generate(args) -> int:
             raise CliError(f"--prefix is {len(prefix)} tokens but --length is {length}")
     result = mf.sample(models, steps=steps, batch_size=args.batch_size, length=length, schedule=schedule,
                        sampler=args.sampler, seed=args.seed, prefix=prefix, precision=args.precision,
-                       device=device, progress=not args.json)
+                       device=device, progress=not args.json, dtype=args.dtype)
     stats = result.stats
     tokens = result.tokens.tolist()
     mask = models[0].config.mask_index
@@ -142,7 +144,8 @@ def _print_report(report: dict, stats) -> None:
         print(f"--- sample {i} ---\n{body.strip()}\n")
     flops, quality = report["flops"], report["quality"]
     blocks = "/".join(str(b) for b in report["blocks"])
-    print(f"models {blocks} blocks, sampler {stats.sampler} ({stats.precision}), {stats.steps} steps, "
+    print(f"models {blocks} blocks, sampler {stats.sampler} ({stats.precision}), dtype {stats.dtype} "
+          f"({stats.dtype_reason}), {stats.steps} steps, "
           f"length {stats.length}, batch {stats.batch_size}, schedule {stats.schedule}")
     print(f"wall time {stats.wall_time_s:.2f} s; forwards per model {stats.forwards} "
           f"({stats.forwards_per_step:.2f} per step), rows {stats.rows}, head positions {stats.head_positions}")
@@ -185,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--precision", default="fp64", choices=["fp64", "fp32-mdlm"])
     gen.add_argument("--sampler", default="fast", choices=["fast", "reference"])
     gen.add_argument("--device", default=None)
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                     help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively)")
     gen.add_argument("--out", help="write samples as JSON lines")
     gen.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     gen.set_defaults(func=_cmd_generate)
