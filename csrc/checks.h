@@ -20,6 +20,18 @@
 
 namespace mdlm_fast {
 
+// Temperatures of fused_head_sample besides 0 (argmax). Below 1e-6 every practical logit gap is
+// multiplied past a million and the draw is the argmax anyway, while the division drives finite
+// logits toward float32 overflow: such values are refused (pass 0) rather than silently turned
+// into argmax. The upper bound is float32's largest finite value, the precision the kernels use.
+constexpr double kMinTemperature = 1e-6;
+constexpr double kMaxTemperature = 3.4028234663852886e38;
+
+// The one device check every op makes: each tensor argument lives on the kernel's device.
+#define MDLM_CHECK_ON_DEVICE(t, arg, device_type, device_name)                                     \
+  MDLM_CHECK_ARG((t).device().type() == (device_type), arg, "must be on the ", device_name,      \
+                 " device like the other arguments of this call, got ", (t).device())
+
 // keys: int64 [N, 3] rows of (step, row, position).
 inline void check_keys(const at::Tensor& keys, const char* arg) {
   MDLM_CHECK_DIM(keys, arg, 2);
@@ -67,10 +79,38 @@ inline void check_fused_head_args(const at::Tensor& hidden, const at::Tensor& we
   check_keys(keys, "keys");
   MDLM_CHECK_ARG(keys.size(0) == n, "keys", "must have one row per hidden row (", n, "), got ", keys.size(0));
   check_purpose(purpose);
-  MDLM_CHECK_ARG(std::isfinite(temperature) && temperature >= 0, "temperature",
-                 "must be finite and >= 0 (0 = argmax), got ", temperature);
+  MDLM_CHECK_ARG(temperature == 0 || (temperature >= kMinTemperature && temperature <= kMaxTemperature),
+                 "temperature", "must be 0 (argmax) or in [", kMinTemperature, ", ", kMaxTemperature,
+                 "] (float32), got ", temperature);
   MDLM_CHECK_DIM(banned, "banned", 1);
   MDLM_CHECK_DTYPE(banned, "banned", at::kLong);
+}
+
+// Every tensor of a fused_head_sample call on one device type (the kernel's).
+inline void check_fused_head_devices(const at::Tensor& hidden, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& bias, const at::Tensor& keys,
+                                     const at::Tensor& banned, c10::DeviceType type, const char* name) {
+  MDLM_CHECK_ON_DEVICE(hidden, "hidden", type, name);
+  MDLM_CHECK_ON_DEVICE(weight, "weight", type, name);
+  if (bias.has_value()) MDLM_CHECK_ON_DEVICE(*bias, "bias", type, name);
+  MDLM_CHECK_ON_DEVICE(keys, "keys", type, name);
+  MDLM_CHECK_ON_DEVICE(banned, "banned", type, name);
+}
+
+// The value errors of fused_head_sample, worded once for every backend (reference.py too).
+[[noreturn]] inline void fail_banned_out_of_range(int64_t id, int64_t vocab) {
+  MDLM_CHECK_ARG(false, "banned", "ids must lie in [0, ", vocab, "), got ", id);
+  __builtin_unreachable();
+}
+[[noreturn]] inline void fail_nan_row(int64_t row) {
+  TORCH_CHECK(false, "mdlm_fast: fused_head_sample: row ", row,
+              " has a NaN logit (NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn");
+  __builtin_unreachable();
+}
+[[noreturn]] inline void fail_empty_row(int64_t row) {
+  TORCH_CHECK(false, "mdlm_fast: fused_head_sample: every vocabulary id of row ", row,
+              " is banned or -inf; nothing can be drawn");
+  __builtin_unreachable();
 }
 
 }  // namespace mdlm_fast

@@ -8,8 +8,26 @@ from __future__ import annotations
 import torch
 
 from mdlm_fast import _build  # noqa: F401  (registers the operators)
+from mdlm_fast import reference
 
 _NOISE_DISTS = ("uniform", "gumbel", "uniform24")
+
+
+def _op_seed(seed: int) -> int:
+    """A seed in [0, 2^64) (the rule of sample() too) as the int64 the op schema carries: the same
+    64 bits, so seeds from 2^63 on reach the kernels as their two's-complement pattern."""
+    reference.check_seed(seed)
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+def _check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Every tensor argument on the first one's device, else one error naming the argument."""
+    items = [(name, t) for name, t in tensors.items() if t is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise RuntimeError(f"mdlm_fast: argument '{name}' must be on the device of '{first_name}' "
+                               f"({first.device}), got {t.device}")
 
 
 def philox_noise(keys: torch.Tensor, seed: int, purpose: int, n: int, dist: str = "uniform") -> torch.Tensor:
@@ -18,7 +36,7 @@ def philox_noise(keys: torch.Tensor, seed: int, purpose: int, n: int, dist: str 
     keys: int64 [N, 3] rows of (step, row, position). dist: "uniform" (float64 in (0, 1)),
     "gumbel" (float64 Gumbel(0, 1)) or "uniform24" (float32 in [0, 1), torch.rand's resolution).
     """
-    return torch.ops.mdlm_fast.philox_noise(keys, int(seed), int(purpose), int(n), dist)
+    return torch.ops.mdlm_fast.philox_noise(keys, _op_seed(seed), int(purpose), int(n), dist)
 
 
 @torch.library.register_fake("mdlm_fast::philox_noise")
@@ -41,11 +59,18 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     temperature 0 takes the argmax (lowest id on ties). banned: int64 ids never drawn.
     Returns (tokens int64 [N], logprob float32 [N] or None): the chosen ids' log-probabilities
     under softmax(logits / temperature) (temperature 1 when it is 0).
+
+    seed: an int in [0, 2^64), as for sample(). temperature: 0 or in [1e-6, float32 max].
+    Non-finite logits follow one rule on every device (and in reference.py): a row with a NaN
+    logit, or with every id banned or -inf, raises RuntimeError naming the row; a row with a +inf
+    logit takes its lowest +inf id with log-probability 0. Banned ids outside [0, V) are refused.
+    All tensors must be on one device.
     """
     if banned is None:
         banned = torch.empty(0, dtype=torch.int64, device=hidden.device)
+    _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned)
     tokens, logprob = torch.ops.mdlm_fast.fused_head_sample(
-        hidden, weight, bias, keys, int(seed), int(purpose), float(temperature), banned, bool(return_logprob))
+        hidden, weight, bias, keys, _op_seed(seed), int(purpose), float(temperature), banned, bool(return_logprob))
     return tokens, (logprob if return_logprob else None)
 
 
@@ -53,6 +78,8 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 def _fused_head_sample_fake(hidden, weight, bias, keys, seed, purpose, temperature, banned, return_logprob):
     torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D [N, d]")
     torch._check(weight.dim() == 2 and weight.shape[1] == hidden.shape[1], lambda: "weight must be [V, d]")
+    # A meta tensor among real ones dispatches here: refuse rather than return uninitialized ids.
+    _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned)
     n = hidden.shape[0]
     tokens = hidden.new_empty((n,), dtype=torch.int64)
     logprob = hidden.new_empty((n if return_logprob else 0,), dtype=torch.float32)

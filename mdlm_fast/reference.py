@@ -16,6 +16,10 @@ PURPOSE_REFERENCE_GUMBEL = 3
 PURPOSE_NOISE_REMOVAL = 4
 MAX_STEP = (1 << 24) - 1
 
+# Temperatures of fused_head_sample besides 0 (argmax): mirrors csrc/checks.h.
+MIN_TEMPERATURE = 1e-6
+MAX_TEMPERATURE = 3.4028234663852886e38  # float32's largest finite value
+
 # Canonical vocabulary chunk of the two-level inverse-CDF draw: a constant of the algorithm
 # (never a hardware tile), so every device draws the same token from the same uniforms.
 VOCAB_CHUNK = 1024
@@ -108,6 +112,22 @@ def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Ten
     return torch.minimum(index, last_with_mass)
 
 
+def check_seed(seed: int) -> int:
+    """The seed rule of every op and of sample(): an int in [0, 2^64)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    return seed
+
+
+def check_temperature(temperature: float) -> float:
+    """fused_head_sample's temperature rule: 0 (argmax) or in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
+    t = float(temperature)
+    if not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        raise ValueError(f"temperature must be 0 (argmax) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] "
+                         f"(float32), got {temperature!r}")
+    return t
+
+
 def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       keys: torch.Tensor, seed: int, purpose: int, temperature: float,
                       banned: torch.Tensor, return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,14 +150,46 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     Philox stream, so a kernel reads the weight matrix once and never revisits a chunk.
     Temperature 0 takes the argmax (lowest id on ties) instead. The log-probability is that of
     the chosen id under softmax(z) (temperature 1 when it is 0).
+
+    Non-finite logits, as in every kernel: a row with a NaN in z, or with every id banned or -inf,
+    raises RuntimeError naming the row; a row with a +inf in z takes its lowest +inf id, with
+    log-probability 0; -inf ids are never drawn. Banned ids outside [0, V) are refused.
     """
+    check_seed(seed)
+    temperature = check_temperature(temperature)
     n, vocab = logits.shape
+    if banned.numel() > 0:
+        bad = (banned < 0) | (banned >= vocab)
+        if bad.any():
+            raise RuntimeError(f"mdlm_fast: argument 'banned' ids must lie in [0, {vocab}), "
+                               f"got {int(banned[bad][0])}")
     z = logits.float()
     if temperature > 0 and temperature != 1.0:
-        z = z / temperature
+        # float32 division, as the kernels (the temperature itself is used as a float32)
+        z = z / torch.tensor(temperature, dtype=torch.float32)
     else:
         z = z.clone()
     z[:, banned] = float("-inf")
+    nan_rows = torch.isnan(z).any(-1)
+    if nan_rows.any():
+        raise RuntimeError(f"mdlm_fast: fused_head_sample: row {int(nan_rows.nonzero()[0, 0])} has a NaN logit "
+                           f"(NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn")
+    empty_rows = (z == float("-inf")).all(-1)
+    if empty_rows.any():
+        raise RuntimeError(f"mdlm_fast: fused_head_sample: every vocabulary id of row "
+                           f"{int(empty_rows.nonzero()[0, 0])} is banned or -inf; nothing can be drawn")
+    inf_rows = (z == float("inf")).any(-1)
+    if inf_rows.any():
+        # Rows with +inf: the lowest +inf id, log-probability 0; the other rows as usual.
+        finite_rows = ~inf_rows
+        tokens = (z == float("inf")).int().argmax(-1)
+        logprob = torch.zeros(n, device=z.device)
+        if finite_rows.any():
+            t, lp = sample_from_logits(logits[finite_rows], keys[finite_rows], seed, purpose, temperature,
+                                       banned, True)
+            tokens[finite_rows] = t
+            logprob[finite_rows] = lp
+        return tokens, (logprob if return_logprob else torch.empty(0, device=z.device))
 
     n_chunks = (vocab + VOCAB_CHUNK - 1) // VOCAB_CHUNK
     padded = torch.full((n, n_chunks * VOCAB_CHUNK), float("-inf"), device=z.device)

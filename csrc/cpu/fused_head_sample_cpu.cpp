@@ -5,11 +5,18 @@
 // and stay in cache while each chunk's max, argmax and mass are taken and a candidate id is drawn
 // inside it; [N, V] logits never exist. Pass 2, per row, picks a chunk from the per-chunk summaries and
 // takes its candidate (see categorical.h).
+//
+// Non-finite logits (the rule of every backend and of reference.py): a row with a NaN logit, or
+// with every id banned or -inf, is an error naming the row; a row with a +inf logit takes its
+// lowest +inf id with log-probability 0 (the limit of the softmax is a point mass there when it
+// is the only one; several +inf ids resolve to the lowest, as the argmax does); -inf ids are
+// never drawn.
 #include <ATen/Parallel.h>
 #include <ATen/ops/exp.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -88,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
                                                          double temperature, const at::Tensor& banned,
                                                          bool return_logprob) {
   check_fused_head_args(hidden, weight, bias, keys, purpose, temperature, banned);
-  const auto dtype = hidden.scalar_type();
+  check_fused_head_devices(hidden, weight, bias, keys, banned, at::kCPU, "cpu");
   const int64_t n = hidden.size(0), vocab = weight.size(0);
 
   HeadArgs a;
@@ -99,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   const at::Tensor banned_c = banned.contiguous();
   a.banned.assign(banned_c.data_ptr<int64_t>(), banned_c.data_ptr<int64_t>() + banned_c.numel());
   for (int64_t id : a.banned) {
-    MDLM_CHECK_ARG(id >= 0 && id < vocab, "banned", "ids must lie in [0, ", vocab, "), got ", id);
+    if (id < 0 || id >= vocab) fail_banned_out_of_range(id, vocab);
   }
 
   at::Tensor tokens = at::empty({n}, hidden.options().dtype(at::kLong));
@@ -140,9 +147,10 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
         s.candidate = -1;
         s.candidate_logit = -std::numeric_limits<float>::infinity();
         if (mp[at_rc] == -std::numeric_limits<float>::infinity()) continue;  // every id banned here
-        const float* er = ep + at_rc * cols;
-        s.stats.max = mp[at_rc];
+        s.stats.max = mp[at_rc];  // NaN when the chunk holds one (at::max propagates it)
         s.stats.argmax = c * kVocabChunk + ap[at_rc];
+        if (!std::isfinite(mp[at_rc])) continue;  // NaN or +inf: the row's rule needs no mass or draw
+        const float* er = ep + at_rc * cols;
         s.stats.mass = sum_as_double(er, cols);
         if (draw) {
           const double v = uniform53_at(row_key(r), static_cast<uint32_t>(1 + c));
@@ -168,10 +176,22 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
     std::vector<double> chunk_weight(n_chunks);
     for (int64_t r = row_begin; r < row_end; ++r) {
       const ChunkSummary* s = &summary[r * n_chunks];
+      bool nan_row = false, inf_row = false;
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        nan_row |= std::isnan(s[c].stats.max);
+        inf_row |= s[c].stats.max == std::numeric_limits<float>::infinity();
+      }
+      if (nan_row) fail_nan_row(r);
+      if (inf_row) {  // the lowest +inf id, log-probability 0
+        int64_t c = 0;
+        while (s[c].stats.max != std::numeric_limits<float>::infinity()) ++c;
+        tok[r] = s[c].stats.argmax;
+        if (lp != nullptr) lp[r] = 0.f;
+        continue;
+      }
       RowSummary all = empty_row_summary();
       for (int64_t c = 0; c < n_chunks; ++c) all = merge_row_summary(all, s[c].stats);
-      TORCH_CHECK(all.argmax >= 0, "mdlm_fast: fused_head_sample: every vocabulary id of row ", r,
-                  " is banned or -inf; nothing can be drawn");
+      if (all.argmax < 0) fail_empty_row(r);
       double total = 0.0;
       for (int64_t c = 0; c < n_chunks; ++c) {
         const RowSummary& cs = s[c].stats;

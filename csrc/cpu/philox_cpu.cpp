@@ -12,6 +12,7 @@ namespace {
 at::Tensor philox_noise_cpu(const at::Tensor& keys, int64_t seed, int64_t purpose, int64_t n,
                             c10::string_view dist_name) {
   check_keys(keys, "keys");
+  MDLM_CHECK_ON_DEVICE(keys, "keys", at::kCPU, "cpu");
   check_purpose(purpose);
   MDLM_CHECK_ARG(n >= 0 && n <= (int64_t{1} << 32), "n", "must be in [0, 2^32], got ", n);
   const NoiseDist dist = parse_noise_dist(dist_name);
