@@ -23,6 +23,7 @@
 #include "checks.h"
 #include "mdlm_fast/categorical.h"
 #include "mdlm_fast/philox.h"
+#include "small_n_projection.h"
 
 namespace mdlm_fast {
 namespace {
@@ -33,14 +34,24 @@ struct HeadArgs {
   c10::optional<at::Tensor> bias;
   float temperature;  // 0 = argmax
   std::vector<int64_t> banned;
+  bool small_n = false;   // project with project_small_n (a few rows, AVX-512) instead of a GEMM
+  at::Tensor hidden_raw;  // [N, d] in the caller's dtype, contiguous (for small_n)
 };
 
 // z = (hidden_rows @ W[begin:end]^T + b) / temperature, banned ids at -inf: [rows, end - begin] float32.
 at::Tensor chunk_logits(const HeadArgs& a, const at::Tensor& hidden_rows, int64_t begin, int64_t end) {
-  const at::Tensor w = a.weight.narrow(0, begin, end - begin).to(at::kFloat);
-  // W_chunk @ hidden^T streams W as the row-major left operand: at small N (the sampler's case)
-  // BLAS runs this shape up to 3x faster than hidden @ W_chunk^T; the [cols, N] result is small.
-  at::Tensor z = at::mm(w, hidden_rows.t()).t().contiguous();
+  at::Tensor z;
+  if (a.small_n) {
+    z = at::empty({hidden_rows.size(0), end - begin}, hidden_rows.options().dtype(at::kFloat));
+    project_small_n(hidden_rows.data_ptr<float>(), a.hidden_raw.data_ptr(), a.weight.data_ptr(),
+                    a.weight.scalar_type(), hidden_rows.size(0), hidden_rows.size(1), a.weight.stride(0), begin,
+                    end - begin, z.data_ptr<float>());
+  } else {
+    const at::Tensor w = a.weight.narrow(0, begin, end - begin).to(at::kFloat);
+    // W_chunk @ hidden^T streams W as the row-major left operand: at small N (the sampler's case)
+    // BLAS runs this shape up to 3x faster than hidden @ W_chunk^T; the [cols, N] result is small.
+    z = at::mm(w, hidden_rows.t()).t().contiguous();
+  }
   if (a.bias.has_value()) z.add_(a.bias->narrow(0, begin, end - begin).to(at::kFloat));
   if (a.temperature > 0.f && a.temperature != 1.f) z.div_(a.temperature);
   float* zp = z.data_ptr<float>();
@@ -73,8 +84,7 @@ struct ChunkGroup {
   bool with_partial;
 };
 
-std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t threads) {
-  constexpr int64_t kTileFloats = 16 * 1024;
+std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t threads, int64_t kTileFloats = 16 * 1024) {
   const int64_t full = vocab / kVocabChunk;
   const bool partial = vocab % kVocabChunk != 0;
   const int64_t by_cache = std::max<int64_t>(1, kTileFloats / (std::max<int64_t>(rows, 1) * kVocabChunk));
@@ -101,6 +111,8 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   HeadArgs a;
   a.hidden = hidden.to(at::kFloat).contiguous();
   a.weight = weight.stride(1) == 1 ? weight : weight.contiguous();
+  a.small_n = small_n_projection_available(weight.scalar_type(), n);
+  if (a.small_n) a.hidden_raw = hidden.contiguous();
   a.bias = bias;
   a.temperature = static_cast<float>(temperature);
   const at::Tensor banned_c = banned.contiguous();
@@ -125,7 +137,10 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   // at small N where the per-call overhead rivals the arithmetic); the grouping only changes the
   // work split, never a result.
   const int64_t n_chunks = num_vocab_chunks(vocab);
-  const std::vector<ChunkGroup> groups = chunk_groups(vocab, n, at::get_num_threads());
+  // The small-N projection has no per-call cost to amortize but the ATen calls of the summaries:
+  // larger tiles (256 KB, still in L2) mean fewer of them.
+  const std::vector<ChunkGroup> groups =
+      chunk_groups(vocab, n, at::get_num_threads(), a.small_n ? 64 * 1024 : 16 * 1024);
   std::vector<ChunkSummary> summary(n * n_chunks);
   // Projects `count` consecutive chunks of `cols` ids from chunk `first` on, and fills their summaries.
   const auto summarize_chunks = [&](int64_t first, int64_t count, int64_t cols) {
