@@ -152,3 +152,33 @@ def test_report_prints_a_table_per_results_file(tmp_path):
     speedup_column = [line.split("|")[8] for line in lines]
     assert speedup_column[0].strip() == "1.000"  # all-heavy against itself, every repeat
     assert "–" in speedup_column[1]  # the all-light row shows its per-repeat range
+
+
+def test_results_from_the_log_of_a_stopped_run_pair_what_finished():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from results_from_log import parse, rows_from_runs
+    finally:
+        sys.path.remove(str(BENCH))
+    log = "\n".join([
+        "rep 0 mdlm-speed         L4  H128                 200.00 s  forwards [127]",
+        "rep 0 fast-bfloat16      L4  H128                  20.00 s  forwards [97]  blocks 95.0%",
+        "rep 0 fast-float32       L4  H128                  40.00 s  forwards [97]  blocks 96.0%",
+        "rep 0 fast-bfloat16      L4  H32-L64-H32           10.00 s  forwards [31, 66]",
+        "noise line",
+        "rep 1 fast-bfloat16      L4  H128                  25.00 s  forwards [97]",
+        "rep 1 fast-float32       L4  H128                  45.00 s  forwards [97]",
+    ])
+    rows = {(r["variant"], r["schedule"]): r for r in rows_from_runs(parse(log), "H128")}
+    bf16 = rows[("fast-bfloat16", "H128")]
+    assert bf16["times_s"] == [20.0, 25.0] and bf16["forwards"] == 97
+    assert bf16["speedup_vs_mdlm_speed"] == pytest.approx(statistics_median([10.0, 8.0]))
+    assert bf16["speedup_vs_fast_float32"] == pytest.approx(statistics_median([2.0, 1.8]))
+    assert rows[("fast-bfloat16", "H32-L64-H32")]["speedup_vs_own_all_heavy"] == 2.0
+    assert rows[("fast-bfloat16", "H32-L64-H32")]["speedup_vs_fast_float32"] is None  # no fp32 run there
+    assert rows[("mdlm-speed", "H128")]["speedup_vs_fast_float32"] is None
+
+
+def statistics_median(values):
+    import statistics
+    return statistics.median(values)
