@@ -147,16 +147,16 @@ enum class Kind { kF32, kBf16Widened, kBf16Dot };
 
 template <int N>
 void project_rows(Kind kind, const float* h32, const uint16_t* h16, const void* weight, int64_t d, int64_t ld_w,
-                  int64_t begin, int64_t cols, float* out) {
+                  int64_t begin, int64_t cols, float* out, int64_t ld_out) {
   constexpr int R = rows_per_step(N);
   const auto run = [&](auto rows_tag, int64_t j) {
     constexpr int RR = decltype(rows_tag)::value;
     if (kind == Kind::kF32) {
-      rows_f32<N, RR>(h32, static_cast<const float*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, cols);
+      rows_f32<N, RR>(h32, static_cast<const float*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, ld_out);
     } else if (kind == Kind::kBf16Widened) {
-      rows_bf16_widened<N, RR>(h32, static_cast<const uint16_t*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, cols);
+      rows_bf16_widened<N, RR>(h32, static_cast<const uint16_t*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, ld_out);
     } else {
-      rows_bf16_dot<N, RR>(h16, static_cast<const uint16_t*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, cols);
+      rows_bf16_dot<N, RR>(h16, static_cast<const uint16_t*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, ld_out);
     }
   };
   int64_t j = 0;
@@ -172,18 +172,19 @@ bool small_n_projection_available(at::ScalarType dtype, int64_t n) {
 }
 
 void project_small_n(const float* hidden_f32, const void* hidden_raw, const void* weight, at::ScalarType dtype,
-                     int64_t n, int64_t d, int64_t ld_w, int64_t begin, int64_t cols, float* out) {
+                     int64_t n, int64_t d, int64_t ld_w, int64_t begin, int64_t cols, float* out,
+                     int64_t ld_out) {
   const Kind kind = dtype == at::kFloat ? Kind::kF32 : kHasAvx512Bf16 ? Kind::kBf16Dot : Kind::kBf16Widened;
   const auto* h16 = static_cast<const uint16_t*>(hidden_raw);
   switch (n) {
-    case 1: return project_rows<1>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
-    case 2: return project_rows<2>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
-    case 3: return project_rows<3>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
-    case 4: return project_rows<4>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
-    case 5: return project_rows<5>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
-    case 6: return project_rows<6>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
-    case 7: return project_rows<7>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
-    default: return project_rows<8>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out);
+    case 1: return project_rows<1>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 2: return project_rows<2>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 3: return project_rows<3>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 4: return project_rows<4>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 5: return project_rows<5>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 6: return project_rows<6>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 7: return project_rows<7>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    default: return project_rows<8>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
   }
 }
 
@@ -192,7 +193,7 @@ void project_small_n(const float* hidden_f32, const void* hidden_raw, const void
 bool small_n_projection_available(at::ScalarType, int64_t) { return false; }
 
 void project_small_n(const float*, const void*, const void*, at::ScalarType, int64_t, int64_t, int64_t, int64_t,
-                     int64_t, float*) {
+                     int64_t, float*, int64_t) {
   TORCH_CHECK(false, "mdlm_fast: project_small_n is not built for this CPU");
 }
 
