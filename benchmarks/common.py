@@ -36,6 +36,8 @@ CONFIGS = {
     # DESIGN.md section 7: the paper's widths and vocabulary, so the head-vs-blocks balance is the paper's
     "cpu": BenchConfig("cpu", 768, 12, 12, 4, 50258, 128, 128, 4, torch.float32, "cpu"),
     "paper": BenchConfig("paper", 768, 12, 12, 4, 50258, 1024, 1000, 8, torch.bfloat16, "cuda"),
+    # the main job's size: `mdlm-fast generate` defaults, on the embedded (trained) models
+    "embedded": BenchConfig("embedded", 256, 4, 8, 2, 8193, 256, 256, 4, torch.float32, "cpu"),
     # a seconds-long smoke configuration for tests of the scripts themselves
     "tiny": BenchConfig("tiny", 64, 4, 3, 1, 503, 32, 32, 2, torch.float32, "cpu"),
 }
@@ -52,7 +54,12 @@ def get_config(name: str) -> BenchConfig:
 
 
 def random_model(config: BenchConfig, n_blocks: int, seed: int) -> mf.DiT:
-    """A random-weight DiT of the config's widths: timing does not depend on the weights."""
+    """A random-weight DiT of the config's widths: timing does not depend on the weights.
+
+    The `embedded` config takes the embedded heavy / light models instead (by block count)."""
+    if config.name == "embedded" and n_blocks in (config.heavy_blocks, config.light_blocks):
+        which = "heavy" if n_blocks == config.heavy_blocks else "light"
+        return mf.load_denoiser(f"embedded:{which}").to(device=config.device, dtype=config.dtype).eval()
     model = mf.DiT(mf.DiTConfig(hidden_dim=config.hidden_dim, n_heads=config.n_heads, n_blocks=n_blocks,
                                 cond_dim=128, vocab_size=config.vocab_size, model_length=config.length))
     model.init_random_(seed)

@@ -22,8 +22,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def plot_sampler(path: Path) -> Path:
     data = json.loads(path.read_text())
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    for sampler, marker in (("reference", "s"), ("fast", "o")):
-        rows = [r for r in data["rows"] if r["sampler"] == sampler and r["measured_saving"] is not None]
+    variants = list(dict.fromkeys(r.get("variant", r["sampler"]) for r in data["rows"]))
+    for variant in variants:
+        marker = "s" if variant.startswith(("reference", "mdlm")) else "o"
+        rows = [r for r in data["rows"] if r.get("variant", r["sampler"]) == variant and r["measured_saving"] is not None]
         if not rows:
             continue
         saving = [r["measured_saving"] for r in rows]
@@ -31,7 +33,7 @@ def plot_sampler(path: Path) -> Path:
         low = [s - (1 - 1 / r["speedup_min"]) if r.get("speedup_min") else 0.0 for s, r in zip(saving, rows)]
         high = [(1 - 1 / r["speedup_max"]) - s if r.get("speedup_max") else 0.0 for s, r in zip(saving, rows)]
         ax.errorbar([r["predicted_saving"] for r in rows], saving, yerr=[low, high], marker=marker, capsize=3,
-                    label=f"{sampler} sampler")
+                    label=variant)
     top = max(r["predicted_saving"] for r in data["rows"])
     ax.plot([0, top], [0, top], "k--", lw=1, label="y = x (wall-clock follows FLOPs)")
     ax.set_xlabel("predicted saving, block FLOPs (eq. 3)")
@@ -40,6 +42,31 @@ def plot_sampler(path: Path) -> Path:
     ax.set_title(f"{data['config']} config, {machine['device']} {machine['dtype']}, {machine['threads']} threads")
     ax.legend()
     ax.grid(alpha=0.3)
+    out = path.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_ablation(path: Path) -> Path:
+    """Wall-clock and executed FLOPs of each ablation row, both relative to the MDLM-speed row."""
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    base_s, base_flops = rows[0]["median_s"], rows[0]["executed_gflops"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    y = list(range(len(rows)))[::-1]
+    ax.barh([v + 0.2 for v in y], [r["median_s"] / base_s for r in rows], height=0.4, label="wall-clock")
+    ax.barh([v - 0.2 for v in y], [r["executed_gflops"] / base_flops for r in rows], height=0.4,
+            label="executed FLOPs")
+    for v, r in zip(y, rows):
+        ax.text(r["median_s"] / base_s, v + 0.2, f" {r['speedup_vs_mdlm_speed']:.1f}x", va="center", fontsize=8)
+    ax.set_yticks(y, [r["label"].split(":")[0] for r in rows], fontsize=8)
+    ax.set_xlabel("relative to the MDLM-speed reference (1 = as slow)")
+    machine = data["machine"]
+    ax.set_title(f"ablation, {data['config']} config, all heavy, {machine['threads']} threads", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
     out = path.with_suffix(".png")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -79,6 +106,8 @@ def main(argv=None):
         kind = json.loads(path.read_text()).get("benchmark")
         if kind == "bench_sampler":
             drawn.append(plot_sampler(path))
+        elif kind == "bench_ablation":
+            drawn.append(plot_ablation(path))
         elif kind == "bench_head":
             drawn.append(plot_head(path))
     for out in drawn:

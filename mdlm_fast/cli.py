@@ -178,7 +178,7 @@ def _cmd_generate(args) -> int:
     try:
         result = mf.sample(models, steps=steps, batch_size=args.batch_size, length=length, schedule=schedule,
                            sampler=args.sampler, seed=args.seed, prefix=prefix, precision=args.precision,
-                           temperature=args.temperature, device=device,
+                           temperature=args.temperature, device=device, dtype=args.dtype,
                            progress=not (args.no_progress or args.json))
     except (MemoryError, RuntimeError) as exc:
         _raise_if_out_of_memory(exc, f"--batch-size {args.batch_size} x --length {length}")
@@ -230,7 +230,8 @@ def _print_report(report: dict, stats) -> None:
         print(f"--- sample {i} ---\n{body.strip()}\n")
     flops, quality = report["flops"], report["quality"]
     blocks = "/".join(str(b) for b in report["blocks"])
-    print(f"models {blocks} blocks, sampler {stats.sampler} ({stats.precision}), {stats.steps} steps, "
+    print(f"models {blocks} blocks, sampler {stats.sampler} ({stats.precision}), dtype {stats.dtype} "
+          f"({stats.dtype_reason}), {stats.steps} steps, "
           f"length {stats.length}, batch {stats.batch_size}, schedule {stats.schedule}")
     print(f"wall time {stats.wall_time_s:.2f} s; forwards per model {stats.forwards} "
           f"({stats.forwards_per_step:.2f} per step), rows {stats.rows}, head positions {stats.head_positions}")
@@ -261,6 +262,8 @@ def _add_generate_arguments(gen) -> None:
     a("--light", help="light denoiser, same vocabulary and mask id (default: embedded:light when --heavy "
                       "is not given, else none: one model)")
     check.add_checkpoint_arguments(gen)
+    a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+      help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively, else float32)")
     a("--tokenizer", help="'embedded', a tokenizer.json or a local HF tokenizer directory (default: embedded "
                           "for the embedded models, else none: samples are shown as ids)")
     a("--judge", help="gen-PPL judge: 'embedded', a judge directory, a local HF causal-LM directory (needs "

@@ -58,6 +58,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None, choices=["fast", "reference"], help="sampler (default fast)")
     p.add_argument("--precision", default=None, choices=["fp64", "fp32-mdlm"],
                    help="fp32-mdlm: MDLM's float32 Gumbel noise, reference sampler only (default fp64)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the denoisers' compute dtype (default auto: bfloat16 where the CPU does it natively)")
     p.add_argument("--judge", default="embedded", help="gen-PPL judge: 'embedded', a judge directory, or a "
                    "local Hugging Face causal-LM directory (needs transformers) (default embedded)")
     p.add_argument("--judge-tokenizer", default=None, help="the judge's tokenizer (default: the judge's own)")
@@ -184,6 +186,10 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
         raise CliError(f"--light was given {len(light_names)} times; only search --study light-size takes several")
     names = [heavy_name, *light_names]
     models = [_load_model(heavy_name, "--heavy", args)] + [_load_model(n, "--light", args) for n in light_names]
+    if getattr(args, "dtype", None) is not None:  # the sampling commands; importance stays fp32
+        from mdlm_fast.compute_dtype import resolve_dtype
+
+        models = [m.to(dtype=resolve_dtype(args.dtype, "cpu").dtype) for m in models]
     base = models[0].config
     for name, m in zip(names[1:], models[1:]):
         if (m.config.vocab_size, m.config.mask_index) != (base.vocab_size, base.mask_index):
@@ -239,7 +245,8 @@ def _record(args, names, models, tokenizer, judge_tokenizer) -> dict:
     return {"models": names, "blocks": [m.config.n_blocks for m in models],
             "tokenizer": getattr(tokenizer, "name", None),
             "judge": None if args.judge == "none" else args.judge,
-            "judge_tokenizer": getattr(judge_tokenizer, "name", None)}
+            "judge_tokenizer": getattr(judge_tokenizer, "name", None),
+            "dtype": str(next(models[0].parameters()).dtype).replace("torch.", "")}
 
 
 # --------------------------------------------------------------------------------------------

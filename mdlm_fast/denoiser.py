@@ -102,10 +102,12 @@ class Denoiser:
     def hidden(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.model.trunk(x, sigma)
 
-    def hidden_at(self, x: torch.Tensor, sigma: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def hidden_at(self, x: torch.Tensor, sigma: torch.Tensor, positions: torch.Tensor,
+                  prune: bool = True) -> tuple[torch.Tensor, bool]:
         """Hidden states ``[B, Q, d]`` at ``positions [B, Q]`` of each row, and whether the trunk
-        computed its last block at those positions only (worth it while Q <= L / 2)."""
-        if self._trunk_takes_positions and 2 * positions.shape[1] <= x.shape[1]:
+        computed its last block at those positions only (worth it while Q <= L / 2; never
+        with ``prune=False``)."""
+        if prune and self._trunk_takes_positions and 2 * positions.shape[1] <= x.shape[1]:
             return self.model.trunk(x, sigma, positions=positions), True
         hidden = self.model.trunk(x, sigma)
         return hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])), False

@@ -25,6 +25,25 @@ from mdlm_fast.reference import PURPOSE_NOISE_REMOVAL, PURPOSE_REVEAL, PURPOSE_T
 from mdlm_fast.sampler import SamplingRun
 
 
+@dataclass(frozen=True)
+class FastOptions:
+    """The fast sampler's mechanisms, each switchable for ablation benchmarks (all on by default).
+
+    A mechanism switched off computes what it would have skipped and discards it, so the draws
+    stay those of the full fast sampler (up to the rounding of differently shaped products):
+    skip_noop_steps off runs steps that reveal nothing; skip_rows off runs every batch row;
+    fused_head off projects every position of the rows run and draws from those logits;
+    pruned_last_block off runs the last block at every position."""
+
+    skip_noop_steps: bool = True
+    skip_rows: bool = True
+    fused_head: bool = True
+    pruned_last_block: bool = True
+
+
+ALL_ON = FastOptions()
+
+
 @dataclass
 class StepPlan:
     """Positions one step reveals, as index tensors on the sampling device."""
@@ -89,17 +108,39 @@ def build_plan(reveal: torch.Tensor, steps: int, device: torch.device) -> tuple[
     return plans, noise_removal
 
 
+def _every_step(plans: list[StepPlan], steps: int, device: torch.device) -> list[StepPlan]:
+    """The plans with an empty plan at each step that reveals nothing (skip_noop_steps off)."""
+    by_step = {p.step: p for p in plans}
+    none = torch.empty(0, dtype=torch.int64, device=device)
+    return [by_step.get(step) or StepPlan(step, none, none, none.view(0, 3), none.view(0, 1), none)
+            for step in range(steps)]
+
+
+def _all_rows(plan: StepPlan, batch: int) -> StepPlan:
+    """The same reveals with every batch row run (skip_rows off); rows that reveal nothing query
+    position 0, whose result is discarded."""
+    device = plan.keys.device
+    width = max(plan.query_positions.shape[1], 1)
+    query_positions = torch.zeros(batch, width, dtype=torch.int64, device=device)
+    query_positions[plan.rows] = plan.query_positions
+    rows_of_reveals = plan.keys[:, 1]
+    within_row = plan.query_index - plan.local_rows * plan.query_positions.shape[1]
+    return StepPlan(plan.step, torch.arange(batch, device=device), rows_of_reveals, plan.keys, query_positions,
+                    rows_of_reveals * width + within_row)
+
+
 def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int, t: float,
             temperature: float, purpose: int) -> None:
     """Run the model on the plan's rows and write the drawn tokens at its positions."""
     model = run.models[model_index]
+    options = run.fast_options or ALL_ON
     x_rows = x.index_select(0, plan.rows)
     sigma = run.sigma(t, plan.n_rows)
     positions = plan.keys[:, 2]
     banned = run.banned
     last_block_queries = None
-    if model.fused:
-        hidden, pruned = model.hidden_at(x_rows, sigma, plan.query_positions)
+    if model.fused and options.fused_head:
+        hidden, pruned = model.hidden_at(x_rows, sigma, plan.query_positions, prune=options.pruned_last_block)
         hidden = hidden.flatten(0, 1)[plan.query_index]
         run.check_forward(plan.step, model_index, hidden, logits=False)
         weight, bias = model.head()
@@ -122,10 +163,17 @@ def run(run: SamplingRun) -> torch.Tensor:
     reveal = reveal_steps(run).cpu()
     run.host_syncs += 1  # the plan: the only device->host transfer of the run
     plans, removal = build_plan(reveal, steps, x.device)
+    options = run.fast_options or ALL_ON
+    if not options.skip_noop_steps:
+        plans = _every_step(plans, steps, x.device)
+    if not options.skip_rows:
+        plans = [_all_rows(p, x.shape[0]) for p in plans]
+        removal = None if removal is None else _all_rows(removal, x.shape[0])
     ts = run.timesteps.tolist()
     with tqdm(total=steps, disable=not run.progress, desc="fast sampler", unit="step", leave=False) as bar:
         for plan in plans:
-            _reveal(run, x, plan, run.schedule[plan.step], ts[plan.step], run.temperature, PURPOSE_TOKEN)
+            if plan.n_rows:  # a no-op step kept by the ablation has no rows once rows are skipped
+                _reveal(run, x, plan, run.schedule[plan.step], ts[plan.step], run.temperature, PURPOSE_TOKEN)
             bar.update(plan.step + 1 - bar.n)  # steps that reveal nothing were skipped: count them too
         bar.update(steps - bar.n)
     if removal is not None:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mdlm_fast.compute_dtype import denoisers_in_dtype
 from mdlm_fast.denoiser import Denoiser, as_denoisers
 from mdlm_fast.flops import ExecutedFlops, schedule_flops
 from mdlm_fast.noise import LogLinearNoise, sampling_timesteps
@@ -55,6 +56,8 @@ class SampleStats:
     predicted_saving: float | None  # paper eq. 3: block FLOPs only, vs all-heavy
     analytic_flops: dict[str, Any] | None = None   # every step a full forward (reference-style)
     executed_flops: dict[str, Any] | None = None   # what this run actually computed
+    dtype: str = "float32"       # the models' compute dtype in this run
+    dtype_reason: str = ""       # why: "requested", "auto: this CPU has avx512_bf16", "as loaded"
 
     @property
     def forwards_per_step(self) -> float:
@@ -90,6 +93,7 @@ class SamplingRun:
     rows: list[int] = field(default_factory=list)
     head_positions: int = 0
     host_syncs: int = 0
+    fast_options: Any = None      # fast_sampler.FastOptions (benchmark ablations); None = every mechanism on
 
     def __post_init__(self):
         self.forwards = [0] * len(self.models)
@@ -205,7 +209,8 @@ def _resolve_device(models: list[Denoiser], device: Any) -> torch.device:
 def sample(models: Any, *, steps: int, batch_size: int, length: int | None = None,
            schedule: ModelSchedule | str | Sequence[int] | None = None, sampler: str = "reference",
            seed: int = 0, prefix: Any = None, precision: str = "fp64", device: Any = None,
-           progress: bool = False, noise_removal: str = "greedy", temperature: float = 1.0) -> SampleResult:
+           progress: bool = False, noise_removal: str = "greedy", temperature: float = 1.0,
+           dtype: Any = None, _fast_options: Any = None) -> SampleResult:
     """Generate ``batch_size`` sequences of ``length`` tokens in ``steps`` denoising steps.
 
     models: one denoiser or a sequence (index 0 = heavy); schedule picks a model index per step
@@ -215,6 +220,9 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
     reference sampler only). noise_removal: "greedy" (MDLM's argmax) or "ancestral" (fast only).
     temperature: of the token draws of the fast and confidence samplers (1 = the model's
     distribution, 0 = argmax); the reference sampler is MDLM's and takes 1 only.
+    dtype: the models' compute dtype: None (as loaded), "float32", "bfloat16", or "auto" (bf16 where
+    the CPU has AVX-512 BF16 / AMX or the GPU has bf16 tensor cores, else fp32); modules are cast
+    as a cached copy, the caller's models are left as they are.
     Same seed, same arguments -> same tokens.
     """
     if sampler not in SAMPLERS:
@@ -248,6 +256,7 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
     if not isinstance(length, int) or length <= 0:
         raise ValueError(f"length must be a positive int, got {length!r}")
     device = _resolve_device(denoisers, device)
+    denoisers, dtype_choice = denoisers_in_dtype(denoisers, dtype, device)
     mask_index = denoisers[0].mask_index
     given = _as_prefix(prefix, batch_size, length, denoisers[0].vocab_size, mask_index, device)
 
@@ -255,6 +264,7 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
     if given is not None:
         x[:, :given.shape[1]] = given
     run = SamplingRun(denoisers, schedule, x, seed, precision, noise_removal, progress, float(temperature))
+    run.fast_options = _fast_options
 
     from mdlm_fast import confidence_sampler, fast_sampler, reference_sampler  # late: they import this module
 
@@ -277,6 +287,7 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
         analytic_flops=schedule_flops(schedule, shapes, batch_size, length, noise_removal=schedule[-1])
         if known else None,
         executed_flops=run.flops.as_dict() if known else None,
+        dtype=dtype_choice.name, dtype_reason=dtype_choice.reason,
     )
     return SampleResult(tokens=tokens, stats=stats)
 

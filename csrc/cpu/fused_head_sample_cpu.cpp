@@ -23,6 +23,7 @@
 #include "checks.h"
 #include "mdlm_fast/categorical.h"
 #include "mdlm_fast/philox.h"
+#include "small_n_projection.h"
 
 namespace mdlm_fast {
 namespace {
@@ -33,21 +34,35 @@ struct HeadArgs {
   c10::optional<at::Tensor> bias;
   float temperature;  // 0 = argmax
   std::vector<int64_t> banned;
+  bool small_n = false;   // project with project_small_n (a few rows, AVX-512) instead of a GEMM
+  at::Tensor hidden_raw;  // [N, d] in the caller's dtype, contiguous (for small_n)
+  // small_n: the logits and their exps, [N, V] float32 (at most 8 rows), allocated once per call.
+  // Tiles are views into them: a fresh tile per group is a fresh mmap'd block whose unmapping
+  // stalls on every other core (TLB shootdowns), which on a loaded VM cost more than the math.
+  at::Tensor z_all, e_all;
 };
 
 // z = (hidden_rows @ W[begin:end]^T + b) / temperature, banned ids at -inf: [rows, end - begin] float32.
 at::Tensor chunk_logits(const HeadArgs& a, const at::Tensor& hidden_rows, int64_t begin, int64_t end) {
-  const at::Tensor w = a.weight.narrow(0, begin, end - begin).to(at::kFloat);
-  // W_chunk @ hidden^T streams W as the row-major left operand: at small N (the sampler's case)
-  // BLAS runs this shape up to 3x faster than hidden @ W_chunk^T; the [cols, N] result is small.
-  at::Tensor z = at::mm(w, hidden_rows.t()).t().contiguous();
+  at::Tensor z;
+  if (a.small_n) {
+    z = a.z_all.narrow(1, begin, end - begin);
+    project_small_n(hidden_rows.data_ptr<float>(), a.hidden_raw.data_ptr(), a.weight.data_ptr(),
+                    a.weight.scalar_type(), hidden_rows.size(0), hidden_rows.size(1), a.weight.stride(0), begin,
+                    end - begin, z.data_ptr<float>(), z.stride(0));
+  } else {
+    const at::Tensor w = a.weight.narrow(0, begin, end - begin).to(at::kFloat);
+    // W_chunk @ hidden^T streams W as the row-major left operand: at small N (the sampler's case)
+    // BLAS runs this shape up to 3x faster than hidden @ W_chunk^T; the [cols, N] result is small.
+    z = at::mm(w, hidden_rows.t()).t().contiguous();
+  }
   if (a.bias.has_value()) z.add_(a.bias->narrow(0, begin, end - begin).to(at::kFloat));
   if (a.temperature > 0.f && a.temperature != 1.f) z.div_(a.temperature);
   float* zp = z.data_ptr<float>();
-  const int64_t rows = z.size(0), cols = z.size(1);
+  const int64_t rows = z.size(0), row_stride = z.stride(0);
   for (int64_t id : a.banned) {
     if (id < begin || id >= end) continue;
-    for (int64_t r = 0; r < rows; ++r) zp[r * cols + (id - begin)] = -std::numeric_limits<float>::infinity();
+    for (int64_t r = 0; r < rows; ++r) zp[r * row_stride + (id - begin)] = -std::numeric_limits<float>::infinity();
   }
   return z;
 }
@@ -73,8 +88,7 @@ struct ChunkGroup {
   bool with_partial;
 };
 
-std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t threads) {
-  constexpr int64_t kTileFloats = 16 * 1024;
+std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t threads, int64_t kTileFloats = 16 * 1024) {
   const int64_t full = vocab / kVocabChunk;
   const bool partial = vocab % kVocabChunk != 0;
   const int64_t by_cache = std::max<int64_t>(1, kTileFloats / (std::max<int64_t>(rows, 1) * kVocabChunk));
@@ -101,7 +115,14 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   HeadArgs a;
   a.hidden = hidden.to(at::kFloat).contiguous();
   a.weight = weight.stride(1) == 1 ? weight : weight.contiguous();
+  a.small_n = small_n_projection_available(weight.scalar_type(), n);
+  if (a.small_n) {
+    a.hidden_raw = hidden.contiguous();
+    a.z_all = at::empty({n, vocab}, hidden.options().dtype(at::kFloat));
+    a.e_all = at::empty({n, vocab}, hidden.options().dtype(at::kFloat));
+  }
   a.bias = bias;
+  if (a.small_n && bias.has_value()) a.bias = bias->to(at::kFloat).contiguous();  // converted once, not per tile
   a.temperature = static_cast<float>(temperature);
   const at::Tensor banned_c = banned.contiguous();
   a.banned.assign(banned_c.data_ptr<int64_t>(), banned_c.data_ptr<int64_t>() + banned_c.numel());
@@ -125,7 +146,10 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   // at small N where the per-call overhead rivals the arithmetic); the grouping only changes the
   // work split, never a result.
   const int64_t n_chunks = num_vocab_chunks(vocab);
-  const std::vector<ChunkGroup> groups = chunk_groups(vocab, n, at::get_num_threads());
+  // The small-N projection has no per-call cost to amortize but the ATen calls of the summaries:
+  // larger tiles (256 KB, still in L2) mean fewer of them.
+  const std::vector<ChunkGroup> groups =
+      chunk_groups(vocab, n, at::get_num_threads(), a.small_n ? 64 * 1024 : 16 * 1024);
   std::vector<ChunkSummary> summary(n * n_chunks);
   // Projects `count` consecutive chunks of `cols` ids from chunk `first` on, and fills their summaries.
   const auto summarize_chunks = [&](int64_t first, int64_t count, int64_t cols) {
@@ -136,9 +160,17 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
     const float* mp = maxima.data_ptr<float>();
     const int64_t* ap = argmaxima.data_ptr<int64_t>();
     const at::Tensor shift = at::where(at::isfinite(maxima), maxima, at::zeros_like(maxima));
-    const at::Tensor e = at::exp(z - shift.unsqueeze(2));  // a fully banned chunk: exp(-inf) = 0
+    at::Tensor e;  // a fully banned chunk: exp(-inf) = 0
+    if (a.small_n) {
+      e = a.e_all.narrow(1, begin, count * cols).view({n, count, cols});
+      at::sub_out(e, z, shift.unsqueeze(2));
+      e.exp_();
+    } else {
+      e = at::exp(z - shift.unsqueeze(2));
+    }
     const float* zp = z.data_ptr<float>();
     const float* ep = e.data_ptr<float>();
+    const int64_t z_row = z.stride(0), e_row = e.stride(0);
     for (int64_t r = 0; r < n; ++r) {
       for (int64_t local = 0; local < count; ++local) {
         const int64_t c = first + local, at_rc = r * count + local;
@@ -150,13 +182,13 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
         s.stats.max = mp[at_rc];  // NaN when the chunk holds one (at::max propagates it)
         s.stats.argmax = c * kVocabChunk + ap[at_rc];
         if (!std::isfinite(mp[at_rc])) continue;  // NaN or +inf: the row's rule needs no mass or draw
-        const float* er = ep + at_rc * cols;
+        const float* er = ep + r * e_row + local * cols;
         s.stats.mass = sum_as_double(er, cols);
         if (draw) {
           const double v = uniform53_at(row_key(r), static_cast<uint32_t>(1 + c));
           const int64_t j = inverse_cdf(cols, v * s.stats.mass, [&](int64_t i) { return static_cast<double>(er[i]); });
           s.candidate = c * kVocabChunk + j;
-          s.candidate_logit = zp[at_rc * cols + j];
+          s.candidate_logit = zp[r * z_row + local * cols + j];
         }
       }
     }
