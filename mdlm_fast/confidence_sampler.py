@@ -48,15 +48,17 @@ def run(run: SamplingRun) -> torch.Tensor:
             hidden = model.hidden(x, sigma)[flat_rows, flat_pos]
             run.check_forward(i, model_index, hidden, logits=False)
             weight, bias = model.head()
-            tokens, logprob = ops.fused_head_sample(hidden, weight, bias, keys, seed=run.seed, purpose=PURPOSE_TOKEN,
-                                                    temperature=run.temperature, banned=run.banned,
-                                                    return_logprob=True)
+            with run.naming_non_finite():
+                tokens, logprob = ops.fused_head_sample(hidden, weight, bias, keys, seed=run.seed,
+                                                        purpose=PURPOSE_TOKEN, temperature=run.temperature,
+                                                        banned=run.banned, return_logprob=True)
             head_positions = flat_rows.shape[0]
         else:
             logits = model.logits(x, sigma)[flat_rows, flat_pos]
             run.check_forward(i, model_index, logits, logits=True)
-            tokens, logprob = reference.sample_from_logits(logits, keys, run.seed, PURPOSE_TOKEN, run.temperature,
-                                                           run.banned, True)
+            with run.naming_non_finite():
+                tokens, logprob = reference.sample_from_logits(logits, keys, run.seed, PURPOSE_TOKEN,
+                                                               run.temperature, run.banned, True)
             head_positions = batch * length
         best = logprob.view(batch, remaining).topk(k, dim=1).indices
         chosen_pos = positions.gather(1, best)

@@ -144,14 +144,16 @@ def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int,
         hidden = hidden.flatten(0, 1)[plan.query_index]
         run.check_forward(plan.step, model_index, hidden, logits=False)
         weight, bias = model.head()
-        tokens, _ = ops.fused_head_sample(hidden, weight, bias, plan.keys, seed=run.seed, purpose=purpose,
-                                          temperature=temperature, banned=banned)
+        with run.naming_non_finite():
+            tokens, _ = ops.fused_head_sample(hidden, weight, bias, plan.keys, seed=run.seed, purpose=purpose,
+                                              temperature=temperature, banned=banned)
         head_positions = plan.n_positions
         last_block_queries = plan.query_positions.numel() if pruned else None
     else:
         logits = model.logits(x_rows, sigma)[plan.local_rows, positions]
         run.check_forward(plan.step, model_index, logits, logits=True)
-        tokens, _ = reference.sample_from_logits(logits, plan.keys, run.seed, purpose, temperature, banned, False)
+        with run.naming_non_finite():
+            tokens, _ = reference.sample_from_logits(logits, plan.keys, run.seed, purpose, temperature, banned, False)
         head_positions = plan.n_rows * x.shape[1]
     x.index_put_((plan.keys[:, 1], positions), tokens)
     run.record_forward(model_index, plan.n_rows, head_positions, last_block_queries)

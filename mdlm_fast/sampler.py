@@ -8,6 +8,7 @@ confidence_sampler.py).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import asdict, dataclass, field
@@ -130,6 +131,16 @@ class SamplingRun:
                 head_ok = head_ok & torch.isfinite(bias).all()
             code = code + (~head_ok).to(torch.int8) * _BAD_HEAD
         self.non_finite[step] = code
+
+    @contextlib.contextmanager
+    def naming_non_finite(self):
+        """The fused op refuses a NaN logit row itself, before the deferred flag check: report it as
+        the forward's error, naming the first flagged step and its model."""
+        try:
+            yield
+        except RuntimeError:
+            self.raise_if_non_finite()
+            raise
 
     def raise_if_non_finite(self, step: int | None = None) -> None:
         """Raise NonFiniteForwardError naming the first flagged step (or ``step`` if given) and
