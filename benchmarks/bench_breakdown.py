@@ -1,4 +1,4 @@
-"""Where the time goes (the paper's eq. 4): Transformer blocks vs everything else.
+"""Where the time goes (eq. 4): Transformer blocks vs everything else.
 
 Model scheduling can only shrink the block time: if a fraction p of an all-heavy run is spent in
 the blocks, replacing the heavy model by the light one on a fraction f of the steps saves at most
@@ -9,6 +9,9 @@ all-heavy -> all-light saving.
 
   python benchmarks/bench_breakdown.py --config cpu
   python benchmarks/bench_breakdown.py --config paper     # needs a CUDA GPU
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -19,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
-from common import BlockTimer, get_config, machine_info, random_model, write_results  # noqa: E402
+from common import BlockTimer, machine_info, parse_run_arguments, random_model, write_results  # noqa: E402
 
 
 def breakdown(config, sampler: str, models: list, schedule: str, repeats: int) -> dict:
@@ -51,12 +53,7 @@ def main(argv=None):
     parser.add_argument("--config", default="cpu", help="cpu | paper | tiny")
     parser.add_argument("--samplers", default="reference,fast")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--name", default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = get_config(args.config)
+    args, config = parse_run_arguments(parser, argv)
     models = [random_model(config, config.heavy_blocks, seed=0), random_model(config, config.light_blocks, seed=1)]
     for sampler in args.samplers.split(","):  # warm-up
         mf.sample(models, steps=2, batch_size=1, length=config.length, sampler=sampler, device=config.device)

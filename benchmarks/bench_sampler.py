@@ -1,4 +1,4 @@
-"""Wall-clock against FLOPs: the reference and fast samplers side by side (the paper's Table 2).
+"""Wall-clock against FLOPs: the reference and fast samplers side by side (Table 2 of arXiv:2604.02340).
 
 Every table leads with the MDLM-speed baseline: the reference sampler with `precision="fp32-mdlm"`
 and fp32 weights, which runs at about MDLM's own `ddpm_cache` loop's speed (1.14-1.25x it, measured
@@ -37,12 +37,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
-from common import BlockTimer, get_config, machine_info, random_model, summary, write_results  # noqa: E402
+from common import BlockTimer, machine_info, parse_run_arguments, random_model, summary, write_results  # noqa: E402
 from mdlm_fast.compute_dtype import cast_module, resolve_dtype  # noqa: E402
-from mdlm_fast.fast_sampler import FastOptions  # noqa: E402
+from mdlm_fast.sampling.fast import FastOptions  # noqa: E402
 
 MDLM_SPEED = "mdlm-speed"
 
@@ -289,17 +288,12 @@ def main(argv=None):
     parser.add_argument("--reference-repeats", type=int, default=None,
                         help="repeats of the reference sampler (default: --repeats)")
     parser.add_argument("--light-sweep", action="store_true",
-                        help="instead: light 4/6/8/10 blocks at sandwich 25%% (the paper's Table 1)")
+                        help="instead: light 4/6/8/10 blocks at sandwich 25%% (Table 1 of arXiv:2604.02340)")
     parser.add_argument("--ablation", action="store_true",
                         help="instead: the fast sampler's mechanisms on one at a time, all-heavy, from MDLM speed")
     parser.add_argument("--time-blocks", choices=["auto", "on", "off"], default="auto",
                         help="time the Transformer blocks (eq. 4); auto = on for CPU configs")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--name", default=None, help="results file stem (default: sampler_<config>)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = get_config(args.config)
+    args, config = parse_run_arguments(parser, argv)
     time_blocks = args.time_blocks == "on" or (args.time_blocks == "auto" and config.device == "cpu")
     heavy = random_model(config, config.heavy_blocks, seed=0)
     meta = {"config": config.name, "config_detail": {k: str(v) for k, v in vars(config).items()},

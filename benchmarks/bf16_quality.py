@@ -23,8 +23,8 @@ import torch  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
 from common import BenchConfig, machine_info, write_results  # noqa: E402
-from mdlm_fast import eval as ev  # noqa: E402
-from mdlm_fast.judge import nll  # noqa: E402
+from mdlm_fast.analysis import metrics as ev  # noqa: E402
+from mdlm_fast.analysis.judge import nll  # noqa: E402
 
 
 def t_quantile_975(df: int) -> float:

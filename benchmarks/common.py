@@ -1,7 +1,10 @@
-"""Shared pieces of the benchmark scripts: configs, random-weight models, timing, result files."""
+"""Shared pieces of the benchmark scripts: configs, random-weight models, timing, result files.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
+"""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -13,6 +16,7 @@ from pathlib import Path
 import torch
 
 import mdlm_fast as mf
+from mdlm_fast.atomic import write_csv, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,7 +37,7 @@ class BenchConfig:
 
 
 CONFIGS = {
-    # DESIGN.md section 7: the paper's widths and vocabulary, so the head-vs-blocks balance is the paper's
+    # design §12: the paper's widths and vocabulary, so the head-vs-blocks balance is the paper's
     "cpu": BenchConfig("cpu", 768, 12, 12, 4, 50258, 128, 128, 4, torch.float32, "cpu"),
     "paper": BenchConfig("paper", 768, 12, 12, 4, 50258, 1024, 1000, 8, torch.bfloat16, "cuda"),
     # the main job's size: `mdlm-fast generate` defaults, on the embedded (trained) models
@@ -129,20 +133,24 @@ def machine_info(config: BenchConfig) -> dict:
     return info
 
 
+def parse_run_arguments(parser, argv):
+    """Adds the flags every config-driven benchmark shares (--threads, --name), parses, applies
+    --threads, and returns ``(args, config)``."""
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--name", default=None, help="results file stem")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, get_config(args.config)
+
+
 def write_results(name: str, payload: dict, rows: list[dict]) -> Path:
-    """Results as JSON (everything) and CSV (the rows), written atomically."""
+    """Results as JSON (everything) and CSV (the rows), each written atomically."""
     json_path = RESULTS / f"{name}.json"  # an absolute `name` puts the files elsewhere
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**payload, "rows": rows}, indent=1))
-    os.replace(tmp, json_path)
+    write_json(json_path, {**payload, "rows": rows}, indent=1)
     if rows:
-        keys = list(rows[0])
-        csv = "\n".join([",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in rows]) + "\n"
-        csv_path = RESULTS / f"{name}.csv"
-        tmp = csv_path.with_suffix(".csv.tmp")
-        tmp.write_text(csv)
-        os.replace(tmp, csv_path)
+        write_csv(json_path.with_suffix(".csv"), rows, cell=_fmt)
     return json_path
 
 

@@ -3,6 +3,9 @@
   python benchmarks/plot_results.py                 # every results file it knows how to draw
 Writes PNGs next to the data: measured wall-clock saving vs predicted FLOPs saving (with y = x and the
 range over paired repeats) for both samplers, and the fused head vs matmul ratio over N.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -17,6 +20,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _save(fig, ax, path: Path, legend_size=None, grid_axis: str = "both") -> Path:
+    """Legend, grid, and the PNG next to the data file."""
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3, axis=grid_axis)
+    out = path.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def plot_sampler(path: Path) -> Path:
@@ -40,13 +54,7 @@ def plot_sampler(path: Path) -> Path:
     ax.set_ylabel("measured wall-clock saving")
     machine = data["machine"]
     ax.set_title(f"{data['config']} config, {machine['device']} {machine['dtype']}, {machine['threads']} threads")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    out = path.with_suffix(".png")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, path)
 
 
 def plot_ablation(path: Path) -> Path:
@@ -65,13 +73,7 @@ def plot_ablation(path: Path) -> Path:
     ax.set_xlabel("relative to the MDLM-speed reference (1 = as slow)")
     machine = data["machine"]
     ax.set_title(f"ablation, {data['config']} config, all heavy, {machine['threads']} threads", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="x")
-    out = path.with_suffix(".png")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, path, legend_size=8, grid_axis="x")
 
 
 def plot_head(path: Path) -> Path:
@@ -88,13 +90,7 @@ def plot_head(path: Path) -> Path:
     ax.set_ylabel("time (ms)")
     machine = data["machine"]
     ax.set_title(f"vocabulary head, V={data['vocab_size']}, d={data['hidden_dim']}, {machine['device']} {machine['dtype']}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    out = path.with_suffix(".png")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, path)
 
 
 def main(argv=None):

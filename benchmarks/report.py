@@ -1,6 +1,9 @@
 """Markdown tables from benchmarks/results/*.json (what the README's benchmark section shows).
 
   python benchmarks/report.py                 # every results file, one table each
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _f(value, fmt):
     return "–" if value is None else format(value, fmt)
+
+
+def _work_and_time(row: dict) -> str:
+    """The executed-GFLOPs and median-time cells every sampler table has."""
+    return f"{row['executed_gflops']:.4g} | {row['median_s']:.2f} (±{row['spread']:.1%}, n={row['repeats']})"
 
 
 def _range(row: dict, key: str, stem: str, fmt: str) -> str:
@@ -42,7 +50,7 @@ def sampler_table(data: dict) -> str:
         lines.append(
             f"| {r.get('variant', r['sampler'])} | {r['light_blocks']} | {r['light_fraction']:.0%} "
             f"| {r['predicted_saving']:.3f} "
-            f"| {r['executed_gflops']:.4g} | {r['median_s']:.2f} (±{r['spread']:.1%}, n={r['repeats']}) "
+            f"| {_work_and_time(r)} "
             f"| {_range(r, 'speedup_vs_mdlm_speed', 'speedup_vs_mdlm_speed', '.2f')} "
             f"| {_range(r, 'speedup_vs_own_all_heavy', 'speedup', '.3f')} "
             f"| {_range(r, 'realized_over_predicted', 'realized_over_predicted', '.2f')} "
@@ -59,7 +67,7 @@ def ablation_table(data: dict) -> str:
     for r in data["rows"]:
         lines.append(
             f"| {r['label']} | {r['dtype']} | {r['forwards']} | {r['rows_run']} | {r['head_positions']} "
-            f"| {r['executed_gflops']:.4g} | {r['median_s']:.2f} (±{r['spread']:.1%}, n={r['repeats']}) "
+            f"| {_work_and_time(r)} "
             f"| {_range(r, 'speedup_vs_previous', 'speedup_vs_previous', '.2f')} "
             f"| {_range(r, 'speedup_vs_mdlm_speed', 'speedup_vs_mdlm_speed', '.2f')} |")
     return "\n".join(lines)

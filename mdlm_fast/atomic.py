@@ -7,11 +7,15 @@ version untouched.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator, Sequence
+
+from mdlm_fast.json_output import dumps
 
 
 def fsync_dir(directory: Path) -> None:
@@ -51,6 +55,31 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_file(path) as f:
         f.write(text)
     return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """``obj`` as standard JSON (NaN and inf become null, see json_output)."""
+    return write_text(path, dumps(obj, indent=indent) + "\n")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: a list becomes its values joined with ';'."""
+    return ";".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict], *, cell: Callable[[Any], Any] = csv_cell) -> Path:
+    """The scalar and list columns of ``rows`` (nested dicts left out), each value through ``cell``."""
+    columns: list[str] = []
+    for row in rows:
+        for k, v in row.items():
+            if k not in columns and not isinstance(v, dict):
+                columns.append(k)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: cell(v) for k, v in row.items() if k in columns})
+    return write_text(path, buf.getvalue())
 
 
 def swap_into_place(tmp: Path, path: Path) -> None:

@@ -50,6 +50,7 @@ import torch
 
 from mdlm_fast import inert_pickle
 from mdlm_fast.atomic import atomic_directory
+from mdlm_fast.embedded import ASSETS
 from mdlm_fast.model import DiT, DiTConfig
 
 __all__ = ["CheckpointError", "load_denoiser", "save_denoiser"]
@@ -68,7 +69,7 @@ MASK_APPENDED = "appended"           # the .ckpt's tokenizer has none: MDLM appe
 MASK_DEFAULT = "default"             # nothing recorded: vocab_size - 1
 _MASK_SOURCE_KEY = "_mask_index_source"
 #: The trained models shipped inside the package: ``load_denoiser("embedded:heavy")``.
-EMBEDDED_DIR = Path(__file__).resolve().parent / "assets"
+EMBEDDED_DIR = ASSETS
 EMBEDDED_MODELS = ("heavy", "light")
 
 

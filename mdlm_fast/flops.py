@@ -15,29 +15,24 @@ most linear in the hidden width per token and a rounding error next to them:
   a FLOPs count hides but a profiler shows, which is why wall-clock is measured separately.
 
 Counts are Python ints (exact; a paper-size run is ~1e16 FLOPs).
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from mdlm_fast.schedule import ModelSchedule, ScheduleError
+from mdlm_fast.validate import integer
 
 _FIELDS = ("hidden_dim", "n_blocks", "vocab_size")
 
 
 def _count(value, name: str, allow_zero: bool = True) -> int:
     """A non-negative (or positive) int argument, with an error naming it."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int, got {value!r}") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
-    return value
+    return integer(name, value, minimum=0 if allow_zero else 1)
 
 
 @dataclass(frozen=True)
@@ -176,7 +171,7 @@ def schedule_flops(
 
     Returns a dict with ``blocks``, ``head``, ``total`` (FLOPs), ``per_model_forwards`` (tuple, one
     entry per supplied model), ``head_fraction`` (``head / total``: the part of the work that depth
-    does not scale, cf. paper eq. 4), ``predicted_saving`` (paper eq. 3: block counts only) and
+    does not scale, cf. eq. 4), ``predicted_saving`` (eq. 3: block counts only) and
     ``analytic_saving`` (``1 - total / total_all_heavy``, same batch, length and noise removal), which
     is smaller than the prediction by however much the head dilutes it.
     """

@@ -21,13 +21,14 @@ revealed rows.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mdlm_fast.validate import integer
 
 __all__ = ["DiTConfig", "DiT", "subs_log_probs"]
 
@@ -108,20 +109,11 @@ class DiTConfig:
 
 
 def _int(name: str, value: Any) -> int:
-    # operator.index accepts ints and numpy ints but not floats; bools are ints, reject them.
-    if isinstance(value, bool):
-        raise ValueError(f"DiTConfig.{name} must be an int, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"DiTConfig.{name} must be an int, got {value!r}") from None
+    return integer(f"DiTConfig.{name}", value)
 
 
 def _positive_int(name: str, value: Any) -> int:
-    value = _int(name, value)
-    if value <= 0:
-        raise ValueError(f"DiTConfig.{name} must be positive, got {value}")
-    return value
+    return integer(f"DiTConfig.{name}", value, minimum=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +236,18 @@ class Rotary(nn.Module):
         return self._cos_sin
 
 
+def _zeroed(linear: nn.Linear) -> nn.Linear:
+    """MDLM's initialization of the adaLN and output layers: zero weight and bias."""
+    linear.weight.data.zero_()
+    linear.bias.data.zero_()
+    return linear
+
+
+def _modulations(adaLN: nn.Linear, c: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """The ``k`` adaLN vectors of conditioning ``c``, fp32 [B, 1, d] each (the layer may be bf16)."""
+    return adaLN(c.to(adaLN.weight.dtype))[:, None].float().chunk(k, dim=2)
+
+
 class DDiTBlock(nn.Module):
     """Transformer block with adaLN-Zero modulation, rotary attention and a GELU(tanh) MLP."""
 
@@ -260,14 +264,11 @@ class DDiTBlock(nn.Module):
             nn.Linear(dim, mlp_ratio * dim, bias=True),
             nn.GELU(approximate="tanh"),
             nn.Linear(mlp_ratio * dim, dim, bias=True))
-        self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim, bias=True)
-        self.adaLN_modulation.weight.data.zero_()
-        self.adaLN_modulation.bias.data.zero_()
+        self.adaLN_modulation = _zeroed(nn.Linear(cond_dim, 6 * dim, bias=True))
 
     def modulations(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)``, fp32 [B, 1, d]."""
-        c = c.to(self.adaLN_modulation.weight.dtype)
-        return self.adaLN_modulation(c)[:, None].float().chunk(6, dim=2)
+        return _modulations(self.adaLN_modulation, c, 6)
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
                 mods: tuple[torch.Tensor, ...], positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -329,17 +330,12 @@ class DDitFinalLayer(nn.Module):
     def __init__(self, hidden_size: int, out_channels: int, cond_dim: int) -> None:
         super().__init__()
         self.norm_final = LayerNorm(hidden_size)
-        self.linear = nn.Linear(hidden_size, out_channels)
-        self.linear.weight.data.zero_()
-        self.linear.bias.data.zero_()
-        self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden_size, bias=True)
-        self.adaLN_modulation.weight.data.zero_()
-        self.adaLN_modulation.bias.data.zero_()
+        self.linear = _zeroed(nn.Linear(hidden_size, out_channels))
+        self.adaLN_modulation = _zeroed(nn.Linear(cond_dim, 2 * hidden_size, bias=True))
 
     def modulations(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(shift, scale)``, fp32 [B, 1, d]."""
-        c = c.to(self.adaLN_modulation.weight.dtype)
-        return self.adaLN_modulation(c)[:, None].float().chunk(2, dim=2)
+        return _modulations(self.adaLN_modulation, c, 2)
 
     def pre_head(self, x: torch.Tensor, mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Norm + modulate, cast to the head's dtype: the input of ``linear``."""

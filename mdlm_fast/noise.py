@@ -1,6 +1,6 @@
 """Noise schedules for masked diffusion (MDLM's log-linear schedule) and the sampler's time grid.
 
-Conventions follow MDLM (Sahoo et al. 2024), see DESIGN.md section 3:
+Conventions follow MDLM (Sahoo et al. 2024), see design §2:
 
 * ``sigma(t) = -log1p(-(1 - eps) t)``: total noise at time ``t`` in [0, 1].
 * ``move_chance(t) = 1 - exp(-sigma(t)) = (1 - eps) t``: probability that a token is masked at ``t``.

@@ -1,4 +1,5 @@
-"""Typed wrappers of the compiled operators (torch.ops.mdlm_fast.*) and their fake kernels.
+"""Typed wrappers of the compiled operators (torch.ops.mdlm_fast.*), their fake kernels, and the
+constants and argument rules the operators share with everything that calls them.
 
 The fake (meta) implementations let torch.compile and torch.library.opcheck trace the ops
 without running them.
@@ -8,15 +9,47 @@ from __future__ import annotations
 import torch
 
 from mdlm_fast import _build  # noqa: F401  (registers the operators)
-from mdlm_fast import reference
 
-_NOISE_DISTS = ("uniform", "gumbel", "uniform24")
+# Philox stream purposes: mirror csrc/include/mdlm_fast/philox.h (design §7).
+PURPOSE_USER = 0
+PURPOSE_REVEAL = 1
+PURPOSE_TOKEN = 2
+PURPOSE_REFERENCE_GUMBEL = 3
+PURPOSE_NOISE_REMOVAL = 4
+MAX_STEP = (1 << 24) - 1  # the step field of a key: 24 bits beside the purpose byte
+
+# philox_noise's distributions: mirror the names csrc/checks.h parses.
+NOISE_DISTS = ("uniform", "gumbel", "uniform24")
+
+# Temperatures of fused_head_sample besides 0 (argmax): mirror csrc/checks.h.
+MIN_TEMPERATURE = 1e-6
+MAX_TEMPERATURE = 3.4028234663852886e38  # float32's largest finite value
+
+# Canonical vocabulary chunk of the two-level inverse-CDF draw (design §8): a constant of the
+# algorithm (never a hardware tile), so every device draws the same token from the same uniforms.
+VOCAB_CHUNK = 1024
+
+
+def check_seed(seed: int) -> int:
+    """The seed rule of every op and of sample(): an int in [0, 2^64)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    return seed
+
+
+def check_temperature(temperature: float) -> float:
+    """fused_head_sample's temperature rule: 0 (argmax) or in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
+    t = float(temperature)
+    if not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        raise ValueError(f"temperature must be 0 (argmax) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] "
+                         f"(float32), got {temperature!r}")
+    return t
 
 
 def _op_seed(seed: int) -> int:
     """A seed in [0, 2^64) (the rule of sample() too) as the int64 the op schema carries: the same
     64 bits, so seeds from 2^63 on reach the kernels as their two's-complement pattern."""
-    reference.check_seed(seed)
+    check_seed(seed)
     return seed - 2**64 if seed >= 2**63 else seed
 
 
@@ -42,7 +75,7 @@ def philox_noise(keys: torch.Tensor, seed: int, purpose: int, n: int, dist: str 
 @torch.library.register_fake("mdlm_fast::philox_noise")
 def _philox_noise_fake(keys, seed, purpose, n, dist):
     torch._check(keys.dim() == 2 and keys.shape[1] == 3, lambda: "keys must have shape [N, 3]")
-    torch._check(dist in _NOISE_DISTS, lambda: f"dist must be one of {_NOISE_DISTS}")
+    torch._check(dist in NOISE_DISTS, lambda: f"dist must be one of {NOISE_DISTS}")
     dtype = torch.float32 if dist == "uniform24" else torch.float64
     return keys.new_empty((keys.shape[0], n), dtype=dtype)
 

@@ -36,6 +36,9 @@ Rounding and placement rules (used by the constructors and the spec alike):
   that quarter. A block larger than its quarter extends beyond it on both sides (it is not an error),
   shifted as needed to stay inside the trajectory, so every placement gives exactly the requested
   number of light steps. Centering: the block starts at ``region_start + floor((region_size - n) / 2)``.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from mdlm_fast.validate import integer
 
 #: Placements accepted by :meth:`ModelSchedule.light_fraction` and ``<placement>:<fraction>`` specs.
 PLACEMENTS: Tuple[str, ...] = ("first", "last", "q1", "q2", "q3", "q4", "sandwich", "middle")
@@ -84,14 +89,7 @@ class ScheduleError(ValueError):
 
 def _check_steps(steps) -> int:
     """Validate a step count (a positive int no larger than :data:`MAX_STEPS`)."""
-    if isinstance(steps, bool):
-        raise ScheduleError(f"steps must be a positive int, got {steps!r}")
-    try:
-        value = operator.index(steps)
-    except TypeError:
-        raise ScheduleError(f"steps must be a positive int, got {steps!r}") from None
-    if value <= 0:
-        raise ScheduleError(f"steps must be positive, got {value}")
+    value = integer("steps", steps, minimum=1, error=ScheduleError)
     if value > MAX_STEPS:
         raise ScheduleError(f"steps={value} exceeds the limit of {MAX_STEPS}")
     return value
@@ -99,10 +97,7 @@ def _check_steps(steps) -> int:
 
 def _check_model(index) -> int:
     """Validate one model index (``0 <= index < MAX_MODELS``)."""
-    try:
-        value = operator.index(index)
-    except TypeError:
-        raise ScheduleError(f"model index must be an int, got {index!r}") from None
+    value = integer("model index", index, error=ScheduleError)
     if not 0 <= value < MAX_MODELS:
         raise ScheduleError(f"model index {value} out of range (0..{MAX_MODELS - 1})")
     return value
@@ -180,8 +175,7 @@ def segment_bounds(steps: int, n_segments: int = 10) -> List[Tuple[int, int]]:
 
 
 def _check_n_segments(steps: int, n_segments) -> int:
-    if isinstance(n_segments, bool) or not isinstance(n_segments, int):
-        raise ScheduleError(f"n_segments must be an int, got {n_segments!r}")
+    integer("n_segments", n_segments, error=ScheduleError)
     if not 1 <= n_segments <= steps:
         # Every segment must hold at least one step, otherwise choosing it changes nothing.
         raise ScheduleError(f"n_segments must be between 1 and steps={steps}, got {n_segments}")
@@ -193,10 +187,8 @@ def all_segment_choices(n_segments: int = 10, n_light: int = 4) -> List[Tuple[in
 
     ``all_segment_choices(10, 4)`` gives the 210 schedules of the exhaustive segment search.
     """
-    if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
-        raise ScheduleError(f"n_segments must be a positive int, got {n_segments!r}")
-    if isinstance(n_light, bool) or not isinstance(n_light, int) or not 0 <= n_light <= n_segments:
-        raise ScheduleError(f"n_light must be an int in [0, n_segments={n_segments}], got {n_light!r}")
+    integer("n_segments", n_segments, minimum=1, error=ScheduleError)
+    integer(f"n_light (of n_segments={n_segments})", n_light, minimum=0, maximum=n_segments, error=ScheduleError)
     return list(itertools.combinations(range(n_segments), n_light))
 
 
@@ -338,7 +330,7 @@ class ModelSchedule:
         return self
 
     def predicted_saving(self, block_counts: Sequence[int]) -> float:
-        """Predicted block-FLOPs saving (paper eq. 3, generalized to any number of models).
+        """Predicted block-FLOPs saving (eq. 3, generalized to any number of models).
 
         Mean over steps of ``1 - n_blocks[index] / n_blocks[0]``; for two models this is
         ``f * (1 - n_light / n_heavy)``. Counts blocks only: the head and embedding are ignored, and
@@ -466,12 +458,7 @@ def _check_segment_indices(light_segments: Iterable[int], n_segments: int) -> Li
         raise ScheduleError(f"light_segments must be a collection of ints, got {light_segments!r}")
     chosen, seen = [], set()
     for seg in light_segments:
-        if isinstance(seg, bool):
-            raise ScheduleError(f"segment index must be an int, got {seg!r}")
-        try:
-            value = operator.index(seg)
-        except TypeError:
-            raise ScheduleError(f"segment index must be an int, got {seg!r}") from None
+        value = integer("segment index", seg, error=ScheduleError)
         if not 0 <= value < n_segments:
             raise ScheduleError(
                 f"segment index {value} out of range for {n_segments} segments (0..{n_segments - 1})"

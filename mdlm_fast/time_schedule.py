@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple
 
 from mdlm_fast.schedule import MAX_MODELS, ModelSchedule, ScheduleError
+from mdlm_fast.validate import integer
 
 __all__ = ["TimeInterval", "TimeSchedule", "resolve_schedule", "FILE_FORMAT"]
 
@@ -84,8 +85,7 @@ class TimeInterval:
             object.__setattr__(self, name, float(value))
         if not 0.0 <= self.lo < self.hi <= 1.0:
             raise ScheduleError(f"time interval needs 0 <= lo < hi <= 1, got lo={self.lo!r}, hi={self.hi!r}")
-        if isinstance(self.model, bool) or not isinstance(self.model, int) or not 0 <= self.model < MAX_MODELS:
-            raise ScheduleError(f"time interval model must be an int in [0, {MAX_MODELS}), got {self.model!r}")
+        integer("time interval model", self.model, minimum=0, maximum=MAX_MODELS - 1, error=ScheduleError)
 
     def holds(self, t: float) -> bool:
         return self.lo < t <= self.hi
@@ -111,8 +111,7 @@ class TimeSchedule:
                 raise ScheduleError(
                     f"time intervals ({lower.lo:g}, {lower.hi:g}] and ({upper.lo:g}, {upper.hi:g}] overlap")
         object.__setattr__(self, "intervals", ordered)
-        if isinstance(self.default, bool) or not isinstance(self.default, int) or not 0 <= self.default < MAX_MODELS:
-            raise ScheduleError(f"default model must be an int in [0, {MAX_MODELS}), got {self.default!r}")
+        integer("default model", self.default, minimum=0, maximum=MAX_MODELS - 1, error=ScheduleError)
 
     # -- use -------------------------------------------------------------------------------------
 

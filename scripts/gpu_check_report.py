@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+from mdlm_fast.atomic import write_json, write_text
 
 
 def device(out: Path) -> None:
@@ -24,7 +19,7 @@ def device(out: Path) -> None:
     import mdlm_fast
 
     props = torch.cuda.get_device_properties(0)
-    _write_json(out / "device.json", {
+    write_json(out / "device.json", {
         "name": props.name, "capability": f"{props.major}.{props.minor}",
         "memory_gib": round(props.total_memory / 2**30, 1), "torch": torch.__version__, "cuda": torch.version.cuda,
         "build_info": mdlm_fast.build_info()})
@@ -47,7 +42,7 @@ def copy(out: Path, mib: int = 1024, repeats: int = 20) -> None:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     gbps = [2 * src.numel() / t / 1e9 for t in times]
-    _write_json(out / "copy_bandwidth.json", {"bytes": src.numel(), "median_gb_per_s": statistics.median(gbps),
+    write_json(out / "copy_bandwidth.json", {"bytes": src.numel(), "median_gb_per_s": statistics.median(gbps),
                                               "min_gb_per_s": min(gbps), "max_gb_per_s": max(gbps)})
 
 
@@ -81,9 +76,7 @@ def summary(out: Path) -> str:
         present = (out / f"{name}.json").exists()
         lines.append(f"{name}: {'results in ' + name + '.json / .csv' if present else 'missing (see its log)'}")
     text = "\n".join(lines) + "\n"
-    tmp = out / "summary.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "summary.md")
+    write_text(out / "summary.md", text)
     return text
 
 

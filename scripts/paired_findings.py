@@ -4,7 +4,7 @@ Every schedule -- all-light, the eight placements at 25% light, the sandwich lig
 and the calibrated schedules against same-budget alternatives -- is sampled round by round with
 the same seeds as the all-heavy baseline, until every gen-PPL ratio to all-heavy has a paired
 relative standard error of at most --target-se, or --max-samples are reached
-(mdlm_fast.adaptive). Resumable: rerun the same command to continue (--time-budget stops it
+(mdlm_fast.analysis.adaptive). Resumable: rerun the same command to continue (--time-budget stops it
 cleanly). Writes <out>/paired.jsonl (the log) and <out>/paired.json (merged rows with their paired
 columns, and the stopping status).
 
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast import eval as ev
-from mdlm_fast.adaptive import evaluate_until
+from mdlm_fast.analysis import metrics as ev
+from mdlm_fast.analysis.adaptive import evaluate_until
 from mdlm_fast.atomic import write_text
-from mdlm_fast.data import held_out_fraction, load_corpus
-from mdlm_fast.paired import compare_rows
+from mdlm_fast.text.data import held_out_fraction, load_corpus
+from mdlm_fast.analysis.paired import compare_rows
 from mdlm_fast.schedule import PLACEMENTS, ModelSchedule
-from mdlm_fast.search import ResultsLog
+from mdlm_fast.analysis.search import ResultsLog
 
 #: Calibrated picks at 4 of 10 segments light (docs/findings.md sections 4 and 1b) and the
 #: hand-made schedules of the same budget they are judged against.

@@ -31,7 +31,7 @@ $BIN/mdlm-fast calibrate --importance "$OUT/importance.json" --search "$OUT" --t
 #     --export runs/heavy_seed1/export --export-dtype bf16 --export-no-tokenizer
 SEED1=${HEAVY_SEED1:-runs/heavy_seed1/export}
 if [ -d "$SEED1" ]; then
-  $BIN/mdlm-fast importance --windows 64 --t-points 20 --threads 2 --no-progress --reference "$SEED1" \
+  $BIN/mdlm-fast importance --windows 64 --t-points 20 --threads 2 --no-progress --heavy-twin "$SEED1" \
     --out "$OUT/importance_normalized"
   $BIN/mdlm-fast calibrate --importance "$OUT/importance_normalized/importance.json" --metric kl_normalized \
     --search "$OUT" --threads 2 --no-progress --out "$OUT/importance_normalized"

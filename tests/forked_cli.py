@@ -3,8 +3,8 @@ has imported torch and mdlm_fast once: a fresh interpreter per case would spend 
 
 Each child has its own working directory, stdout and stderr (files, at the descriptor level) and
 exit status, exactly as ``sys.exit(main(argv))`` in ``python -m mdlm_fast.cli`` would give. With
-``refuse_sampling`` set, ``mdlm_fast.sample`` ends the child with status 99: proof that the
-case was refused before any sampling began.
+``refuse_sampling`` set, ``mdlm_fast.sample`` (and the ``sampling.api.sample`` it is) ends the
+child with status 99: proof that the case was refused before any sampling began.
 
 Usage: ``python forked_cli.py < cases.json > results.json``; cases are
 ``{"name", "argv", "cwd", "refuse_sampling"}``, results ``{name: {"status", "stdout", "stderr"}}``.
@@ -18,7 +18,8 @@ SAMPLING_STARTED = 99
 
 def _child(case: dict) -> None:
     import mdlm_fast
-    from mdlm_fast.cli import main
+    from mdlm_fast.cli.app import main
+    from mdlm_fast.sampling import api
 
     os.chdir(case["cwd"])
     out = os.open(os.path.join(case["logs"], "stdout"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -31,7 +32,7 @@ def _child(case: dict) -> None:
             sys.stderr.flush()
             os._exit(SAMPLING_STARTED)
 
-        mdlm_fast.sample = refuse
+        mdlm_fast.sample = api.sample = refuse
     argv = [bytes.fromhex(a["hex"]).decode("utf-8", "surrogateescape") if isinstance(a, dict) else a
             for a in case["argv"]]  # bytes as the OS hands them to Python: surrogate-escaped
     try:
@@ -44,7 +45,7 @@ def _child(case: dict) -> None:
 
 
 def main() -> None:
-    from mdlm_fast.cli import build_parser
+    from mdlm_fast.cli.app import build_parser
 
     build_parser()  # import every subcommand's module before forking
     cases = json.load(sys.stdin)

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from mdlm_fast.adaptive import evaluate_until, merge_rounds
-from mdlm_fast.search import ResultsLog
+from mdlm_fast.analysis.adaptive import evaluate_until, merge_rounds
+from mdlm_fast.analysis.search import ResultsLog
 
 ITEMS = [{"key": "heavy", "schedule": "H8"}, {"key": "q2", "schedule": "H2-L2-H4"},
          {"key": "light", "schedule": "L8"}]

@@ -1,5 +1,9 @@
 """Evaluation and analysis on constructed inputs with known answers: gen-PPL, importance (eq. 6/7),
-segment scores (eq. 8), resumable search, calibration."""
+segment scores (eq. 8), resumable search, calibration.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
+"""
 import json
 import math
 import random
@@ -9,13 +13,13 @@ import pytest
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast import calibrate as cal
-from mdlm_fast import eval as ev
-from mdlm_fast import search
-from mdlm_fast.distributed import DistContext, from_env
-from mdlm_fast.importance import (ImportancePoint, ImportanceProfile, corrupt, default_t_grid,
+from mdlm_fast.analysis import calibrate as cal
+from mdlm_fast.analysis import metrics as ev
+from mdlm_fast.analysis import search
+from mdlm_fast.analysis.distributed import DistContext, from_env
+from mdlm_fast.analysis.importance import (ImportancePoint, ImportanceProfile, corrupt, default_t_grid,
                                   step_importance)
-from mdlm_fast.judge import nll
+from mdlm_fast.analysis.judge import nll
 from mdlm_fast.model import subs_log_probs
 from mdlm_fast.noise import LogLinearNoise
 from text_helpers import FixedJudge, IdTokenizer
@@ -105,7 +109,7 @@ def _windows(n=5, length=8, vocab=6, seed=0):
 
 def test_importance_of_a_model_against_itself_is_zero():
     heavy = tiny_dit(2, 0)
-    profile = step_importance(heavy, heavy, _windows(), [0.3, 0.9], reference=heavy)
+    profile = step_importance(heavy, heavy, _windows(), [0.3, 0.9], heavy_twin=heavy)
     for p in profile.points:
         assert p.kl == pytest.approx(0, abs=1e-6) and p.ce_abs_diff == pytest.approx(0, abs=1e-6)
         assert p.ce_heavy == pytest.approx(p.ce_light) and p.masked_tokens > 0
@@ -115,9 +119,9 @@ def test_importance_of_a_model_against_itself_is_zero():
 def test_importance_matches_a_direct_computation():
     heavy, light, other = tiny_dit(2, 0), tiny_dit(1, 1), tiny_dit(2, 2)
     windows, t, seed = _windows(), 0.6, 4
-    profile = step_importance(heavy, light, windows, [0.2, t], reference=other, seed=seed, batch_size=2)
+    profile = step_importance(heavy, light, windows, [0.2, t], heavy_twin=other, seed=seed, batch_size=2)
     # the same corruption, recomputed: grid point k draws from derive_seed(seed, "importance", k)
-    from mdlm_fast.data import derive_seed
+    from mdlm_fast.text.data import derive_seed
     xt, masked = corrupt(windows, t, 5, torch.Generator().manual_seed(derive_seed(seed, "importance", 1)))
     sigma = torch.full((windows.shape[0],), LogLinearNoise().sigma(t))
     with torch.no_grad():
@@ -137,14 +141,14 @@ def test_importance_matches_a_direct_computation():
     assert point.ce_diff == pytest.approx(float((ce["l"] - ce["h"]).mean()), rel=1e-4, abs=1e-6)
     assert point.kl_normalized == pytest.approx(point.kl / point.kl_ref)
     # the corruption at t does not depend on the batch size or the rest of the grid
-    alone = step_importance(heavy, light, windows, [0.9, t], reference=other, seed=seed, batch_size=5)
+    alone = step_importance(heavy, light, windows, [0.9, t], heavy_twin=other, seed=seed, batch_size=5)
     assert alone.points[1].kl == pytest.approx(point.kl, rel=1e-6)
 
 
 def test_importance_profile_round_trips_and_refuses_missing_normalizer():
     profile = step_importance(tiny_dit(2, 0), tiny_dit(1, 1), _windows(), default_t_grid(3))
     assert profile.ts == pytest.approx([1 / 6, 0.5, 5 / 6]) and not profile.normalized
-    with pytest.raises(ValueError, match="reference"):
+    with pytest.raises(ValueError, match="heavy twin"):
         profile.values("kl_normalized")
     back = ImportanceProfile.from_dict(json.loads(json.dumps(profile.as_dict())))
     assert back.values("kl") == profile.values("kl")

@@ -1,5 +1,9 @@
 """The analysis subcommands end to end on tiny checkpoints (embedded tokenizer and judge): outputs,
-resuming, torchrun data parallelism (gloo, 2 processes) and one-line errors."""
+resuming, torchrun data parallelism (gloo, 2 processes) and one-line errors.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
+"""
 import json
 import os
 import subprocess
@@ -9,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mdlm_fast as mf
-from mdlm_fast.cli import main
+from mdlm_fast.cli.app import main
 
 VOCAB = 8193  # the embedded tokenizer's ids + [MASK]: the tiny models share its vocabulary
 TINY = ["--steps", "10", "--length", "16", "--samples", "2", "--batch-size", "2", "--no-progress", "--threads", "1"]
@@ -77,7 +81,7 @@ def test_evaluate_adds_its_baseline_and_reads_time_specs(models, tmp_path, capsy
 
 
 def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
-    code, out, _ = _run(["importance", *_pair(models), "--reference", models["heavy2"], "--data", models["data"],
+    code, out, _ = _run(["importance", *_pair(models), "--heavy-twin", models["heavy2"], "--data", models["data"],
                          "--windows", "3", "--window-length", "16", "--t-points", "4", "--no-progress",
                          "--out", str(tmp_path), "--json"], capsys)
     assert code == 0
@@ -232,7 +236,7 @@ def test_importance_defaults_to_the_shipped_held_out_text(models, tmp_path, caps
     assert code == 0
     record = json.loads(out)["record"]
     assert record["data"] == "embedded:heldout"
-    from mdlm_fast.data import file_sha256, resolve_text
+    from mdlm_fast.text.data import file_sha256, resolve_text
     assert record["data_sha256"] == file_sha256(resolve_text("embedded:heldout"))
 
 
@@ -251,7 +255,7 @@ def test_analysis_json_is_strict(models, tmp_path, capsys):
 
 
 def test_without_matplotlib_results_are_written_and_plots_skipped_with_a_note(models, tmp_path, capsys, monkeypatch):
-    from mdlm_fast import cli_analysis
+    from mdlm_fast.cli import analysis as cli_analysis
 
     monkeypatch.setattr(cli_analysis, "_can_plot", lambda: False)
     code, _, err = _run(["importance", *_pair(models), "--windows", "2", "--window-length", "16", "--t-points", "2",

@@ -1,13 +1,12 @@
 """Checkpoint loading and saving: HF-style directories, Lightning .ckpt (+EMA), errors, atomicity.
 
-Checkpoints are written by hand under the published key names (DESIGN.md section 5), never by
+Checkpoints are written by hand under the published key names (design §10), never by
 mdlm_fast itself (except for the save/load round trip), and loaded models are compared with the
 independent float64 reference from test_model.py.
 """
 from __future__ import annotations
 
 import fractions
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,22 +15,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from model_reference import load_test_model
+
 from mdlm_fast import checkpoint
 from mdlm_fast.checkpoint import CheckpointError, load_denoiser, save_denoiser
 from mdlm_fast.model import DiT, DiTConfig
 
 
-def _load_reference():
-    # test_model.py holds the independent reference; load it by path so this works whatever
-    # pytest's import mode is.
-    spec = importlib.util.spec_from_file_location(
-        "_mdlm_test_model_reference", Path(__file__).with_name("test_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_test_model("_mdlm_test_model_reference")
 TINY = ref.TINY
 
 # mdlm-owt's config.json, shrunk: the extra keys must be ignored.

@@ -1,7 +1,6 @@
 """``--trust-checkpoint`` and ``--mask-index`` on ``generate`` and the analysis commands (subprocesses)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,17 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_reference import load_test_model
 
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "_mdlm_test_model_reference_cli", Path(__file__).with_name("test_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_test_model("_mdlm_test_model_reference_cli")
 TINY = ref.TINY
 
 

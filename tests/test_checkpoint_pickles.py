@@ -9,7 +9,6 @@ the config, ``_mask_token``, ``_added_tokens_*`` and the vocabulary for the toke
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -20,6 +19,8 @@ import pytest
 import torch
 from stats_helpers import chi_square_p_value
 
+from model_reference import load_test_model
+
 import mdlm_fast as mf
 from mdlm_fast import inert_pickle
 from mdlm_fast.checkpoint import CheckpointError, load_denoiser, save_denoiser
@@ -27,15 +28,7 @@ from mdlm_fast.model import subs_log_probs
 from mdlm_fast.noise import LogLinearNoise, sampling_dt, sampling_timesteps
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "_mdlm_test_model_reference_pickles", Path(__file__).with_name("test_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_test_model("_mdlm_test_model_reference_pickles")
 # text8: 27 characters after 8 special tokens ([CLS] [SEP] [BOS] [EOS] [MASK] [PAD] [RESERVED] [UNK]).
 TEXT8 = {**ref.TINY, "vocab_size": 35}
 TEXT8_MASK = 4
@@ -411,7 +404,7 @@ def _exact_one_position(model, steps: int) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("sampler", ["reference", "fast"])
+@pytest.mark.parametrize("sampler", ["mdlm", "fast"])
 def test_text8_checkpoint_through_the_samplers(tmp_path, text8_state, sampler):
     model = load_denoiser(mdlm_ckpt(tmp_path / "a.ckpt", text8_state, Text8Tokenizer()))
     steps, draws = 3, 6000

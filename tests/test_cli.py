@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdlm_fast.cli import main
+from mdlm_fast.cli.app import main
 
 SMALL = ["--steps", "12", "--length", "24", "--batch-size", "2"]
 
@@ -41,7 +41,7 @@ def test_generate_prints_a_readable_report(tmp_path, capsys):
 
 
 def test_tokenizer_vocabulary_mismatch_is_refused(tmp_path):
-    from mdlm_fast.tokenizer import train_bpe_tokenizer
+    from mdlm_fast.training.bpe import train_bpe_tokenizer
     from pathlib import Path
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be that is the question " * 50)
@@ -243,7 +243,7 @@ def test_json_is_strict_json_from_any_folder(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def test_every_option_has_help_with_its_default():
-    from mdlm_fast.cli import build_parser
+    from mdlm_fast.cli.app import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

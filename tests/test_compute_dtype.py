@@ -118,7 +118,7 @@ def test_bf16_run_uses_fp32_layer_norms_and_stays_close_to_fp32():
 def test_generate_prints_and_records_the_dtype_choice(capsys):
     import json
 
-    from mdlm_fast.cli import main
+    from mdlm_fast.cli.app import main
 
     small = ["--steps", "8", "--length", "16", "--batch-size", "1", "--judge", "none"]
     assert main(["generate", *small, "--dtype", "float32"]) == 0
@@ -130,7 +130,7 @@ def test_generate_prints_and_records_the_dtype_choice(capsys):
 
 
 def test_generate_refuses_an_unknown_dtype(capsys):
-    from mdlm_fast.cli import main
+    from mdlm_fast.cli.app import main
 
     assert main(["generate", "--dtype", "fp16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

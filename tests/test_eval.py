@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from mdlm_fast import eval as ev
+from mdlm_fast.analysis import metrics as ev
 from text_helpers import FixedJudge, IdTokenizer
 
 

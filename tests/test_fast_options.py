@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast.fast_sampler import FastOptions
+from mdlm_fast.sampling.fast import FastOptions
 
 KW = dict(steps=48, batch_size=3, length=24, schedule="sandwich:0.5", sampler="fast", seed=5)
 

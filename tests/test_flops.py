@@ -1,4 +1,8 @@
-"""Analytic FLOPs: formulas against hand-computed numbers, schedule totals, the executed accumulator."""
+"""Analytic FLOPs: formulas against hand-computed numbers, schedule totals, the executed accumulator.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
+"""
 import pytest
 import torch
 

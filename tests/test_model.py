@@ -39,7 +39,7 @@ def random_model(seed: int = 0, std: float = 0.2, **overrides) -> DiT:
 
 def published_shapes(hidden_dim, n_blocks, cond_dim, vocab_size, **_) -> dict[str, tuple]:
     """Backbone parameter names (no ``backbone.`` prefix) and shapes, in MDLM's parameters() order
-    (DESIGN.md section 5); the buffer ``rotary_emb.inv_freq`` is not a parameter."""
+    (design §10); the buffer ``rotary_emb.inv_freq`` is not a parameter."""
     d, c, v = hidden_dim, cond_dim, vocab_size
     shapes = {"vocab_embed.embedding": (v, d),
               "sigma_map.mlp.0.weight": (c, 256), "sigma_map.mlp.0.bias": (c,),
@@ -187,7 +187,7 @@ def test_config_from_dict_names_missing_fields(drop):
 @pytest.mark.parametrize("overrides,match", [
     (dict(hidden_dim=30), "divisible by n_heads"),
     (dict(hidden_dim=36, n_heads=12), "even"),
-    (dict(n_blocks=0), "n_blocks must be positive"),
+    (dict(n_blocks=0), "n_blocks must be a positive integer"),
     (dict(vocab_size=2.5), "vocab_size must be an int"),
     (dict(mask_index=37), "mask_index"),
     (dict(mask_index=-1), "mask_index"),

@@ -72,7 +72,7 @@ def _outcome_counts(tokens, vocab, mask):
     return outcomes, counts
 
 
-@pytest.mark.parametrize("sampler", ["reference", "fast"])
+@pytest.mark.parametrize("sampler", ["mdlm", "fast"])
 @pytest.mark.parametrize("time_conditioning", [False, True])
 def test_output_distribution_is_exact(sampler, time_conditioning):
     heavy = tiny_dit(2, 0, time_conditioning=time_conditioning)
@@ -90,7 +90,7 @@ def test_output_distribution_is_exact(sampler, time_conditioning):
 def test_fp32_mdlm_precision_runs_and_matches_coarsely():
     heavy = tiny_dit(2, 0)
     exact = exact_distribution([heavy], mf.ModelSchedule.all_heavy(3), 3, 2)
-    result = mf.sample(heavy, steps=3, batch_size=3000, seed=1, precision="fp32-mdlm")
+    result = mf.sample(heavy, steps=3, batch_size=3000, seed=1, sampler="mdlm", precision="fp32-mdlm")
     outcomes, counts = _outcome_counts(result.tokens, 4, 3)
     probs = torch.tensor([exact.get(o, 0.0) for o in outcomes], dtype=torch.float64)
     # the truncated float32 Gumbel tail only matters for tokens far below 1e-7; not visible here
@@ -109,14 +109,15 @@ def test_one_reference_step_matches_the_transition_probabilities():
     stay = noise.move_chance(s) / noise.move_chance(t)
     with torch.no_grad():
         p = subs_log_probs(model(x[:1], torch.full((1,), noise.sigma(t))), x[:1], 5).double().exp()[0]
-    from mdlm_fast import reference_sampler
-    from mdlm_fast.sampler import SamplingRun
     from mdlm_fast.denoiser import as_denoisers
+    from mdlm_fast.sampling import mdlm as mdlm_sampler
+    from mdlm_fast.sampling.keys import position_grid
+    from mdlm_fast.sampling.run import SamplingRun
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(steps), x, 11, "fp64", "greedy", False)
-    keys = reference_sampler._position_keys(draws, 3, x.device)
+    keys = position_grid(draws, 3, x.device)
     with torch.no_grad():
         p_x0 = subs_log_probs(model(x, torch.full((draws,), noise.sigma(t))), x, 5).exp()
-    proposal = reference_sampler._gumbel_max_step(run, p_x0, noise.move_chance(t), noise.move_chance(s), keys)
+    proposal = mdlm_sampler._gumbel_max_step(run, p_x0, noise.move_chance(t), noise.move_chance(s), keys)
     for pos in range(3):
         probs = p[pos] * (1 - stay)
         probs[5] = stay
@@ -124,7 +125,7 @@ def test_one_reference_step_matches_the_transition_probabilities():
         assert chi_square_p_value(counts, probs) > 1e-4
 
 
-@pytest.mark.parametrize("sampler", ["reference", "fast"])
+@pytest.mark.parametrize("sampler", ["mdlm", "fast"])
 def test_same_seed_same_tokens_and_prefix_kept(sampler):
     heavy, light = tiny_dit(2, 0, vocab=50, length=24), tiny_dit(1, 1, vocab=50, length=24)
     prefix = torch.tensor([4, 8, 15, 16, 23])
@@ -141,7 +142,7 @@ def test_same_seed_same_tokens_and_prefix_kept(sampler):
 def test_per_row_prefixes():
     model = tiny_dit(1, 0, vocab=30, length=10)
     prefix = torch.tensor([[1, 2], [3, 4], [5, 6]])
-    for sampler in ("reference", "fast"):
+    for sampler in ("mdlm", "fast"):
         out = mf.sample(model, steps=10, batch_size=3, sampler=sampler, prefix=prefix).tokens
         assert torch.equal(out[:, :2], prefix)
 
@@ -196,7 +197,7 @@ def test_fused_and_unfused_heads_draw_identical_tokens():
 
 def test_fast_sampler_skips_work_and_counts_it():
     heavy, light = tiny_dit(2, 0, vocab=50, length=32), tiny_dit(1, 1, vocab=50, length=32)
-    ref = mf.sample([heavy, light], steps=32, batch_size=4, schedule="sandwich:0.25", sampler="reference")
+    ref = mf.sample([heavy, light], steps=32, batch_size=4, schedule="sandwich:0.25", sampler="mdlm")
     fast = mf.sample([heavy, light], steps=32, batch_size=4, schedule="sandwich:0.25", sampler="fast")
     assert fast.stats.predicted_saving == pytest.approx(0.25 * 0.5)
     assert sum(fast.stats.forwards) <= 33
@@ -238,10 +239,10 @@ def test_last_block_at_revealed_positions_changes_the_work_not_the_tokens():
 
 def _noise_removal_tokens(model, x, how):
     """Run the fast sampler's noise removal on every masked position of x."""
-    from mdlm_fast import fast_sampler
+    from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.denoiser import as_denoisers
-    from mdlm_fast.reference import PURPOSE_NOISE_REMOVAL
-    from mdlm_fast.sampler import SamplingRun
+    from mdlm_fast.ops import PURPOSE_NOISE_REMOVAL
+    from mdlm_fast.sampling.run import SamplingRun
     steps = 4
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(steps), x, 5, "fp64", how, False)
     reveal = torch.where(x == model.config.mask_index, steps, -1)
@@ -289,7 +290,7 @@ def test_noise_removal_greedy_is_argmax_and_ancestral_follows_p_x0():
 ])
 def test_bad_arguments(kwargs, match):
     models = [tiny_dit(1, 0, vocab=30, length=8), tiny_dit(1, 1, vocab=30, length=8)]
-    args = dict(steps=4, batch_size=2)
+    args = dict(steps=4, batch_size=2, sampler="mdlm")
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         mf.sample(models, **args)
@@ -298,16 +299,16 @@ def test_bad_arguments(kwargs, match):
 def test_models_must_agree_on_vocabulary_and_mask():
     a = tiny_dit(1, 0, vocab=30)
     with pytest.raises(ValueError, match="vocab_size"):
-        mf.sample([a, tiny_dit(1, 1, vocab=31)], steps=2, batch_size=1)
+        mf.sample([a, tiny_dit(1, 1, vocab=31)], steps=2, batch_size=1, sampler="mdlm")
     other = mf.DiT(mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=1, cond_dim=8, vocab_size=30, mask_index=0))
     with pytest.raises(ValueError, match="mask_index"):
-        mf.sample([a, other], steps=2, batch_size=1)
+        mf.sample([a, other], steps=2, batch_size=1, sampler="mdlm")
 
 
 def test_confidence_decoding_keeps_the_most_confident_positions():
     """Temperature 0 confidence decoding: each step unmasks exactly the scheduled number of
     positions, and they are the ones where the model's top token is most probable."""
-    from mdlm_fast import confidence_sampler
+    from mdlm_fast.sampling import confidence as confidence_sampler
     model = tiny_dit(2, 0, vocab=30, length=12)
     result = mf.sample(model, steps=4, batch_size=3, sampler="confidence", temperature=0.0, prefix=[1, 2], seed=0)
     assert (result.tokens[:, :2] == torch.tensor([1, 2])).all() and not (result.tokens == 29).any()
@@ -333,3 +334,16 @@ def test_confidence_decoding_fused_and_unfused_agree(kind):
     a = mf.sample(fused, steps=6, batch_size=2, length=12, sampler="confidence", seed=4)
     b = mf.sample(other, steps=6, batch_size=2, length=12, sampler="confidence", seed=4)
     assert torch.equal(a.tokens, b.tokens) and not (a.tokens == 39).any()
+
+
+def test_reference_is_an_alias_of_the_mdlm_sampler_and_fast_the_default():
+    model = tiny_dit(1, 0, vocab=30, length=8)
+    kw = dict(steps=6, batch_size=3, seed=5)
+    mdlm = mf.sample(model, sampler="mdlm", **kw)
+    alias = mf.sample(model, sampler="reference", **kw)
+    assert torch.equal(alias.tokens, mdlm.tokens) and alias.stats.sampler == "mdlm"
+    default = mf.sample(model, **kw)
+    assert torch.equal(default.tokens, mf.sample(model, sampler="fast", **kw).tokens)
+    assert default.stats.sampler == "fast"
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        mf.sample(model, sampler="ddpm", **kw)

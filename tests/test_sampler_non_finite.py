@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast.sampler import NonFiniteForwardError
+from mdlm_fast.sampling.run import NonFiniteForwardError
 
-SAMPLERS = ["reference", "fast", "confidence"]
+SAMPLERS = ["mdlm", "fast", "confidence"]
 
 
 def tiny_dit(seed, vocab=20, length=8, n_blocks=1):
@@ -67,12 +67,12 @@ def test_the_noise_removal_forward_is_checked():
     model = mf.Denoiser(SwitchesAtSmallT(), vocab_size=12, mask_index=11, time_conditioning=True)
     match = "model 0 at the noise-removal forward after step 5"
     with pytest.raises(NonFiniteForwardError, match=match):
-        mf.sample(model, steps=5, batch_size=64, length=6, sampler="reference", seed=0)
+        mf.sample(model, steps=5, batch_size=64, length=6, sampler="mdlm", seed=0)
     # the fast sampler rarely has anything left for noise removal: run its removal plan directly
-    from mdlm_fast import fast_sampler
+    from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.denoiser import as_denoisers
-    from mdlm_fast.reference import PURPOSE_NOISE_REMOVAL
-    from mdlm_fast.sampler import SamplingRun
+    from mdlm_fast.ops import PURPOSE_NOISE_REMOVAL
+    from mdlm_fast.sampling.run import SamplingRun
     x = torch.full((2, 6), 11)
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(5), x, 0, "fp64", "greedy", False)
     plans, removal = fast_sampler.build_plan(torch.full((2, 6), 5), 5, x.device)
@@ -96,7 +96,7 @@ def test_checks_add_no_host_sync_to_the_fast_loop():
     model = tiny_dit(0, length=16)
     result = mf.sample(model, steps=16, batch_size=4, sampler="fast", seed=0)
     assert result.stats.host_syncs == 1
-    reference = mf.sample(model, steps=16, batch_size=4, sampler="reference", seed=0)
+    reference = mf.sample(model, steps=16, batch_size=4, sampler="mdlm", seed=0)
     assert reference.stats.host_syncs == 16  # one per step, as before: the flag rides on the cache check
 
 
@@ -112,7 +112,7 @@ def test_progress_counts_trajectory_steps(sampler, monkeypatch):
             bars.append((self.desc, self.n, self.total))
             super().close()
 
-    module = importlib.import_module(f"mdlm_fast.{sampler}_sampler")
+    module = importlib.import_module(f"mdlm_fast.sampling.{sampler}")
     monkeypatch.setattr(module, "tqdm", RecordingBar)
     model = tiny_dit(0, length=4)
     steps = 40  # far more steps than positions: the fast sampler runs at most 4 forwards + removal

@@ -311,7 +311,7 @@ def test_parse_examples(spec, steps, expected):
         ("L3-H4", 8, ["7", "steps=8"]),
         ("sandwich:0.25", None, ["needs the number of steps"]),
         ("heavy", None, ["needs the number of steps"]),
-        ("heavy", 0, ["steps must be positive", "0"]),
+        ("heavy", 0, ["steps must be a positive integer", "0"]),
         ("heavy", -4, ["-4"]),
         ("L99999999999999", None, ["too large"]),
         ("M999x1", None, ["999"]),

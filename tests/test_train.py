@@ -14,17 +14,19 @@ import torch
 import torch.nn.functional as F
 
 from mdlm_fast.checkpoint import CheckpointError, load_denoiser
-from mdlm_fast.cli_validate import CliError
-from mdlm_fast.data import (derive_seed, load_corpus, read_text, split_documents,
+from mdlm_fast.cli.validate import CliError
+from mdlm_fast.text.data import (derive_seed, load_corpus, read_text, split_documents,
                             split_train_val)
-from mdlm_fast.judge import CausalLM, CausalLMConfig, load_judge, nll, save_judge
+from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig, load_judge, nll, save_judge
 from mdlm_fast.model import DiT, DiTConfig, subs_log_probs
 from mdlm_fast.noise import LogLinearNoise
-from mdlm_fast.tokenizer import (TokenizerError, check_compatible, load_tokenizer,
-                                 train_bpe_tokenizer)
-from mdlm_fast.train import (TrainConfig, TrainError, add_tokenizer_arguments,
-                             add_train_arguments, export, mdlm_loss, run_train,
-                             run_train_tokenizer, sample_noise, train)
+from mdlm_fast.cli.train import add_tokenizer_arguments, add_train_arguments, run_train, run_train_tokenizer
+from mdlm_fast.text.tokenizer import TokenizerError, check_compatible, load_tokenizer
+from mdlm_fast.training.bpe import train_bpe_tokenizer
+from mdlm_fast.training.config import TrainConfig, TrainError
+from mdlm_fast.training.export import export
+from mdlm_fast.training.loop import train
+from mdlm_fast.training.objectives import mdlm_loss, sample_noise
 
 SAMPLE = "embedded:sample"  # shipped: 100k characters of the corpus around a play boundary
 TIMING_FIELDS = ("tokens_per_s", "wall_time_s")
@@ -180,7 +182,7 @@ def test_shipped_held_out_text_is_the_split_the_models_were_validated_on():
     """The held-out text reproduces the embedded models' validation set: its token count gives the
     cards' window count, and its checksum is the one the data README records."""
     import hashlib
-    from mdlm_fast.data import EMBEDDED_TEXTS, held_out_fraction
+    from mdlm_fast.text.data import EMBEDDED_TEXTS, held_out_fraction
 
     heldout = EMBEDDED_TEXTS["embedded:heldout"]
     readme = (heldout.parent / "README.md").read_text()

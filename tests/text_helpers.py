@@ -1,7 +1,7 @@
 """Text-side stand-ins with known answers: a judge with fixed probabilities, an id tokenizer."""
 import torch
 
-from mdlm_fast.judge import CausalLM, CausalLMConfig
+from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig
 
 
 class FixedJudge(CausalLM):

@@ -31,6 +31,12 @@ bool has_avx512_bf16() {
 const bool kHasAvx512 = has_avx512();
 const bool kHasAvx512Bf16 = has_avx512_bf16();
 
+// The three row kernels below (rows_f32, rows_bf16_widened, rows_bf16_dot) are deliberate twins:
+// the same accumulate-then-reduce skeleton around a different load of W (fp32; bf16 widened to
+// fp32; bf16 pairs for vdpbf16ps). Each must be compiled for its own ISA target, and a shared
+// helper would need that target and forced inlining on every piece to stay one straight-line,
+// fully unrolled loop; three short copies read (and profile) more plainly.
+
 // fp32 W, fp32 hidden: R rows of W against N rows of hidden, 16 columns per step.
 template <int N, int R>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_f32(const float* h, const float* w, int64_t d, int64_t ld_w,

@@ -22,6 +22,7 @@
 namespace mdlm_fast {
 namespace {
 
+// The CPU kernel's twin in signature and checks: both implement the one schema of ops.cpp.
 std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidden, const at::Tensor& weight,
                                                           const c10::optional<at::Tensor>& bias,
                                                           const at::Tensor& keys, int64_t seed, int64_t purpose,

@@ -2,6 +2,9 @@
 
 Each function writes one file atomically (to a temporary name, then renamed) and returns its path.
 matplotlib is imported inside the functions so the package imports without it.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def plot_importance(profile, path: str | os.PathLike) -> Path:
-    """Eq. 6 and eq. 7 against t; with a reference heavy model also the heavy-vs-heavy floor and,
+    """Eq. 6 and eq. 7 against t; with a heavy twin also the heavy-vs-heavy floor and,
     in a third panel, the normalized ratios."""
     plt = _pyplot()
     norm = profile.normalized

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from mdlm_fast.atomic import atomic_file
+from mdlm_fast.embedded import ASSETS
+from mdlm_fast.text.tokenizer import load_tokenizer
 
 __all__ = [
     "DEFAULT_VAL_FRACTION", "EMBEDDED_TEXTS", "resolve_text", "held_out_fraction", "DOC_SEPARATOR", "Corpus", "read_text", "split_train_val",
@@ -52,7 +54,7 @@ DEFAULT_VAL_FRACTION = 0.05
 #: the blank line between title and author is optional, as in The Sonnets' heading).
 DOC_SEPARATOR = r"\n{3,}(?=[^\n]+\n\n?by [^\n]+\n)"
 _CACHE_FORMAT = 1
-_ASSETS = Path(__file__).resolve().parent / "assets" / "data"
+_ASSETS = ASSETS / "data"
 #: Texts shipped with the package: name -> file.
 EMBEDDED_TEXTS = {
     "embedded:heldout": _ASSETS / "shakespeare_heldout.txt",
@@ -173,10 +175,9 @@ def load_corpus(data_path: str | os.PathLike, tokenizer, *,
                 cache_dir: str | os.PathLike | None = None) -> Corpus:
     """Split, tokenize (cached in ``cache_dir`` when given) and return the :class:`Corpus`.
 
-    ``tokenizer`` is a :class:`mdlm_fast.tokenizer.TextTokenizer` (or a spec for
-    :func:`mdlm_fast.tokenizer.load_tokenizer`).
+    ``tokenizer`` is a :class:`mdlm_fast.text.tokenizer.TextTokenizer` (or a spec for
+    :func:`mdlm_fast.text.tokenizer.load_tokenizer`).
     """
-    from mdlm_fast.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer)
     data_path = resolve_text(data_path)

@@ -1,6 +1,6 @@
-"""The fast sampler: reveal-first, exact in distribution with the reference sampler.
+"""The fast sampler: reveal-first, exact in distribution with MDLM's sampler (design §4).
 
-Per masked position, one reference step is equivalent to: reveal with probability (t - s) / t,
+Per masked position, one step of MDLM's sampler is equivalent to: reveal with probability (t - s) / t,
 and if revealed draw the token from p_x0 at that position. Chained over the grid the survival
 probabilities telescope -- a position is still masked after step i with probability ts[i + 1] --
 so ONE uniform u per position fixes its reveal step: the i with ts[i + 1] < u <= ts[i]
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from mdlm_fast import ops, reference
-from mdlm_fast.reference import PURPOSE_NOISE_REMOVAL, PURPOSE_REVEAL, PURPOSE_TOKEN
-from mdlm_fast.sampler import SamplingRun
+from mdlm_fast import ops
+from mdlm_fast.ops import PURPOSE_NOISE_REMOVAL, PURPOSE_REVEAL, PURPOSE_TOKEN
+from mdlm_fast.sampling.draw import sample_from_logits
+from mdlm_fast.sampling.keys import position_grid, step_keys
+from mdlm_fast.sampling.run import SamplingRun
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,7 @@ def reveal_steps(run: SamplingRun) -> torch.Tensor:
     -1 for given tokens."""
     batch, length = run.x.shape
     steps = run.schedule.steps
-    rows = torch.arange(batch, device=run.x.device).repeat_interleave(length)
-    positions = torch.arange(length, device=run.x.device).repeat(batch)
-    keys = torch.stack([torch.zeros_like(rows), rows, positions], dim=1)
+    keys = position_grid(batch, length, run.x.device)
     u = ops.philox_noise(keys, run.seed, PURPOSE_REVEAL, 1, "uniform")[:, 0]
     survival = run.timesteps[1:].flip(0).to(u.device)  # ts[T], ..., ts[1], ascending
     step = steps - torch.searchsorted(survival, u)  # T - #{j >= 1 : ts[j] < u}
@@ -100,7 +100,7 @@ def build_plan(reveal: torch.Tensor, steps: int, device: torch.device) -> tuple[
         width = int(per_row.max())
         take = first[:, None] + torch.minimum(torch.arange(width), per_row[:, None] - 1)
         query_index = local * width + torch.arange(count) - first[local]
-        keys = torch.stack([torch.full_like(rows, step), rows, positions], dim=1)
+        keys = step_keys(step, rows, positions)
         plans.append(StepPlan(step, active.to(device), local.to(device), keys.to(device),
                               positions[take].to(device), query_index.to(device)))
         start += count
@@ -153,13 +153,13 @@ def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int,
         logits = model.logits(x_rows, sigma)[plan.local_rows, positions]
         run.check_forward(plan.step, model_index, logits, logits=True)
         with run.naming_non_finite():
-            tokens, _ = reference.sample_from_logits(logits, plan.keys, run.seed, purpose, temperature, banned, False)
+            tokens, _ = sample_from_logits(logits, plan.keys, run.seed, purpose, temperature, banned, False)
         head_positions = plan.n_rows * x.shape[1]
     x.index_put_((plan.keys[:, 1], positions), tokens)
     run.record_forward(model_index, plan.n_rows, head_positions, last_block_queries)
 
 
-def run(run: SamplingRun) -> torch.Tensor:
+def generate(run: SamplingRun) -> torch.Tensor:
     x = run.x.clone()
     steps = run.schedule.steps
     reveal = reveal_steps(run).cpu()

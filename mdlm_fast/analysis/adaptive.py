@@ -2,12 +2,12 @@
 against a baseline is as precise as asked, or a sample cap is reached.
 
 Sampling proceeds in rounds. Round ``r`` samples ``batch_size`` sequences under every schedule and
-the baseline with the same seed ``seed + r`` (common random numbers, see :mod:`mdlm_fast.paired`).
+the baseline with the same seed ``seed + r`` (common random numbers, see :mod:`mdlm_fast.analysis.paired`).
 After each round, the paired standard error of every schedule's gen-PPL ratio to the baseline is
 computed over all rounds so far; sampling stops once the largest of them is at most
 ``target_se`` (a relative error: 0.01 = 1% of gen-PPL), or when ``max_samples`` are reached.
 
-Every finished (schedule, round) is appended to a :class:`mdlm_fast.search.ResultsLog` with its
+Every finished (schedule, round) is appended to a :class:`mdlm_fast.analysis.search.ResultsLog` with its
 per-sample values, so a killed or time-limited run continues where it stopped when rerun with the
 same settings; the stopping rule sees the same numbers either way, so a resumed run stops at the
 same round as an uninterrupted one.
@@ -18,7 +18,7 @@ import math
 import time
 from typing import Any, Callable, Sequence
 
-from mdlm_fast.paired import compare_rows
+from mdlm_fast.analysis.paired import compare_rows
 
 __all__ = ["merge_rounds", "evaluate_until"]
 
@@ -27,7 +27,7 @@ def merge_rounds(rounds: Sequence[dict]) -> dict:
     """One schedule's row from its per-round rows (same schedule, consecutive seeds): per-sample
     values concatenated, gen-PPL and its SE recomputed over all samples, costs summed. Distinct-n
     pools n-grams over samples, which per-round rows cannot give back, so it is left out."""
-    from mdlm_fast.eval import _ratio_se
+    from mdlm_fast.analysis.metrics import _ratio_se
 
     if not rounds:
         raise ValueError("merge_rounds needs at least one round")
@@ -80,7 +80,7 @@ def evaluate_until(items: Sequence[dict], baseline_key: str,
     the baseline is at most ``target_se`` or ``max_samples`` per schedule are reached.
 
     ``evaluate_round(item, seed, size)`` returns one round's row for an item (for example
-    :func:`mdlm_fast.eval.evaluate_schedule` with ``samples=batch_size=size``). Returns
+    :func:`mdlm_fast.analysis.metrics.evaluate_schedule` with ``samples=batch_size=size``). Returns
     ``(rows by key, status)``: merged rows with the paired columns against the baseline, and
     ``{"rounds", "samples", "worst_ratio_se", "reason"}`` with reason ``"target"``, ``"cap"`` or
     ``"deadline"`` (rerun to continue).

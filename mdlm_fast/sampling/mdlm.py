@@ -1,4 +1,5 @@
-"""The reference sampler: a faithful port of MDLM's ``_ddpm_caching_update`` loop.
+"""The MDLM sampler (``sampler="mdlm"``, alias ``"reference"``): a faithful port of MDLM's
+``_ddpm_caching_update`` loop (design §3).
 
 At step i with t = ts[i], s = t - dt: p_x0 = exp(SUBS(model(x, sigma(t)))) (or the cache),
 q_xs = p_x0 * (mc(t) - mc(s)), q_xs[mask] = mc(s), x' ~ Categorical(q_xs) by Gumbel-max, and
@@ -19,15 +20,9 @@ from tqdm.auto import tqdm
 from mdlm_fast import ops
 from mdlm_fast.model import subs_log_probs
 from mdlm_fast.noise import sampling_dt
-from mdlm_fast.reference import PURPOSE_REFERENCE_GUMBEL
-from mdlm_fast.sampler import SamplingRun
-
-
-def _position_keys(batch: int, length: int, device: torch.device) -> torch.Tensor:
-    """int64 [B * L, 3] of (step = 0, row, position); the step column is set per step."""
-    rows = torch.arange(batch, device=device).repeat_interleave(length)
-    positions = torch.arange(length, device=device).repeat(batch)
-    return torch.stack([torch.zeros_like(rows), rows, positions], dim=1)
+from mdlm_fast.ops import PURPOSE_REFERENCE_GUMBEL
+from mdlm_fast.sampling.keys import position_grid
+from mdlm_fast.sampling.run import SamplingRun
 
 
 def _gumbel_max_step(run: SamplingRun, p_x0: torch.Tensor, mc_t: float, mc_s: float,
@@ -46,14 +41,14 @@ def _gumbel_max_step(run: SamplingRun, p_x0: torch.Tensor, mc_t: float, mc_s: fl
     return (q.log_() + gumbel).argmax(dim=-1)
 
 
-def run(run: SamplingRun) -> torch.Tensor:
+def generate(run: SamplingRun) -> torch.Tensor:
     x = run.x.clone()
     batch, length = x.shape
     ts = run.timesteps.tolist()
     dt = sampling_dt(run.schedule.steps)
-    keys = _position_keys(batch, length, x.device)
+    keys = position_grid(batch, length, x.device)  # the step column is set per step
     p_x0, cached_model = None, None
-    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="reference sampler", unit="step",
+    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="mdlm sampler", unit="step",
                   leave=False):
         t = ts[i]
         s = t - dt

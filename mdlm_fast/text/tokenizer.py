@@ -1,7 +1,7 @@
 """Tokenizers: the embedded byte-level BPE, any ``tokenizer.json``, or a local Hugging Face directory.
 
 The embedded tokenizer (``mdlm_fast/assets/tokenizer.json``) is a byte-level BPE trained with the
-``tokenizers`` library by :func:`train_bpe_tokenizer` (``mdlm-fast tokenizer``). Its id layout:
+``tokenizers`` library by :func:`mdlm_fast.training.bpe.train_bpe_tokenizer` (``mdlm-fast tokenizer``). Its id layout:
 
 * id 0: ``<|endoftext|>`` -- the end-of-text token put between documents (and, for the judge, a
   beginning-of-text context);
@@ -27,16 +27,17 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mdlm_fast import atomic
+from mdlm_fast.embedded import ASSETS
 
 __all__ = [
-    "TextTokenizer", "TokenizerError", "train_bpe_tokenizer", "load_tokenizer", "check_compatible",
+    "TextTokenizer", "TokenizerError", "load_tokenizer", "check_compatible",
     "EOS_TOKEN", "MASK_TOKEN", "EMBEDDED_TOKENIZER",
 ]
 
 EOS_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "[MASK]"
 #: Where the embedded tokenizer lives inside the package.
-EMBEDDED_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
+EMBEDDED_TOKENIZER = ASSETS / "tokenizer.json"
 
 
 class TokenizerError(ValueError):
@@ -223,51 +224,6 @@ def _from_dir(path: Path, name: str) -> TextTokenizer:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TokenizerError(f"cannot load a tokenizer from {path}: {msg}") from None
     return TextTokenizer(tok, name, kind="transformers")
-
-
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
-
-def train_bpe_tokenizer(text_path: str | os.PathLike, vocab_size: int = 8192,
-                        out_path: str | os.PathLike | None = None, *,
-                        val_fraction: float | None = None, min_frequency: int = 2
-                        ) -> TextTokenizer:
-    """Train a byte-level BPE on a UTF-8 text file; ``[MASK]`` is appended as the last id.
-
-    ``vocab_size`` counts the 256 byte symbols, the merges and ``<|endoftext|>`` (id 0); the
-    result has ``vocab_size + 1`` ids with ``[MASK]`` last (fewer merges, and so a smaller
-    vocabulary, if the text runs out of pairs seen ``min_frequency`` times). Only the training
-    part of the text is used: the split of :func:`mdlm_fast.data.split_train_val` with
-    ``val_fraction`` (default: the data module's 5%), so held-out text never shapes the merges.
-    Deterministic: the same file and arguments give the same tokenizer. Written atomically to
-    ``out_path`` if given.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from mdlm_fast.data import DEFAULT_VAL_FRACTION, read_text, split_documents, split_train_val
-
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 258:
-        raise TokenizerError(f"vocab_size must be an int >= 258 (256 bytes, <|endoftext|> and at "
-                             f"least one merge), got {vocab_size!r}")
-    text = read_text(text_path)
-    train_text, _ = split_train_val(text, DEFAULT_VAL_FRACTION if val_fraction is None
-                                    else val_fraction)
-    docs = split_documents(train_text)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-        special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
-    tok.add_special_tokens([MASK_TOKEN])
-    wrapped = TextTokenizer(tok, str(out_path) if out_path is not None else "trained",
-                            kind="tokenizers")
-    assert wrapped.mask_id == wrapped.vocab_size - 1 and wrapped.eos_id == 0, wrapped
-    if out_path is not None:
-        wrapped.save(out_path)
-    return wrapped
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ Two kinds of statistic, each with a standard error and a 95% interval:
 Intervals come from a paired bootstrap over samples (pairs resampled together, percentile
 interval, a fixed generator seed so a rerun prints the same interval), beside the normal
 approximation ``estimate +- 1.96 SE``.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -137,7 +140,7 @@ def _pairing_key(row: dict) -> tuple:
 
 def compare_rows(row: dict, baseline: dict) -> dict:
     """Paired columns of ``row`` against ``baseline`` (two results of
-    :func:`mdlm_fast.eval.evaluate_schedule` with the same seeds): the mean-NLL difference and the
+    :func:`mdlm_fast.analysis.metrics.evaluate_schedule` with the same seeds): the mean-NLL difference and the
     gen-PPL ratio with their SE and 95% intervals, the unigram-entropy difference, and the unpaired
     SE of the gen-PPL difference beside them. Raises when the two were not sampled with the same
     sampler, steps, length and seeds (then they are not paired)."""

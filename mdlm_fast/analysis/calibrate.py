@@ -11,6 +11,9 @@ divergence until the saving is reached. With equal-size segments this greedy cho
 
 The budget is a required predicted saving ``S`` (FLOPs at most ``1 - S`` of all-heavy) or, to
 line up with the exhaustive search, a number of light segments.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mdlm_fast.importance import ImportanceProfile
+from mdlm_fast.analysis.importance import ImportanceProfile
 from mdlm_fast.noise import sampling_timesteps
 from mdlm_fast.schedule import ModelSchedule, segment_bounds
 
@@ -103,7 +106,7 @@ def calibrate(profile: ImportanceProfile, steps: int, *, block_counts: Sequence[
 def compare_with_search(calibrated: dict, search_rows: Sequence[dict], metric: str = "gen_ppl") -> dict:
     """Where the calibrated schedule stands among searched schedules of the same predicted saving:
     the best searched schedule, and the calibrated schedule's rank (1 = best) when it was searched."""
-    from mdlm_fast.search import ranked
+    from mdlm_fast.analysis.search import ranked
 
     same = [r for r in search_rows
             if abs(r.get("predicted_saving", float("nan")) - calibrated["predicted_saving"]) < 1e-9]

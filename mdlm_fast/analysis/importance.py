@@ -1,4 +1,4 @@
-"""Step importance (paper eq. 5-7): where along the trajectory a light model can stand in.
+"""Step importance (eq. 5-7): where along the trajectory a light model can stand in.
 
 For each ``t`` of a grid, the *same* corrupted inputs ``x_t`` (each token of a held-out window masked
 with probability ``mc(t) = (1 - eps) t``, mask drawn from a seed that depends only on
@@ -11,11 +11,14 @@ with probability ``mc(t) = (1 - eps) t``, mask drawn from a seed that depends on
 * eq. 7: ``KL(t) = mean_{M_t} sum_v p_h(v | x_t) (log p_h(v | x_t) - log p_l(v | x_t))``.
 
 Normalization: the same two quantities between the heavy model and a second heavy model trained
-with another seed (``reference``) measure how much two *equally good* models disagree; the
+with another seed (``heavy_twin``) measure how much two *equally good* models disagree; the
 ratios ``KL / KL_ref`` and ``dCE / dCE_ref`` say how far the light model is beyond that noise floor.
-Without a reference the profile is unnormalized and says so (``normalized = False``).
+Without a heavy twin the profile is unnormalized and says so (``normalized = False``).
 
 All means are token-weighted over every masked position of every window at that ``t``.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from mdlm_fast.data import derive_seed
 from mdlm_fast.noise import LogLinearNoise
+from mdlm_fast.text.data import derive_seed
+from mdlm_fast.validate import integer
 
 __all__ = ["ImportancePoint", "ImportanceProfile", "default_t_grid", "corrupt", "masked_log_probs",
            "step_importance"]
@@ -44,8 +48,8 @@ class ImportancePoint:
     ce_abs_diff: float       # eq. 6: mean |CE_light - CE_heavy| per token
     ce_diff: float           # signed mean CE_light - CE_heavy
     kl: float                # eq. 7: mean KL(p_heavy || p_light)
-    ce_abs_diff_ref: float | None = None  # eq. 6 between heavy and the reference heavy
-    kl_ref: float | None = None           # eq. 7 between heavy and the reference heavy
+    ce_abs_diff_ref: float | None = None  # eq. 6 between heavy and its twin (the floor)
+    kl_ref: float | None = None           # eq. 7 between heavy and its twin (the floor)
 
     @property
     def kl_normalized(self) -> float | None:
@@ -79,7 +83,7 @@ class ImportanceProfile:
 
     @property
     def normalized(self) -> bool:
-        """Whether a reference heavy model supplied the noise floor (eq. 6/7 normalization)."""
+        """Whether a heavy twin supplied the noise floor (eq. 6/7 normalization)."""
         return bool(self.points) and all(p.kl_ref is not None for p in self.points)
 
     @property
@@ -91,7 +95,7 @@ class ImportanceProfile:
         if metric not in METRICS and metric not in ImportancePoint.__dataclass_fields__:
             raise ValueError(f"unknown importance metric {metric!r}; expected one of {', '.join(METRICS)}")
         if metric.endswith("_normalized") and not self.normalized:
-            raise ValueError(f"metric {metric!r} needs a profile measured with a reference heavy model")
+            raise ValueError(f"metric {metric!r} needs a profile measured with a heavy twin")
         return [getattr(p, metric) for p in self.points]
 
     def as_dict(self) -> dict:
@@ -112,8 +116,7 @@ class ImportanceProfile:
 
 def default_t_grid(n: int) -> list[float]:
     """``n`` midpoints ``(k + 1/2) / n`` of (0, 1): no point at t = 0, where nothing is masked."""
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"the t-grid needs a positive number of points, got {n!r}")
+    integer("the t-grid's number of points", n, minimum=1)
     return [(k + 0.5) / n for k in range(n)]
 
 
@@ -151,11 +154,11 @@ def _compare(logp_h: torch.Tensor, logp_o: torch.Tensor, target: torch.Tensor) -
 
 @torch.no_grad()
 def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Sequence[float], *,
-                    reference: Any = None, seed: int = 0, batch_size: int = 8,
+                    heavy_twin: Any = None, seed: int = 0, batch_size: int = 8,
                     progress: bool = False, record: dict | None = None) -> ImportanceProfile:
     """Eq. 5-7 (module doc) of ``heavy`` vs ``light`` on held-out ``windows [N, L]`` at each t.
 
-    ``reference``: a second heavy model (another training seed) for the normalizer. Models are
+    ``heavy_twin``: a second heavy model (another training seed) for the normalizer. Models are
     DiTs or anything with ``config.mask_index`` and ``forward(x, sigma) -> logits``.
     """
     if windows.dim() != 2 or windows.dtype != torch.int64 or windows.shape[0] == 0:
@@ -167,7 +170,7 @@ def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Seque
     if not t_grid or not all(0 < t <= 1 for t in t_grid):
         raise ValueError(f"every t of the grid must lie in (0, 1], got {t_grid}")
     mask_index = heavy.config.mask_index
-    for name, model in (("light", light), ("reference", reference)):
+    for name, model in (("light", light), ("heavy_twin", heavy_twin)):
         if model is not None and model.config.mask_index != mask_index:
             raise ValueError(f"the {name} model's mask id {model.config.mask_index} differs from the "
                              f"heavy model's {mask_index}")
@@ -200,9 +203,9 @@ def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Seque
             sums[1] += ce_l
             sums[2] += abs_diff
             sums[3] += kl
-            if reference is not None:
+            if heavy_twin is not None:
                 _, _, abs_ref, kl_ref = _compare(
-                    logp_h, masked_log_probs(reference, xt, masked, sigma, mask_index), target)
+                    logp_h, masked_log_probs(heavy_twin, xt, masked, sigma, mask_index), target)
                 sums[4] += abs_ref
                 sums[5] += kl_ref
             count += int(masked.sum())
@@ -211,8 +214,8 @@ def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Seque
         m = [s / count for s in sums]
         points.append(ImportancePoint(
             t=t, masked_tokens=count, ce_heavy=m[0], ce_light=m[1], ce_abs_diff=m[2], ce_diff=m[1] - m[0],
-            kl=m[3], ce_abs_diff_ref=m[4] if reference is not None else None,
-            kl_ref=m[5] if reference is not None else None))
+            kl=m[3], ce_abs_diff_ref=m[4] if heavy_twin is not None else None,
+            kl_ref=m[5] if heavy_twin is not None else None))
     full_record = {"windows": int(windows.shape[0]), "window_length": int(windows.shape[1]), "seed": seed,
                    "t_grid": t_grid, **(record or {})}
     return ImportanceProfile(points, full_record)

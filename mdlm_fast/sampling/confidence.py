@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mdlm_fast import ops, reference
-from mdlm_fast.reference import PURPOSE_TOKEN
-from mdlm_fast.sampler import SamplingRun
+from mdlm_fast import ops
+from mdlm_fast.ops import PURPOSE_TOKEN
+from mdlm_fast.sampling.draw import sample_from_logits
+from mdlm_fast.sampling.keys import step_keys
+from mdlm_fast.sampling.run import SamplingRun
 
 
 def unmask_counts(masked: int, steps: int) -> list[int]:
@@ -22,7 +24,7 @@ def unmask_counts(masked: int, steps: int) -> list[int]:
     return [(i + 1) * masked // steps - i * masked // steps for i in range(steps)]
 
 
-def run(run: SamplingRun) -> torch.Tensor:
+def generate(run: SamplingRun) -> torch.Tensor:
     x = run.x.clone()
     batch, length = x.shape
     masked = int((run.x[0] == run.mask_index).sum())  # the prior: the same count in every row
@@ -42,7 +44,7 @@ def run(run: SamplingRun) -> torch.Tensor:
         positions = torch.argsort((x != run.mask_index).to(torch.int8), dim=1, stable=True)[:, :remaining]
         flat_rows = rows.repeat_interleave(remaining)
         flat_pos = positions.reshape(-1)
-        keys = torch.stack([torch.full_like(flat_rows, i), flat_rows, flat_pos], dim=1)
+        keys = step_keys(i, flat_rows, flat_pos)
         sigma = run.sigma(ts[i], batch)
         if model.fused:
             hidden = model.hidden(x, sigma)[flat_rows, flat_pos]
@@ -57,8 +59,8 @@ def run(run: SamplingRun) -> torch.Tensor:
             logits = model.logits(x, sigma)[flat_rows, flat_pos]
             run.check_forward(i, model_index, logits, logits=True)
             with run.naming_non_finite():
-                tokens, logprob = reference.sample_from_logits(logits, keys, run.seed, PURPOSE_TOKEN,
-                                                               run.temperature, run.banned, True)
+                tokens, logprob = sample_from_logits(logits, keys, run.seed, PURPOSE_TOKEN, run.temperature,
+                                                     run.banned, True)
             head_positions = batch * length
         best = logprob.view(batch, remaining).topk(k, dim=1).indices
         chosen_pos = positions.gather(1, best)

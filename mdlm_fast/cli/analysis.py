@@ -5,24 +5,26 @@ Each runs on the embedded models by default (``embedded:heavy``, ``embedded:ligh
 a summary (or ``--json``) on stdout. ``evaluate`` and ``search`` run data-parallel under
 ``torchrun`` (gloo): ``evaluate`` shards sampling seeds, ``search`` shards schedules; rank 0
 writes the outputs. ``search`` is resumable: rerun the same command to continue.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from mdlm_fast import cli_validate as check
-from mdlm_fast.atomic import write_text
-from mdlm_fast.cli_validate import CliError
+from mdlm_fast.atomic import write_csv, write_json
+from mdlm_fast.cli import loaders
+from mdlm_fast.cli import validate as check
+from mdlm_fast.cli.validate import CliError
 from mdlm_fast.json_output import dumps
 
 DEFAULT_OUT = "runs/analysis"
@@ -55,9 +57,10 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=check.positive_int, default=None, help=f"samples per schedule (default {DEFAULT_SAMPLES})")
     p.add_argument("--batch-size", type=check.positive_int, default=None,
                    help=f"samples per sampling call (default {DEFAULT_BATCH})")
-    p.add_argument("--sampler", default=None, choices=["fast", "reference"], help="sampler (default fast)")
+    p.add_argument("--sampler", default=None, choices=["fast", "mdlm", "reference"],
+                   help="fast, or mdlm (MDLM's own sampler; 'reference' is its 0.1 name) (default fast)")
     p.add_argument("--precision", default=None, choices=["fp64", "fp32-mdlm"],
-                   help="fp32-mdlm: MDLM's float32 Gumbel noise, reference sampler only (default fp64)")
+                   help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="the denoisers' compute dtype (default auto: bfloat16 where the CPU does it natively)")
     p.add_argument("--judge", default="embedded", help="gen-PPL judge: 'embedded', a judge directory, or a "
@@ -75,8 +78,9 @@ def _add_importance(p: argparse.ArgumentParser) -> None:
     p.add_argument("--t-points", type=check.positive_int, default=10,
                    help="points of the t grid, (k + 1/2) / n (default 10)")
     p.add_argument("--importance-batch", type=check.positive_int, default=8, help="windows per forward (default 8)")
-    p.add_argument("--reference", default=None, help="a second heavy model (another training seed): "
-                   "normalizes eq. 6/7; without it the profile is unnormalized (default: none)")
+    p.add_argument("--heavy-twin", "--reference", dest="heavy_twin", default=None,
+                   help="a second heavy model (another training seed), the noise floor that normalizes "
+                        "eq. 6/7; without it the profile is unnormalized (--reference: its 0.1 name) (default: none)")
 
 
 def register(sub: Any) -> None:
@@ -140,11 +144,6 @@ def register(sub: Any) -> None:
 # Shared setup
 # --------------------------------------------------------------------------------------------
 
-def _positive(name: str, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or value <= 0):
-        raise CliError(f"{name} must be a positive integer, got {value}")
-
-
 def _setup(args) -> None:
     """Checks every subcommand shares, before any model is loaded."""
     check.threads(args.threads)
@@ -158,8 +157,8 @@ def _setup(args) -> None:
         check.tokenizer("--judge-tokenizer", args.judge_tokenizer)
     if getattr(args, "data", None) is not None:
         check.text("--data", args.data)
-    if getattr(args, "reference", None) is not None:
-        check.checkpoint("--reference", args.reference)
+    if getattr(args, "heavy_twin", None) is not None:
+        check.checkpoint("--heavy-twin", args.heavy_twin)
     if not _can_plot():
         print("mdlm-fast: note: matplotlib is not installed, so no PNG plots are drawn "
               "(pip install 'mdlm_fast[plot]'); JSON and CSV are written as usual", file=sys.stderr)
@@ -171,13 +170,6 @@ def _can_plot() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _load_model(path: str, flag: str, args):
-    from mdlm_fast.checkpoint import load_denoiser
-
-    return load_denoiser(check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint,
-                         mask_index=args.mask_index)
-
-
 def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
     """``([heavy, light, ...], names)``; refuses pairs that do not share vocabulary and mask id."""
     heavy_name = args.heavy or "embedded:heavy"
@@ -185,34 +177,24 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
     if len(light_names) > max_lights:
         raise CliError(f"--light was given {len(light_names)} times; only search --study light-size takes several")
     names = [heavy_name, *light_names]
-    models = [_load_model(heavy_name, "--heavy", args)] + [_load_model(n, "--light", args) for n in light_names]
+    models = [loaders.load_model(heavy_name, "--heavy", args)] + [loaders.load_model(n, "--light", args)
+                                                                   for n in light_names]
     if getattr(args, "dtype", None) is not None:  # the sampling commands; importance stays fp32
         from mdlm_fast.compute_dtype import resolve_dtype
 
         models = [m.to(dtype=resolve_dtype(args.dtype, "cpu").dtype) for m in models]
-    base = models[0].config
-    for name, m in zip(names[1:], models[1:]):
-        if (m.config.vocab_size, m.config.mask_index) != (base.vocab_size, base.mask_index):
-            raise CliError(f"--light {name} has vocab_size {m.config.vocab_size} / mask id {m.config.mask_index}, "
-                           f"the heavy model {base.vocab_size} / {base.mask_index}: they must match")
+    loaders.check_scheduled_pair(models, names)
     return models, names
 
 
 def _load_tokenizer(args, model):
-    from mdlm_fast.tokenizer import check_compatible, load_tokenizer
-
-    tokenizer = load_tokenizer(check.tokenizer("--tokenizer", args.tokenizer))
-    check_compatible(tokenizer, model.config.vocab_size, model.config.mask_index)
-    return tokenizer
+    return loaders.load_tokenizer(args.tokenizer, model)
 
 
 def _load_judge(args):
-    from mdlm_fast.eval import load_judge_and_tokenizer
-
     if check.judge("--judge", args.judge) == "none":
         return None, None
-    check.tokenizer("--judge-tokenizer", args.judge_tokenizer)
-    return load_judge_and_tokenizer(args.judge, args.judge_tokenizer)
+    return loaders.load_judge(args.judge, args.judge_tokenizer)
 
 
 def _sampling(args, fallback: dict | None = None) -> dict:
@@ -229,9 +211,9 @@ def _sampling(args, fallback: dict | None = None) -> dict:
                            f"at the search's settings")
         out[key] = given if given is not None else fallback.get(key, default)
     for key in ("steps", "length", "samples", "batch_size"):
-        _positive("--" + key.replace("_", "-"), out[key])
+        check.positive_setting("--" + key.replace("_", "-"), out[key])
     if out["sampler"] == "fast" and out["precision"] != "fp64":
-        raise CliError("--precision fp32-mdlm is for --sampler reference only")
+        raise CliError("--precision fp32-mdlm is for --sampler mdlm only")
     return out
 
 
@@ -253,26 +235,6 @@ def _record(args, names, models, tokenizer, judge_tokenizer) -> dict:
 # Output
 # --------------------------------------------------------------------------------------------
 
-def write_json(path: Path, obj: Any) -> Path:
-    return write_text(path, dumps(obj, indent=2) + "\n")
-
-
-def write_csv(path: Path, rows: Sequence[dict]) -> Path:
-    """Scalar columns of ``rows`` (lists joined with ';'; nested dicts left out)."""
-    columns: list[str] = []
-    for row in rows:
-        for k, v in row.items():
-            if k not in columns and not isinstance(v, dict):
-                columns.append(k)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-                         for k, v in row.items() if k in columns})
-    return write_text(path, buf.getvalue())
-
-
 def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
@@ -285,8 +247,8 @@ def _quality(row: dict) -> str:
 
 def _add_paired_columns(rows: list[dict], baseline: dict | None) -> None:
     """Each row's paired comparison with ``baseline`` (same seeds), as flat ``paired_*`` columns
-    beside the unpaired ones (mdlm_fast.paired)."""
-    from mdlm_fast.paired import compare_rows
+    beside the unpaired ones (mdlm_fast.analysis.paired)."""
+    from mdlm_fast.analysis.paired import compare_rows
 
     if baseline is None:
         return
@@ -323,8 +285,8 @@ def _emit(args, result: dict, lines: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 def cmd_evaluate(args) -> int:
-    from mdlm_fast.distributed import from_env
-    from mdlm_fast.eval import evaluate_schedule
+    from mdlm_fast.analysis.distributed import from_env
+    from mdlm_fast.analysis.metrics import evaluate_schedule
     from mdlm_fast.time_schedule import resolve_schedule
 
     _setup(args)
@@ -372,17 +334,17 @@ def cmd_evaluate(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _measure_importance(args, models, names, tokenizer):
-    from mdlm_fast.data import held_out_fraction, load_corpus
-    from mdlm_fast.importance import default_t_grid, step_importance
+    from mdlm_fast.text.data import held_out_fraction, load_corpus
+    from mdlm_fast.analysis.importance import default_t_grid, step_importance
 
     for flag, value in (("--windows", args.windows), ("--t-points", args.t_points),
                         ("--importance-batch", args.importance_batch), ("--window-length", args.window_length)):
-        _positive(flag, value)
+        check.positive_setting(flag, value)
     length = args.window_length or models[0].config.model_length
     _check_length(models, length, "--window-length")
-    reference = _load_model(args.reference, "--reference", args) if args.reference else None
-    if reference is not None and reference.config.mask_index != models[0].config.mask_index:
-        raise CliError(f"--reference {args.reference} has another mask id than the heavy model")
+    twin = loaders.load_model(args.heavy_twin, "--heavy-twin", args) if args.heavy_twin else None
+    if twin is not None and twin.config.mask_index != models[0].config.mask_index:
+        raise CliError(f"--heavy-twin {args.heavy_twin} has another mask id than the heavy model")
     corpus = load_corpus(check.text("--data", args.data), tokenizer, val_fraction=held_out_fraction(args.data),
                          cache_dir=Path(args.out) / "cache")
     all_windows = corpus.val_windows(length)
@@ -393,9 +355,9 @@ def _measure_importance(args, models, names, tokenizer):
     pick = torch.linspace(0, all_windows.shape[0] - 1, args.windows).round().long().unique()
     start = time.perf_counter()
     profile = step_importance(models[0], models[1], all_windows[pick], default_t_grid(args.t_points),
-                              reference=reference, seed=args.seed, batch_size=args.importance_batch,
+                              heavy_twin=twin, seed=args.seed, batch_size=args.importance_batch,
                               progress=not args.no_progress,
-                              record={"heavy": names[0], "light": names[1], "reference": args.reference,
+                              record={"heavy": names[0], "light": names[1], "heavy_twin": args.heavy_twin,
                                       "data": args.data, "data_sha256": corpus.data_sha256,
                                       "tokenizer": tokenizer.name})
     profile.record["wall_time_s"] = time.perf_counter() - start
@@ -403,7 +365,7 @@ def _measure_importance(args, models, names, tokenizer):
 
 
 def _write_importance(profile, out: Path) -> None:
-    from mdlm_fast import plots
+    from mdlm_fast.analysis import plots
 
     write_json(out / "importance.json", profile.as_dict())
     write_csv(out / "importance.csv", [p.as_dict() for p in profile.points])
@@ -425,7 +387,7 @@ def cmd_importance(args) -> int:
         lines.append(f"{p.t:6.3f} {p.masked_tokens:7d} {p.ce_heavy:9.3f} {p.ce_light:9.3f} {p.ce_abs_diff:7.3f} "
                      f"{p.kl:7.3f}" + (f" {p.kl_normalized:9.3f}" if norm else ""))
     if not norm:
-        lines.append("unnormalized: no --reference heavy model (second training seed) was given")
+        lines.append("unnormalized: no --heavy-twin (a second heavy model of another training seed) was given")
     lines.append(f"{profile.record['wall_time_s']:.1f} s; results in {out}/importance.json, importance.csv, importance.png")
     _emit(args, profile.as_dict(), lines)
     return 0
@@ -448,11 +410,11 @@ def _floats(text: str, flag: str) -> list[float]:
 def _study_items(args, steps: int, light_names: list[str]) -> tuple[list[dict], dict]:
     """Work items of the study and the settings that define them (part of the log's settings)."""
     from mdlm_fast.schedule import PLACEMENTS
-    from mdlm_fast import search
+    from mdlm_fast.analysis import search
 
     try:
         if args.study == "exhaustive":
-            _positive("--segments", args.segments)
+            check.positive_setting("--segments", args.segments)
             if args.segments > steps:
                 raise CliError(f"--segments {args.segments} exceeds --steps {steps}")
             if not 0 <= args.n_light <= args.segments:
@@ -482,7 +444,7 @@ def _study_items(args, steps: int, light_names: list[str]) -> tuple[list[dict], 
 
 
 def _search_analysis(args, rows: list[dict], extra: dict) -> dict:
-    from mdlm_fast import search
+    from mdlm_fast.analysis import search
 
     if args.study != "exhaustive" or not rows or not any("gen_ppl" in r for r in rows):
         return {}
@@ -490,7 +452,7 @@ def _search_analysis(args, rows: list[dict], extra: dict) -> dict:
     n = extra["n_segments"]
     top, bottom = search.segment_frequency(rows, n, args.top)
     brief = [{k: r.get(k) for k in ("key", "schedule", "gen_ppl", "gen_ppl_se", "unigram_entropy")} for r in order]
-    from mdlm_fast.paired import segment_score_se
+    from mdlm_fast.analysis.paired import segment_score_se
 
     try:
         score_se = segment_score_se(rows, n)
@@ -502,7 +464,7 @@ def _search_analysis(args, rows: list[dict], extra: dict) -> dict:
 
 
 def _search_plots(args, rows, analysis, out: Path) -> list[str]:
-    from mdlm_fast import plots
+    from mdlm_fast.analysis import plots
 
     made = []
     if not _can_plot():
@@ -522,16 +484,16 @@ def _search_plots(args, rows, analysis, out: Path) -> list[str]:
 
 
 def cmd_search(args) -> int:
-    from mdlm_fast.distributed import from_env
-    from mdlm_fast import search
-    from mdlm_fast.eval import evaluate_schedule
+    from mdlm_fast.analysis.distributed import from_env
+    from mdlm_fast.analysis import search
+    from mdlm_fast.analysis.metrics import evaluate_schedule
     from mdlm_fast.schedule import ModelSchedule
-    from mdlm_fast.search import ResultsLog, run_items
+    from mdlm_fast.analysis.search import ResultsLog, run_items
 
     _setup(args)
     settings = _sampling(args)
-    _positive("--max-schedules", args.max_schedules)
-    _positive("--top", args.top)
+    check.positive_setting("--max-schedules", args.max_schedules)
+    check.positive_setting("--top", args.top)
     if args.time_budget is not None and args.time_budget <= 0:
         raise CliError(f"--time-budget must be positive minutes, got {args.time_budget}")
     models, names = _load_models(args, max_lights=64 if args.study == "light-size" else 1)
@@ -610,9 +572,9 @@ def _read_search(path: str) -> dict:
 
 
 def cmd_calibrate(args) -> int:
-    from mdlm_fast.calibrate import calibrate, compare_with_search
-    from mdlm_fast.eval import evaluate_schedule
-    from mdlm_fast.importance import ImportanceProfile
+    from mdlm_fast.analysis.calibrate import calibrate, compare_with_search
+    from mdlm_fast.analysis.metrics import evaluate_schedule
+    from mdlm_fast.analysis.importance import ImportanceProfile
 
     _setup(args)
     searched = _read_search(args.search) if args.search else None
@@ -667,7 +629,7 @@ def cmd_calibrate(args) -> int:
                                          {"from": "mdlm-fast calibrate", **chosen.as_dict(),
                                           "importance": result["importance"]})
     write_json(out / "calibrate.json", result)
-    from mdlm_fast import plots
+    from mdlm_fast.analysis import plots
 
     if _can_plot():
         plots.plot_segment_scores([d for d in chosen.segment_divergence], out / "calibrate_divergence.png",
@@ -687,8 +649,3 @@ def cmd_calibrate(args) -> int:
     _emit(args, result, lines)
     return 0
 
-
-if __name__ == "__main__":  # python -m mdlm_fast.cli_analysis ... == mdlm-fast ...
-    from mdlm_fast.cli import main
-
-    sys.exit(main())

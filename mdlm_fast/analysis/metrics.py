@@ -4,6 +4,9 @@ Generative perplexity: decode each sample to text, re-tokenize it with the judge
 score it with the causal-LM judge (the end-of-text id as the first context), and report
 exp(token-weighted mean NLL) with its standard error over samples (delta method on the ratio
 estimator sum(nll_i) / sum(n_i)). Every result records what produced it.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mdlm_fast.judge import nll
+from mdlm_fast.analysis.judge import nll
 
 
 def _ratio_se(sums: Sequence[float], counts: Sequence[int]) -> tuple[float, float]:
@@ -32,7 +35,7 @@ def generative_perplexity(texts: Sequence[str], judge: Any, judge_tokenizer: Any
                           batch_size: int = 8, device: Any = None) -> dict:
     """Gen-PPL of decoded samples under a causal-LM judge (see the module doc).
 
-    judge: a mdlm_fast.judge.CausalLM; judge_tokenizer: a TextTokenizer whose ids the judge
+    judge: a mdlm_fast.analysis.judge.CausalLM; judge_tokenizer: a TextTokenizer whose ids the judge
     reads. Empty samples are skipped (and counted in "skipped").
     """
     device = device or next(judge.parameters()).device
@@ -116,8 +119,8 @@ def load_judge_and_tokenizer(spec: str = "embedded", tokenizer_spec: str | None 
     import json
     import os
 
-    from mdlm_fast.judge import MODEL_TYPE, load_judge
-    from mdlm_fast.tokenizer import load_tokenizer
+    from mdlm_fast.analysis.judge import MODEL_TYPE, load_judge
+    from mdlm_fast.text.tokenizer import load_tokenizer
 
     spec = str(spec)
     if spec not in ("embedded", "embedded:judge") and not os.path.isdir(spec):
@@ -162,7 +165,7 @@ def evaluate_samples(tokens: Sequence[Sequence[int]], *, tokenizer: Any = None, 
             raise ValueError("gen-PPL needs the model's tokenizer (to decode) and the judge's tokenizer")
         texts = [tokenizer.decode(row, mask_id=mask_id) for row in tokens]
         out.update(generative_perplexity(texts, judge, judge_tokenizer))
-    # Per-sample values, aligned with the input order, for paired comparisons (mdlm_fast.paired).
+    # Per-sample values, aligned with the input order, for paired comparisons (mdlm_fast.analysis.paired).
     out["per_sample"] = {**out.get("per_sample", {}), "unigram_entropies": entropies}
     return out
 
@@ -191,8 +194,8 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     sharded over ranks and the metrics computed from all of them on every rank (the result is
     the same as in one process: each batch depends only on its seed).
     """
-    import mdlm_fast as mf
-    from mdlm_fast.distributed import single_process
+    from mdlm_fast.analysis.distributed import single_process
+    from mdlm_fast.sampling import api as sampling
     from mdlm_fast.schedule import ModelSchedule
 
     dist = dist or single_process()
@@ -201,8 +204,8 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     mine = dist.shard(list(enumerate(batches)))
     done = []
     for index, (batch_seed, size) in mine:
-        result = mf.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule,
-                           sampler=sampler, seed=batch_seed, precision=precision, progress=progress)
+        result = sampling.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule,
+                                 sampler=sampler, seed=batch_seed, precision=precision, progress=progress)
         stats = result.stats
         done.append((index, result.tokens.tolist(), stats.wall_time_s,
                      (stats.executed_flops or {}).get("total"), stats.predicted_saving, sum(stats.forwards)))

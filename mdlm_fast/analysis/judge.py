@@ -24,12 +24,14 @@ import torch.nn.functional as F
 
 from mdlm_fast.atomic import atomic_directory
 from mdlm_fast.checkpoint import CheckpointError, _check_replaceable, _write_safetensors
+from mdlm_fast.embedded import ASSETS
+from mdlm_fast.validate import integer
 
 __all__ = ["CausalLMConfig", "CausalLM", "save_judge", "load_judge", "nll", "EMBEDDED_JUDGE"]
 
 MODEL_TYPE = "mdlm_fast_causal_lm"
 #: Where the embedded judge lives inside the package.
-EMBEDDED_JUDGE = Path(__file__).resolve().parent / "assets" / "judge"
+EMBEDDED_JUDGE = ASSETS / "judge"
 
 
 @dataclass
@@ -47,9 +49,7 @@ class CausalLMConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_dim", "n_heads", "n_blocks", "max_length"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"CausalLMConfig.{name} must be a positive int, got {v!r}")
+            integer(f"CausalLMConfig.{name}", getattr(self, name), minimum=1)
         if self.hidden_dim % self.n_heads:
             raise ValueError(f"CausalLMConfig.hidden_dim ({self.hidden_dim}) must be divisible by "
                              f"n_heads ({self.n_heads})")

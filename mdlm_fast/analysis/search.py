@@ -22,6 +22,9 @@ Negative = putting the light model in segment k tends to give *better* (lower) g
 every schedule has the same number of light segments, ``sum_k n_k * score_k = 0`` (``n_k``:
 schedules using segment k), and for the complete 210-schedule design every ``n_k = 84``, so the
 scores themselves sum to zero.
+
+Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
+docs/design.md keeps.
 """
 from __future__ import annotations
 
@@ -150,7 +153,7 @@ def run_items(items: Sequence[dict], evaluate: Callable[[dict], dict], log: Resu
     """
     from tqdm.auto import tqdm
 
-    from mdlm_fast.distributed import single_process
+    from mdlm_fast.analysis.distributed import single_process
 
     dist = dist or single_process()
     keys = [item["key"] for item in items]

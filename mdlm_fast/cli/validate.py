@@ -11,15 +11,18 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mdlm_fast.validate import integer
+
 
 class CliError(ValueError):
-    """A user error: printed as one line, no traceback. A ValueError, so that ``main`` catches it
-    even where ``python -m mdlm_fast.cli`` has loaded the CLI modules twice (as ``__main__`` too)."""
+    """A user error: printed as one line, no traceback (``main`` catches every ValueError the same
+    way, so library errors such as CheckpointError read alike)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,17 +46,17 @@ def _int(text: str) -> int:
 
 
 def positive_int(text: str) -> int:
-    value = _int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+    return integer("", _int(text), minimum=1, error=argparse.ArgumentTypeError)
 
 
 def non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+    return integer("", _int(text), minimum=0, error=argparse.ArgumentTypeError)
+
+
+def positive_setting(flag: str, value: Any) -> int | None:
+    """A positive setting that may not have come through an argparse type (a search's record, a
+    Namespace built in code); None stands for "not given"."""
+    return None if value is None else integer(flag, value, minimum=1, error=CliError)
 
 
 def seed(text: str) -> int:
@@ -200,8 +203,8 @@ def judge(flag: str, spec: str) -> str:
 
 
 def text(flag: str, spec: str) -> str:
-    """A text spec: an ``embedded:`` text of :mod:`mdlm_fast.data` or an existing file."""
-    from mdlm_fast.data import EMBEDDED_TEXTS, resolve_text
+    """A text spec: an ``embedded:`` text of :mod:`mdlm_fast.text.data` or an existing file."""
+    from mdlm_fast.text.data import EMBEDDED_TEXTS, resolve_text
 
     if str(spec).startswith("embedded:") and spec not in EMBEDDED_TEXTS:
         raise CliError(f"{flag} {spec}: the embedded texts are {', '.join(EMBEDDED_TEXTS)}")
@@ -235,7 +238,7 @@ def device(flag: str, spec: str | None) -> Any:
     count = torch.cuda.device_count()
     if dev.index is not None and dev.index >= count:
         raise CliError(f"{flag} {spec}: only {count} CUDA device(s) are visible")
-    from mdlm_fast import build_info
+    from mdlm_fast._build import build_info
 
     if not build_info()["cuda"]:
         raise CliError(f"{flag} {spec}: this build of mdlm_fast has no CUDA kernels "
@@ -258,3 +261,14 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
                         "you trust (default: off, tensors and inert records only)")
     p.add_argument("--mask-index", type=non_negative_int, default=None,
                    help="mask token id of the models (default: what the checkpoint records, else vocab_size - 1)")
+
+
+def raise_if_out_of_memory(exc: BaseException, sizes: str) -> None:
+    """Turn an allocation failure into one line naming the sizes that caused it."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text \
+            or "not enough memory" in text:
+        tried = re.search(r"tried to allocate [^.;(]*", text)
+        detail = tried.group(0).strip() if tried else ""
+        raise CliError(f"out of memory at {sizes}{': ' + detail if detail else ''}; "
+                       f"try a smaller --batch-size") from None

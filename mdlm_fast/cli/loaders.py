@@ -1,0 +1,40 @@
+"""Loading what the commands work on -- denoisers, tokenizers, judges -- with errors that name the flag."""
+from __future__ import annotations
+
+from mdlm_fast.cli import validate as check
+from mdlm_fast.cli.validate import CliError
+
+
+def load_model(path: str, flag: str, args):
+    """The denoiser at ``path`` (a checkpoint spec), read as ``--trust-checkpoint`` / ``--mask-index`` say."""
+    from mdlm_fast.checkpoint import load_denoiser
+
+    return load_denoiser(check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint,
+                         mask_index=args.mask_index)
+
+
+def check_scheduled_pair(models, names) -> None:
+    """Scheduled models must share vocabulary and mask id with the heavy one (index 0)."""
+    base = models[0].config
+    for name, m in zip(names[1:], models[1:]):
+        if (m.config.vocab_size, m.config.mask_index) != (base.vocab_size, base.mask_index):
+            raise CliError(f"--light has vocab_size {m.config.vocab_size} / mask id {m.config.mask_index} ({name}), "
+                           f"the heavy model {base.vocab_size} / {base.mask_index}: scheduled models must share both")
+
+
+def load_tokenizer(spec: str, model):
+    """The tokenizer ``spec``, checked against ``model``'s vocabulary and mask id."""
+    from mdlm_fast.text.tokenizer import check_compatible, load_tokenizer as load
+
+    tokenizer = load(check.tokenizer("--tokenizer", spec))
+    check_compatible(tokenizer, model.config.vocab_size, model.config.mask_index)
+    return tokenizer
+
+
+def load_judge(spec: str, judge_tokenizer: str | None, device=None):
+    """``(judge, judge_tokenizer)`` for a ``--judge`` spec other than ``none``."""
+    from mdlm_fast.analysis.metrics import load_judge_and_tokenizer
+
+    check.judge("--judge", spec)
+    check.tokenizer("--judge-tokenizer", judge_tokenizer)
+    return load_judge_and_tokenizer(spec, judge_tokenizer, device=device)

@@ -1,0 +1,1 @@
+"""Text: tokenizer loading and the corpus (reading, splitting, windows)."""

@@ -1,0 +1,1 @@
+"""Training: the MDLM and judge training loop, export with model cards, and BPE tokenizer training."""

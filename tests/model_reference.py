@@ -1,0 +1,11 @@
+"""test_model.py holds the independent reference of MDLM's DiT; other test files load it by path,
+so that it works whatever pytest's import mode is (each under its own module name)."""
+import importlib.util
+from pathlib import Path
+
+
+def load_test_model(module_name: str):
+    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name("test_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

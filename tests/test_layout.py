@@ -1,0 +1,142 @@
+"""The package's shape: no import cycles (module-level or inside functions), one docstring per
+folder, and the version stated once. Read from the source with ``ast``; nothing is imported."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mdlm_fast"
+COMPILED = {"mdlm_fast._C"}  # the extension: a module without Python imports of its own
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "assets" in path.relative_to(PACKAGE).parts:
+            continue
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _is_package(name: str, modules: dict[str, Path]) -> bool:
+    return modules[name].name == "__init__.py"
+
+
+def _resolve(importer: str, node: ast.ImportFrom, modules: dict[str, Path]) -> str:
+    if not node.level:
+        return node.module or ""
+    base = importer.split(".")
+    if not _is_package(importer, modules):
+        base = base[:-1]
+    base = base[:len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
+    """module -> the package modules it imports, anywhere in its body (functions included).
+
+    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module, else of
+    ``pkg``. Importing ``a.b.c`` also runs ``a.b``'s ``__init__``: that edge counts too, for
+    every package but the root, whose ``__init__`` is the public facade nothing inside imports.
+    """
+    modules = modules or _modules()
+    known = set(modules) | COMPILED
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                source = _resolve(name, node, modules)
+                for a in node.names:
+                    full = f"{source}.{a.name}"
+                    targets.add(full if full in known else source)
+        edges = set()
+        for target in targets:
+            if not target.startswith("mdlm_fast"):
+                continue
+            while target not in known and "." in target:
+                target = target.rsplit(".", 1)[0]
+            parts = target.split(".")
+            for depth in range(2, len(parts)):  # parent packages below the root run first
+                edges.add(".".join(parts[:depth]))
+            edges.add(target)
+        graph[name] = {t for t in edges if t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search with colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_nothing_inside_imports_the_package_root():
+    graph = import_graph()
+    offenders = sorted(name for name, targets in graph.items() if "mdlm_fast" in targets)
+    assert offenders == [], f"these modules import the package root (its facade): {offenders}"
+
+
+def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path):
+    """The check above can fail: a late import inside a function closes a cycle it reports."""
+    pkg = tmp_path / "mdlm_fast"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""root"""\n')
+    (pkg / "sub" / "__init__.py").write_text('"""sub"""\n')
+    (pkg / "a.py").write_text("from mdlm_fast.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from mdlm_fast import a\n")
+    modules = {"mdlm_fast": pkg / "__init__.py", "mdlm_fast.sub": pkg / "sub" / "__init__.py",
+               "mdlm_fast.a": pkg / "a.py", "mdlm_fast.sub.b": pkg / "sub" / "b.py"}
+    cycle = find_cycle(import_graph(modules))
+    assert cycle is not None and set(cycle) == {"mdlm_fast.a", "mdlm_fast.sub.b"}
+    (pkg / "sub" / "b.py").write_text("def f():\n    return 1\n")
+    assert find_cycle(import_graph(modules)) is None
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py")))
+def test_every_subpackage_says_its_job_and_holds_only_that(folder):
+    """One docstring line naming the folder's job; no re-exports (they would run its modules on
+    every import of any one of them)."""
+    tree = ast.parse((PACKAGE / folder / "__init__.py").read_text())
+    doc = ast.get_docstring(tree)
+    assert doc and len(doc.splitlines()) == 1, f"mdlm_fast/{folder}/__init__.py needs a one-line docstring"
+    assert all(isinstance(n, ast.Expr) for n in tree.body), f"mdlm_fast/{folder}/__init__.py holds code"
+
+
+def test_the_version_is_stated_once():
+    from_module = re.search(r'__version__ = "([^"]+)"', (PACKAGE / "version.py").read_text()).group(1)
+    from_pyproject = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert from_module == from_pyproject
