@@ -67,16 +67,18 @@ at::Tensor chunk_logits(const HeadArgs& a, const at::Tensor& hidden_rows, int64_
   return z;
 }
 
-// Sum of float values in double, in eight independent lanes: the order differs from a sequential
-// sum only by rounding (~1e-16 relative), and the lanes keep the adder pipeline full.
+// A chunk's mass in the lane order of categorical.h, which the CUDA kernel shares. The order
+// differs from a sequential sum only by rounding (~1e-16 relative); the full groups are one
+// accumulator per lane so that the loop vectorizes.
 double sum_as_double(const float* e, int64_t cols) {
-  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  double lane[kMassLanes] = {};
+  const int64_t full = mass_full_groups_end(cols);
   int64_t j = 0;
-  for (; j + 8 <= cols; j += 8) {
-    for (int k = 0; k < 8; ++k) lane[k] += static_cast<double>(e[j + k]);
+  for (; j < full; j += kMassLanes) {
+    for (int k = 0; k < kMassLanes; ++k) lane[k] += static_cast<double>(e[j + k]);
   }
-  for (; j < cols; ++j) lane[0] += static_cast<double>(e[j]);
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  for (; j < cols; ++j) lane[kMassTailLane] += static_cast<double>(e[j]);
+  return combine_mass_lanes(lane);
 }
 
 // A run of whole canonical chunks projected together by one GEMM; the group that ends at the

@@ -9,8 +9,9 @@
 //  2. chunk (the memory-bound part): one block of 16 warps per (canonical chunk, row group of
 //     R = 8, 16 or 32 rows). The block computes the chunk's 1024 logits for its R rows into shared
 //     memory (W read once per row group; for N <= 32 that is once in total), then one warp per
-//     row derives the row's chunk summary: max, first argmax, mass (the CPU's eight-lane double
-//     sum of expf(z - max)) and, when sampling, the candidate id drawn with v_c = uniform 1 + c.
+//     row derives the row's chunk summary: max, first argmax, mass (the double sum of
+//     expf(z - max) in the lane order of categorical.h) and, when sampling, the candidate id drawn
+//     with v_c = uniform 1 + c.
 //     bf16/fp16: tensor cores (mma.sync.m16n8k16, fp32 accumulate). Vocabulary ids are the M
 //       dimension (each warp tile: 2 m-tiles of 16 = 32 ids; 16 warps x 2 tiles = 1024 ids),
 //       rows the N dimension (n-tiles of 8). A and B fragments come straight from global memory:
@@ -150,8 +151,7 @@ inline Layout make_layout(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) 
 // ---------------------------------------------------------------------------------------------
 // Small device helpers.
 
-// (max, argmax) with "lowest id among maxima"; arg -1 = nothing above -inf seen. Combining is
-// commutative and associative (for non-NaN values), so any reduction tree gives the CPU's result.
+// (max, argmax) under the tie rule of categorical.h (max_beats); arg -1 = nothing above -inf seen.
 struct MaxArg {
   float max;
   int arg;
@@ -160,8 +160,7 @@ struct MaxArg {
 __device__ __forceinline__ MaxArg better(MaxArg a, MaxArg b) {
   if (b.arg < 0) return a;
   if (a.arg < 0) return b;
-  if (b.max > a.max || (b.max == a.max && b.arg < a.arg)) return b;
-  return a;
+  return max_beats(b.max, b.arg, a.max, a.arg) ? b : a;
 }
 
 __device__ __forceinline__ MaxArg shfl_xor(MaxArg v, int offset) {
@@ -413,23 +412,22 @@ struct ChunkArgs {
   ChunkRecords rec;  // [rows, n_chunks] each
 };
 
-// The CPU's sum_as_double (csrc/cpu/fused_head_sample_cpu.cpp): eight lanes over full groups
-// of 8, the tail into lane 0, then ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). Keep the two
-// in step. Warp-collective; lanes 0..7 do the work, every lane gets the sum.
+// The chunk's mass in the lane order of categorical.h, so that it is the CPU's to the bit: warp
+// lane L < kMassLanes is mass lane L. Warp-collective; every lane gets the sum.
 __device__ __forceinline__ double cpu_order_mass(const float* __restrict__ zr, int len, float shift) {
   const int lane = threadIdx.x & 31;
   double part = 0.0;
-  if (lane < 8) {
-    const int full = len / 8 * 8;
-    for (int j = lane; j < full; j += 8) part += static_cast<double>(expf(zr[zidx(j)] - shift));
-    if (lane == 0) {
+  if (lane < kMassLanes) {
+    const int full = static_cast<int>(mass_full_groups_end(len));
+    for (int j = lane; j < full; j += kMassLanes) part += static_cast<double>(expf(zr[zidx(j)] - shift));
+    if (lane == kMassTailLane) {
       for (int j = full; j < len; ++j) part += static_cast<double>(expf(zr[zidx(j)] - shift));
     }
   }
-  double l[8];
+  double l[kMassLanes];
 #pragma unroll
-  for (int k = 0; k < 8; ++k) l[k] = __shfl_sync(0xffffffffu, part, k);
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+  for (int k = 0; k < kMassLanes; ++k) l[k] = __shfl_sync(0xffffffffu, part, k);
+  return combine_mass_lanes(l);
 }
 
 // One row's summary of one chunk, from its logits zr (zidx layout, len ids). Warp-collective.
@@ -441,14 +439,13 @@ __device__ void chunk_row_epilogue(const float* __restrict__ zr, int len, int64_
   const int j0 = lane * kTile, j1 = min(len, j0 + kTile);  // j1 <= j0 for lanes past the end
   const int64_t out = row * n_chunks + chunk;
 
-  // Max and first argmax (lowest id among maxima), as at::max; NaN seen apart (at::max would
-  // return it as the max).
+  // Max and first argmax, as at::max; NaN seen apart (at::max would return it as the max).
   MaxArg best{-INFINITY, -1};
   bool nan_seen = false;
   for (int j = j0; j < j1; ++j) {
     const float z = zr[zidx(j)];
     nan_seen |= isnan(z);
-    if (z > best.max) best = MaxArg{z, j};  // chunk-local id for now
+    if (max_beats(z, j, best.max, best.arg)) best = MaxArg{z, j};  // chunk-local id for now
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) best = better(best, shfl_xor(best, offset));

@@ -31,10 +31,10 @@
 //     the CPU, each time by the adjacent id;
 //   * on one device, a row's token does not depend on the batch size, on which other rows are in
 //     the call or on their order (each row's logits and uniforms are its own).
-//   Everything else is the CPU's arithmetic in the CPU's order: mass_c is summed in the CPU's
-//   eight-lane order, the candidate is exactly the CPU's sequential inverse_cdf result (found by
-//   a parallel scan whose error bound is checked, with the sequential scan as fallback when the
-//   bound cannot decide), and chunk weights, total and the chunk choice are sequential.
+//   Everything else is the CPU's arithmetic in the CPU's order: mass_c is summed in the lane
+//   order of categorical.h, the candidate is exactly the CPU's sequential inverse_cdf result
+//   (found by a parallel scan whose error bound is checked, with the sequential scan as fallback
+//   when the bound cannot decide), and chunk weights, total and the chunk choice are sequential.
 //   These kernels have not yet run on a GPU (scripts/gpu_check.sh is the one-command check).
 //
 // Requirements: sm_80 or newer for bfloat16/float16 (mma.sync.m16n8k16); any arch for float32.
