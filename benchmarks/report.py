@@ -18,6 +18,10 @@ def _f(value, fmt):
     return "–" if value is None else format(value, fmt)
 
 
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def _work_and_time(row: dict) -> str:
     """The executed-GFLOPs and median-time cells every sampler table has."""
     return f"{row['executed_gflops']:.4g} | {row['median_s']:.2f} (±{row['spread']:.1%}, n={row['repeats']})"
@@ -47,15 +51,13 @@ def sampler_table(data: dict) -> str:
              "| vs fast fp32 (min–max) | time in blocks |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        lines.append(
-            f"| {r.get('variant', r['sampler'])} | {r['light_blocks']} | {r['light_fraction']:.0%} "
-            f"| {r['predicted_saving']:.3f} "
-            f"| {_work_and_time(r)} "
-            f"| {_range(r, 'speedup_vs_mdlm_speed', 'speedup_vs_mdlm_speed', '.2f')} "
-            f"| {_range(r, 'speedup_vs_own_all_heavy', 'speedup', '.3f')} "
-            f"| {_range(r, 'realized_over_predicted', 'realized_over_predicted', '.2f')} "
-            f"| {_range(r, 'speedup_vs_fast_float32', 'speedup_vs_fast_float32', '.2f')} "
-            f"| {_f(r.get('block_fraction'), '.1%')} |")
+        ranges = [_range(r, key, stem, fmt) for key, stem, fmt in (
+            ("speedup_vs_mdlm_speed", "speedup_vs_mdlm_speed", ".2f"), ("speedup_vs_own_all_heavy", "speedup", ".3f"),
+            ("realized_over_predicted", "realized_over_predicted", ".2f"),
+            ("speedup_vs_fast_float32", "speedup_vs_fast_float32", ".2f"))]
+        lines.append(_row(r.get("variant", r["sampler"]), r["light_blocks"], f"{r['light_fraction']:.0%}",
+                          f"{r['predicted_saving']:.3f}", _work_and_time(r), *ranges,
+                          _f(r.get("block_fraction"), ".1%")))
     return "\n".join(lines)
 
 
@@ -65,11 +67,8 @@ def ablation_table(data: dict) -> str:
              "| gain over the row above (min–max) | vs MDLM speed (min–max) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        lines.append(
-            f"| {r['label']} | {r['dtype']} | {r['forwards']} | {r['rows_run']} | {r['head_positions']} "
-            f"| {_work_and_time(r)} "
-            f"| {_range(r, 'speedup_vs_previous', 'speedup_vs_previous', '.2f')} "
-            f"| {_range(r, 'speedup_vs_mdlm_speed', 'speedup_vs_mdlm_speed', '.2f')} |")
+        lines.append(_row(r["label"], r["dtype"], r["forwards"], r["rows_run"], r["head_positions"], _work_and_time(r),
+                          *(_range(r, key, key, ".2f") for key in ("speedup_vs_previous", "speedup_vs_mdlm_speed"))))
     return "\n".join(lines)
 
 

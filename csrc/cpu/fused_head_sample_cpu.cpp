@@ -105,6 +105,7 @@ std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t thread
   return groups;
 }
 
+// The CUDA adapter's twin in signature and checks: both implement the one schema of ops.cpp.
 std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidden, const at::Tensor& weight,
                                                          const c10::optional<at::Tensor>& bias,
                                                          const at::Tensor& keys, int64_t seed, int64_t purpose,

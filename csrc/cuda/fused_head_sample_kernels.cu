@@ -130,20 +130,19 @@ inline Layout make_layout(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) 
   l.n_chunks = num_vocab_chunks(vocab);
   const size_t per_chunk = static_cast<size_t>(l.rows_cap * l.n_chunks);
   size_t off = 0;
-  l.hidden_off = off;
-  off += align256(static_cast<size_t>(l.rows_pad_cap * l.d_pad) * element_size(dtype));
-  l.max_off = off;
-  off += align256(per_chunk * sizeof(float));
-  l.arg_off = off;
-  off += align256(per_chunk * sizeof(int32_t));
-  l.mass_off = off;
-  off += align256(per_chunk * sizeof(double));
-  l.cand_off = off;
-  off += align256(per_chunk * sizeof(int32_t));
-  l.logit_off = off;
-  off += align256(per_chunk * sizeof(float));
-  l.weight_off = off;
-  off += align256(per_chunk * sizeof(double));
+  // Each region starts where the one before it ends, on a 256-byte boundary.
+  const auto region = [&off](size_t bytes) {
+    const size_t at = off;
+    off += align256(bytes);
+    return at;
+  };
+  l.hidden_off = region(static_cast<size_t>(l.rows_pad_cap * l.d_pad) * element_size(dtype));
+  l.max_off = region(per_chunk * sizeof(float));
+  l.arg_off = region(per_chunk * sizeof(int32_t));
+  l.mass_off = region(per_chunk * sizeof(double));
+  l.cand_off = region(per_chunk * sizeof(int32_t));
+  l.logit_off = region(per_chunk * sizeof(float));
+  l.weight_off = region(per_chunk * sizeof(double));
   l.total = off;
   return l;
 }
