@@ -187,10 +187,6 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
     return models, names
 
 
-def _load_tokenizer(args, model):
-    return loaders.load_tokenizer(args.tokenizer, model)
-
-
 def _load_judge(args):
     if check.judge("--judge", args.judge) == "none":
         return None, None
@@ -303,7 +299,7 @@ def cmd_evaluate(args) -> int:
     baseline = schedules.pop()
     if baseline not in schedules:
         specs, schedules = [args.baseline] + list(specs), [baseline] + schedules
-    tokenizer = _load_tokenizer(args, models[0])
+    tokenizer = loaders.load_tokenizer(args.tokenizer, models[0])
     judge, judge_tokenizer = _load_judge(args)
     record = _record(args, names, models, tokenizer, judge_tokenizer)
     rows = []
@@ -376,7 +372,7 @@ def _write_importance(profile, out: Path) -> None:
 def cmd_importance(args) -> int:
     _setup(args)
     models, names = _load_models(args)
-    tokenizer = _load_tokenizer(args, models[0])
+    tokenizer = loaders.load_tokenizer(args.tokenizer, models[0])
     profile = _measure_importance(args, models, names, tokenizer)
     out = Path(args.out)
     _write_importance(profile, out)
@@ -499,7 +495,7 @@ def cmd_search(args) -> int:
     models, names = _load_models(args, max_lights=64 if args.study == "light-size" else 1)
     _check_length(models, settings["length"])
     items, item_settings = _study_items(args, settings["steps"], names[1:])
-    tokenizer = _load_tokenizer(args, models[0])
+    tokenizer = loaders.load_tokenizer(args.tokenizer, models[0])
     judge, judge_tokenizer = _load_judge(args)
     if judge is None:
         raise CliError("search ranks schedules by gen-PPL: --judge none is not possible here")
@@ -587,7 +583,7 @@ def cmd_calibrate(args) -> int:
     if searched and names != fallback.get("models"):
         raise CliError(f"the models {names} differ from the search's {fallback.get('models')}")
     _check_length(models, settings["length"])
-    tokenizer = _load_tokenizer(args, models[0])
+    tokenizer = loaders.load_tokenizer(args.tokenizer, models[0])
     out = Path(args.out)
     n_segments = args.segments or fallback.get("n_segments", 10)
     if args.saving is not None and args.n_light is not None:

@@ -88,7 +88,7 @@ class SamplingRun:
     rows: list[int] = field(default_factory=list)
     head_positions: int = 0
     host_syncs: int = 0
-    fast_options: Any = None      # fast_sampler.FastOptions (benchmark ablations); None = every mechanism on
+    fast_options: Any = None      # sampling.fast.FastOptions (benchmark ablations); None = every mechanism on
 
     def __post_init__(self):
         self.forwards = [0] * len(self.models)
