@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from mdlm_fast import ops  # noqa: E402
-from mdlm_fast.ops import PURPOSE_REFERENCE_GUMBEL, PURPOSE_TOKEN  # noqa: E402
+from mdlm_fast.ops import compiled as ops  # noqa: E402
+from mdlm_fast.ops.compiled import PURPOSE_REFERENCE_GUMBEL, PURPOSE_TOKEN  # noqa: E402
 from common import BenchConfig, machine_info, summary, synchronize, timed, write_results  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast.atomic import write_csv, write_json
+from mdlm_fast.util.atomic import write_csv, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -5,7 +5,7 @@
 import pytest
 import torch
 
-from mdlm_fast import ops
+from mdlm_fast.ops import compiled as ops
 
 V, D = 50258, 768
 

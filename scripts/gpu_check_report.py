@@ -10,7 +10,7 @@ import statistics
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mdlm_fast.atomic import write_json, write_text
+from mdlm_fast.util.atomic import write_json, write_text
 
 
 def device(out: Path) -> None:

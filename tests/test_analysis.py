@@ -20,8 +20,8 @@ from mdlm_fast.analysis.distributed import DistContext, from_env
 from mdlm_fast.analysis.importance import (ImportancePoint, ImportanceProfile, corrupt, default_t_grid,
                                   step_importance)
 from mdlm_fast.analysis.judge import nll
-from mdlm_fast.model import subs_log_probs
-from mdlm_fast.noise import LogLinearNoise
+from mdlm_fast.models.dit import subs_log_probs
+from mdlm_fast.schedules.noise import LogLinearNoise
 from text_helpers import FixedJudge, IdTokenizer
 
 

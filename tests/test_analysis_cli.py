@@ -105,7 +105,7 @@ def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
     # same schedule, same seeds: the calibrated evaluation reproduces the search's number
     assert result["evaluation"]["gen_ppl"] == pytest.approx(searched[calib["schedule"]]["gen_ppl"])
     assert (tmp_path / "calibrate_divergence.png").is_file()
-    from mdlm_fast.time_schedule import TimeSchedule
+    from mdlm_fast.schedules.time_schedule import TimeSchedule
 
     carried = TimeSchedule.load(tmp_path / "calibrate_schedule.json")
     assert carried.at_steps(10).to_spec() == calib["schedule"] and carried.source["from"] == "mdlm-fast calibrate"

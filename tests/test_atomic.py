@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from mdlm_fast.atomic import atomic_directory, atomic_file, write_text
+from mdlm_fast.util.atomic import atomic_directory, atomic_file, write_text
 
 
 def test_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 from model_reference import load_test_model
 
-from mdlm_fast import checkpoint
-from mdlm_fast.checkpoint import CheckpointError, load_denoiser, save_denoiser
-from mdlm_fast.model import DiT, DiTConfig
+from mdlm_fast.models import checkpoint
+from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
+from mdlm_fast.models.dit import DiT, DiTConfig
 
 
 ref = load_test_model("_mdlm_test_model_reference")

@@ -22,10 +22,10 @@ from stats_helpers import chi_square_p_value
 from model_reference import load_test_model
 
 import mdlm_fast as mf
-from mdlm_fast import inert_pickle
-from mdlm_fast.checkpoint import CheckpointError, load_denoiser, save_denoiser
-from mdlm_fast.model import subs_log_probs
-from mdlm_fast.noise import LogLinearNoise, sampling_dt, sampling_timesteps
+from mdlm_fast.models import inert_pickle
+from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
+from mdlm_fast.models.dit import subs_log_probs
+from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
 
 
 ref = load_test_model("_mdlm_test_model_reference_pickles")
@@ -435,7 +435,7 @@ def test_real_tokenizers_and_config_read_inertly(file):
     id is the one each tokenizer reported when it was pickled."""
     with open(file, "rb") as f:
         data = inert_pickle.Unpickler(f).load()
-    from mdlm_fast import checkpoint
+    from mdlm_fast.models import checkpoint
     for name, tokenizer in data["tokenizers"].items():
         assert isinstance(tokenizer, inert_pickle.InertRecord) and "Tokenizer" in tokenizer.qualname
         expected = data["expected_mask_ids"][name]

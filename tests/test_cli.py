@@ -288,7 +288,7 @@ def test_one_model_runs_all_heavy_and_steps_default_to_the_length(capsys):
 
 
 def test_a_time_schedule_file_runs_at_any_number_of_steps(tmp_path, capsys):
-    from mdlm_fast.time_schedule import TimeSchedule
+    from mdlm_fast.schedules.time_schedule import TimeSchedule
 
     path = tmp_path / "schedule.json"
     TimeSchedule.parse("time:0.8-1=L").save(path)

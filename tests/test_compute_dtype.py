@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast import compute_dtype as cd
+from mdlm_fast.models import compute_dtype as cd
 
 ZEN4_FLAGS = "fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni"
 SAPPHIRE_RAPIDS_FLAGS = "avx2 avx512f avx512bw amx_tile amx_bf16 amx_int8"

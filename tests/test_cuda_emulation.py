@@ -14,7 +14,7 @@ import pytest
 import torch
 from stats_helpers import chi_square_p_value
 
-from mdlm_fast import ops
+from mdlm_fast.ops import compiled as ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emulation"))
 import emulator  # noqa: E402

@@ -6,7 +6,7 @@ docs/design.md keeps.
 import pytest
 import torch
 
-from mdlm_fast.flops import (
+from mdlm_fast.schedules.flops import (
     ExecutedFlops,
     ModelShape,
     block_flops,
@@ -14,7 +14,7 @@ from mdlm_fast.flops import (
     head_flops,
     schedule_flops,
 )
-from mdlm_fast.schedule import ModelSchedule, ScheduleError
+from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError
 
 # d = 4, V = 10: per token per block 24*16 = 384 linear + 4*L*d attention.
 HEAVY = ModelShape(hidden_dim=4, n_blocks=3, vocab_size=10)

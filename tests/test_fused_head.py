@@ -5,7 +5,8 @@ import pytest
 import torch
 from stats_helpers import chi_square_p_value
 
-from mdlm_fast import ops, reference
+from mdlm_fast.ops import compiled as ops
+from mdlm_fast.ops import reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from mdlm_fast import ops, reference
+from mdlm_fast.ops import compiled as ops
+from mdlm_fast.ops import reference
 
 INF = math.inf
 

@@ -1,6 +1,6 @@
 """The DiT denoiser against an independent plain-tensor implementation of MDLM's math.
 
-The reference below shares no code with mdlm_fast.model: its own layer norm, rotary (complex
+The reference below shares no code with mdlm_fast.models.dit: its own layer norm, rotary (complex
 multiplication), attention (explicit softmax), GELU(tanh) and timestep embedding, in float64.
 test_checkpoint.py reuses it (and the published key list) to check loaded checkpoints.
 """
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from mdlm_fast.model import DiT, DiTConfig, subs_log_probs
+from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
 
 TINY = dict(hidden_dim=32, n_heads=4, n_blocks=2, cond_dim=16, vocab_size=37, model_length=16)
 

@@ -7,8 +7,8 @@ import torch
 from stats_helpers import chi_square_p_value
 
 import mdlm_fast as mf
-from mdlm_fast.model import subs_log_probs
-from mdlm_fast.noise import LogLinearNoise, sampling_dt, sampling_timesteps
+from mdlm_fast.models.dit import subs_log_probs
+from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
 
 
 def tiny_dit(n_blocks, seed, vocab=4, length=2, time_conditioning=False, scale=0.5):
@@ -109,7 +109,7 @@ def test_one_reference_step_matches_the_transition_probabilities():
     stay = noise.move_chance(s) / noise.move_chance(t)
     with torch.no_grad():
         p = subs_log_probs(model(x[:1], torch.full((1,), noise.sigma(t))), x[:1], 5).double().exp()[0]
-    from mdlm_fast.denoiser import as_denoisers
+    from mdlm_fast.models.denoiser import as_denoisers
     from mdlm_fast.sampling import mdlm as mdlm_sampler
     from mdlm_fast.sampling.keys import position_grid
     from mdlm_fast.sampling.run import SamplingRun
@@ -240,8 +240,8 @@ def test_last_block_at_revealed_positions_changes_the_work_not_the_tokens():
 def _noise_removal_tokens(model, x, how):
     """Run the fast sampler's noise removal on every masked position of x."""
     from mdlm_fast.sampling import fast as fast_sampler
-    from mdlm_fast.denoiser import as_denoisers
-    from mdlm_fast.ops import PURPOSE_NOISE_REMOVAL
+    from mdlm_fast.models.denoiser import as_denoisers
+    from mdlm_fast.ops.compiled import PURPOSE_NOISE_REMOVAL
     from mdlm_fast.sampling.run import SamplingRun
     steps = 4
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(steps), x, 5, "fp64", how, False)

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdlm_fast.noise import LogLinearNoise, sampling_dt, sampling_timesteps
-from mdlm_fast.schedule import (
+from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
+from mdlm_fast.schedules.model_schedule import (
     MAX_STEPS,
     PLACEMENTS,
     ModelSchedule,

@@ -4,9 +4,9 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mdlm_fast.noise import sampling_timesteps
-from mdlm_fast.schedule import ModelSchedule, ScheduleError, segment_bounds
-from mdlm_fast.time_schedule import TimeInterval, TimeSchedule, resolve_schedule, time_fractions
+from mdlm_fast.schedules.noise import sampling_timesteps
+from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError, segment_bounds
+from mdlm_fast.schedules.time_schedule import TimeInterval, TimeSchedule, resolve_schedule, time_fractions
 
 
 def test_spec_round_trip_and_model_lookup():
@@ -82,11 +82,11 @@ def test_file_round_trip_keeps_the_source(tmp_path):
 @pytest.mark.parametrize("content, match", [
     ("{not json", "not valid JSON"),
     ('{"format": "something else"}', "not a time-schedule file"),
-    ('{"format": "mdlm_fast.time_schedule", "version": 9, "intervals": []}', "unsupported version"),
-    ('{"format": "mdlm_fast.time_schedule", "version": 1, "intervals": [{"lo": 0.5}]}', "malformed"),
-    ('{"format": "mdlm_fast.time_schedule", "version": 1, "intervals": [{"lo": 0.5, "hi": 0.2, "model": 1}]}',
+    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 9, "intervals": []}', "unsupported version"),
+    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "intervals": [{"lo": 0.5}]}', "malformed"),
+    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "intervals": [{"lo": 0.5, "hi": 0.2, "model": 1}]}',
      "lo < hi"),
-    ('{"format": "mdlm_fast.time_schedule", "version": 1, "spec": "time:0-0.5=L", '
+    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "spec": "time:0-0.5=L", '
      '"intervals": [{"lo": 0.5, "hi": 1, "model": 1}]}', "disagrees"),
 ])
 def test_bad_files_are_refused_naming_the_file(tmp_path, content, match):

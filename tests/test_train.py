@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdlm_fast.checkpoint import CheckpointError, load_denoiser
+from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser
 from mdlm_fast.cli.validate import CliError
 from mdlm_fast.text.data import (derive_seed, load_corpus, read_text, split_documents,
                             split_train_val)
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig, load_judge, nll, save_judge
-from mdlm_fast.model import DiT, DiTConfig, subs_log_probs
-from mdlm_fast.noise import LogLinearNoise
+from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
+from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.cli.train import add_tokenizer_arguments, add_train_arguments, run_train, run_train_tokenizer
 from mdlm_fast.text.tokenizer import TokenizerError, check_compatible, load_tokenizer
 from mdlm_fast.training.bpe import train_bpe_tokenizer

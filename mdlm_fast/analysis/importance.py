@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from mdlm_fast.noise import LogLinearNoise
+from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.text.data import derive_seed
-from mdlm_fast.validate import integer
+from mdlm_fast.util.validate import integer
 
 __all__ = ["ImportancePoint", "ImportanceProfile", "default_t_grid", "corrupt", "masked_log_probs",
            "step_importance"]

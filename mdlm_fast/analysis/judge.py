@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdlm_fast.atomic import atomic_directory
-from mdlm_fast.checkpoint import CheckpointError, _check_replaceable, _write_safetensors
-from mdlm_fast.embedded import ASSETS
-from mdlm_fast.validate import integer
+from mdlm_fast.util.atomic import atomic_directory
+from mdlm_fast.models.checkpoint import CheckpointError, _check_replaceable, _write_safetensors
+from mdlm_fast.models.embedded import ASSETS
+from mdlm_fast.util.validate import integer
 
 __all__ = ["CausalLMConfig", "CausalLM", "save_judge", "load_judge", "nll", "EMBEDDED_JUDGE"]
 

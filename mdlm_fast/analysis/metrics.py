@@ -196,7 +196,7 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     """
     from mdlm_fast.analysis.distributed import single_process
     from mdlm_fast.sampling import api as sampling
-    from mdlm_fast.schedule import ModelSchedule
+    from mdlm_fast.schedules.model_schedule import ModelSchedule
 
     dist = dist or single_process()
     schedule = ModelSchedule.coerce(schedule, steps)

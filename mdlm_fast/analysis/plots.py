@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from mdlm_fast.atomic import atomic_file
+from mdlm_fast.util.atomic import atomic_file
 
 __all__ = ["plot_importance", "plot_segment_frequency", "plot_segment_scores", "plot_sweep", "plot_bars"]
 

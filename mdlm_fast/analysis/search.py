@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from mdlm_fast.schedule import ModelSchedule, all_segment_choices
+from mdlm_fast.schedules.model_schedule import ModelSchedule, all_segment_choices
 
 __all__ = ["ResultsLog", "run_items", "exhaustive_items", "placement_items", "fraction_items",
            "light_size_items", "segment_scores", "segment_frequency", "ranked", "light_segments_of"]

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from mdlm_fast.atomic import write_csv, write_json
+from mdlm_fast.util.atomic import write_csv, write_json
 from mdlm_fast.cli import loaders
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError
-from mdlm_fast.json_output import dumps
+from mdlm_fast.util.json_output import dumps
 
 DEFAULT_OUT = "runs/analysis"
 DEFAULT_DATA = "embedded:heldout"  # the split the embedded models were validated on, shipped
@@ -180,7 +180,7 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
     models = [loaders.load_model(heavy_name, "--heavy", args)] + [loaders.load_model(n, "--light", args)
                                                                    for n in light_names]
     if getattr(args, "dtype", None) is not None:  # the sampling commands; importance stays fp32
-        from mdlm_fast.compute_dtype import resolve_dtype
+        from mdlm_fast.models.compute_dtype import resolve_dtype
 
         models = [m.to(dtype=resolve_dtype(args.dtype, "cpu").dtype) for m in models]
     loaders.check_scheduled_pair(models, names)
@@ -262,8 +262,8 @@ def _paired_text(row: dict) -> str:
 
 def _write_time_schedule(path: Path, spec: str, source: dict) -> Path:
     """The chosen schedule in diffusion time, so ``generate --schedule-file`` runs it at any steps."""
-    from mdlm_fast.schedule import ModelSchedule
-    from mdlm_fast.time_schedule import TimeSchedule
+    from mdlm_fast.schedules.model_schedule import ModelSchedule
+    from mdlm_fast.schedules.time_schedule import TimeSchedule
 
     TimeSchedule.from_model_schedule(ModelSchedule.parse(spec), source=source).save(path)
     return path
@@ -283,7 +283,7 @@ def _emit(args, result: dict, lines: list[str]) -> None:
 def cmd_evaluate(args) -> int:
     from mdlm_fast.analysis.distributed import from_env
     from mdlm_fast.analysis.metrics import evaluate_schedule
-    from mdlm_fast.time_schedule import resolve_schedule
+    from mdlm_fast.schedules.time_schedule import resolve_schedule
 
     _setup(args)
     settings = _sampling(args)
@@ -405,7 +405,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 def _study_items(args, steps: int, light_names: list[str]) -> tuple[list[dict], dict]:
     """Work items of the study and the settings that define them (part of the log's settings)."""
-    from mdlm_fast.schedule import PLACEMENTS
+    from mdlm_fast.schedules.model_schedule import PLACEMENTS
     from mdlm_fast.analysis import search
 
     try:
@@ -483,7 +483,7 @@ def cmd_search(args) -> int:
     from mdlm_fast.analysis.distributed import from_env
     from mdlm_fast.analysis import search
     from mdlm_fast.analysis.metrics import evaluate_schedule
-    from mdlm_fast.schedule import ModelSchedule
+    from mdlm_fast.schedules.model_schedule import ModelSchedule
     from mdlm_fast.analysis.search import ResultsLog, run_items
 
     _setup(args)

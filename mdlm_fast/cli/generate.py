@@ -11,7 +11,7 @@ from typing import Any
 from mdlm_fast.cli import loaders
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError
-from mdlm_fast.json_output import dumps
+from mdlm_fast.util.json_output import dumps
 
 DEFAULT_SCHEDULE = "sandwich:0.25"
 
@@ -132,8 +132,8 @@ def _savings(stats) -> dict:
 
 
 def _read_schedule_file(args):
-    from mdlm_fast.schedule import ScheduleError
-    from mdlm_fast.time_schedule import TimeSchedule
+    from mdlm_fast.schedules.model_schedule import ScheduleError
+    from mdlm_fast.schedules.time_schedule import TimeSchedule
 
     try:
         return TimeSchedule.load(args.schedule_file)
@@ -143,8 +143,8 @@ def _read_schedule_file(args):
 
 def _cmd_generate(args) -> int:
     from mdlm_fast.sampling import api as sampling
-    from mdlm_fast.schedule import ScheduleError
-    from mdlm_fast.time_schedule import resolve_schedule
+    from mdlm_fast.schedules.model_schedule import ScheduleError
+    from mdlm_fast.schedules.time_schedule import resolve_schedule
 
     _check_generate_arguments(args)
     device = args.device
@@ -188,7 +188,7 @@ def _cmd_generate(args) -> int:
                     for row, text in zip(tokens, texts or [None] * len(tokens))],
     }
     if args.out:
-        from mdlm_fast.atomic import atomic_file
+        from mdlm_fast.util.atomic import atomic_file
 
         with atomic_file(args.out) as f:
             for sample in report["samples"]:

@@ -7,7 +7,7 @@ from mdlm_fast.cli.validate import CliError
 
 def load_model(path: str, flag: str, args):
     """The denoiser at ``path`` (a checkpoint spec), read as ``--trust-checkpoint`` / ``--mask-index`` say."""
-    from mdlm_fast.checkpoint import load_denoiser
+    from mdlm_fast.models.checkpoint import load_denoiser
 
     return load_denoiser(check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint,
                          mask_index=args.mask_index)

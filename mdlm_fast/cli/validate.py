@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mdlm_fast.validate import integer
+from mdlm_fast.util.validate import integer
 
 
 class CliError(ValueError):

@@ -13,15 +13,15 @@ from typing import Any, Sequence
 
 import torch
 
-from mdlm_fast.compute_dtype import denoisers_in_dtype
-from mdlm_fast.denoiser import Denoiser, as_denoisers
-from mdlm_fast.flops import schedule_flops
-from mdlm_fast.ops import check_seed, check_temperature
+from mdlm_fast.models.compute_dtype import denoisers_in_dtype
+from mdlm_fast.models.denoiser import Denoiser, as_denoisers
+from mdlm_fast.schedules.flops import schedule_flops
+from mdlm_fast.ops.compiled import check_seed, check_temperature
 from mdlm_fast.sampling import confidence, fast, mdlm
 from mdlm_fast.sampling.run import SampleResult, SampleStats, SamplingRun
-from mdlm_fast.schedule import ModelSchedule
-from mdlm_fast.time_schedule import resolve_schedule
-from mdlm_fast.validate import positive_int
+from mdlm_fast.schedules.model_schedule import ModelSchedule
+from mdlm_fast.schedules.time_schedule import resolve_schedule
+from mdlm_fast.util.validate import positive_int
 
 SAMPLERS = ("fast", "mdlm", "confidence")
 SAMPLER_ALIASES = {"reference": "mdlm"}  # the name of MDLM's sampler in 0.1

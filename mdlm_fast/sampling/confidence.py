@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mdlm_fast import ops
-from mdlm_fast.ops import PURPOSE_TOKEN
-from mdlm_fast.sampling.draw import sample_from_logits
+from mdlm_fast.ops import compiled as ops
+from mdlm_fast.ops.compiled import PURPOSE_TOKEN
+from mdlm_fast.ops.draw import sample_from_logits
 from mdlm_fast.sampling.keys import step_keys
 from mdlm_fast.sampling.run import SamplingRun
 

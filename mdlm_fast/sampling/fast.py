@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from mdlm_fast import ops
-from mdlm_fast.ops import PURPOSE_NOISE_REMOVAL, PURPOSE_REVEAL, PURPOSE_TOKEN
-from mdlm_fast.sampling.draw import sample_from_logits
+from mdlm_fast.ops import compiled as ops
+from mdlm_fast.ops.compiled import PURPOSE_NOISE_REMOVAL, PURPOSE_REVEAL, PURPOSE_TOKEN
+from mdlm_fast.ops.draw import sample_from_logits
 from mdlm_fast.sampling.keys import position_grid, step_keys
 from mdlm_fast.sampling.run import SamplingRun
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mdlm_fast import ops
-from mdlm_fast.model import subs_log_probs
-from mdlm_fast.noise import sampling_dt
-from mdlm_fast.ops import PURPOSE_REFERENCE_GUMBEL
+from mdlm_fast.ops import compiled as ops
+from mdlm_fast.models.dit import subs_log_probs
+from mdlm_fast.schedules.noise import sampling_dt
+from mdlm_fast.ops.compiled import PURPOSE_REFERENCE_GUMBEL
 from mdlm_fast.sampling.keys import position_grid
 from mdlm_fast.sampling.run import SamplingRun
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from mdlm_fast.denoiser import Denoiser
-from mdlm_fast.flops import ExecutedFlops
-from mdlm_fast.noise import LogLinearNoise, sampling_timesteps
-from mdlm_fast.schedule import ModelSchedule
+from mdlm_fast.models.denoiser import Denoiser
+from mdlm_fast.schedules.flops import ExecutedFlops
+from mdlm_fast.schedules.noise import LogLinearNoise, sampling_timesteps
+from mdlm_fast.schedules.model_schedule import ModelSchedule
 
 
 class NonFiniteForwardError(FloatingPointError, ValueError):

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdlm_fast.atomic import atomic_file
-from mdlm_fast.embedded import ASSETS
+from mdlm_fast.util.atomic import atomic_file
+from mdlm_fast.models.embedded import ASSETS
 from mdlm_fast.text.tokenizer import load_tokenizer
 
 __all__ = [

@@ -26,8 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mdlm_fast import atomic
-from mdlm_fast.embedded import ASSETS
+from mdlm_fast.util import atomic
+from mdlm_fast.models.embedded import ASSETS
 
 __all__ = [
     "TextTokenizer", "TokenizerError", "load_tokenizer", "check_compatible",

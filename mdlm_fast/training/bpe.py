@@ -5,7 +5,7 @@ import os
 
 from mdlm_fast.text.data import DEFAULT_VAL_FRACTION, read_text, split_documents, split_train_val
 from mdlm_fast.text.tokenizer import EOS_TOKEN, MASK_TOKEN, TextTokenizer, TokenizerError
-from mdlm_fast.validate import integer
+from mdlm_fast.util.validate import integer
 
 
 def train_bpe_tokenizer(text_path: str | os.PathLike, vocab_size: int = 8192,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mdlm_fast.validate import integer
+from mdlm_fast.util.validate import integer
 
 STATE_NAME = "state.pt"
 METRICS_NAME = "metrics.jsonl"

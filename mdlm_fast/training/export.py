@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from mdlm_fast.analysis.judge import save_judge
-from mdlm_fast.atomic import atomic_directory
-from mdlm_fast.checkpoint import _check_replaceable, save_denoiser
+from mdlm_fast.util.atomic import atomic_directory
+from mdlm_fast.models.checkpoint import _check_replaceable, save_denoiser
 from mdlm_fast.text.data import load_corpus
 from mdlm_fast.text.tokenizer import load_tokenizer
 from mdlm_fast.training.config import STATE_NAME, TOKENIZER_COPY, TrainConfig, TrainError
@@ -24,7 +24,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
            include_tokenizer: bool = True) -> dict:
     """Write the EMA weights of ``run_dir`` as a model directory, with a card and the tokenizer.
 
-    MDLM: :func:`~mdlm_fast.checkpoint.save_denoiser` layout; judge:
+    MDLM: :func:`~mdlm_fast.models.checkpoint.save_denoiser` layout; judge:
     :func:`~mdlm_fast.analysis.judge.save_judge` layout. Adds ``MODEL_CARD.md``, ``training.json`` (the
     numbers of the card) and, with ``include_tokenizer``, ``tokenizer.json``. ``dtype="bf16"``
     stores the weights in bfloat16 (half the size; the loaders upcast to fp32). The validation

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mdlm_fast.atomic import atomic_file
-from mdlm_fast.noise import LogLinearNoise
+from mdlm_fast.util.atomic import atomic_file
+from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.text.data import Corpus, derive_seed, load_corpus
 from mdlm_fast.text.tokenizer import TextTokenizer, load_tokenizer
 from mdlm_fast.training.config import (METRICS_NAME, RESUMABLE_FIELDS, STATE_FORMAT, STATE_NAME, TOKENIZER_COPY,

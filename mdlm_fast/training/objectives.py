@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig
-from mdlm_fast.model import DiT, DiTConfig
-from mdlm_fast.noise import LogLinearNoise
+from mdlm_fast.models.dit import DiT, DiTConfig
+from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.text.data import derive_seed
 from mdlm_fast.text.tokenizer import TextTokenizer, check_compatible
 from mdlm_fast.training.config import TrainConfig

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emulator import Emulator  # noqa: E402
 
-from mdlm_fast import ops  # noqa: E402
+from mdlm_fast.ops import compiled as ops  # noqa: E402
 
 
 def _problem(n, d, vocab, dtype, seed):

@@ -163,7 +163,7 @@ def denoisers_in_dtype(denoisers: list, dtype: Any, device: Any) -> tuple[list, 
 
     Modules are cast (a cached copy, see :func:`cast_module`); a plain callable cannot be, so an
     explicit dtype other than its own is refused, and ``"auto"`` leaves it as it is."""
-    from mdlm_fast.denoiser import Denoiser
+    from mdlm_fast.models.denoiser import Denoiser
 
     if dtype is None:
         found = next((module_dtype(d.model) for d in denoisers if module_dtype(d.model) is not None), torch.float32)

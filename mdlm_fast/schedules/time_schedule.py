@@ -32,13 +32,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple
 
-from mdlm_fast.schedule import MAX_MODELS, ModelSchedule, ScheduleError
-from mdlm_fast.validate import integer
+from mdlm_fast.schedules.model_schedule import MAX_MODELS, ModelSchedule, ScheduleError
+from mdlm_fast.util.validate import integer
 
 __all__ = ["TimeInterval", "TimeSchedule", "resolve_schedule", "FILE_FORMAT"]
 
 #: The ``format`` field of a time-schedule JSON file.
-FILE_FORMAT = "mdlm_fast.time_schedule"
+FILE_FORMAT = "mdlm_fast.schedules.time_schedule"
 _FILE_VERSION = 1
 _PREFIX = "time:"
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e-?[0-9]+)?"
@@ -124,7 +124,7 @@ class TimeSchedule:
 
     def at_steps(self, steps: int) -> ModelSchedule:
         """The per-step schedule of a ``steps``-step trajectory."""
-        from mdlm_fast.noise import sampling_timesteps
+        from mdlm_fast.schedules.noise import sampling_timesteps
 
         times = sampling_timesteps(steps)[:-1].tolist()  # t at which step i runs its model
         return ModelSchedule([self.model_at(t) for t in times])
@@ -145,7 +145,7 @@ class TimeSchedule:
         """The time schedule that gives back ``schedule`` at its own number of steps: each run of
         steps ``a..b-1`` of a model other than 0 becomes the interval ``(ts[b], ts[a]]``; the last
         step's lower bound is 0, so the time after the grid's end belongs to the last step's model."""
-        from mdlm_fast.noise import sampling_timesteps
+        from mdlm_fast.schedules.noise import sampling_timesteps
 
         schedule = ModelSchedule.coerce(schedule)
         ts = sampling_timesteps(schedule.steps).tolist()
@@ -203,7 +203,7 @@ class TimeSchedule:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the schedule and its source record as JSON, atomically."""
-        from mdlm_fast.atomic import write_text
+        from mdlm_fast.util.atomic import write_text
 
         write_text(path, json.dumps(self.as_dict(), indent=2, allow_nan=False) + "\n")
 
@@ -240,7 +240,7 @@ class TimeSchedule:
 def time_fractions(schedule: ModelSchedule, bounds: Sequence[float]) -> list[int]:
     """Steps of models other than 0 whose time falls in each ``(bounds[k+1], bounds[k]]``
     (``bounds`` descending): a helper for comparing one time schedule at several step counts."""
-    from mdlm_fast.noise import sampling_timesteps
+    from mdlm_fast.schedules.noise import sampling_timesteps
 
     times = sampling_timesteps(schedule.steps)[:-1].tolist()
     return [sum(1 for t, m in zip(times, schedule) if hi >= t > lo and m != 0)

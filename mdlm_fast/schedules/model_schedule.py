@@ -51,7 +51,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
-from mdlm_fast.validate import integer
+from mdlm_fast.util.validate import integer
 
 #: Placements accepted by :meth:`ModelSchedule.light_fraction` and ``<placement>:<fraction>`` specs.
 PLACEMENTS: Tuple[str, ...] = ("first", "last", "q1", "q2", "q3", "q4", "sandwich", "middle")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
 
-from mdlm_fast.json_output import dumps
+from mdlm_fast.util.json_output import dumps
 
 
 def fsync_dir(directory: Path) -> None:

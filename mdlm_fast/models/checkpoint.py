@@ -3,7 +3,7 @@
 Formats read by :func:`load_denoiser`:
 
 * **HF-style directory** (e.g. ``kuleshov-group/mdlm-owt``): ``config.json`` with the
-  :class:`~mdlm_fast.model.DiTConfig` fields (unknown keys such as ``model_type``/``auto_map``
+  :class:`~mdlm_fast.models.dit.DiTConfig` fields (unknown keys such as ``model_type``/``auto_map``
   are ignored; ``cond_dim`` is always taken from the file) and ``model.safetensors``
   (preferred) or ``pytorch_model.bin``. Keys are ``backbone.*``; bare keys are accepted too.
   A path to the weights file itself is accepted and reads ``config.json`` next to it.
@@ -17,7 +17,7 @@ Formats read by :func:`load_denoiser`:
   shapes: without a config it must be passed (``load_denoiser(path, n_heads=12)``).
 
 Torch pickles (``.ckpt``, ``pytorch_model.bin``) are read by default through
-:mod:`mdlm_fast.inert_pickle`: tensors are rebuilt, and every other object the file names (an
+:mod:`mdlm_fast.models.inert_pickle`: tensors are rebuilt, and every other object the file names (an
 OmegaConf config, a pickled tokenizer, ...) becomes an inert record of its class name and stored
 state; nothing from the file is imported or executed. ``trust_checkpoint=True`` unpickles fully.
 Config values that are OmegaConf interpolations (``"${...}"``) count as not recorded.
@@ -48,10 +48,10 @@ from typing import Any, Mapping
 
 import torch
 
-from mdlm_fast import inert_pickle
-from mdlm_fast.atomic import atomic_directory
-from mdlm_fast.embedded import ASSETS
-from mdlm_fast.model import DiT, DiTConfig
+from mdlm_fast.models import inert_pickle
+from mdlm_fast.util.atomic import atomic_directory
+from mdlm_fast.models.embedded import ASSETS
+from mdlm_fast.models.dit import DiT, DiTConfig
 
 __all__ = ["CheckpointError", "load_denoiser", "save_denoiser"]
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from mdlm_fast.schedule import ModelSchedule, ScheduleError
-from mdlm_fast.validate import integer
+from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError
+from mdlm_fast.util.validate import integer
 
 _FIELDS = ("hidden_dim", "n_blocks", "vocab_size")
 

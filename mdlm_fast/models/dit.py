@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdlm_fast.validate import integer
+from mdlm_fast.util.validate import integer
 
 __all__ = ["DiTConfig", "DiT", "subs_log_probs"]
 

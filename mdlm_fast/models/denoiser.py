@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mdlm_fast.flops import ModelShape
+from mdlm_fast.schedules.flops import ModelShape
 
 
 def _takes_keyword(fn: Any, name: str) -> bool:

@@ -5,14 +5,14 @@ outputs) and a readable statement of what each kernel computes. They are slow by
 materialize what the kernels avoid ([N, V] logits, per-entry noise). The Philox stream is
 recomputed here from its definition (design §7); the fused head's reference is the vocabulary
 projection followed by the logits draw that samplers use for denoisers without a fused head
-(``mdlm_fast.sampling.draw``, design §8).
+(``mdlm_fast.ops.draw``, design §8).
 """
 from __future__ import annotations
 
 import torch
 
-from mdlm_fast.ops import NOISE_DISTS
-from mdlm_fast.sampling.draw import sample_from_logits
+from mdlm_fast.ops.compiled import NOISE_DISTS
+from mdlm_fast.ops.draw import sample_from_logits
 
 __all__ = ["philox4x32_10", "philox_blocks", "uniform53", "philox_uniforms", "philox_noise", "head_logits",
            "fused_head_sample", "sample_from_logits"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mdlm_fast.ops import VOCAB_CHUNK, check_seed, check_temperature, philox_noise
+from mdlm_fast.ops.compiled import VOCAB_CHUNK, check_seed, check_temperature, philox_noise
 
 
 def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""The denoisers: MDLM's DiT, the Denoiser wrapper, compute dtypes, and checkpoints loaded without running their code."""
