@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles (module-level or inside functions), one docstring per
+"""The package's shape: a small top level (subpackages by concept, at most ``MAX_TOP_MODULES``
+modules beside them), no import cycles (module-level or inside functions), one docstring per
 folder, and the version stated once. Read from the source with ``ast``; nothing is imported."""
 from __future__ import annotations
 
@@ -11,6 +12,33 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mdlm_fast"
 COMPILED = {"mdlm_fast._C"}  # the extension: a module without Python imports of its own
+# The facade, the version and the build info, with room for a few more; everything else belongs to a
+# subpackage named for its concept, so that a module's folder tells what it is about.
+MAX_TOP_MODULES = 6
+
+
+def top_level_modules(package: Path = PACKAGE) -> list[str]:
+    """The Python modules directly in ``package`` (not in a subpackage), ``__init__`` included."""
+    return sorted(p.name for p in package.glob("*.py"))
+
+
+def test_the_top_level_holds_few_modules():
+    found = top_level_modules()
+    assert len(found) <= MAX_TOP_MODULES, (
+        f"mdlm_fast/ holds {len(found)} modules ({found}); at most {MAX_TOP_MODULES}: move the rest "
+        "into the subpackage of their concept")
+
+
+def test_the_top_level_count_sees_modules_not_subpackages(tmp_path):
+    """The check above can fail: modules at the top count, those in subpackages do not."""
+    pkg = tmp_path / "mdlm_fast"
+    (pkg / "ops").mkdir(parents=True)
+    for name in ("__init__.py", "ops/__init__.py", "ops/a.py", "ops/b.py", "ops/c.py"):
+        (pkg / name).write_text('"""x"""\n')
+    assert top_level_modules(pkg) == ["__init__.py"]
+    for i in range(MAX_TOP_MODULES):
+        (pkg / f"m{i}.py").write_text('"""x"""\n')
+    assert len(top_level_modules(pkg)) == MAX_TOP_MODULES + 1 > MAX_TOP_MODULES
 
 
 def _modules() -> dict[str, Path]:
