@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from model_reference import load_test_model
 
 from mdlm_fast.models import checkpoint
+from mdlm_fast.models.checkpoints import hf
 from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
 from mdlm_fast.models.dit import DiT, DiTConfig
 
@@ -264,7 +265,7 @@ def test_save_is_atomic_on_write_failure(tmp_path, monkeypatch, existing):
     old = ref.random_model(seed=1)
     if existing:
         save_denoiser(old, target)
-    monkeypatch.setattr(checkpoint, "_write_safetensors", _failing_write)
+    monkeypatch.setattr(hf, "write_safetensors", _failing_write)
     with pytest.raises(OSError, match="disk full"):
         save_denoiser(ref.random_model(seed=2), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["ckpt"] if existing else [])

@@ -435,14 +435,14 @@ def test_real_tokenizers_and_config_read_inertly(file):
     id is the one each tokenizer reported when it was pickled."""
     with open(file, "rb") as f:
         data = inert_pickle.Unpickler(f).load()
-    from mdlm_fast.models import checkpoint
+    from mdlm_fast.models.checkpoints import lightning, mask_id
     for name, tokenizer in data["tokenizers"].items():
         assert isinstance(tokenizer, inert_pickle.InertRecord) and "Tokenizer" in tokenizer.qualname
         expected = data["expected_mask_ids"][name]
         want = ({"_mask_index_source": "appended"} if expected is None
                 else {"mask_index": expected, "_mask_index_source": "tokenizer"})
-        assert checkpoint._tokenizer_mask(tokenizer, file) == want, name
+        assert mask_id.tokenizer_mask(tokenizer, file) == want, name
     assert isinstance(data["config"], inert_pickle.InertRecord)
     assert inert_pickle.plain(data["config"]) == data["expected_config"]
-    assert checkpoint._lightning_config({"config": data["config"]}) == {
+    assert lightning.lightning_config({"config": data["config"]}) == {
         "hidden_dim": 32, "cond_dim": 16, "model_length": 16, "n_blocks": 2, "n_heads": 4, "time_conditioning": True}

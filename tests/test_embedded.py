@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast.models.checkpoint import EMBEDDED_DIR
+from mdlm_fast.models.embedded import ASSETS as EMBEDDED_DIR
 
 ASSETS = Path(mf.__file__).parent / "assets"
 

@@ -85,7 +85,7 @@ def test_noise_removal_adds_one_forward():
 
 def test_head_dilutes_the_saving():
     """Same widths: block-only saving equals eq. 3; with the paper's head the analytic saving is smaller."""
-    s = ModelSchedule.light_fraction(128, 0.25)
+    s = ModelSchedule.from_fraction(128, 0.25)
     r = schedule_flops(s, [PAPER_HEAVY, PAPER_LIGHT], batch=1, length=128)
     base = schedule_flops(ModelSchedule.all_heavy(128), [PAPER_HEAVY, PAPER_LIGHT], 1, 128)
     assert r["predicted_saving"] == pytest.approx(1 / 6)
@@ -161,7 +161,7 @@ def test_executed_flops_sums():
 
 def test_executed_full_batch_matches_schedule_flops():
     """A reference-style loop recorded step by step gives exactly the analytic schedule total."""
-    s = ModelSchedule.light_fraction(12, 0.5, "q2")
+    s = ModelSchedule.from_fraction(12, 0.5, "q2")
     shapes = [HEAVY, LIGHT]
     ex = ExecutedFlops()
     for k in s:

@@ -114,7 +114,7 @@ def test_light_step_count_rounds_half_up(steps, fraction, n):
 @FAST
 @given(steps=st.integers(1, 300), fraction=fractions, placement=st.sampled_from(PLACEMENTS))
 def test_fraction_gives_exact_light_count(steps, fraction, placement):
-    s = ModelSchedule.light_fraction(steps, fraction, placement=placement)
+    s = ModelSchedule.from_fraction(steps, fraction, placement=placement)
     n = expected_light(steps, fraction)
     assert s.steps == steps and sum(light_mask(s)) == n
     blocks = runs_of_light(s)
@@ -130,7 +130,7 @@ def test_fraction_gives_exact_light_count(steps, fraction, placement):
 @FAST
 @given(steps=st.integers(1, 300), fraction=fractions)
 def test_sandwich_is_symmetric(steps, fraction):
-    s = ModelSchedule.light_fraction(steps, fraction)  # sandwich is the default placement
+    s = ModelSchedule.from_fraction(steps, fraction)  # sandwich is the default placement
     n = expected_light(steps, fraction)
     head, tail = (n + 1) // 2, n // 2  # an odd extra step goes at the start
     assert s.indices == (1,) * head + (0,) * (steps - n) + (1,) * tail
@@ -141,7 +141,7 @@ def test_sandwich_is_symmetric(steps, fraction):
 @FAST
 @given(steps=st.integers(1, 300), quarter=st.integers(1, 4), fraction=fractions)
 def test_quarter_block_is_centered_on_its_quarter(steps, quarter, fraction):
-    s = ModelSchedule.light_fraction(steps, fraction, placement=f"q{quarter}")
+    s = ModelSchedule.from_fraction(steps, fraction, placement=f"q{quarter}")
     q_start, q_end = segment_bounds(steps, 4)[quarter - 1] if steps >= 4 else (None, None)
     n = sum(light_mask(s))
     if n and q_start is not None and n <= q_end - q_start:
@@ -152,12 +152,12 @@ def test_quarter_block_is_centered_on_its_quarter(steps, quarter, fraction):
 
 @pytest.mark.parametrize("quarter", [1, 2, 3, 4])
 def test_quarter_at_25_percent_is_exactly_the_quarter(quarter):
-    s = ModelSchedule.light_fraction(1000, 0.25, placement=f"q{quarter}")
+    s = ModelSchedule.from_fraction(1000, 0.25, placement=f"q{quarter}")
     assert runs_of_light(s) == [((quarter - 1) * 250, quarter * 250)]
 
 
 def test_placement_examples():
-    lf = ModelSchedule.light_fraction
+    lf = ModelSchedule.from_fraction
     assert lf(16, 0.25, "sandwich").to_spec() == "L2-H12-L2"
     assert lf(10, 0.3, "sandwich").to_spec() == "L2-H7-L1"
     assert lf(16, 0.25, "middle").to_spec() == "H6-L4-H6"
@@ -170,12 +170,12 @@ def test_placement_examples():
 @pytest.mark.parametrize("bad, needle", [(1.5, "1.5"), (-0.1, "-0.1"), (float("nan"), "nan"), ("x", "x")])
 def test_fraction_errors_quote_value(bad, needle):
     with pytest.raises(ScheduleError, match=needle):
-        ModelSchedule.light_fraction(10, bad)
+        ModelSchedule.from_fraction(10, bad)
 
 
 def test_unknown_placement_lists_valid_ones():
     with pytest.raises(ScheduleError, match=r"'edges'.*first, last, q1, q2, q3, q4, sandwich, middle"):
-        ModelSchedule.light_fraction(10, 0.2, placement="edges")
+        ModelSchedule.from_fraction(10, 0.2, placement="edges")
 
 
 # ------------------------------------------------------------------------------------- segments
@@ -230,7 +230,7 @@ def test_all_segment_choices():
 
 
 def test_predicted_saving():
-    s = ModelSchedule.light_fraction(1000, 0.25)
+    s = ModelSchedule.from_fraction(1000, 0.25)
     assert s.predicted_saving([12, 4]) == pytest.approx(1 / 6)
     assert ModelSchedule.all_heavy(10).predicted_saving([12, 4]) == 0.0
     three = ModelSchedule([0, 1, 2, 2])  # (0 + 2/3 + 5/6 + 5/6) / 4

@@ -23,15 +23,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mdlm_fast.util.atomic import atomic_directory
-from mdlm_fast.models.checkpoint import CheckpointError, _check_replaceable, _write_safetensors
-from mdlm_fast.models.embedded import ASSETS
+from mdlm_fast.models.checkpoints.errors import CheckpointError
+from mdlm_fast.models.checkpoints.hf import check_replaceable, write_safetensors
+from mdlm_fast.models.embedded import JUDGE, EmbeddedNameError, embedded_path
 from mdlm_fast.util.validate import integer
 
 __all__ = ["CausalLMConfig", "CausalLM", "save_judge", "load_judge", "nll", "EMBEDDED_JUDGE"]
 
 MODEL_TYPE = "mdlm_fast_causal_lm"
 #: Where the embedded judge lives inside the package.
-EMBEDDED_JUDGE = ASSETS / "judge"
+EMBEDDED_JUDGE = embedded_path("embedded", JUDGE)
 
 
 @dataclass
@@ -202,7 +203,7 @@ def save_judge(model: CausalLM, path: str | os.PathLike) -> Path:
     if not isinstance(model, CausalLM):
         raise TypeError(f"save_judge expects a CausalLM, got {type(model).__name__}")
     path = Path(path)
-    _check_replaceable(path)
+    check_replaceable(path)
     with atomic_directory(path) as tmp:
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
@@ -210,7 +211,7 @@ def save_judge(model: CausalLM, path: str | os.PathLike) -> Path:
         state = {k: v.detach().to("cpu").contiguous().clone()
                  for k, v in model.state_dict().items()
                  if not (model.config.tie_embeddings and k == "head.weight")}
-        _write_safetensors(state, tmp / "model.safetensors")
+        write_safetensors(state, tmp / "model.safetensors")
     return path
 
 
@@ -222,8 +223,12 @@ def load_judge(path: str | os.PathLike = "embedded", *, device: torch.device | s
     Strict: missing/unexpected keys and shape mismatches raise :class:`CheckpointError`.
     Returns the model in eval mode.
     """
-    if str(path) in ("embedded", "embedded:judge"):
-        path = EMBEDDED_JUDGE
+    try:
+        embedded = embedded_path(path, JUDGE)
+    except EmbeddedNameError as e:
+        raise CheckpointError(str(e)) from None
+    if embedded is not None:
+        path = embedded
         if not path.is_dir():
             raise CheckpointError(f"the embedded judge is missing from this build ({path})")
     path = Path(path)

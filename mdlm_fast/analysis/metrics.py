@@ -122,10 +122,15 @@ def load_judge_and_tokenizer(spec: str = "embedded", tokenizer_spec: str | None 
     from mdlm_fast.analysis.judge import MODEL_TYPE, load_judge
     from mdlm_fast.text.tokenizer import load_tokenizer
 
+    from mdlm_fast.models.embedded import JUDGE, EmbeddedNameError, embedded_path
+
     spec = str(spec)
-    if spec not in ("embedded", "embedded:judge") and not os.path.isdir(spec):
+    try:
+        is_ours = embedded_path(spec, JUDGE) is not None
+    except EmbeddedNameError as e:
+        raise FileNotFoundError(str(e)) from None
+    if not is_ours and not os.path.isdir(spec):
         raise FileNotFoundError(f"no judge directory at {spec}")
-    is_ours = spec.startswith("embedded")
     if not is_ours:
         try:
             with open(os.path.join(spec, "config.json"), encoding="utf-8") as f:

@@ -166,18 +166,20 @@ def output_dir(flag: str, path: str | os.PathLike) -> Path:
     return target
 
 
-def input_file(flag: str, path: str | os.PathLike) -> Path:
-    target = Path(path).expanduser()
-    if not target.is_file():
-        raise CliError(f"{flag}: no file at {target}")
-    return target
+def _embedded(flag: str, spec: str, kind: str) -> bool:
+    """Whether ``spec`` names a shipped asset of ``kind``; a CliError for an ``embedded`` spec that
+    names none."""
+    from mdlm_fast.models.embedded import EmbeddedNameError, embedded_path
+
+    try:
+        return embedded_path(spec, kind) is not None
+    except EmbeddedNameError as e:
+        raise CliError(f"{flag} {spec}: {e}") from None
 
 
 def checkpoint(flag: str, spec: str) -> str:
     """A denoiser spec: ``embedded:heavy`` / ``embedded:light`` or an existing directory or file."""
-    if str(spec).startswith("embedded:"):
-        if spec not in ("embedded:heavy", "embedded:light"):
-            raise CliError(f"{flag} {spec}: the embedded models are embedded:heavy and embedded:light")
+    if _embedded(flag, spec, "model"):
         return spec
     if not os.path.exists(spec):
         raise CliError(f"{flag}: no checkpoint at {spec}")
@@ -186,7 +188,7 @@ def checkpoint(flag: str, spec: str) -> str:
 
 def tokenizer(flag: str, spec: str | None) -> str | None:
     """A tokenizer spec: ``embedded``, a ``tokenizer.json`` or a tokenizer directory."""
-    if spec is None or spec in ("embedded", "embedded:tokenizer"):
+    if spec is None or _embedded(flag, spec, "tokenizer"):
         return spec
     if not os.path.exists(spec):
         raise CliError(f"{flag}: no tokenizer at {spec}")
@@ -195,7 +197,7 @@ def tokenizer(flag: str, spec: str | None) -> str | None:
 
 def judge(flag: str, spec: str) -> str:
     """A judge spec: ``embedded``, ``none`` or a judge / Hugging Face causal-LM directory."""
-    if spec in ("embedded", "embedded:judge", "none"):
+    if spec == "none" or _embedded(flag, spec, "judge"):
         return spec
     if not os.path.isdir(spec):
         raise CliError(f"{flag}: no judge directory at {spec}")
@@ -204,11 +206,9 @@ def judge(flag: str, spec: str) -> str:
 
 def text(flag: str, spec: str) -> str:
     """A text spec: an ``embedded:`` text of :mod:`mdlm_fast.text.data` or an existing file."""
-    from mdlm_fast.text.data import EMBEDDED_TEXTS, resolve_text
+    from mdlm_fast.text.data import resolve_text
 
-    if str(spec).startswith("embedded:") and spec not in EMBEDDED_TEXTS:
-        raise CliError(f"{flag} {spec}: the embedded texts are {', '.join(EMBEDDED_TEXTS)}")
-    if not resolve_text(spec).is_file():
+    if not _embedded(flag, spec, "text") and not resolve_text(spec).is_file():
         raise CliError(f"{flag}: no text file at {spec}")
     return spec
 

@@ -15,7 +15,7 @@ Text spec (case-insensitive)::
 
     spec     := "time:" [interval ("," interval)*] ["," "default=" model]
     interval := LO "-" HI "=" model       0 <= LO < HI <= 1, decimal numbers
-    model    := "H" | "L" | "M" K          heavy (0), light (1), model K
+    model    := "H" | "L" | "M" K          heavy (0), light (1), model K (mdlm_fast.schedules.grammar)
 
 for example ``time:0.9-1=L,0-0.1=L`` (light for t > 0.9 and for t <= 0.1, heavy in between).
 Intervals must not overlap. :func:`resolve_schedule` turns any schedule argument -- a time spec
@@ -32,7 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple
 
-from mdlm_fast.schedules.model_schedule import MAX_MODELS, ModelSchedule, ScheduleError
+from mdlm_fast.schedules.grammar import FLAGS, MAX_MODELS, MODEL_PATTERN, ScheduleError, model_from_text, model_text
+from mdlm_fast.schedules.model_schedule import ModelSchedule
 from mdlm_fast.util.validate import integer
 
 __all__ = ["TimeInterval", "TimeSchedule", "resolve_schedule", "FILE_FORMAT"]
@@ -42,25 +43,8 @@ FILE_FORMAT = "mdlm_fast.schedules.time_schedule"
 _FILE_VERSION = 1
 _PREFIX = "time:"
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e-?[0-9]+)?"
-_INTERVAL = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*=\s*(h|l|m\s*[0-9]+)\s*", re.ASCII | re.IGNORECASE)
-_DEFAULT = re.compile(r"\s*default\s*=\s*(h|l|m\s*[0-9]+)\s*", re.ASCII | re.IGNORECASE)
-_LETTERS = {0: "H", 1: "L"}
-
-
-def _model_from_text(text: str) -> int:
-    text = text.strip().lower()
-    if text == "h":
-        return 0
-    if text == "l":
-        return 1
-    index = int(text[1:].strip())
-    if index >= MAX_MODELS:
-        raise ScheduleError(f"model index {index} is above the limit of {MAX_MODELS - 1}")
-    return index
-
-
-def _model_text(index: int) -> str:
-    return _LETTERS.get(index, f"M{index}")
+_INTERVAL = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*=\s*({MODEL_PATTERN})\s*", FLAGS)
+_DEFAULT = re.compile(rf"\s*default\s*=\s*({MODEL_PATTERN})\s*", FLAGS)
 
 
 def _number_text(x: float) -> str:
@@ -159,9 +143,9 @@ class TimeSchedule:
         return cls(tuple(intervals), 0, source)
 
     def to_spec(self) -> str:
-        parts = [f"{_number_text(iv.lo)}-{_number_text(iv.hi)}={_model_text(iv.model)}" for iv in self.intervals]
+        parts = [f"{_number_text(iv.lo)}-{_number_text(iv.hi)}={model_text(iv.model)}" for iv in self.intervals]
         if self.default != 0:
-            parts.append(f"default={_model_text(self.default)}")
+            parts.append(f"default={model_text(self.default)}")
         return _PREFIX + ",".join(parts)
 
     def __str__(self) -> str:
@@ -182,11 +166,11 @@ class TimeSchedule:
             for part in ([] if not body.strip() else body.split(",")):
                 match = _INTERVAL.fullmatch(part)
                 if match:
-                    intervals.append(TimeInterval(float(match[1]), float(match[2]), _model_from_text(match[3])))
+                    intervals.append(TimeInterval(float(match[1]), float(match[2]), model_from_text(match[3])))
                     continue
                 match = _DEFAULT.fullmatch(part)
                 if match:
-                    default = _model_from_text(match[1])
+                    default = model_from_text(match[1])
                     continue
                 raise ScheduleError(f"cannot read {part.strip()!r}: expected LO-HI=MODEL (e.g. 0.9-1=L) "
                                     "or default=MODEL, with MODEL one of H, L, M<k>")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from mdlm_fast.util.atomic import atomic_file
-from mdlm_fast.models.embedded import ASSETS
+from mdlm_fast.models.embedded import TEXT, EmbeddedNameError, embedded_path, specs
 from mdlm_fast.text.tokenizer import load_tokenizer
 
 __all__ = [
@@ -54,22 +54,17 @@ DEFAULT_VAL_FRACTION = 0.05
 #: the blank line between title and author is optional, as in The Sonnets' heading).
 DOC_SEPARATOR = r"\n{3,}(?=[^\n]+\n\n?by [^\n]+\n)"
 _CACHE_FORMAT = 1
-_ASSETS = ASSETS / "data"
 #: Texts shipped with the package: name -> file.
-EMBEDDED_TEXTS = {
-    "embedded:heldout": _ASSETS / "shakespeare_heldout.txt",
-    "embedded:sample": _ASSETS / "shakespeare_sample.txt",
-}
+EMBEDDED_TEXTS = {spec: embedded_path(spec, TEXT) for spec in specs(TEXT)}
 
 
 def resolve_text(spec: str | os.PathLike) -> Path:
     """The file behind a text spec: an ``embedded:`` name (:data:`EMBEDDED_TEXTS`) or a path."""
-    name = str(spec)
-    if name.startswith("embedded:"):
-        if name not in EMBEDDED_TEXTS:
-            raise FileNotFoundError(f"no embedded text {name!r}; expected one of {', '.join(EMBEDDED_TEXTS)}")
-        return EMBEDDED_TEXTS[name]
-    return Path(spec)
+    try:
+        embedded = embedded_path(spec, TEXT)
+    except EmbeddedNameError as e:
+        raise FileNotFoundError(str(e)) from None
+    return Path(spec) if embedded is None else embedded
 
 
 def held_out_fraction(spec: str | os.PathLike, default: float = DEFAULT_VAL_FRACTION) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mdlm_fast.util import atomic
-from mdlm_fast.models.embedded import ASSETS
+from mdlm_fast.models.embedded import TOKENIZER, EmbeddedNameError, embedded_path
 
 __all__ = [
     "TextTokenizer", "TokenizerError", "load_tokenizer", "check_compatible",
@@ -37,7 +37,7 @@ __all__ = [
 EOS_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "[MASK]"
 #: Where the embedded tokenizer lives inside the package.
-EMBEDDED_TOKENIZER = ASSETS / "tokenizer.json"
+EMBEDDED_TOKENIZER = embedded_path("embedded", TOKENIZER)
 
 
 class TokenizerError(ValueError):
@@ -182,7 +182,11 @@ def load_tokenizer(spec: "str | os.PathLike | TextTokenizer" = "embedded") -> Te
     """
     if isinstance(spec, TextTokenizer):
         return spec
-    if spec is None or str(spec) in ("embedded", "embedded:tokenizer"):
+    try:
+        embedded = embedded_path("embedded" if spec is None else spec, TOKENIZER)
+    except EmbeddedNameError as e:
+        raise TokenizerError(str(e)) from None
+    if embedded is not None:
         if not EMBEDDED_TOKENIZER.is_file():
             raise TokenizerError(
                 f"the embedded tokenizer is missing from this build ({EMBEDDED_TOKENIZER}); "

@@ -11,7 +11,8 @@ import torch
 
 from mdlm_fast.analysis.judge import save_judge
 from mdlm_fast.util.atomic import atomic_directory
-from mdlm_fast.models.checkpoint import _check_replaceable, save_denoiser
+from mdlm_fast.models.checkpoint import save_denoiser
+from mdlm_fast.models.checkpoints.hf import check_replaceable
 from mdlm_fast.text.data import load_corpus
 from mdlm_fast.text.tokenizer import load_tokenizer
 from mdlm_fast.training.config import STATE_NAME, TOKENIZER_COPY, TrainConfig, TrainError
@@ -73,7 +74,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     else:
         info["val_ppl"] = math.exp(val)
 
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     with atomic_directory(out_dir, tag="export") as staging:
         if dtype == "bf16":
             model.to(torch.bfloat16)

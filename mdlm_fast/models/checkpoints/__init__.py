@@ -1,0 +1,1 @@
+"""Checkpoint formats, one module each, behind mdlm_fast.models.checkpoint."""
