@@ -2,7 +2,7 @@
 
 Per N (rows projected): `fused` = ops.fused_head_sample; `matmul` = hidden @ W^T alone;
 `matmul+gumbel` = matmul, float64 Gumbel noise over [N, V] from the Philox op, argmax (the
-reference sampler's path). Ratios are taken inside one run, alternating providers per repeat.
+mdlm sampler's path). Ratios are taken inside one run, alternating providers per repeat.
 Every repeat also times read-only streams over W (`W.sum()` and an integer max over W's bytes;
 the faster of the two is the stream), so the fused op's W read rate is reported in GB/s and as a
 percent of the read rate the machine gives in that same moment. On a GPU also the percent of the

@@ -1,6 +1,6 @@
-"""Wall-clock against FLOPs: the reference and fast samplers side by side (Table 2 of arXiv:2604.02340).
+"""Wall-clock against FLOPs: the mdlm and fast samplers side by side (Table 2 of arXiv:2604.02340).
 
-Every table leads with the MDLM-speed baseline: the reference sampler with `precision="fp32-mdlm"`
+Every table leads with the MDLM-speed baseline: the mdlm sampler (MDLM's ddpm_cache) with `precision="fp32-mdlm"`
 and fp32 weights, which runs at about MDLM's own `ddpm_cache` loop's speed (1.14-1.25x it, measured
 side by side on this project's CPU). The fp64 reference is the exactness baseline and runs too.
 The fast sampler runs in the compute dtype `auto` picks (bf16 where the CPU or GPU does it
@@ -284,9 +284,9 @@ def main(argv=None):
                         help="compute dtypes of the fast sampler's rows (auto = bf16 where native)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-fractions", default=None,
-                        help="run the (slow) reference sampler only at these fractions (default: all)")
+                        help="run the (slow) mdlm sampler only at these fractions (default: all)")
     parser.add_argument("--reference-repeats", type=int, default=None,
-                        help="repeats of the reference sampler (default: --repeats)")
+                        help="repeats of the mdlm sampler (default: --repeats)")
     parser.add_argument("--light-sweep", action="store_true",
                         help="instead: light 4/6/8/10 blocks at sandwich 25%% (Table 1 of arXiv:2604.02340)")
     parser.add_argument("--ablation", action="store_true",

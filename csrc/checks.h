@@ -45,11 +45,14 @@ inline void check_purpose(int64_t purpose) {
 
 // philox_noise's `dist` argument; the values are the kernels' (philox_kernels.cuh) too.
 enum NoiseDist : int { kNoiseUniform = 0, kNoiseGumbel = 1, kNoiseUniform24 = 2 };
+// The names the op takes, indexed by NoiseDist (Python reads them from _C.constants()).
+constexpr const char* kNoiseDistNames[] = {"uniform", "gumbel", "uniform24"};
+constexpr int kNumNoiseDists = 3;
 
 inline NoiseDist parse_noise_dist(c10::string_view dist) {
-  if (dist == "uniform") return kNoiseUniform;
-  if (dist == "gumbel") return kNoiseGumbel;
-  if (dist == "uniform24") return kNoiseUniform24;
+  for (int i = 0; i < kNumNoiseDists; ++i) {
+    if (dist == kNoiseDistNames[i]) return static_cast<NoiseDist>(i);
+  }
   TORCH_CHECK(false, "mdlm_fast: argument 'dist' must be one of 'uniform', 'gumbel', 'uniform24', got '",
               std::string(dist), "'");
 }

@@ -5,6 +5,10 @@
 
 #include <string>
 
+#include "checks.h"
+#include "mdlm_fast/categorical.h"
+#include "mdlm_fast/philox.h"
+
 extern "C" {
 // Importing mdlm_fast._C registers the operators below as a side effect; the module itself
 // only carries build information.
@@ -20,8 +24,38 @@ static PyObject* build_info(PyObject*, PyObject*) {
                        "cuda_archs", cuda_archs);
 }
 
+// The constants the kernels and their checks are built with, so that Python reads them from the
+// extension instead of keeping copies (mdlm_fast/ops/compiled.py).
+static PyObject* constants(PyObject*, PyObject*) {
+  using namespace mdlm_fast;
+  PyObject* dists = PyTuple_New(kNumNoiseDists);
+  if (dists == nullptr) return nullptr;
+  for (int i = 0; i < kNumNoiseDists; ++i) {
+    PyObject* name = PyUnicode_FromString(kNoiseDistNames[i]);
+    if (name == nullptr) {
+      Py_DECREF(dists);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(dists, i, name);  // steals the reference
+  }
+  PyObject* purposes = Py_BuildValue("{s:I,s:I,s:I,s:I,s:I}", "user", unsigned{kPurposeUser}, "reveal",
+                                     unsigned{kPurposeReveal}, "token", unsigned{kPurposeToken}, "reference_gumbel",
+                                     unsigned{kPurposeReferenceGumbel}, "noise_removal",
+                                     unsigned{kPurposeNoiseRemoval});
+  if (purposes == nullptr) {
+    Py_DECREF(dists);
+    return nullptr;
+  }
+  // "N" hands over the references of dists and purposes.
+  return Py_BuildValue("{s:N,s:L,s:L,s:d,s:d,s:N}", "purposes", purposes, "max_step",
+                       static_cast<long long>(kMaxStep), "vocab_chunk", static_cast<long long>(kVocabChunk),
+                       "min_temperature", kMinTemperature, "max_temperature", kMaxTemperature, "noise_dists",
+                       dists);
+}
+
 static PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "Which backends this build compiled."},
+    {"constants", constants, METH_NOARGS, "The constants the kernels were built with."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

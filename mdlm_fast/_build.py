@@ -15,3 +15,10 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
 def build_info() -> dict:
     """Which backends this build compiled: {'cpu': True, 'cuda': bool, 'cuda_archs': str}."""
     return dict(_C.build_info())
+
+
+def compiled_constants() -> dict:
+    """The constants the kernels were compiled with (csrc/include/mdlm_fast/*.h, csrc/checks.h):
+    {'purposes': {name: id}, 'max_step', 'vocab_chunk', 'min_temperature', 'max_temperature',
+    'noise_dists'}."""
+    return dict(_C.constants())

@@ -39,7 +39,7 @@ def test_bench_sampler_reports_savings_against_each_variants_all_heavy_row(tmp_p
     bf16 = rows[("fast-bfloat16", 1.0)]
     assert bf16["speedup_vs_fast_float32"] == pytest.approx(rows[("fast-float32", 1.0)]["median_s"] / bf16["median_s"])
     assert rows[("reference-fp64", 1.0)]["speedup_vs_fast_float32"] is None
-    # the fast sampler projects far fewer head rows than the reference sampler at the same schedule
+    # the fast sampler projects far fewer head rows than the mdlm sampler at the same schedule
     assert rows[("fast-float32", 0.0)]["head_positions"] < rows[("mdlm-speed", 0.0)]["head_positions"] / 4
     assert data["machine"]["torch"] and data["machine"]["git_revision"] is not None
     assert (tmp_path / "result.csv").exists()

@@ -76,11 +76,11 @@ def test_schedule_flops_by_hand():
 def test_noise_removal_adds_one_forward():
     s = ModelSchedule.parse("L1-H2")
     plain = schedule_flops(s, [HEAVY, LIGHT], 2, 3)
-    extra = schedule_flops(s, [HEAVY, LIGHT], 2, 3, noise_removal=0)
+    extra = schedule_flops(s, [HEAVY, LIGHT], 2, 3, noise_removal_model=0)
     assert extra["per_model_forwards"] == (3, 1)
     assert extra["total"] - plain["total"] == forward_flops(HEAVY, 2, 3)
     with pytest.raises(ScheduleError, match="noise_removal"):
-        schedule_flops(s, [HEAVY, LIGHT], 2, 3, noise_removal=2)
+        schedule_flops(s, [HEAVY, LIGHT], 2, 3, noise_removal_model=2)
 
 
 def test_head_dilutes_the_saving():

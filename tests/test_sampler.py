@@ -20,7 +20,7 @@ def tiny_dit(n_blocks, seed, vocab=4, length=2, time_conditioning=False, scale=0
 
 
 def exact_distribution(models, schedule, steps, length):
-    """The reference sampler's exact output distribution by dynamic programming over all states.
+    """The mdlm sampler's exact output distribution by dynamic programming over all states.
 
     Each masked position independently stays masked with probability mc(s)/mc(t) or becomes
     token v with probability p_x0[v] (mc(t) - mc(s)) / mc(t); noise removal takes the argmax.

@@ -24,7 +24,12 @@ import torch
 from mdlm_fast.util.atomic import write_csv, write_json
 from mdlm_fast.cli import loaders
 from mdlm_fast.cli import validate as check
+from mdlm_fast.analysis.importance import METRICS
+from mdlm_fast.analysis.search import STUDIES
 from mdlm_fast.cli.validate import CliError
+from mdlm_fast.models.compute_dtype import DTYPE_CHOICES
+from mdlm_fast.models.embedded import EMBEDDED_MODELS
+from mdlm_fast.sampling.api import PRECISIONS, SAMPLER_ALIASES, SAMPLERS
 from mdlm_fast.util.json_output import dumps
 
 DEFAULT_OUT = "runs/analysis"
@@ -38,7 +43,8 @@ DEFAULT_STEPS, DEFAULT_LENGTH, DEFAULT_SAMPLES, DEFAULT_BATCH = 40, 64, 8, 8
 # --------------------------------------------------------------------------------------------
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default embedded:heavy)")
+    p.add_argument("--heavy", help=f"heavy denoiser: HF-style directory, Lightning .ckpt or one of "
+                                   f"{', '.join(EMBEDDED_MODELS)} (default {EMBEDDED_MODELS[0]})")
     p.add_argument("--light", action="append", help="light denoiser (default embedded:light); "
                    "search --study light-size takes several")
     check.add_checkpoint_arguments(p)
@@ -57,11 +63,12 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=check.positive_int, default=None, help=f"samples per schedule (default {DEFAULT_SAMPLES})")
     p.add_argument("--batch-size", type=check.positive_int, default=None,
                    help=f"samples per sampling call (default {DEFAULT_BATCH})")
-    p.add_argument("--sampler", default=None, choices=["fast", "mdlm", "reference"],
+    # The studies measure MDLM's distribution; confidence decoding draws another one.
+    p.add_argument("--sampler", default=None, choices=[s for s in (*SAMPLERS, *SAMPLER_ALIASES) if s != "confidence"],
                    help="fast, or mdlm (MDLM's own sampler; 'reference' is its 0.1 name) (default fast)")
-    p.add_argument("--precision", default=None, choices=["fp64", "fp32-mdlm"],
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="the denoisers' compute dtype (default auto: bfloat16 where the CPU does it natively)")
     p.add_argument("--judge", default="embedded", help="gen-PPL judge: 'embedded', a judge directory, or a "
                    "local Hugging Face causal-LM directory (needs transformers) (default embedded)")
@@ -102,7 +109,7 @@ def register(sub: Any) -> None:
     se = sub.add_parser("search", help="schedule studies: exhaustive segment search, placements, sweeps")
     _add_common(se)
     _add_sampling(se)
-    se.add_argument("--study", default="exhaustive", choices=["exhaustive", "placement", "fraction", "light-size"],
+    se.add_argument("--study", default="exhaustive", choices=STUDIES,
                     help="which study (default exhaustive)")
     se.add_argument("--segments", type=check.positive_int, default=10, help="exhaustive: number of segments (default 10)")
     se.add_argument("--n-light", type=check.non_negative_int, default=4,
@@ -127,7 +134,7 @@ def register(sub: Any) -> None:
     _add_importance(ca)
     ca.add_argument("--importance", default=None, help="importance.json from 'mdlm-fast importance' "
                     "(default: measure it now with the importance options)")
-    ca.add_argument("--metric", default=None, choices=["kl", "ce_abs_diff", "kl_normalized", "ce_abs_diff_normalized"],
+    ca.add_argument("--metric", default=None, choices=METRICS,
                     help="profile column to rank segments by (default kl_normalized if measured, else kl)")
     ca.add_argument("--saving", type=check.fraction, default=None,
                     help="required predicted block-FLOPs saving, eq. 3 (default: use --n-light)")

@@ -11,6 +11,9 @@ from typing import Any
 from mdlm_fast.cli import loaders
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError
+from mdlm_fast.models.compute_dtype import DTYPE_CHOICES
+from mdlm_fast.models.embedded import EMBEDDED_MODELS
+from mdlm_fast.sampling.api import PRECISIONS, SAMPLER_ALIASES, SAMPLERS
 from mdlm_fast.util.json_output import dumps
 
 DEFAULT_SCHEDULE = "sandwich:0.25"
@@ -122,7 +125,7 @@ def _savings(stats) -> dict:
     executed, analytic = stats.executed_flops, stats.analytic_flops
     if not executed or not analytic:
         return {}
-    all_heavy = analytic["total"] / (1 - analytic["analytic_saving"]) if analytic["analytic_saving"] < 1 else None
+    all_heavy = analytic["all_heavy_total"] or None
     return {
         "predicted_block_saving": stats.predicted_saving,
         "executed_flops": executed["total"],
@@ -240,11 +243,12 @@ def _cmd_info(args) -> int:
 
 def add_generate_arguments(gen) -> None:
     a = gen.add_argument
-    a("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default: embedded:heavy)")
+    a("--heavy", help=f"heavy denoiser: HF-style directory, Lightning .ckpt or one of {', '.join(EMBEDDED_MODELS)} "
+                      f"(default: {EMBEDDED_MODELS[0]})")
     a("--light", help="light denoiser, same vocabulary and mask id (default: embedded:light when --heavy "
                       "is not given, else none: one model)")
     check.add_checkpoint_arguments(gen)
-    a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+    a("--dtype", default="auto", choices=DTYPE_CHOICES,
       help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively, else float32)")
     a("--tokenizer", help="'embedded', a tokenizer.json or a local HF tokenizer directory (default: embedded "
                           "for the embedded models, else none: samples are shown as ids)")
@@ -263,12 +267,12 @@ def add_generate_arguments(gen) -> None:
     a("--batch-size", type=check.positive_int, default=4, help="samples (default 4)")
     a("--seed", type=check.seed, default=0, help="random seed; same seed, same samples (default 0)")
     a("--prefix", help="text every sample starts with, kept as given (default: none)")
-    a("--sampler", default="fast", choices=["fast", "mdlm", "reference", "confidence"],
+    a("--sampler", default="fast", choices=[*SAMPLERS, *SAMPLER_ALIASES],
       help="fast (MDLM's distribution, reveal-first), mdlm (MDLM's ddpm_cache; 'reference' is its 0.1 name) "
            "or confidence (LLaDA-style, another distribution) (default fast)")
     a("--temperature", type=check.non_negative_float, default=1.0,
       help="of the token draws, fast and confidence samplers; 0 = argmax (default 1)")
-    a("--precision", default="fp64", choices=["fp64", "fp32-mdlm"],
+    a("--precision", default="fp64", choices=PRECISIONS,
       help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)")
     a("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     a("--threads", type=check.positive_int, default=None,

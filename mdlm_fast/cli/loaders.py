@@ -14,12 +14,15 @@ def load_model(path: str, flag: str, args):
 
 
 def check_scheduled_pair(models, names) -> None:
-    """Scheduled models must share vocabulary and mask id with the heavy one (index 0)."""
-    base = models[0].config
-    for name, m in zip(names[1:], models[1:]):
-        if (m.config.vocab_size, m.config.mask_index) != (base.vocab_size, base.mask_index):
-            raise CliError(f"--light has vocab_size {m.config.vocab_size} / mask id {m.config.mask_index} ({name}), "
-                           f"the heavy model {base.vocab_size} / {base.mask_index}: scheduled models must share both")
+    """Scheduled models must share vocabulary and mask id with the heavy one (index 0): the
+    library's check, its error naming the flags and paths."""
+    from mdlm_fast.models.denoiser import as_denoisers
+
+    flags = ["--heavy"] + ["--light"] * (len(names) - 1)
+    try:
+        as_denoisers(models, [f"{flag} {name}" for flag, name in zip(flags, names)])
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def load_tokenizer(spec: str, model):

@@ -120,19 +120,24 @@ class Denoiser:
         return f"Denoiser({type(self.model).__name__}, {kind}, V={self.vocab_size}, mask={self.mask_index})"
 
 
-def as_denoisers(models: Any) -> list[Denoiser]:
-    """One model or a sequence (index 0 = heavy) -> Denoisers that agree on vocabulary and mask id."""
+def as_denoisers(models: Any, names: Sequence[str] | None = None) -> list[Denoiser]:
+    """One model or a sequence (index 0 = heavy) -> Denoisers that agree on vocabulary and mask id.
+
+    The one check of that agreement: ``names`` (one per model, e.g. the CLI's flags and paths) name
+    the models in its error instead of ``models[i]``.
+    """
     if isinstance(models, (Denoiser, torch.nn.Module)) or (callable(models) and not isinstance(models, Sequence)):
         models = [models]
     if not isinstance(models, Sequence) or len(models) == 0:
         raise ValueError("models must be a denoiser or a non-empty sequence of denoisers (index 0 = heavy)")
     wrapped = [m if isinstance(m, Denoiser) else Denoiser(m) for m in models]
+    label = list(names) if names is not None else [f"models[{i}]" for i in range(len(wrapped))]
     first = wrapped[0]
     for i, m in enumerate(wrapped[1:], start=1):
         if m.vocab_size != first.vocab_size:
-            raise ValueError(f"models[{i}] has vocab_size {m.vocab_size} but models[0] has {first.vocab_size}: "
+            raise ValueError(f"{label[i]} has vocab_size {m.vocab_size} but {label[0]} has {first.vocab_size}: "
                              "scheduled models must share the vocabulary")
         if m.mask_index != first.mask_index:
-            raise ValueError(f"models[{i}] has mask_index {m.mask_index} but models[0] has {first.mask_index}: "
+            raise ValueError(f"{label[i]} has mask_index {m.mask_index} but {label[0]} has {first.mask_index}: "
                              "scheduled models must share the mask id")
     return wrapped

@@ -21,8 +21,6 @@ _SHIPPED: dict[str, dict[str, str]] = {
 }
 #: The kinds with one shipped asset, which the bare word ``"embedded"`` also names.
 _BARE = (TOKENIZER, JUDGE)
-#: The denoisers shipped in the package: ``load_denoiser("embedded:heavy")``.
-EMBEDDED_MODELS = tuple(PREFIX + name for name in _SHIPPED[MODEL])
 
 
 class EmbeddedNameError(ValueError):
@@ -32,6 +30,10 @@ class EmbeddedNameError(ValueError):
 def specs(kind: str) -> tuple[str, ...]:
     """The ``embedded:`` specs of ``kind``, e.g. ``("embedded:heavy", "embedded:light")``."""
     return tuple(PREFIX + name for name in _SHIPPED[kind])
+
+
+#: The denoisers shipped in the package: ``load_denoiser("embedded:heavy")``.
+EMBEDDED_MODELS = specs(MODEL)
 
 
 def is_embedded(spec: str | os.PathLike | None) -> bool:

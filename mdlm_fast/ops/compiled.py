@@ -8,26 +8,26 @@ from __future__ import annotations
 
 import torch
 
-from mdlm_fast import _build  # noqa: F401  (registers the operators)
+from mdlm_fast._build import compiled_constants  # importing _build registers the operators
 
-# Philox stream purposes: mirror csrc/include/mdlm_fast/philox.h (design §7).
-PURPOSE_USER = 0
-PURPOSE_REVEAL = 1
-PURPOSE_TOKEN = 2
-PURPOSE_REFERENCE_GUMBEL = 3
-PURPOSE_NOISE_REMOVAL = 4
-MAX_STEP = (1 << 24) - 1  # the step field of a key: 24 bits beside the purpose byte
-
-# philox_noise's distributions: mirror the names csrc/checks.h parses.
-NOISE_DISTS = ("uniform", "gumbel", "uniform24")
-
-# Temperatures of fused_head_sample besides 0 (argmax): mirror csrc/checks.h.
-MIN_TEMPERATURE = 1e-6
-MAX_TEMPERATURE = 3.4028234663852886e38  # float32's largest finite value
-
+# Read from the extension, so Python and the kernels cannot disagree (tests/test_compiled_constants.py
+# checks them against the headers).
+_CONSTANTS = compiled_constants()
+# Philox stream purposes (design §7): distinct purposes never share a counter. The user purpose (0)
+# is free for callers of philox_noise; the others belong to the samplers.
+PURPOSES: dict[str, int] = dict(_CONSTANTS["purposes"])
+PURPOSE_REVEAL = PURPOSES["reveal"]
+PURPOSE_TOKEN = PURPOSES["token"]
+PURPOSE_REFERENCE_GUMBEL = PURPOSES["reference_gumbel"]  # the mdlm sampler's (MDLM's ddpm_cache) Gumbel noise
+PURPOSE_NOISE_REMOVAL = PURPOSES["noise_removal"]
+# philox_noise's distributions.
+NOISE_DISTS: tuple[str, ...] = tuple(_CONSTANTS["noise_dists"])
+# Temperatures of fused_head_sample besides 0 (argmax); the upper bound is float32's largest value.
+MIN_TEMPERATURE: float = _CONSTANTS["min_temperature"]
+MAX_TEMPERATURE: float = _CONSTANTS["max_temperature"]
 # Canonical vocabulary chunk of the two-level inverse-CDF draw (design §8): a constant of the
 # algorithm (never a hardware tile), so every device draws the same token from the same uniforms.
-VOCAB_CHUNK = 1024
+VOCAB_CHUNK: int = _CONSTANTS["vocab_chunk"]
 
 
 def check_seed(seed: int) -> int:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from typing import Callable
+
 from mdlm_fast.ops.compiled import VOCAB_CHUNK, check_seed, check_temperature, philox_noise
+
+#: ``noise(keys, seed, purpose, n, dist)``: the Philox stream the draw reads its uniforms from.
+Noise = Callable[[torch.Tensor, int, int, int, str], torch.Tensor]
 
 
 def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
@@ -24,7 +29,7 @@ def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Ten
 
 def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purpose: int,
                        temperature: float, banned: torch.Tensor,
-                       return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       return_logprob: bool, noise: Noise = philox_noise) -> tuple[torch.Tensor, torch.Tensor]:
     """The two-level inverse-CDF draw of one id per row of logits [N, V].
 
     z = logits / temperature in float32, banned ids at -inf. The vocabulary is cut into
@@ -40,6 +45,9 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     Non-finite logits, as in every kernel: a row with a NaN in z, or with every id banned or -inf,
     raises RuntimeError naming the row; a row with a +inf in z takes its lowest +inf id, with
     log-probability 0; -inf ids are never drawn. Banned ids outside [0, V) are refused.
+
+    ``noise`` is the compiled ``philox_noise`` op; :mod:`mdlm_fast.ops.reference` passes its own
+    pure-PyTorch stream, which gives the same numbers.
     """
     check_seed(seed)
     temperature = check_temperature(temperature)
@@ -72,7 +80,7 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
         logprob = torch.zeros(n, device=z.device)
         if finite_rows.any():
             t, lp = sample_from_logits(logits[finite_rows], keys[finite_rows], seed, purpose, temperature,
-                                       banned, True)
+                                       banned, True, noise)
             tokens[finite_rows] = t
             logprob[finite_rows] = lp
         return tokens, (logprob if return_logprob else torch.empty(0, device=z.device))
@@ -94,7 +102,7 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     if temperature == 0:
         tokens = z.argmax(-1)  # torch returns the first maximal index
     else:
-        u = philox_noise(keys, seed, purpose, 1 + n_chunks, "uniform")
+        u = noise(keys, seed, purpose, 1 + n_chunks, "uniform")
         candidates = _first_above(running, u[:, 1:] * chunk_mass, exps.double())
         chunk = _first_above(cumulative, u[:, 0] * total, weights)
         tokens = chunk * VOCAB_CHUNK + candidates.gather(1, chunk[:, None])[:, 0]

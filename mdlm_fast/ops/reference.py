@@ -5,14 +5,15 @@ outputs) and a readable statement of what each kernel computes. They are slow by
 materialize what the kernels avoid ([N, V] logits, per-entry noise). The Philox stream is
 recomputed here from its definition (design §7); the fused head's reference is the vocabulary
 projection followed by the logits draw that samplers use for denoisers without a fused head
-(``mdlm_fast.ops.draw``, design §8).
+(``mdlm_fast.ops.draw``, design §8), fed with this module's stream. No compiled operator runs here;
+the constants (the vocabulary chunk, the temperature bounds, the noise names) are the extension's.
 """
 from __future__ import annotations
 
 import torch
 
 from mdlm_fast.ops.compiled import NOISE_DISTS
-from mdlm_fast.ops.draw import sample_from_logits
+from mdlm_fast.ops import draw
 
 __all__ = ["philox4x32_10", "philox_blocks", "uniform53", "philox_uniforms", "philox_noise", "head_logits",
            "fused_head_sample", "sample_from_logits"]
@@ -100,3 +101,10 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     """Reference of torch.ops.mdlm_fast.fused_head_sample: head_logits, then sample_from_logits."""
     return sample_from_logits(head_logits(hidden, weight, bias), keys, seed, purpose, temperature,
                               banned, return_logprob)
+
+
+def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purpose: int, temperature: float,
+                       banned: torch.Tensor, return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mdlm_fast.ops.draw.sample_from_logits` on this module's Philox stream."""
+    return draw.sample_from_logits(logits, keys, seed, purpose, temperature, banned, return_logprob,
+                                   noise=philox_noise)

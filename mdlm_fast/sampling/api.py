@@ -138,7 +138,7 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
         schedule=schedule.to_spec(), forwards=run.forwards, rows=run.rows, head_positions=run.head_positions,
         wall_time_s=wall, host_syncs=run.host_syncs,
         predicted_saving=schedule.predicted_saving([s.n_blocks for s in shapes]) if known else None,
-        analytic_flops=schedule_flops(schedule, shapes, batch_size, length, noise_removal=schedule[-1])
+        analytic_flops=schedule_flops(schedule, shapes, batch_size, length, noise_removal_model=schedule[-1])
         if known else None,
         executed_flops=run.flops.as_dict() if known else None,
         dtype=dtype_choice.name, dtype_reason=dtype_choice.reason,

@@ -149,12 +149,12 @@ def forward_flops(shape: Any, rows: int, length: int, head_positions: Optional[i
 
 def _schedule_totals(
     schedule: ModelSchedule, shapes: List[ModelShape], batch: int, length: int,
-    noise_removal: Optional[int],
+    noise_removal_model: Optional[int],
 ) -> Dict[str, Any]:
     """blocks/head/total FLOPs and forwards per model for a full-batch forward at every step."""
     forwards = list(schedule.counts()) + [0] * (len(shapes) - schedule.n_models)
-    if noise_removal is not None:
-        forwards[noise_removal] += 1
+    if noise_removal_model is not None:
+        forwards[noise_removal_model] += 1
     blocks = sum(n * block_flops(shapes[k], batch, length) for k, n in enumerate(forwards))
     head = sum(n * head_flops(shapes[k], batch * length) for k, n in enumerate(forwards))
     return {"blocks": blocks, "head": head, "total": blocks + head, "per_model_forwards": tuple(forwards)}
@@ -162,34 +162,36 @@ def _schedule_totals(
 
 def schedule_flops(
     schedule: ModelSchedule, shapes: Sequence[Any], batch: int, length: int,
-    noise_removal: Optional[int] = None,
+    noise_removal_model: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Analytic FLOPs of a reference-style sampler: every step one full-batch forward, full head.
 
-    ``shapes[k]`` describes model ``k`` (anything :meth:`ModelShape.of` accepts). ``noise_removal``:
+    ``shapes[k]`` describes model ``k`` (anything :meth:`ModelShape.of` accepts). ``noise_removal_model``:
     model index of the extra final forward (MDLM's noise removal), or None to leave it out.
 
     Returns a dict with ``blocks``, ``head``, ``total`` (FLOPs), ``per_model_forwards`` (tuple, one
     entry per supplied model), ``head_fraction`` (``head / total``: the part of the work that depth
     does not scale, cf. eq. 4), ``predicted_saving`` (eq. 3: block counts only) and
-    ``analytic_saving`` (``1 - total / total_all_heavy``, same batch, length and noise removal), which
-    is smaller than the prediction by however much the head dilutes it.
+    ``all_heavy_total`` (the FLOPs of the all-heavy schedule, same batch, length and noise removal:
+    the baseline every saving is measured against) and ``analytic_saving`` (``1 - total /
+    all_heavy_total``), which is smaller than the prediction by however much the head dilutes it.
     """
     shapes = [ModelShape.of(s) for s in shapes]
     if not shapes:
         raise ScheduleError("schedule_flops needs at least one model shape")
     schedule = ModelSchedule.coerce(schedule).validate_for(len(shapes))
     batch, length = _count(batch, "batch"), _count(length, "length")
-    if noise_removal is not None and not 0 <= noise_removal < len(shapes):
-        raise ScheduleError(f"noise_removal model index {noise_removal} but {len(shapes)} model(s) supplied")
+    if noise_removal_model is not None and not 0 <= noise_removal_model < len(shapes):
+        raise ScheduleError(f"noise_removal_model index {noise_removal_model} but {len(shapes)} model(s) supplied")
 
-    result = _schedule_totals(schedule, shapes, batch, length, noise_removal)
+    result = _schedule_totals(schedule, shapes, batch, length, noise_removal_model)
     baseline = _schedule_totals(
-        ModelSchedule.all_heavy(schedule.steps), shapes, batch, length, noise_removal
+        ModelSchedule.all_heavy(schedule.steps), shapes, batch, length, noise_removal_model
     )
     total = result["total"]
     result["head_fraction"] = result["head"] / total if total else 0.0
     result["predicted_saving"] = schedule.predicted_saving([s.n_blocks for s in shapes])
+    result["all_heavy_total"] = baseline["total"]
     result["analytic_saving"] = 1.0 - total / baseline["total"] if baseline["total"] else 0.0
     return result
 

@@ -74,7 +74,7 @@ def _check_steps(steps: int) -> int:
 def sampling_timesteps(
     steps: int, eps: float = SAMPLING_EPS, dtype: torch.dtype = torch.float64, device=None
 ) -> torch.Tensor:
-    """The reference sampler's time grid ``linspace(1, eps, steps + 1)``.
+    """The mdlm sampler's (MDLM's) time grid ``linspace(1, eps, steps + 1)``.
 
     Step ``i`` goes from ``t = ts[i]`` to ``s = t - dt`` with :func:`sampling_dt`. float64 by default
     so the grid itself adds no error; MDLM builds it in the default dtype (float32), so pass
@@ -85,7 +85,7 @@ def sampling_timesteps(
 
 
 def sampling_dt(steps: int, eps: float = SAMPLING_EPS) -> float:
-    """Step size ``(1 - eps) / steps`` of the reference sampler (MDLM ``_sample``)."""
+    """Step size ``(1 - eps) / steps`` of the mdlm sampler (MDLM ``_sample``)."""
     return (1.0 - eps) / _check_steps(steps)
 
 

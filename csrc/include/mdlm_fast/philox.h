@@ -54,7 +54,7 @@ enum Purpose : uint32_t {
   kPurposeUser = 0,             // free for callers of the philox_noise op
   kPurposeReveal = 1,           // fast sampler: when each masked position is revealed
   kPurposeToken = 2,            // fused_head_sample: the two uniforms of a categorical draw
-  kPurposeReferenceGumbel = 3,  // reference sampler: per-vocabulary-entry Gumbel noise
+  kPurposeReferenceGumbel = 3,  // mdlm sampler (MDLM's ddpm_cache): per-vocabulary-entry Gumbel noise
   kPurposeNoiseRemoval = 4,     // ancestral noise removal after the last step
 };
 
