@@ -23,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-import mdlm_fast as mf  # noqa: E402
 from common import BlockTimer, machine_info, parse_run_arguments, random_model, write_results  # noqa: E402
+
+import mdlm_fast as mf  # noqa: E402
 
 
 def breakdown(config, sampler: str, models: list, schedule: str, repeats: int) -> dict:

@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-import mdlm_fast as mf  # noqa: E402
 from common import machine_info, parse_run_arguments, random_model, write_results  # noqa: E402
+
+import mdlm_fast as mf  # noqa: E402
 from mdlm_fast.models.compute_dtype import cast_module, resolve_dtype  # noqa: E402
 
 

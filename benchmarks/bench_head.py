@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from common import BenchConfig, machine_info, summary, synchronize, timed, write_results  # noqa: E402
 
 from mdlm_fast.ops import compiled as ops  # noqa: E402
 from mdlm_fast.ops.compiled import PURPOSE_REFERENCE_GUMBEL, PURPOSE_TOKEN  # noqa: E402
-from common import BenchConfig, machine_info, summary, synchronize, timed, write_results  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # DRAM bandwidth used for the roofline, bytes/s (vendor figures)

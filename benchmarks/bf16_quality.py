@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from common import BenchConfig, machine_info, write_results  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
-from common import BenchConfig, machine_info, write_results  # noqa: E402
 from mdlm_fast.analysis import metrics as ev  # noqa: E402
 from mdlm_fast.analysis.judge import nll  # noqa: E402
 

@@ -44,7 +44,7 @@ def rows_from_runs(runs: list[dict], all_heavy: str) -> list[dict]:
                "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
                "forwards": sum(next(iter(reps.values()))["forwards"])}
 
-        def ratios(base_variant, base_schedule, pair_by_repeat):
+        def ratios(base_variant, base_schedule, pair_by_repeat, variant=variant, schedule=schedule, reps=reps):
             base = by.get((base_variant, base_schedule))
             if not base or (base_variant, base_schedule) == (variant, schedule):
                 return None

@@ -2,37 +2,37 @@
 
 Model scheduling (heavy and light denoisers swapped per step), fused vocabulary-projection +
 sampling kernels computed only where a step reveals tokens, and the analysis tools to choose
-schedules. See README.md; the layout and the math are in docs/design.md.
-
-Layout by concept: ops/ (the compiled operators, their pure-PyTorch oracle, the logits draw);
-models/ (DiT, the Denoiser wrapper, compute dtypes, checkpoints); schedules/ (MDLM's noise, model
-and time schedules, FLOPs); sampling/ (sample(), MDLM's sampler, the fast sampler); text/
-(tokenizer, corpus); analysis/ (metrics, judge, importance, search, calibration); training/
-(loop, export, BPE); util/ (atomic writes, strict JSON, validation); cli/ (the mdlm-fast command).
+schedules. This module is the public facade: everything a user calls is importable from here.
+See README.md; the layout (one folder per concept) and the math are in docs/design.md.
 """
 from mdlm_fast._build import build_info
-from mdlm_fast.ops import compiled as ops
-from mdlm_fast.ops import reference
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig, load_judge, save_judge
-from mdlm_fast.analysis.metrics import (distinct_n, evaluate_samples, evaluate_schedule, generative_perplexity,
-                                        unigram_entropy)
+from mdlm_fast.analysis.metrics import (
+    distinct_n,
+    evaluate_samples,
+    evaluate_schedule,
+    generative_perplexity,
+    unigram_entropy,
+)
 from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
 from mdlm_fast.models.denoiser import Denoiser
-from mdlm_fast.schedules.flops import ExecutedFlops, ModelShape, schedule_flops
 from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
-from mdlm_fast.schedules.noise import LogLinearNoise
+from mdlm_fast.ops import compiled as ops
+from mdlm_fast.ops import reference
 from mdlm_fast.sampling.api import SampleResult, SampleStats, sample
+from mdlm_fast.schedules.flops import ExecutedFlops, ModelShape, schedule_flops
 from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError
-from mdlm_fast.text.tokenizer import TextTokenizer, TokenizerError, load_tokenizer
+from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.schedules.time_schedule import TimeSchedule, resolve_schedule
+from mdlm_fast.text.tokenizer import TextTokenizer, TokenizerError, load_tokenizer
 from mdlm_fast.version import __version__
-
 
 __all__ = [
     "build_info", "ops", "reference",
     "DiT", "DiTConfig", "subs_log_probs", "Denoiser",
     "load_denoiser", "save_denoiser", "CheckpointError",
-    "ModelSchedule", "ScheduleError", "TimeSchedule", "resolve_schedule", "ModelShape", "ExecutedFlops", "schedule_flops",
+    "ModelSchedule", "ScheduleError", "TimeSchedule", "resolve_schedule",
+    "ModelShape", "ExecutedFlops", "schedule_flops",
     "LogLinearNoise", "sample", "SampleResult", "SampleStats",
     "TextTokenizer", "TokenizerError", "load_tokenizer",
     "CausalLM", "CausalLMConfig", "load_judge", "save_judge",

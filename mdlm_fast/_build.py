@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch  # noqa: F401  (loads libtorch, which the extension links against)
 
 try:
-    from mdlm_fast import _C  # noqa: F401  (importing registers the operators)
+    from mdlm_fast import _C  # type: ignore[attr-defined]  # noqa: F401  (importing registers the operators)
 except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError(
         "mdlm_fast's compiled extension is missing. Install the package with "

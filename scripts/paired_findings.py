@@ -24,11 +24,11 @@ import torch
 import mdlm_fast as mf
 from mdlm_fast.analysis import metrics as ev
 from mdlm_fast.analysis.adaptive import evaluate_until
-from mdlm_fast.util.atomic import write_text
-from mdlm_fast.text.data import held_out_fraction, load_corpus
 from mdlm_fast.analysis.paired import compare_rows
-from mdlm_fast.schedules.model_schedule import PLACEMENTS, ModelSchedule
 from mdlm_fast.analysis.search import ResultsLog
+from mdlm_fast.schedules.model_schedule import PLACEMENTS, ModelSchedule
+from mdlm_fast.text.data import held_out_fraction, load_corpus
+from mdlm_fast.util.atomic import write_text
 
 #: Calibrated picks at 4 of 10 segments light (docs/findings.md sections 4 and 1b) and the
 #: hand-made schedules of the same budget they are judged against.

@@ -11,19 +11,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from text_helpers import FixedJudge, IdTokenizer
 
 import mdlm_fast as mf
 from mdlm_fast.analysis import calibrate as cal
 from mdlm_fast.analysis import metrics as ev
 from mdlm_fast.analysis import search
 from mdlm_fast.analysis.distributed import DistContext, from_env
-from mdlm_fast.analysis.importance import (ImportancePoint, ImportanceProfile, corrupt, default_t_grid,
-                                  step_importance)
+from mdlm_fast.analysis.importance import ImportancePoint, ImportanceProfile, corrupt, default_t_grid, step_importance
 from mdlm_fast.analysis.judge import nll
 from mdlm_fast.models.dit import subs_log_probs
 from mdlm_fast.schedules.noise import LogLinearNoise
-from text_helpers import FixedJudge, IdTokenizer
-
 
 # --------------------------------------------------------------------------------------------
 # Helpers: tiny models, a judge with known probabilities, a text <-> id tokenizer

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_reference import load_test_model
 from safetensors.torch import save_file
 
-from model_reference import load_test_model
-
 from mdlm_fast.models import checkpoint
-from mdlm_fast.models.checkpoints import hf
 from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
+from mdlm_fast.models.checkpoints import hf
 from mdlm_fast.models.dit import DiT, DiTConfig
-
 
 ref = load_test_model("_mdlm_test_model_reference")
 TINY = ref.TINY

@@ -17,16 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from stats_helpers import chi_square_p_value
-
 from model_reference import load_test_model
+from stats_helpers import chi_square_p_value
 
 import mdlm_fast as mf
 from mdlm_fast.models import inert_pickle
 from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
 from mdlm_fast.models.dit import subs_log_probs
 from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
-
 
 ref = load_test_model("_mdlm_test_model_reference_pickles")
 # text8: 27 characters after 8 special tokens ([CLS] [SEP] [BOS] [EOS] [MASK] [PAD] [RESERVED] [UNK]).

@@ -41,8 +41,9 @@ def test_generate_prints_a_readable_report(tmp_path, capsys):
 
 
 def test_tokenizer_vocabulary_mismatch_is_refused(tmp_path):
-    from mdlm_fast.training.bpe import train_bpe_tokenizer
     from pathlib import Path
+
+    from mdlm_fast.training.bpe import train_bpe_tokenizer
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be that is the question " * 50)
     small = train_bpe_tokenizer(text, vocab_size=300, out_path=tmp_path / "small.json")

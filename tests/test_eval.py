@@ -2,9 +2,9 @@
 import math
 
 import pytest
+from text_helpers import FixedJudge, IdTokenizer
 
 from mdlm_fast.analysis import metrics as ev
-from text_helpers import FixedJudge, IdTokenizer
 
 
 def test_gen_ppl_of_a_judge_with_known_probabilities():

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import mdlm_fast as mf
-from mdlm_fast.analysis.paired import (gen_ppl_ratio, paired_mean_difference, paired_ratio_difference,
-                              unpaired_se)
+from mdlm_fast.analysis.paired import gen_ppl_ratio, paired_mean_difference, paired_ratio_difference, unpaired_se
 
 
 def test_mean_difference_of_shifted_copies_is_the_shift_with_zero_se():
@@ -136,9 +135,10 @@ def test_same_seed_samples_of_two_schedules_agree_far_more_than_two_seeds():
 # Rows of evaluate_schedule and the segment search
 # --------------------------------------------------------------------------------------------
 
+from text_helpers import FixedJudge, IdTokenizer  # noqa: E402
+
 from mdlm_fast.analysis import metrics as ev  # noqa: E402
 from mdlm_fast.analysis.paired import compare_rows, segment_score_se  # noqa: E402
-from text_helpers import FixedJudge, IdTokenizer  # noqa: E402
 
 PROBS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.25]
 

@@ -239,9 +239,9 @@ def test_last_block_at_revealed_positions_changes_the_work_not_the_tokens():
 
 def _noise_removal_tokens(model, x, how):
     """Run the fast sampler's noise removal on every masked position of x."""
-    from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.models.denoiser import as_denoisers
     from mdlm_fast.ops.compiled import PURPOSE_NOISE_REMOVAL
+    from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.sampling.run import SamplingRun
     steps = 4
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(steps), x, 5, "fp64", how, False)

@@ -69,9 +69,9 @@ def test_the_noise_removal_forward_is_checked():
     with pytest.raises(NonFiniteForwardError, match=match):
         mf.sample(model, steps=5, batch_size=64, length=6, sampler="mdlm", seed=0)
     # the fast sampler rarely has anything left for noise removal: run its removal plan directly
-    from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.models.denoiser import as_denoisers
     from mdlm_fast.ops.compiled import PURPOSE_NOISE_REMOVAL
+    from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.sampling.run import SamplingRun
     x = torch.full((2, 6), 11)
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(5), x, 0, "fp64", "greedy", False)
@@ -103,6 +103,7 @@ def test_checks_add_no_host_sync_to_the_fast_loop():
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_progress_counts_trajectory_steps(sampler, monkeypatch):
     import importlib
+
     from tqdm import tqdm
 
     bars = []

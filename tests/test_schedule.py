@@ -8,7 +8,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
 from mdlm_fast.schedules.model_schedule import (
     MAX_STEPS,
     PLACEMENTS,
@@ -18,6 +17,7 @@ from mdlm_fast.schedules.model_schedule import (
     light_step_count,
     segment_bounds,
 )
+from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
 
 FAST = settings(max_examples=200, deadline=None)
 

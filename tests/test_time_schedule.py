@@ -2,10 +2,11 @@
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mdlm_fast.schedules.noise import sampling_timesteps
 from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError, segment_bounds
+from mdlm_fast.schedules.noise import sampling_timesteps
 from mdlm_fast.schedules.time_schedule import TimeInterval, TimeSchedule, resolve_schedule, time_fractions
 
 

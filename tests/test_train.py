@@ -13,14 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser
-from mdlm_fast.cli.validate import CliError
-from mdlm_fast.text.data import (derive_seed, load_corpus, read_text, split_documents,
-                            split_train_val)
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig, load_judge, nll, save_judge
+from mdlm_fast.cli.train import add_tokenizer_arguments, add_train_arguments, run_train, run_train_tokenizer
+from mdlm_fast.cli.validate import CliError
+from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser
 from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
 from mdlm_fast.schedules.noise import LogLinearNoise
-from mdlm_fast.cli.train import add_tokenizer_arguments, add_train_arguments, run_train, run_train_tokenizer
+from mdlm_fast.text.data import derive_seed, load_corpus, read_text, split_documents, split_train_val
 from mdlm_fast.text.tokenizer import TokenizerError, check_compatible, load_tokenizer
 from mdlm_fast.training.bpe import train_bpe_tokenizer
 from mdlm_fast.training.config import TrainConfig, TrainError
@@ -182,6 +181,7 @@ def test_shipped_held_out_text_is_the_split_the_models_were_validated_on():
     """The held-out text reproduces the embedded models' validation set: its token count gives the
     cards' window count, and its checksum is the one the data README records."""
     import hashlib
+
     from mdlm_fast.text.data import EMBEDDED_TEXTS, held_out_fraction
 
     heldout = EMBEDDED_TEXTS["embedded:heldout"]

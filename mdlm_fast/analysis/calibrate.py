@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from mdlm_fast.analysis.importance import ImportanceProfile
-from mdlm_fast.schedules.noise import sampling_timesteps
 from mdlm_fast.schedules.model_schedule import ModelSchedule, segment_bounds
+from mdlm_fast.schedules.noise import sampling_timesteps
 
 __all__ = ["Calibration", "step_divergence", "segment_divergence", "calibrate", "compare_with_search"]
 

@@ -22,17 +22,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdlm_fast.util.atomic import atomic_directory
 from mdlm_fast.models.checkpoints.errors import CheckpointError
 from mdlm_fast.models.checkpoints.hf import check_replaceable, write_safetensors
-from mdlm_fast.models.embedded import JUDGE, EmbeddedNameError, embedded_path
+from mdlm_fast.models.embedded import JUDGE, EmbeddedNameError, embedded_path, shipped
+from mdlm_fast.util.atomic import atomic_directory
 from mdlm_fast.util.validate import integer
 
 __all__ = ["CausalLMConfig", "CausalLM", "save_judge", "load_judge", "nll", "EMBEDDED_JUDGE"]
 
 MODEL_TYPE = "mdlm_fast_causal_lm"
 #: Where the embedded judge lives inside the package.
-EMBEDDED_JUDGE = embedded_path("embedded", JUDGE)
+EMBEDDED_JUDGE = shipped(JUDGE, "judge")
 
 
 @dataclass

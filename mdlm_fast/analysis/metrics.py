@@ -120,9 +120,8 @@ def load_judge_and_tokenizer(spec: str = "embedded", tokenizer_spec: str | None 
     import os
 
     from mdlm_fast.analysis.judge import MODEL_TYPE, load_judge
-    from mdlm_fast.text.tokenizer import load_tokenizer
-
     from mdlm_fast.models.embedded import JUDGE, EmbeddedNameError, embedded_path
+    from mdlm_fast.text.tokenizer import load_tokenizer
 
     spec = str(spec)
     try:

@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
-from mdlm_fast.util.atomic import write_csv, write_json
-from mdlm_fast.cli import loaders
-from mdlm_fast.cli import validate as check
 from mdlm_fast.analysis.importance import METRICS
 from mdlm_fast.analysis.search import STUDIES
+from mdlm_fast.cli import loaders
+from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError
 from mdlm_fast.models.compute_dtype import DTYPE_CHOICES
 from mdlm_fast.models.embedded import EMBEDDED_MODELS
 from mdlm_fast.sampling.api import PRECISIONS, SAMPLER_ALIASES, SAMPLERS
+from mdlm_fast.util.atomic import write_csv, write_json
 from mdlm_fast.util.json_output import dumps
 
 DEFAULT_OUT = "runs/analysis"
@@ -337,8 +337,8 @@ def cmd_evaluate(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _measure_importance(args, models, names, tokenizer):
-    from mdlm_fast.text.data import held_out_fraction, load_corpus
     from mdlm_fast.analysis.importance import default_t_grid, step_importance
+    from mdlm_fast.text.data import held_out_fraction, load_corpus
 
     for flag, value in (("--windows", args.windows), ("--t-points", args.t_points),
                         ("--importance-batch", args.importance_batch), ("--window-length", args.window_length)):
@@ -412,8 +412,8 @@ def _floats(text: str, flag: str) -> list[float]:
 
 def _study_items(args, steps: int, light_names: list[str]) -> tuple[list[dict], dict]:
     """Work items of the study and the settings that define them (part of the log's settings)."""
-    from mdlm_fast.schedules.model_schedule import PLACEMENTS
     from mdlm_fast.analysis import search
+    from mdlm_fast.schedules.model_schedule import PLACEMENTS
 
     try:
         if args.study == "exhaustive":
@@ -487,11 +487,11 @@ def _search_plots(args, rows, analysis, out: Path) -> list[str]:
 
 
 def cmd_search(args) -> int:
-    from mdlm_fast.analysis.distributed import from_env
     from mdlm_fast.analysis import search
+    from mdlm_fast.analysis.distributed import from_env
     from mdlm_fast.analysis.metrics import evaluate_schedule
-    from mdlm_fast.schedules.model_schedule import ModelSchedule
     from mdlm_fast.analysis.search import ResultsLog, run_items
+    from mdlm_fast.schedules.model_schedule import ModelSchedule
 
     _setup(args)
     settings = _sampling(args)
@@ -576,8 +576,8 @@ def _read_search(path: str) -> dict:
 
 def cmd_calibrate(args) -> int:
     from mdlm_fast.analysis.calibrate import calibrate, compare_with_search
-    from mdlm_fast.analysis.metrics import evaluate_schedule
     from mdlm_fast.analysis.importance import ImportanceProfile
+    from mdlm_fast.analysis.metrics import evaluate_schedule
 
     _setup(args)
     searched = _read_search(args.search) if args.search else None

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check.raise_if_out_of_memory(exc, "these sizes")
         except CliError as err:
             return _error(str(err))
+        raise  # not reached: every MemoryError is an out-of-memory error
     except RuntimeError as exc:
         try:
             check.raise_if_out_of_memory(exc, "these sizes")

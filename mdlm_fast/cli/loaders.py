@@ -20,14 +20,16 @@ def check_scheduled_pair(models, names) -> None:
 
     flags = ["--heavy"] + ["--light"] * (len(names) - 1)
     try:
-        as_denoisers(models, [f"{flag} {name}" for flag, name in zip(flags, names)])
+        as_denoisers(models, flags)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        given = ", ".join(f"{flag} {name}" for flag, name in zip(flags, names))
+        raise CliError(f"{exc} ({given})") from None
 
 
 def load_tokenizer(spec: str, model):
     """The tokenizer ``spec``, checked against ``model``'s vocabulary and mask id."""
-    from mdlm_fast.text.tokenizer import check_compatible, load_tokenizer as load
+    from mdlm_fast.text.tokenizer import check_compatible
+    from mdlm_fast.text.tokenizer import load_tokenizer as load
 
     tokenizer = load(check.tokenizer("--tokenizer", spec))
     check_compatible(tokenizer, model.config.vocab_size, model.config.mask_index)

@@ -50,8 +50,13 @@ from mdlm_fast.models.checkpoints import hf
 from mdlm_fast.models.checkpoints.backbone import BackboneState, build_and_load
 from mdlm_fast.models.checkpoints.errors import CheckpointError
 from mdlm_fast.models.checkpoints.lightning import apply_ema, read_lightning
-from mdlm_fast.models.checkpoints.mask_id import (MASK_APPENDED, MASK_DEFAULT, MASK_FROM_ARGUMENT, MASK_FROM_CONFIG,
-                                                  MASK_SOURCE_KEY)
+from mdlm_fast.models.checkpoints.mask_id import (
+    MASK_APPENDED,
+    MASK_DEFAULT,
+    MASK_FROM_ARGUMENT,
+    MASK_FROM_CONFIG,
+    MASK_SOURCE_KEY,
+)
 from mdlm_fast.models.dit import DiT, DiTConfig
 from mdlm_fast.models.embedded import MODEL, EmbeddedNameError, embedded_path
 from mdlm_fast.util.atomic import atomic_directory
@@ -109,10 +114,10 @@ def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
               else config.get(MASK_SOURCE_KEY, MASK_FROM_CONFIG if "mask_index" in config else MASK_DEFAULT))
     if source == MASK_APPENDED and "mask_index" not in config_overrides:
         fields.pop("mask_index", None)  # vocab_size - 1, after any vocab_size override
-    config = _make_config(fields, path)
+    dit_config = _make_config(fields, path)
     # Not a DiTConfig field (equality and saved configs stay as they were): where the id came from.
-    config.mask_index_source = source
-    model = build_and_load(config, state, path)
+    dit_config.mask_index_source = source  # type: ignore[attr-defined]
+    model = build_and_load(dit_config, state, path)
     if shadow is not None:
         apply_ema(model, shadow, path)
     if device is not None or dtype is not None:

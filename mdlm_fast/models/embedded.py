@@ -36,6 +36,11 @@ def specs(kind: str) -> tuple[str, ...]:
 EMBEDDED_MODELS = specs(MODEL)
 
 
+def shipped(kind: str, name: str) -> Path:
+    """The shipped file or directory of ``embedded:NAME`` of ``kind``."""
+    return ASSETS / _SHIPPED[kind][name]
+
+
 def is_embedded(spec: str | os.PathLike | None) -> bool:
     """Whether ``spec`` is read by :func:`embedded_path` rather than as a path."""
     return spec is not None and (str(spec) == "embedded" or str(spec).startswith(PREFIX))

@@ -34,6 +34,11 @@ class InertRecord:
     """
 
     qualname = "?"
+    args: tuple
+    kwargs: dict
+    state: Any
+    list_items: list
+    dict_items: dict
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "InertRecord":
         record = object.__new__(cls)
@@ -145,7 +150,7 @@ def _pickle_load(file, **kwargs: Any) -> Any:
 
 
 # What ``torch.load(pickle_module=...)`` uses: ``Unpickler`` and ``load``.
-_PICKLE_MODULE = types.ModuleType(f"{__name__}.pickle_module")
+_PICKLE_MODULE: Any = types.ModuleType(f"{__name__}.pickle_module")
 _PICKLE_MODULE.Unpickler = Unpickler
 _PICKLE_MODULE.load = _pickle_load
 _PICKLE_MODULE.loads = lambda data, **kwargs: _pickle_load(io.BytesIO(data), **kwargs)

@@ -6,9 +6,9 @@ is the vocabulary projection followed by this function.
 """
 from __future__ import annotations
 
-import torch
-
 from typing import Callable
+
+import torch
 
 from mdlm_fast.ops.compiled import VOCAB_CHUNK, check_seed, check_temperature, philox_noise
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from mdlm_fast.ops.compiled import NOISE_DISTS
 from mdlm_fast.ops import draw
+from mdlm_fast.ops.compiled import NOISE_DISTS
 
 __all__ = ["philox4x32_10", "philox_blocks", "uniform53", "philox_uniforms", "philox_noise", "head_logits",
            "fused_head_sample", "sample_from_logits"]

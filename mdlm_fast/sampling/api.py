@@ -15,10 +15,10 @@ import torch
 
 from mdlm_fast.models.compute_dtype import denoisers_in_dtype
 from mdlm_fast.models.denoiser import Denoiser, as_denoisers
-from mdlm_fast.schedules.flops import schedule_flops
 from mdlm_fast.ops.compiled import check_seed, check_temperature
 from mdlm_fast.sampling import confidence, fast, mdlm
 from mdlm_fast.sampling.run import SampleResult, SampleStats, SamplingRun
+from mdlm_fast.schedules.flops import schedule_flops
 from mdlm_fast.schedules.model_schedule import ModelSchedule
 from mdlm_fast.schedules.time_schedule import resolve_schedule
 from mdlm_fast.util.validate import positive_int

@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mdlm_fast.ops import compiled as ops
 from mdlm_fast.models.dit import subs_log_probs
-from mdlm_fast.schedules.noise import sampling_dt
+from mdlm_fast.ops import compiled as ops
 from mdlm_fast.ops.compiled import PURPOSE_REFERENCE_GUMBEL
 from mdlm_fast.sampling.keys import position_grid
 from mdlm_fast.sampling.run import SamplingRun
+from mdlm_fast.schedules.noise import sampling_dt
 
 
 def _gumbel_max_step(run: SamplingRun, p_x0: torch.Tensor, mc_t: float, mc_s: float,

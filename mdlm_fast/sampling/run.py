@@ -19,8 +19,8 @@ import torch
 
 from mdlm_fast.models.denoiser import Denoiser
 from mdlm_fast.schedules.flops import ExecutedFlops
-from mdlm_fast.schedules.noise import LogLinearNoise, sampling_timesteps
 from mdlm_fast.schedules.model_schedule import ModelSchedule
+from mdlm_fast.schedules.noise import LogLinearNoise, sampling_timesteps
 
 
 class NonFiniteForwardError(FloatingPointError, ValueError):

@@ -77,7 +77,7 @@ class ModelShape:
         )
 
 
-def _read_fields(obj: Any) -> Optional[Dict[str, int]]:
+def _read_fields(obj: Any) -> Optional[Dict[str, Any]]:
     """The shape fields of a config object or mapping, or None if it lacks the required ones."""
     if obj is None:
         return None

@@ -21,10 +21,24 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from mdlm_fast.schedules import step_spec
-from mdlm_fast.schedules.grammar import (HEAVY, LIGHT, MAX_MODELS, MAX_STEPS, FractionLike, ScheduleError, check_model,
-                                         check_steps)
-from mdlm_fast.schedules.placement import (PLACEMENTS, all_segment_choices, fraction_indices, light_step_count,
-                                           segment_bounds, segment_indices)
+from mdlm_fast.schedules.grammar import (
+    HEAVY,
+    LIGHT,
+    MAX_MODELS,
+    MAX_STEPS,
+    FractionLike,
+    ScheduleError,
+    check_model,
+    check_steps,
+)
+from mdlm_fast.schedules.placement import (
+    PLACEMENTS,
+    all_segment_choices,
+    fraction_indices,
+    light_step_count,
+    segment_bounds,
+    segment_indices,
+)
 
 __all__ = [
     "ModelSchedule",
@@ -46,7 +60,7 @@ class ModelSchedule:
     :meth:`parse`, ...) or directly from a sequence of non-negative ints.
     """
 
-    indices: Tuple[int, ...]
+    indices: Sequence[int]  # any sequence of ints in; __post_init__ stores a checked tuple
 
     def __post_init__(self):
         if isinstance(self.indices, (str, bytes)):
@@ -148,7 +162,7 @@ class ModelSchedule:
     @classmethod
     def from_list(cls, indices: Iterable[int]) -> "ModelSchedule":
         """Schedule from an explicit list of per-step model indices."""
-        return cls(indices)
+        return cls(indices)  # type: ignore[arg-type]  # __post_init__ reads any iterable
 
     @classmethod
     def all_model(cls, steps: int, index: int) -> "ModelSchedule":

@@ -24,8 +24,19 @@ import itertools
 import re
 from typing import List, Optional, Sequence, Tuple
 
-from mdlm_fast.schedules.grammar import (FLAGS, HEAVY, LIGHT, MAX_STEPS, MODEL_PATTERN, ScheduleError, check_model,
-                                         model_from_text, model_text, parse_fraction_text, parse_int)
+from mdlm_fast.schedules.grammar import (
+    FLAGS,
+    HEAVY,
+    LIGHT,
+    MAX_STEPS,
+    MODEL_PATTERN,
+    ScheduleError,
+    check_model,
+    model_from_text,
+    model_text,
+    parse_fraction_text,
+    parse_int,
+)
 from mdlm_fast.schedules.placement import PLACEMENTS, fraction_indices, segment_indices
 
 _KEYWORDS = {"heavy": HEAVY, "all-heavy": HEAVY, "light": LIGHT, "all-light": LIGHT}

@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdlm_fast.util.atomic import atomic_file
-from mdlm_fast.models.embedded import TEXT, EmbeddedNameError, embedded_path, specs
+from mdlm_fast.models.embedded import PREFIX, TEXT, EmbeddedNameError, embedded_path, shipped, specs
 from mdlm_fast.text.tokenizer import load_tokenizer
+from mdlm_fast.util.atomic import atomic_file
 
 __all__ = [
     "DEFAULT_VAL_FRACTION", "EMBEDDED_TEXTS", "resolve_text", "held_out_fraction", "DOC_SEPARATOR", "Corpus", "read_text", "split_train_val",
@@ -55,7 +55,7 @@ DEFAULT_VAL_FRACTION = 0.05
 DOC_SEPARATOR = r"\n{3,}(?=[^\n]+\n\n?by [^\n]+\n)"
 _CACHE_FORMAT = 1
 #: Texts shipped with the package: name -> file.
-EMBEDDED_TEXTS = {spec: embedded_path(spec, TEXT) for spec in specs(TEXT)}
+EMBEDDED_TEXTS = {spec: shipped(TEXT, spec[len(PREFIX):]) for spec in specs(TEXT)}
 
 
 def resolve_text(spec: str | os.PathLike) -> Path:

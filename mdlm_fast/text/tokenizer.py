@@ -26,8 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from mdlm_fast.models.embedded import TOKENIZER, EmbeddedNameError, embedded_path, shipped
 from mdlm_fast.util import atomic
-from mdlm_fast.models.embedded import TOKENIZER, EmbeddedNameError, embedded_path
 
 __all__ = [
     "TextTokenizer", "TokenizerError", "load_tokenizer", "check_compatible",
@@ -37,7 +37,7 @@ __all__ = [
 EOS_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "[MASK]"
 #: Where the embedded tokenizer lives inside the package.
-EMBEDDED_TOKENIZER = embedded_path("embedded", TOKENIZER)
+EMBEDDED_TOKENIZER = shipped(TOKENIZER, "tokenizer")
 
 
 class TokenizerError(ValueError):
@@ -118,7 +118,8 @@ class TextTokenizer:
                              f"[0, {self.vocab_size}) and not the mask id")
         if not mask_text:
             return self._decode([i for i in ids if i not in masks])
-        pieces, run = [], []
+        pieces: list[str] = []
+        run: list[int] = []
         for i in ids:
             if i in masks:
                 pieces.append(self._decode(run))
@@ -173,7 +174,7 @@ def check_compatible(tokenizer: TextTokenizer, model_vocab_size: int, mask_index
 # Loading
 # --------------------------------------------------------------------------------------------
 
-def load_tokenizer(spec: "str | os.PathLike | TextTokenizer" = "embedded") -> TextTokenizer:
+def load_tokenizer(spec: "str | os.PathLike | TextTokenizer | None" = "embedded") -> TextTokenizer:
     """Load a tokenizer from ``"embedded"``, a ``tokenizer.json`` file, or a local HF directory.
 
     A directory is loaded with ``transformers.AutoTokenizer.from_pretrained(dir,
@@ -182,8 +183,10 @@ def load_tokenizer(spec: "str | os.PathLike | TextTokenizer" = "embedded") -> Te
     """
     if isinstance(spec, TextTokenizer):
         return spec
+    if spec is None:
+        spec = "embedded"
     try:
-        embedded = embedded_path("embedded" if spec is None else spec, TOKENIZER)
+        embedded = embedded_path(spec, TOKENIZER)
     except EmbeddedNameError as e:
         raise TokenizerError(str(e)) from None
     if embedded is not None:

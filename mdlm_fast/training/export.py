@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from mdlm_fast.analysis.judge import save_judge
-from mdlm_fast.util.atomic import atomic_directory
 from mdlm_fast.models.checkpoint import save_denoiser
 from mdlm_fast.models.checkpoints.hf import check_replaceable
 from mdlm_fast.text.data import load_corpus
@@ -18,6 +17,7 @@ from mdlm_fast.text.tokenizer import load_tokenizer
 from mdlm_fast.training.config import STATE_NAME, TOKENIZER_COPY, TrainConfig, TrainError
 from mdlm_fast.training.loop import load_state, validation_windows
 from mdlm_fast.training.objectives import build_model, evaluate
+from mdlm_fast.util.atomic import atomic_directory
 
 
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,

@@ -31,13 +31,21 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mdlm_fast.util.atomic import atomic_file
 from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.text.data import Corpus, derive_seed, load_corpus
 from mdlm_fast.text.tokenizer import TextTokenizer, load_tokenizer
-from mdlm_fast.training.config import (METRICS_NAME, RESUMABLE_FIELDS, STATE_FORMAT, STATE_NAME, TOKENIZER_COPY,
-                                       TrainConfig, TrainError, TrainResult)
+from mdlm_fast.training.config import (
+    METRICS_NAME,
+    RESUMABLE_FIELDS,
+    STATE_FORMAT,
+    STATE_NAME,
+    TOKENIZER_COPY,
+    TrainConfig,
+    TrainError,
+    TrainResult,
+)
 from mdlm_fast.training.objectives import autocast, build_model, evaluate, judge_loss, mdlm_loss, sample_noise
+from mdlm_fast.util.atomic import atomic_file
 
 
 def validation_windows(corpus: Corpus, config: TrainConfig) -> torch.Tensor:
@@ -120,7 +128,7 @@ def _check_resume(saved: dict, config: TrainConfig, run_dir: Path) -> None:
             and saved.get("max_steps") != config.max_steps):
         warnings.warn(f"max_steps changed from {saved.get('max_steps')} to {config.max_steps} "
                       f"with a cosine schedule over max_steps: the learning-rate curve differs "
-                      f"from an uninterrupted run (set decay_steps to fix the horizon)")
+                      f"from an uninterrupted run (set decay_steps to fix the horizon)", stacklevel=2)
 
 
 def _read_metrics(path: Path, upto_step: int) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -43,6 +43,7 @@ def read_config_json(directory: Path) -> dict:
 
 
 def read_hf_weights(file: Path, trusted: bool) -> "BackboneState":
+    state: Any
     if file.suffix == ".safetensors":
         state = _read_safetensors(file)
     else:

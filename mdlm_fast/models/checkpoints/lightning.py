@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from mdlm_fast.models import inert_pickle
-from mdlm_fast.models.checkpoints.backbone import backbone_state, infer_config
+from mdlm_fast.models.checkpoints.backbone import BackboneState, backbone_state, infer_config
 from mdlm_fast.models.checkpoints.errors import CheckpointError, listing
 from mdlm_fast.models.checkpoints.hf import CONFIG_NAME, read_config_json
 from mdlm_fast.models.checkpoints.mask_id import tokenizer_mask
@@ -16,7 +16,7 @@ from mdlm_fast.models.checkpoints.pickles import get_field, mapping, tensor_dict
 from mdlm_fast.models.dit import DiT
 
 
-def read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> tuple[dict, dict, list | None]:
+def read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> tuple[BackboneState, dict, list | None]:
     ckpt = torch_load(file, trusted)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"corrupted checkpoint {file}: expected a dict, "

@@ -73,9 +73,9 @@ def _token_id(attrs: dict, text: str) -> int | None:
     serialized fast tokenizer, or a vocabulary mapping (text8's ``_vocab_str_to_int``, BERT's
     ``vocab``, GPT-2's ``encoder``)."""
     for name in ("_added_tokens_encoder", "added_tokens_encoder"):
-        found = mapping(attrs.get(name)) or {}
-        if isinstance(found.get(text), int):
-            return found[text]
+        table = mapping(attrs.get(name)) or {}
+        if isinstance(table.get(text), int):
+            return table[text]
     for name in ("_added_tokens_decoder", "added_tokens_decoder"):
         for index, token in (mapping(attrs.get(name)) or {}).items():
             if isinstance(index, int) and _token_text(token) == text:
