@@ -4,6 +4,7 @@ Every loader that accepts ``embedded:NAME`` (denoisers, the tokenizer, the judge
 every CLI check of such a spec asks :func:`embedded_path`, so the names and the error for a name
 that does not exist are written once, here.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,7 +60,7 @@ def embedded_path(spec: str | os.PathLike, kind: str) -> Path | None:
     names = _SHIPPED[kind]
     if text == "embedded" and kind in _BARE:
         return ASSETS / next(iter(names.values()))
-    name = text[len(PREFIX):] if text.startswith(PREFIX) else text
+    name = text[len(PREFIX) :] if text.startswith(PREFIX) else text
     if name not in names:
         choices = (["embedded"] if kind in _BARE else []) + list(specs(kind))
         raise EmbeddedNameError(f"no embedded {kind} {name!r}; the embedded {kind}s are {', '.join(choices)}")
