@@ -1,2 +1,2 @@
-"""The package version (pyproject.toml states the same number; tests/test_layout.py checks they agree)."""
+"""The package version, stated here only: pyproject.toml reads it (``[tool.setuptools.dynamic]``)."""
 __version__ = "0.1.0"
