@@ -8,7 +8,7 @@ relative standard error of at most --target-se, or --max-samples are reached
 cleanly). Writes <out>/paired.jsonl (the log) and <out>/paired.json (merged rows with their paired
 columns, and the stopping status).
 
-    .venv/bin/python scripts/paired_findings.py --out docs/findings/paired --time-budget 60
+    .venv/bin/python benchmarks/studies/paired_findings.py --out docs/findings/paired --time-budget 60
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The analyses behind docs/findings.md, on the embedded models (2 CPU cores: about 30 minutes).
 # Every command is resumable or cheap: rerun this script to continue an interrupted search.
-# Usage: [HEAVY_SEED1=DIR] scripts/run_findings.sh [OUT_DIR]   (default docs/findings; DIR: see the end)
+# Usage: [HEAVY_SEED1=DIR] benchmarks/studies/run_findings.sh [OUT_DIR]   (default docs/findings; DIR: see the end)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${1:-docs/findings}
 BIN=.venv/bin
 SAMPLING=(--steps 64 --length 64 --batch-size 16)
