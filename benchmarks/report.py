@@ -1,4 +1,4 @@
-"""Markdown tables from benchmarks/results/*.json (what the README's benchmark section shows).
+"""Markdown tables from benchmarks/results/*.json (what benchmarks/README.md shows).
 
   python benchmarks/report.py                 # every results file, one table each
 

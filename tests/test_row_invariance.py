@@ -1,6 +1,6 @@
 """On one device a row's tokens do not depend on the batch around it: not on the batch size, not
 on the other rows' contents, not on the thread count -- for both samplers on the embedded models
-(the cross-device guarantee of the README's "Cross-device behaviour")."""
+(the cross-device guarantee of docs/status.md, "Cross-device behaviour")."""
 import pytest
 import torch
 
