@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mdlm_fast.ops.compiled import VOCAB_CHUNK, check_seed, check_temperature, philox_noise
+from mdlm_fast.ops.compiled import VOCAB_CHUNK, check_seed, check_temperature, philox_noise, row_seeds
 
 
 def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
@@ -22,9 +22,21 @@ def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Ten
     return torch.minimum(index, last_with_mass)
 
 
+def _uniforms(keys: torch.Tensor, seed: int, seeds: torch.Tensor | None, purpose: int, n: int) -> torch.Tensor:
+    """The first n uniforms of each row's stream: under its own seed where per-row seeds are given
+    (one noise call per distinct seed; a row's noise depends on its key and seed alone)."""
+    if seeds is None:
+        return philox_noise(keys, seed, purpose, n, "uniform")
+    out = torch.empty(keys.shape[0], n, dtype=torch.float64, device=keys.device)
+    for s in torch.unique(seeds).tolist():
+        rows = seeds == s
+        out[rows] = philox_noise(keys[rows], s % 2**64, purpose, n, "uniform")
+    return out
+
+
 def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purpose: int,
                        temperature: float, banned: torch.Tensor,
-                       return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       return_logprob: bool, seeds=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The two-level inverse-CDF draw of one id per row of logits [N, V].
 
     z = logits / temperature in float32, banned ids at -inf. The vocabulary is cut into
@@ -40,8 +52,10 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     Non-finite logits, as in every kernel: a row with a NaN in z, or with every id banned or -inf,
     raises RuntimeError naming the row; a row with a +inf in z takes its lowest +inf id, with
     log-probability 0; -inf ids are never drawn. Banned ids outside [0, V) are refused.
+    seeds: optional per-row seeds overriding seed, as in the fused op.
     """
     check_seed(seed)
+    seeds = row_seeds(seeds, logits.shape[0], logits.device)
     temperature = check_temperature(temperature)
     n, vocab = logits.shape
     if banned.numel() > 0:
@@ -72,7 +86,7 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
         logprob = torch.zeros(n, device=z.device)
         if finite_rows.any():
             t, lp = sample_from_logits(logits[finite_rows], keys[finite_rows], seed, purpose, temperature,
-                                       banned, True)
+                                       banned, True, None if seeds is None else seeds[finite_rows])
             tokens[finite_rows] = t
             logprob[finite_rows] = lp
         return tokens, (logprob if return_logprob else torch.empty(0, device=z.device))
@@ -94,7 +108,7 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     if temperature == 0:
         tokens = z.argmax(-1)  # torch returns the first maximal index
     else:
-        u = philox_noise(keys, seed, purpose, 1 + n_chunks, "uniform")
+        u = _uniforms(keys, seed, seeds, purpose, 1 + n_chunks)
         candidates = _first_above(running, u[:, 1:] * chunk_mass, exps.double())
         chunk = _first_above(cumulative, u[:, 0] * total, weights)
         tokens = chunk * VOCAB_CHUNK + candidates.gather(1, chunk[:, None])[:, 0]

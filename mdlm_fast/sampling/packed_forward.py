@@ -2,10 +2,10 @@
 
 The trunk runs once over all rows, each row with its own sigma (the time of its own step), its
 last block at that row's revealed positions only. The draws then go through the fused head once
-per (seed, purpose, temperature) of the rows' requests: the op takes one seed, purpose and
-temperature per call, and every position keeps its request's own key (step, row, position), so
-a token is the one ``sample()`` draws alone. A row whose forward is not finite fails its request
-and no other.
+per (purpose, temperature) among the rows (token draws at the request's temperature, noise
+removal): every position carries its request's seed (the op's per-row seeds) and its own key
+(step, row, position), so a token is the one ``sample()`` draws alone. A row whose forward is not
+finite fails its request and no other.
 """
 from __future__ import annotations
 
@@ -55,8 +55,7 @@ def run_pack(pack: Pack, model: Denoiser, n_models: int, head_ok: bool, banned: 
         step = r.next_step
         keys.append(torch.stack([torch.full_like(positions, step), torch.full_like(positions, r.row), positions], 1))
         local.append(torch.full((count,), i, dtype=torch.int64))
-        purpose, temperature = r.request.draw_at(step)
-        groups.setdefault((r.request.seed, purpose, temperature), []).append(i)
+        groups.setdefault(r.request.draw_at(step), []).append(i)
     keys = torch.cat(keys)
     local = torch.cat(local)
     query_index = local * width + torch.cat([torch.arange(c) for c in counts])
@@ -87,26 +86,37 @@ def run_pack(pack: Pack, model: Denoiser, n_models: int, head_ok: bool, banned: 
                                                                     n_models, what))
 
     drawn = torch.empty(keys.shape[0], dtype=torch.int64, device=device)
-    for (seed, purpose, temperature), members in groups.items():
+    keys_on_device = keys.to(device)
+
+    def draw(members: list[int], purpose: int, temperature: float) -> None:
+        index = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in members]).to(device)
+        seeds = ops.row_seeds([rows[i].request.seed for i in members for _ in range(counts[i])], len(index), device)
+        if model.fused:
+            weight, bias = model.head()
+            tokens, _ = ops.fused_head_sample(out[index], weight, bias, keys_on_device[index], seed=0, purpose=purpose,
+                                              temperature=temperature, banned=banned, seeds=seeds)
+        else:
+            tokens, _ = sample_from_logits(out[index], keys_on_device[index], 0, purpose, temperature, banned, False,
+                                           seeds=seeds)
+        drawn[index] = tokens
+
+    for (purpose, temperature), members in groups.items():
         members = [i for i in members if rows[i].request.handle not in result.errors]
         if not members:
             continue
-        index = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in members]).to(device)
-        group_keys = keys.to(device)[index]
         try:
-            if model.fused:
-                weight, bias = model.head()
-                tokens, _ = ops.fused_head_sample(out[index], weight, bias, group_keys, seed=seed, purpose=purpose,
-                                                  temperature=temperature, banned=banned)
-            else:
-                tokens, _ = sample_from_logits(out[index], group_keys, seed, purpose, temperature, banned, False)
-        except RuntimeError as exc:  # the op refuses a row it cannot draw from: those requests fail, not the engine
+            draw(members, purpose, temperature)
+        except RuntimeError:  # the op refuses a row it cannot draw from: find its requests, fail those only
+            by_handle: dict[int, list[int]] = {}
             for i in members:
-                request = rows[i].request
-                result.errors.setdefault(request.handle, non_finite_message(
-                    request, rows[i].next_step, pack.model_index, n_models, f"draw ({exc})"))
-            continue
-        drawn[index] = tokens
+                by_handle.setdefault(rows[i].request.handle, []).append(i)
+            for own in by_handle.values():
+                try:
+                    draw(own, purpose, temperature)
+                except RuntimeError as exc:
+                    request = rows[own[0]].request
+                    result.errors[request.handle] = non_finite_message(
+                        request, rows[own[0]].next_step, pack.model_index, n_models, f"draw ({exc})")
 
     by_request: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
