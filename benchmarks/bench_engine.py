@@ -14,6 +14,7 @@ positions, as the samplers run it) over R rows: the per-row cost against R is wh
 device's default row budget (flat on a CPU: a small budget; falling on a GPU: a large one).
 
   python benchmarks/bench_engine.py --config embedded            # the embedded models, L 64
+  python benchmarks/bench_engine.py --config embedded --length 32 --threads 1   # a busy machine
   python benchmarks/bench_engine.py --config paper               # needs a CUDA GPU
 """
 from __future__ import annotations
@@ -120,11 +121,13 @@ def main(argv=None) -> int:
     parser.add_argument("--curve-repeats", type=int, default=5)
     parser.add_argument("--samples", type=int, default=None, help="samples per run (default: per config)")
     parser.add_argument("--budget", type=int, default=None, help="row budget B (default: per config)")
+    parser.add_argument("--length", type=int, default=None, help="sequence length L (default: per config)")
     parser.add_argument("--schedule", default="sandwich:0.25")
     parser.add_argument("--seed", type=int, default=0)
     args, config = parse_run_arguments(parser, argv)
     length, budget, samples, curve_rows = SIZES[config.name]
     budget = args.budget or budget
+    length = args.length or length
     samples = args.samples or samples
     factors = [int(f) for f in args.factors.split(",")]
     load_before = os.getloadavg()
@@ -153,7 +156,7 @@ def main(argv=None) -> int:
         reference = results[(factor, "sample")][0][0]
         for variant in ("sample", "engine"):
             runs = results[(factor, variant)]
-            tokens, forwards, rows_run, _, steady = runs[0]
+            _, forwards, rows_run, _, steady = runs[0]
             walls = [r[3] for r in runs]
             s = summary(walls)
             rows.append({
@@ -176,7 +179,8 @@ def main(argv=None) -> int:
     path = write_results(args.name or f"engine_{config.name}", payload, rows)
     for r in rows:
         print(f"T={r['steps']:5d} {r['variant']:6s} forwards {r['forwards']:6d} rows/forward {r['rows_per_forward']:.2f} "
-              f"fill {r['fill']:.1%} (under load {r['fill_under_load'] or 0:.1%}) {r['median_s']:.2f} s "
+              f"fill {r['fill']:.1%} (under load {'n/a' if r['fill_under_load'] is None else format(r['fill_under_load'], '.1%')}) "
+              f"{r['median_s']:.2f} s "
               f"{r['samples_per_s']:.2f} samples/s tokens equal {r['tokens_equal_sample']}")
     print(f"results in {path}")
     return 0

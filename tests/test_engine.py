@@ -104,7 +104,7 @@ def test_randomized_mix_equals_sample_alone_on_embedded_models(embedded):
     for max_rows in (2, 5):
         done, _ = _run_mix(embedded, requests, random.Random(max_rows), max_rows=max_rows, cancel_rate=0.1,
                            dtype="float32")
-        for handle, (request, completion) in done.items():
+        for request, completion in done.values():
             assert completion.error is None
             index = requests.index(request)
             if index not in alone:

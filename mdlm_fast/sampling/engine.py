@@ -35,7 +35,7 @@ from mdlm_fast.schedules.noise import LogLinearNoise, sampling_timesteps
 from mdlm_fast.schedules.time_schedule import resolve_schedule
 from mdlm_fast.util.validate import positive_int
 
-__all__ = ["Engine", "Request", "Completion", "EngineError", "QueueFull", "default_max_rows"]
+__all__ = ["Completion", "Engine", "EngineError", "QueueFull", "Request", "default_max_rows"]
 
 
 class EngineError(RuntimeError):
@@ -70,10 +70,11 @@ class Completion:
 
 
 def default_max_rows(device: torch.device) -> int:
-    """The row budget per forward where none is given. On a CPU a forward's cost per row is flat in
-    the row count (benchmarks/results/engine_*.json), so a large budget buys no throughput and
-    costs latency: 8, the batch of a typical sample() call. On a GPU a forward over a few rows
-    costs nearly what a full batch costs: 128."""
+    """The row budget per forward where none is given. On a CPU a forward's cost per row falls until
+    about 8 rows and is flat beyond (embedded models: 37, 27, 25, 23.5, 22.4 ms per row at 1, 2, 4,
+    8, 16 rows; benchmarks/results/engine_embedded.json), so a larger budget buys no throughput and
+    costs latency: 8. On a GPU a forward over a few rows costs nearly what a full batch costs: 128
+    (to be set from the paper config's curve in scripts/gpu_check.sh)."""
     return 128 if device.type == "cuda" else 8
 
 
@@ -130,8 +131,6 @@ class Engine:
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"the queue holds max_queue={self.max_queue} requests; retry later")
             state.handle = next(self._handles)
-            for row in state.rows:
-                row.ready_since = 0
             self._queue.append(state)
             return state.handle
 

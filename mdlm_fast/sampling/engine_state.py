@@ -22,7 +22,7 @@ from mdlm_fast.schedules.noise import LogLinearNoise
 class RowState:
     """One sequence: its reveal steps (ascending; T = noise removal) and the positions of each."""
 
-    request: "RequestState"
+    request: RequestState
     row: int                        # the row id within its request: its key row, as in sample()
     steps: list[int]
     positions: list[torch.Tensor]   # CPU int64, ascending, one tensor per entry of `steps`
