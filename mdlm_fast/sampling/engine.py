@@ -326,9 +326,12 @@ class Engine:
             return self._find(handle).x.cpu().clone()
 
     def progress(self, handle: int) -> tuple[int, int]:
-        """(steps done, steps total) of the request's slowest row."""
+        """(steps done, steps total) of the request's slowest row: a row has done the steps before its
+        next reveal (the steps between reveals need no forward); a queued request has done none."""
         with self._lock:
             state = self._find(handle)
+            if state.admitted_at is None:
+                return 0, state.steps
             return min((row.steps_done() for row in state.rows), default=state.steps), state.steps
 
     @property
