@@ -171,6 +171,39 @@ def test_a_non_finite_forward_fails_its_own_requests_only(tiny_pair):
     assert stats["requests_failed"] == 1 and stats["requests_done"] == 2 and engine.rows_in_flight == 0
 
 
+class _Overflowing(_Poisoned):
+    """Finite hidden states whose logits are NaN (inf - inf) in rows that start with `poison`: the
+    finite check passes them and the fused op refuses them."""
+
+    def __init__(self, inner, poison):
+        super().__init__(inner, poison)
+        weight = inner.head_weight.detach().clone()
+        weight[:, :2] = 2.0
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+
+    @property
+    def head_weight(self):
+        return self.weight
+
+    def trunk(self, x, sigma, positions=None):
+        h = self.inner.trunk(x, sigma, positions=positions).clone()
+        big = torch.tensor([3e38, -3e38], dtype=h.dtype)
+        h[..., :2] = torch.where((x[:, 0] == self.poison)[:, None, None], big, h[..., :2])
+        return h
+
+
+def test_a_row_the_head_cannot_draw_from_fails_its_request_only(tiny_pair):
+    heavy = _Overflowing(tiny_pair[0], poison=5)
+    good = [mf.Request(n=2, length=9, steps=6, seed=s, prefix=[7]) for s in (1, 2)]
+    bad = mf.Request(n=1, length=9, steps=6, seed=3, prefix=[5])
+    engine = mf.Engine(heavy, max_rows=5)
+    handles = [engine.submit(r) for r in (good[0], bad, good[1])]
+    completions = {c.handle: c for c in engine.run_until_done()}
+    assert completions[handles[1]].tokens is None and "NaN" in completions[handles[1]].error
+    for handle, request in zip((handles[0], handles[2]), good):
+        assert torch.equal(completions[handle].tokens, _alone(heavy, request))
+
+
 def test_sustained_load_keeps_forwards_full(tiny_pair):
     engine = mf.Engine(tiny_pair[0], max_rows=4)
     for seed in range(12):
