@@ -93,6 +93,35 @@ def plot_head(path: Path) -> Path:
     return _save(fig, ax, path)
 
 
+def plot_engine(path: Path) -> Path:
+    """Left: rows per forward, engine against sample() at each step count (the budget as a line).
+    Right: the forward-cost-per-row curve that sets the device's default row budget."""
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    factors = sorted({r["steps_factor"] for r in rows})
+    for k, variant in enumerate(("sample", "engine")):
+        values = [next(r["rows_per_forward"] for r in rows if r["variant"] == variant and r["steps_factor"] == f)
+                  for f in factors]
+        left.bar([i + 0.2 * (2 * k - 1) for i in range(len(factors))], values, width=0.4,
+                 label="sample() batch after batch" if variant == "sample" else "engine")
+    left.axhline(rows[0]["row_budget"], color="k", ls="--", lw=1, label="row budget")
+    left.set_xticks(range(len(factors)), [f"T = {f}L" if f > 1 else "T = L" for f in factors])
+    left.set_ylabel("mean rows per forward")
+    left.legend(fontsize=8)
+    curve = data["forward_cost_curve"]
+    right.plot([c["rows"] for c in curve], [c["per_row_s"] * 1e3 for c in curve], marker="o")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("rows in the forward")
+    right.set_ylabel("forward time per row (ms)")
+    right.set_ylim(bottom=0)
+    right.grid(alpha=0.3)
+    machine = data["machine"]
+    fig.suptitle(f"engine, {data['config']} config, L {rows[0]['length']}, {machine['device']} {machine['dtype']}, "
+                 f"{machine['threads']} threads", fontsize=10)
+    return _save(fig, left, path, legend_size=8)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of results files (default: %(default)s)")
@@ -106,6 +135,8 @@ def main(argv=None):
             drawn.append(plot_ablation(path))
         elif kind == "bench_head":
             drawn.append(plot_head(path))
+        elif kind == "bench_engine":
+            drawn.append(plot_engine(path))
     for out in drawn:
         print(out)
     if not drawn:

@@ -89,15 +89,25 @@ inline void check_fused_head_args(const at::Tensor& hidden, const at::Tensor& we
   MDLM_CHECK_DTYPE(banned, "banned", at::kLong);
 }
 
+// fused_head_sample's optional per-row seeds: int64 [N], one per hidden row.
+inline void check_row_seeds(const c10::optional<at::Tensor>& seeds, int64_t n) {
+  if (!seeds.has_value()) return;
+  MDLM_CHECK_DIM(*seeds, "seeds", 1);
+  MDLM_CHECK_DTYPE(*seeds, "seeds", at::kLong);
+  MDLM_CHECK_ARG(seeds->size(0) == n, "seeds", "must have one seed per hidden row (", n, "), got ", seeds->size(0));
+}
+
 // Every tensor of a fused_head_sample call on one device type (the kernel's).
 inline void check_fused_head_devices(const at::Tensor& hidden, const at::Tensor& weight,
                                      const c10::optional<at::Tensor>& bias, const at::Tensor& keys,
-                                     const at::Tensor& banned, c10::DeviceType type, const char* name) {
+                                     const at::Tensor& banned, const c10::optional<at::Tensor>& seeds,
+                                     c10::DeviceType type, const char* name) {
   MDLM_CHECK_ON_DEVICE(hidden, "hidden", type, name);
   MDLM_CHECK_ON_DEVICE(weight, "weight", type, name);
   if (bias.has_value()) MDLM_CHECK_ON_DEVICE(*bias, "bias", type, name);
   MDLM_CHECK_ON_DEVICE(keys, "keys", type, name);
   MDLM_CHECK_ON_DEVICE(banned, "banned", type, name);
+  if (seeds.has_value()) MDLM_CHECK_ON_DEVICE(*seeds, "seeds", type, name);
 }
 
 // The value errors of fused_head_sample, worded once for every backend (reference.py too).

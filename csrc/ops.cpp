@@ -69,8 +69,9 @@ TORCH_LIBRARY(mdlm_fast, m) {
   m.def("philox_noise(Tensor keys, int seed, int purpose, int n, str dist) -> Tensor");
   // Projection of hidden rows onto the vocabulary fused with an exact categorical draw; never
   // materializes [N, V] logits. Returns token ids [N] int64 and, if return_logprob, the chosen
-  // tokens' log-probabilities [N] float32 (else an empty tensor).
+  // tokens' log-probabilities [N] float32 (else an empty tensor). seeds: optional int64 [N], row
+  // i's own seed (overriding `seed`), so that rows of different requests share one call.
   m.def(
       "fused_head_sample(Tensor hidden, Tensor weight, Tensor? bias, Tensor keys, int seed, "
-      "int purpose, float temperature, Tensor banned, bool return_logprob) -> (Tensor, Tensor)");
+      "int purpose, float temperature, Tensor banned, bool return_logprob, Tensor? seeds=None) -> (Tensor, Tensor)");
 }

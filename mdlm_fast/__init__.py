@@ -20,6 +20,7 @@ from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
 from mdlm_fast.ops import compiled as ops
 from mdlm_fast.ops import reference
 from mdlm_fast.sampling.api import SampleResult, SampleStats, sample
+from mdlm_fast.sampling.engine import Completion, Engine, EngineError, QueueFull, Request
 from mdlm_fast.schedules.flops import ExecutedFlops, ModelShape, schedule_flops
 from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError
 from mdlm_fast.schedules.noise import LogLinearNoise
@@ -34,6 +35,7 @@ __all__ = [
     "ModelSchedule", "ScheduleError", "TimeSchedule", "resolve_schedule",
     "ModelShape", "ExecutedFlops", "schedule_flops",
     "LogLinearNoise", "sample", "SampleResult", "SampleStats",
+    "Engine", "Request", "Completion", "EngineError", "QueueFull",
     "TextTokenizer", "TokenizerError", "load_tokenizer",
     "CausalLM", "CausalLMConfig", "load_judge", "save_judge",
     "generative_perplexity", "unigram_entropy", "distinct_n", "evaluate_schedule", "evaluate_samples",

@@ -226,7 +226,9 @@ def test_torchrun_evaluate_shards_seeds_and_matches_one_process(models, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "evaluate.json").read_text())["rows"][0] for d in ("single", "dp"))
     assert a["record"]["seeds"] == b["record"]["seeds"] == [0, 1, 2]
-    for key in ("gen_ppl", "gen_ppl_se", "unigram_entropy", "distinct_2", "executed_flops", "tokens"):
+    # executed FLOPs are not compared: they count what the engine's packed forwards ran (the last
+    # block at each forward's padded query width), which depends on how each rank's batches packed
+    for key in ("gen_ppl", "gen_ppl_se", "unigram_entropy", "distinct_2", "tokens"):
         assert a[key] == b[key]
 
 

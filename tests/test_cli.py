@@ -133,6 +133,8 @@ ERROR_CASES = [
     ("heavy-missing", ["generate", *SMALL, "--heavy", "/nonexistent/model"], "/nonexistent/model"),
     ("tokenizer-missing", ["generate", *SMALL, "--tokenizer", "/nonexistent/tok.json"], "/nonexistent/tok.json"),
     ("precision-fast", ["generate", *SMALL, "--sampler", "fast", "--precision", "fp32-mdlm"], "fp32-mdlm"),
+    ("num-samples-sampler", ["generate", *SMALL, "--num-samples", "3", "--sampler", "mdlm"], "--num-samples"),
+    ("max-rows-alone", ["generate", *SMALL, "--max-rows", "4"], "--max-rows is the engine's row budget"),
 ]
 
 

@@ -108,6 +108,26 @@ def test_fused_head_quick_matrix(emu, dtype):
         assert not any(int(x) in banned for x in tokens)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [3, 40])  # rows of one group and of several groups and passes
+def test_per_row_seeds_as_on_the_cpu(emu, dtype, n):
+    """Row i with seeds[i] draws what the CPU op draws with the same per-row seeds, which is what a
+    call with the scalar seed seeds[i] draws (tests/test_row_seeds.py)."""
+    hidden, weight, bias = _exact_problem(n, 24, 2100, dtype, seed=n)
+    seeds = ops.row_seeds([(i * 2**61 + 3 * i) % 2**64 for i in range(n)], n, "cpu")
+    banned = torch.tensor([5])
+    drawn = {}
+    for temperature in (1.0, 0.0):
+        got, _ = emu.fused_head_sample(hidden, weight, bias, _keys(n), 11, 2, temperature, banned, False, seeds=seeds)
+        want, _ = ops.fused_head_sample(hidden, weight, bias, _keys(n), seed=11, temperature=temperature,
+                                        banned=banned, seeds=seeds)
+        assert torch.equal(got, want)
+        drawn[temperature] = got
+    if n > 3:  # the control: the scalar seed alone draws other tokens
+        scalar, _ = emu.fused_head_sample(hidden, weight, bias, _keys(n), 11, 2, 1.0, banned, False)
+        assert not torch.equal(scalar, drawn[1.0])
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_fused_head_full_matrix(request, emu, dtype):
     if not _full(request):
@@ -194,7 +214,7 @@ def test_zero_width_hidden(emu, dtype):
     off = (-raw.data_ptr()) % 512
     banned = torch.tensor([6])
     status = emu_null(emulator._DTYPES[dtype], None, 3, 0, 0, 1, None, 1500, 0, ctypes.c_void_p(bias.data_ptr()),
-                      ctypes.c_void_p(keys.data_ptr()), 1, 2, 1.0, ctypes.c_void_p(banned.data_ptr()), 1,
+                      ctypes.c_void_p(keys.data_ptr()), 1, None, 2, 1.0, ctypes.c_void_p(banned.data_ptr()), 1,
                       ctypes.c_void_p(tokens.data_ptr()), None, ctypes.c_void_p(raw.data_ptr() + off), ws)
     assert status == 0 and torch.equal(tokens, want_t)
 

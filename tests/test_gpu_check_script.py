@@ -46,7 +46,8 @@ def test_dry_run_prints_every_step_and_writes_nothing(tmp_path):
     text = result.stdout
     for needle in ["TORCH_CUDA_ARCH_LIST='9.0+PTX'", "pytest -q -m cuda", "bench_head.py --device cuda --ns 1,2,4",
                    ",1024", "bench_sampler.py --config paper --fractions 0,0.25,0.5,1 --repeats 2",
-                   "bench_breakdown.py --config paper --repeats 2", "gpu_check_report.py copy", f"{out}/head_cuda"]:
+                   "bench_breakdown.py --config paper --repeats 2", "gpu_check_report.py copy", f"{out}/head_cuda",
+                   f"bench_engine.py --config paper --repeats 2 --curve-repeats 3 --name '{out}/engine_paper'"]:
         assert needle in text, needle
     assert not out.exists()
     skip = _run("--dry-run", "--skip-build", "--out", str(out))

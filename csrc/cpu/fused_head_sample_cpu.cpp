@@ -110,9 +110,10 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
                                                          const c10::optional<at::Tensor>& bias,
                                                          const at::Tensor& keys, int64_t seed, int64_t purpose,
                                                          double temperature, const at::Tensor& banned,
-                                                         bool return_logprob) {
+                                                         bool return_logprob, const c10::optional<at::Tensor>& seeds) {
   check_fused_head_args(hidden, weight, bias, keys, purpose, temperature, banned);
-  check_fused_head_devices(hidden, weight, bias, keys, banned, at::kCPU, "cpu");
+  check_row_seeds(seeds, hidden.size(0));
+  check_fused_head_devices(hidden, weight, bias, keys, banned, seeds, at::kCPU, "cpu");
   const int64_t n = hidden.size(0), vocab = weight.size(0);
 
   HeadArgs a;
@@ -137,10 +138,13 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   at::Tensor logprob = at::empty({return_logprob ? n : 0}, hidden.options().dtype(at::kFloat));
   if (n == 0) return {tokens, logprob};
 
-  const int64_t* k = keys.contiguous().data_ptr<int64_t>();
+  const at::Tensor keys_c = keys.contiguous();
+  const int64_t* k = keys_c.data_ptr<int64_t>();
+  const at::Tensor seeds_c = seeds.has_value() ? seeds->contiguous() : at::Tensor();
+  const int64_t* row_seeds = seeds_c.defined() ? seeds_c.data_ptr<int64_t>() : nullptr;
   const auto row_key = [&](int64_t r) {
-    return make_noise_key(static_cast<uint64_t>(seed), static_cast<uint32_t>(purpose), k[3 * r], k[3 * r + 1],
-                          k[3 * r + 2]);
+    return make_noise_key(row_seed(static_cast<uint64_t>(seed), row_seeds, r), static_cast<uint32_t>(purpose),
+                          k[3 * r], k[3 * r + 1], k[3 * r + 2]);
   };
   const bool draw = a.temperature > 0.f;
 

@@ -27,18 +27,20 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
                                                           const c10::optional<at::Tensor>& bias,
                                                           const at::Tensor& keys, int64_t seed, int64_t purpose,
                                                           double temperature, const at::Tensor& banned,
-                                                          bool return_logprob) {
+                                                          bool return_logprob, const c10::optional<at::Tensor>& seeds) {
   // --- the CPU kernel's checks, in its order and words ---
   check_fused_head_args(hidden, weight, bias, keys, purpose, temperature, banned);
+  check_row_seeds(seeds, hidden.size(0));
   const auto dtype = hidden.scalar_type();
   const int64_t n = hidden.size(0), vocab = weight.size(0), d = hidden.size(1);
 
   // --- CUDA-only checks ---
-  check_fused_head_devices(hidden, weight, bias, keys, banned, at::kCUDA, "cuda");
+  check_fused_head_devices(hidden, weight, bias, keys, banned, seeds, at::kCUDA, "cuda");
   MDLM_CHECK_SAME_DEVICE(weight, "weight", hidden, "hidden");
   if (bias.has_value()) MDLM_CHECK_SAME_DEVICE(*bias, "bias", hidden, "hidden");
   MDLM_CHECK_SAME_DEVICE(keys, "keys", hidden, "hidden");
   MDLM_CHECK_SAME_DEVICE(banned, "banned", hidden, "hidden");
+  if (seeds.has_value()) MDLM_CHECK_SAME_DEVICE(*seeds, "seeds", hidden, "hidden");
   MDLM_CHECK_ARG(vocab <= std::numeric_limits<int32_t>::max(), "weight",
                  "must have at most 2^31 - 1 vocabulary rows on CUDA, got ", vocab);
   const c10::cuda::CUDAGuard guard(hidden.device());
@@ -56,6 +58,7 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   const at::Tensor keys_c = keys.contiguous();
   const at::Tensor banned_c = banned.contiguous();
+  const at::Tensor seeds_c = seeds.has_value() ? seeds->contiguous() : at::Tensor();
   at::Tensor tokens = at::empty({n}, hidden.options().dtype(at::kLong));
   at::Tensor logprob = at::empty({return_logprob ? n : 0}, hidden.options().dtype(at::kFloat));
   // [bad banned count, first row code]: one copy to the host after the kernels.
@@ -91,6 +94,7 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   p.bias = bias_c.defined() ? bias_c.data_ptr() : nullptr;
   p.keys = keys_c.data_ptr<int64_t>();
   p.seed = static_cast<uint64_t>(seed);
+  p.seeds = seeds_c.defined() ? seeds_c.data_ptr<int64_t>() : nullptr;
   p.purpose = static_cast<uint32_t>(purpose);
   p.temperature = static_cast<float>(temperature);  // the CPU kernel also works with the float
   p.banned = banned_c.numel() > 0 ? banned_c.data_ptr<int64_t>() : nullptr;

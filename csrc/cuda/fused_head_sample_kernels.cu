@@ -407,6 +407,7 @@ struct ChunkArgs {
   int64_t n_banned;
   const int64_t* keys;  // this pass's rows
   uint64_t seed;
+  const int64_t* seeds;  // this pass's rows' own seeds, or nullptr (all rows: seed)
   uint32_t purpose;
   ChunkRecords rec;  // [rows, n_chunks] each
 };
@@ -531,6 +532,7 @@ template <int R>
 __device__ __forceinline__ void chunk_block_epilogue(const float* s_z, int len, int64_t begin, int64_t chunk,
                                                      int64_t row0, int64_t rows, float temperature,
                                                      const int64_t* __restrict__ keys, uint64_t seed,
+                                                     const int64_t* __restrict__ seeds,
                                                      uint32_t purpose, const ChunkRecords& rec, int64_t n_chunks) {
   const int warp = threadIdx.x >> 5;
   const int rows_here = static_cast<int>(min64(R, rows - row0));
@@ -538,7 +540,7 @@ __device__ __forceinline__ void chunk_block_epilogue(const float* s_z, int len, 
   for (int rl = warp; rl < rows_here; rl += kChunkWarps) {  // warp-uniform
     const int64_t row = row0 + rl;
     const int64_t* k = keys + 3 * row;
-    const NoiseKey key = make_noise_key(seed, purpose, k[0], k[1], k[2]);
+    const NoiseKey key = make_noise_key(row_seed(seed, seeds, row), purpose, k[0], k[1], k[2]);
     chunk_row_epilogue(s_z + rl * kZRowStride, len, begin, chunk, row, draw, key, rec, n_chunks);
   }
 }
@@ -582,7 +584,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_mma_kernel(const ChunkArg
     }
   }
   __syncthreads();
-  chunk_block_epilogue<8 * NT>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.purpose, a.rec,
+  chunk_block_epilogue<8 * NT>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose, a.rec,
                                a.n_chunks);
 }
 
@@ -615,7 +617,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_simt_kernel(const ChunkAr
     }
   }
   __syncthreads();
-  chunk_block_epilogue<NR>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.purpose, a.rec,
+  chunk_block_epilogue<NR>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose, a.rec,
                            a.n_chunks);
 }
 
@@ -627,6 +629,7 @@ struct SelectArgs {
   float temperature;
   const int64_t* keys;  // this pass's rows
   uint64_t seed;
+  const int64_t* seeds;  // this pass's rows' own seeds, or nullptr (all rows: seed)
   uint32_t purpose;
   const float* max;
   const int32_t* arg;
@@ -678,7 +681,7 @@ __global__ void __launch_bounds__(kSelectWarps * 32) select_kernel(const SelectA
     double token_logit = row_max;
     if (a.temperature > 0.f) {
       const int64_t* k = a.keys + 3 * row;
-      const double u = uniform53_at(make_noise_key(a.seed, a.purpose, k[0], k[1], k[2]), 0);
+      const double u = uniform53_at(make_noise_key(row_seed(a.seed, a.seeds, row), a.purpose, k[0], k[1], k[2]), 0);
       const int64_t c = inverse_cdf(a.n_chunks, u * total, [&](int64_t i) { return weight[i]; });
       token = a.cand[base + c];
       token_logit = static_cast<double>(a.cand_logit[base + c]);
@@ -793,6 +796,7 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     ca.n_banned = p.n_banned;
     ca.keys = p.keys + 3 * r0;
     ca.seed = p.seed;
+    ca.seeds = p.seeds != nullptr ? p.seeds + r0 : nullptr;
     ca.purpose = p.purpose;
     ca.rec = rec;
     const int64_t grid = l.n_chunks * ca.row_groups;
@@ -805,6 +809,7 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     sa.temperature = p.temperature;
     sa.keys = p.keys + 3 * r0;
     sa.seed = p.seed;
+    sa.seeds = p.seeds != nullptr ? p.seeds + r0 : nullptr;
     sa.purpose = p.purpose;
     sa.max = rec.max;
     sa.arg = rec.arg;

@@ -67,6 +67,9 @@ struct FusedHeadParams {
 
   const int64_t* keys = nullptr;  // [n, 3] contiguous (step, row, position)
   uint64_t seed = 0;
+  // Per-row seeds [n] (the uint64 bit patterns), overriding `seed`, or nullptr: rows of different
+  // requests in one call keep their own streams.
+  const int64_t* seeds = nullptr;
   uint32_t purpose = 0;
   float temperature = 1.f;  // 0 = argmax
 

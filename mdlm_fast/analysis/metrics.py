@@ -178,17 +178,16 @@ def sample_seeds(samples: int, batch_size: int, seed: int) -> list[tuple[int, in
     """``(seed, size)`` of each sampling batch: ``samples`` split into batches of ``batch_size``
     (the last one smaller) with seeds ``seed, seed + 1, ...``. The same seeds for every schedule
     make schedule comparisons paired: differences are the schedule's, not the noise's."""
-    for name, value in (("samples", samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return [(seed + k, min(batch_size, samples - start))
-            for k, start in enumerate(range(0, samples, batch_size))]
+    from mdlm_fast.sampling.many import batch_seeds
+
+    return batch_seeds(samples, batch_size, seed)
 
 
 def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, samples: int = 8,
                       batch_size: int = 8, seed: int = 0, sampler: str = "fast", precision: str = "fp64",
                       tokenizer: Any = None, judge: Any = None, judge_tokenizer: Any = None,
-                      record: dict | None = None, dist: Any = None, progress: bool = False) -> dict:
+                      record: dict | None = None, dist: Any = None, progress: bool = False,
+                      max_rows: int | None = None) -> dict:
     """Sample ``samples`` sequences under ``schedule`` and measure them.
 
     Returns gen-PPL (with its SE over samples, when a judge is given), unigram entropy,
@@ -196,10 +195,13 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     and a record of everything that produced the numbers (``record`` adds names such as the
     judge's and the models'). With a data-parallel ``dist`` context the sampling batches are
     sharded over ranks and the metrics computed from all of them on every rank (the result is
-    the same as in one process: each batch depends only on its seed).
+    the same as in one process: each batch depends only on its seed). The fast sampler's batches
+    run all at once through one engine (``max_rows`` its row budget, None the device's default),
+    each batch's tokens those of its own sample() call.
     """
     from mdlm_fast.analysis.distributed import single_process
     from mdlm_fast.sampling import api as sampling
+    from mdlm_fast.sampling.many import sample_many
     from mdlm_fast.schedules.model_schedule import ModelSchedule
 
     dist = dist or single_process()
@@ -207,7 +209,20 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     batches = sample_seeds(samples, batch_size, seed)
     mine = dist.shard(list(enumerate(batches)))
     done = []
-    for index, (batch_seed, size) in mine:
+    through_engine = sampler == "fast" and precision == "fp64"
+    if through_engine and mine:
+        # All of this rank's batches in flight at once through the engine (each batch's tokens are
+        # those of its own sample() call); the run's totals ride on its first batch, so that sums
+        # over batches stay the totals.
+        many = sample_many(models, samples=samples, batch_size=batch_size, steps=steps, length=length,
+                           schedule=schedule, batches=[b for _, b in mine], max_rows=max_rows)
+        stats = many.stats
+        for k, ((index, _), tokens) in enumerate(zip(mine, many.batches)):
+            first = k == 0
+            done.append((index, tokens.tolist(), stats.wall_time_s if first else 0.0,
+                         ((stats.executed_flops or {}).get("total") if first else 0), stats.predicted_saving,
+                         sum(stats.forwards) if first else 0))
+    for index, (batch_seed, size) in ([] if through_engine else mine):
         result = sampling.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule,
                                  sampler=sampler, seed=batch_seed, precision=precision, progress=progress)
         stats = result.stats

@@ -63,6 +63,11 @@ def _check_generate_arguments(args) -> None:
         except UnicodeEncodeError as exc:
             byte = args.prefix[exc.start].encode("utf-8", "surrogateescape")
             raise CliError(f"--prefix is not UTF-8 text (byte 0x{byte.hex()} at position {exc.start})") from None
+    if args.num_samples is not None and args.sampler != "fast":
+        raise CliError(f"--num-samples runs the samples through the engine, which packs the fast sampler only; "
+                       f"use --sampler fast, or --batch-size alone with --sampler {args.sampler}")
+    if args.max_rows is not None and args.num_samples is None:
+        raise CliError("--max-rows is the engine's row budget per forward: give --num-samples as well")
     check.output_file("--out", args.out)
     args.device = check.device("--device", args.device)
     check.threads(args.threads)
@@ -146,6 +151,7 @@ def _read_schedule_file(args):
 
 def _cmd_generate(args) -> int:
     from mdlm_fast.sampling import api as sampling
+    from mdlm_fast.sampling.many import sample_many
     from mdlm_fast.schedules.model_schedule import ScheduleError
     from mdlm_fast.schedules.time_schedule import resolve_schedule
 
@@ -170,13 +176,23 @@ def _cmd_generate(args) -> int:
     mask = models[0].config.mask_index
     prefix = _encode_prefix(args, tokenizer, length, mask)
     judge, judge_tokenizer, judge_name = _load_judge(args, tokenizer, device)
+    engine_stats = None
+    result: Any
     try:
-        result = sampling.sample(models, steps=steps, batch_size=args.batch_size, length=length, schedule=schedule,
-                                 sampler=args.sampler, seed=args.seed, prefix=prefix, precision=args.precision,
-                                 temperature=args.temperature, device=device, dtype=args.dtype,
-                                 progress=not (args.no_progress or args.json))
+        if args.num_samples is not None:
+            many = sample_many(models, samples=args.num_samples, batch_size=args.batch_size, steps=steps, length=length,
+                               schedule=schedule, seed=args.seed, prefix=prefix, temperature=args.temperature,
+                               device=device, dtype=args.dtype, max_rows=args.max_rows)
+            result, engine_stats = many, many.engine
+        else:
+            result = sampling.sample(models, steps=steps, batch_size=args.batch_size, length=length,
+                                     schedule=schedule, sampler=args.sampler, seed=args.seed, prefix=prefix,
+                                     precision=args.precision, temperature=args.temperature, device=device,
+                                     dtype=args.dtype, progress=not (args.no_progress or args.json))
     except (MemoryError, RuntimeError) as exc:
-        check.raise_if_out_of_memory(exc, f"--batch-size {args.batch_size} x --length {length}")
+        rows = f"--max-rows {args.max_rows or 'default'}" if args.num_samples is not None else \
+            f"--batch-size {args.batch_size}"
+        check.raise_if_out_of_memory(exc, f"{rows} x --length {length}")
         raise
     stats = result.stats
     tokens = result.tokens.tolist()
@@ -185,6 +201,7 @@ def _cmd_generate(args) -> int:
         "models": names,
         "blocks": [m.config.n_blocks for m in models],
         "stats": stats.as_dict(),
+        **({"engine": engine_stats} if engine_stats is not None else {}),
         "flops": _savings(stats),
         "quality": _quality(texts, tokens, judge, judge_tokenizer, judge_name),
         "samples": [{"tokens": row, **({"text": text} if texts else {})}
@@ -200,6 +217,10 @@ def _cmd_generate(args) -> int:
         print(dumps(report))
         return 0
     _print_report(report, stats)
+    if engine_stats is not None:
+        print(f"engine: {engine_stats['requests_done']} batches in flight together, row budget "
+              f"{engine_stats['max_rows']}, {engine_stats['rows_per_forward']:.2f} rows per forward "
+              f"({engine_stats['fill']:.1%} full)")
     return 0
 
 
@@ -264,7 +285,15 @@ def add_generate_arguments(gen) -> None:
     a("--steps", type=check.positive_int, default=None, help="denoising steps (default: the length)")
     a("--length", type=check.positive_int, default=None,
       help="tokens per sample, at most the model's model_length (default: model_length)")
-    a("--batch-size", type=check.positive_int, default=4, help="samples (default 4)")
+    a("--batch-size", type=check.positive_int, default=4,
+      help="samples of one seed: one sample() call (default 4); with --num-samples, the batches of seeds "
+           "seed, seed+1, ... the samples are split into")
+    a("--num-samples", type=check.positive_int, default=None,
+      help="samples in all, through the engine: every batch in flight at once, each forward packed with up "
+           "to --max-rows rows; batch k's samples are those --batch-size with --seed seed+k gives "
+           "(default: one batch of --batch-size)")
+    a("--max-rows", type=check.positive_int, default=None,
+      help="with --num-samples: rows per forward (default: the device's, 8 on a CPU, 128 on a GPU)")
     a("--seed", type=check.seed, default=0, help="random seed; same seed, same samples (default 0)")
     a("--prefix", help="text every sample starts with, kept as given (default: none)")
     a("--sampler", default="fast", choices=[*SAMPLERS, *SAMPLER_ALIASES],

@@ -53,6 +53,23 @@ def _op_seed(seed: int) -> int:
     return seed - 2**64 if seed >= 2**63 else seed
 
 
+def row_seeds(seeds, n: int, device) -> torch.Tensor | None:
+    """Per-row seeds as the int64 [n] tensor the ops take (None stays None): a sequence of ints in
+    [0, 2^64) (each checked as a seed) becomes their bit patterns; an int64 tensor is taken as
+    bit patterns already."""
+    if seeds is None:
+        return None
+    if isinstance(seeds, torch.Tensor):
+        if seeds.dtype != torch.int64 or seeds.dim() != 1 or seeds.shape[0] != n:
+            raise ValueError(f"seeds must be an int64 tensor [N={n}] (one seed per row), got "
+                             f"{seeds.dtype} {tuple(seeds.shape)}")
+        return seeds
+    seeds = [_op_seed(s) for s in seeds]
+    if len(seeds) != n:
+        raise ValueError(f"seeds must hold one seed per row (N={n}), got {len(seeds)}")
+    return torch.tensor(seeds, dtype=torch.int64, device=device)
+
+
 def _check_same_device(**tensors: torch.Tensor | None) -> None:
     """Every tensor argument on the first one's device, else one error naming the argument."""
     items = [(name, t) for name, t in tensors.items() if t is not None]
@@ -82,8 +99,8 @@ def _philox_noise_fake(keys, seed, purpose, n, dist):
 
 def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       keys: torch.Tensor, *, seed: int, purpose: int = 2, temperature: float = 1.0,
-                      banned: torch.Tensor | None = None,
-                      return_logprob: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      banned: torch.Tensor | None = None, return_logprob: bool = False,
+                      seeds=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Project hidden rows onto the vocabulary and draw one token per row, without [N, V] logits.
 
     hidden [N, d] (float32/bfloat16/float16), weight [V, d] and bias [V] in the same dtype,
@@ -93,7 +110,10 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     Returns (tokens int64 [N], logprob float32 [N] or None): the chosen ids' log-probabilities
     under softmax(logits / temperature) (temperature 1 when it is 0).
 
-    seed: an int in [0, 2^64), as for sample(). temperature: 0 or in [1e-6, float32 max].
+    seed: an int in [0, 2^64), as for sample(). seeds: optional per-row seeds (ints in [0, 2^64), or
+    an int64 [N] tensor of their bit patterns) overriding seed: row i then draws exactly what a call
+    with seed=seeds[i] draws, so rows of different requests share one call (one read of W).
+    temperature: 0 or in [1e-6, float32 max].
     Non-finite logits follow one rule on every device (and in reference.py): a row with a NaN
     logit, or with every id banned or -inf, raises RuntimeError naming the row; a row with a +inf
     logit takes its lowest +inf id with log-probability 0. Banned ids outside [0, V) are refused.
@@ -101,18 +121,23 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     """
     if banned is None:
         banned = torch.empty(0, dtype=torch.int64, device=hidden.device)
-    _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned)
+    seeds = row_seeds(seeds, hidden.shape[0], hidden.device)
+    _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned, seeds=seeds)
     tokens, logprob = torch.ops.mdlm_fast.fused_head_sample(
-        hidden, weight, bias, keys, _op_seed(seed), int(purpose), float(temperature), banned, bool(return_logprob))
+        hidden, weight, bias, keys, _op_seed(seed), int(purpose), float(temperature), banned, bool(return_logprob),
+        seeds)
     return tokens, (logprob if return_logprob else None)
 
 
 @torch.library.register_fake("mdlm_fast::fused_head_sample")
-def _fused_head_sample_fake(hidden, weight, bias, keys, seed, purpose, temperature, banned, return_logprob):
+def _fused_head_sample_fake(hidden, weight, bias, keys, seed, purpose, temperature, banned, return_logprob,
+                            seeds=None):
     torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D [N, d]")
     torch._check(weight.dim() == 2 and weight.shape[1] == hidden.shape[1], lambda: "weight must be [V, d]")
     # A meta tensor among real ones dispatches here: refuse rather than return uninitialized ids.
-    _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned)
+    _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned, seeds=seeds)
+    torch._check(seeds is None or (seeds.dim() == 1 and seeds.shape[0] == hidden.shape[0]),
+                 lambda: "seeds must be [N], one per hidden row")
     n = hidden.shape[0]
     tokens = hidden.new_empty((n,), dtype=torch.int64)
     logprob = hidden.new_empty((n if return_logprob else 0,), dtype=torch.float32)

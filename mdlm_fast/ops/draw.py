@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from mdlm_fast.ops.compiled import VOCAB_CHUNK, check_seed, check_temperature, philox_noise
+from mdlm_fast.ops.compiled import VOCAB_CHUNK, check_seed, check_temperature, philox_noise, row_seeds
 
 #: ``noise(keys, seed, purpose, n, dist)``: the Philox stream the draw reads its uniforms from.
 Noise = Callable[[torch.Tensor, int, int, int, str], torch.Tensor]
@@ -27,9 +27,23 @@ def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Ten
     return torch.minimum(index, last_with_mass)
 
 
+def _uniforms(keys: torch.Tensor, seed: int, seeds: torch.Tensor | None, purpose: int, n: int,
+              noise: Noise) -> torch.Tensor:
+    """The first n uniforms of each row's stream: under its own seed where per-row seeds are given
+    (one noise call per distinct seed; a row's noise depends on its key and seed alone)."""
+    if seeds is None:
+        return noise(keys, seed, purpose, n, "uniform")
+    out = torch.empty(keys.shape[0], n, dtype=torch.float64, device=keys.device)
+    for s in torch.unique(seeds).tolist():
+        rows = seeds == s
+        out[rows] = noise(keys[rows], s % 2**64, purpose, n, "uniform")
+    return out
+
+
 def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purpose: int,
                        temperature: float, banned: torch.Tensor,
-                       return_logprob: bool, noise: Noise = philox_noise) -> tuple[torch.Tensor, torch.Tensor]:
+                       return_logprob: bool, noise: Noise = philox_noise,
+                       seeds=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The two-level inverse-CDF draw of one id per row of logits [N, V].
 
     z = logits / temperature in float32, banned ids at -inf. The vocabulary is cut into
@@ -48,8 +62,10 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
 
     ``noise`` is the compiled ``philox_noise`` op; :mod:`mdlm_fast.ops.reference` passes its own
     pure-PyTorch stream, which gives the same numbers.
+    seeds: optional per-row seeds overriding seed, as in the fused op.
     """
     check_seed(seed)
+    seeds = row_seeds(seeds, logits.shape[0], logits.device)
     temperature = check_temperature(temperature)
     n, vocab = logits.shape
     if banned.numel() > 0:
@@ -80,7 +96,7 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
         logprob = torch.zeros(n, device=z.device)
         if finite_rows.any():
             t, lp = sample_from_logits(logits[finite_rows], keys[finite_rows], seed, purpose, temperature,
-                                       banned, True, noise)
+                                       banned, True, noise, None if seeds is None else seeds[finite_rows])
             tokens[finite_rows] = t
             logprob[finite_rows] = lp
         return tokens, (logprob if return_logprob else torch.empty(0, device=z.device))
@@ -102,7 +118,7 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     if temperature == 0:
         tokens = z.argmax(-1)  # torch returns the first maximal index
     else:
-        u = noise(keys, seed, purpose, 1 + n_chunks, "uniform")
+        u = _uniforms(keys, seed, seeds, purpose, 1 + n_chunks, noise)
         candidates = _first_above(running, u[:, 1:] * chunk_mass, exps.double())
         chunk = _first_above(cumulative, u[:, 0] * total, weights)
         tokens = chunk * VOCAB_CHUNK + candidates.gather(1, chunk[:, None])[:, 0]

@@ -97,14 +97,16 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       keys: torch.Tensor, seed: int, purpose: int, temperature: float,
-                      banned: torch.Tensor, return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      banned: torch.Tensor, return_logprob: bool,
+                      seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of torch.ops.mdlm_fast.fused_head_sample: head_logits, then sample_from_logits."""
     return sample_from_logits(head_logits(hidden, weight, bias), keys, seed, purpose, temperature,
-                              banned, return_logprob)
+                              banned, return_logprob, seeds=seeds)
 
 
 def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purpose: int, temperature: float,
-                       banned: torch.Tensor, return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       banned: torch.Tensor, return_logprob: bool,
+                       seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`mdlm_fast.ops.draw.sample_from_logits` on this module's Philox stream."""
     return draw.sample_from_logits(logits, keys, seed, purpose, temperature, banned, return_logprob,
-                                   noise=philox_noise)
+                                   noise=philox_noise, seeds=seeds)

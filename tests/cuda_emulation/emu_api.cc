@@ -27,7 +27,8 @@ size_t emu_fused_head_workspace_bytes(int dtype, int64_t n, int64_t d, int64_t v
 
 int emu_fused_head_sample(int dtype, const void* hidden, int64_t n, int64_t d, int64_t hidden_stride_row,
                           int64_t hidden_stride_col, const void* weight, int64_t vocab, int64_t weight_stride_row,
-                          const void* bias, const int64_t* keys, uint64_t seed, uint32_t purpose, float temperature,
+                          const void* bias, const int64_t* keys, uint64_t seed, const int64_t* seeds,
+                          uint32_t purpose, float temperature,
                           const int64_t* banned, int64_t n_banned, int64_t* tokens, float* logprob, void* workspace,
                           size_t workspace_bytes) {
   mdlm_fast::FusedHeadParams p;
@@ -43,6 +44,7 @@ int emu_fused_head_sample(int dtype, const void* hidden, int64_t n, int64_t d, i
   p.bias = bias;
   p.keys = keys;
   p.seed = seed;
+  p.seeds = seeds;
   p.purpose = purpose;
   p.temperature = temperature;
   p.banned = banned;

@@ -134,7 +134,7 @@ class Emulator:
         L.emu_fused_head_workspace_bytes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
         i64, vp = ctypes.c_int64, ctypes.c_void_p
         L.emu_fused_head_sample.argtypes = [ctypes.c_int, vp, i64, i64, i64, i64, vp, i64, i64, vp, vp,
-                                            ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, vp, i64, vp, vp, vp,
+                                            ctypes.c_uint64, vp, ctypes.c_uint32, ctypes.c_float, vp, i64, vp, vp, vp,
                                             ctypes.c_size_t]
         self.configure()
 
@@ -162,7 +162,7 @@ class Emulator:
 
     def fused_head_sample(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           keys: torch.Tensor, seed: int, purpose: int, temperature: float, banned: torch.Tensor,
-                          return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                          return_logprob: bool, seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """As csrc/cuda/fused_head_sample_cuda.cu: the same layout rules, the launcher, then the
         value errors (out-of-range banned ids, NaN rows, rows with nothing to draw)."""
         n, d = hidden.shape
@@ -170,6 +170,7 @@ class Emulator:
         weight_c = weight if weight.stride(1) == 1 else weight.contiguous()
         bias_c = None if bias is None else bias.contiguous()
         keys_c, banned_c = keys.contiguous(), banned.contiguous()
+        seeds_c = None if seeds is None else seeds.contiguous()
         tokens = torch.empty(n, dtype=torch.int64)
         logprob = torch.empty(n if return_logprob else 0, dtype=torch.float32)
         ws_bytes = self.lib.emu_fused_head_workspace_bytes(_DTYPES[hidden.dtype], n, d, vocab)
@@ -179,7 +180,7 @@ class Emulator:
         workspace = raw[offset:offset + ws_bytes]
         status = self.lib.emu_fused_head_sample(
             _DTYPES[hidden.dtype], _ptr(hidden), n, d, hidden.stride(0), hidden.stride(1), _ptr(weight_c), vocab,
-            weight_c.stride(0), _ptr(bias_c), _ptr(keys_c), seed % 2**64, purpose, float(temperature),
+            weight_c.stride(0), _ptr(bias_c), _ptr(keys_c), seed % 2**64, _ptr(seeds_c), purpose, float(temperature),
             _ptr(banned_c), banned_c.numel(), _ptr(tokens), _ptr(logprob) if return_logprob else ctypes.c_void_p(None),
             ctypes.c_void_p(workspace.data_ptr() if ws_bytes else None), ws_bytes)
         if n > 0 or status != 0:

@@ -80,6 +80,12 @@ MDLM_HOST_DEVICE inline NoiseKey make_noise_key(uint64_t seed, uint32_t purpose,
   return key;
 }
 
+// The seed of row `row` of a call: its own entry of `seeds` (the uint64 bit pattern carried as
+// int64) when the call has per-row seeds, else the call's one seed.
+MDLM_HOST_DEVICE inline uint64_t row_seed(uint64_t seed, const int64_t* seeds, int64_t row) {
+  return seeds != nullptr ? static_cast<uint64_t>(seeds[row]) : seed;
+}
+
 // Block `block` of four 32-bit words under `key`: counter = (block, position, row, step|purpose).
 MDLM_HOST_DEVICE inline Philox4x32 philox_block(const NoiseKey& key, uint32_t block) {
   Philox4x32 c;
