@@ -47,9 +47,11 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <type_traits>
 
 #include "fused_head_sample_kernels.cuh"
+#include "fused_head_sample_geometry.h"
 #include "mdlm_fast/categorical.h"
 #include "mdlm_fast/philox.h"
 
@@ -699,6 +701,15 @@ inline size_t chunk_smem_bytes(int group_rows) {
   return static_cast<size_t>(group_rows) * kZRowStride * sizeof(float);
 }
 
+// Rows per chunk block: the smallest group holding all rows, capped by what shared memory allows
+// (32 needs ~133 KiB: A100/H100; 16 fits consumer GPUs' 99 KiB); 0 when not even 8 fit.
+inline int chunk_group_rows(int64_t rows_pad, int smem_optin) {
+  int max_group_rows = kMaxGroupRows;
+  while (max_group_rows > 8 && chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) max_group_rows /= 2;
+  if (chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) return 0;
+  return std::min(rows_pad <= 8 ? 8 : rows_pad <= 16 ? 16 : kMaxGroupRows, max_group_rows);
+}
+
 template <typename Kernel, typename Args>
 cudaError_t launch_chunk_kernel(Kernel kernel, const Args& args, int group_rows, int64_t grid, cudaStream_t stream) {
   const size_t smem = chunk_smem_bytes(group_rows);
@@ -742,10 +753,7 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
   if (kMma && major < 8) return cudaErrorInvalidDeviceFunction;  // mma.sync m16n8k16 bf16/fp16: sm_80+
-  // Rows per block: as many as fit (32 needs ~133 KiB: A100/H100; 16 fits consumer GPUs' 99 KiB).
-  int max_group_rows = kMaxGroupRows;
-  while (max_group_rows > 8 && chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) max_group_rows /= 2;
-  if (chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) return cudaErrorInvalidConfiguration;
+  if (chunk_group_rows(8, smem_optin) == 0) return cudaErrorInvalidConfiguration;
 
   const S* W = static_cast<const S*>(p.weight);
   const S* bias = static_cast<const S*>(p.bias);
@@ -785,8 +793,7 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     ca.rows = rows;
     ca.rows_pad = rows_pad;
     ca.n_chunks = l.n_chunks;
-    // The smallest group holding all rows, capped by what shared memory allows.
-    const int group = std::min(rows_pad <= 8 ? 8 : rows_pad <= 16 ? 16 : kMaxGroupRows, max_group_rows);
+    const int group = chunk_group_rows(rows_pad, smem_optin);
     ca.row_groups = (rows_pad + group - 1) / group;
     ca.temperature = p.temperature;
     ca.banned = p.banned;
@@ -821,7 +828,68 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
   return cudaSuccess;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Geometry (fused_head_sample_geometry.h): what launch_typed enqueues, from the same planning code.
+
+inline const char* tag_name(HeadDtype dtype) {
+  return dtype == HeadDtype::kBFloat16 ? "Bf16Tag" : dtype == HeadDtype::kFloat16 ? "Fp16Tag" : "Fp32Tag";
+}
+
+inline int geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin, HeadKernelLaunch* out,
+                    int capacity) {
+  if (n < 0 || d < 0 || vocab <= 0 || vocab > INT32_MAX) return -1;
+  const bool mma = dtype != HeadDtype::kFloat32;
+  const Layout l = make_layout(dtype, n, d, vocab);
+  int count = 0;
+  const auto add = [&](const HeadKernelLaunch& k) {
+    if (count < capacity) out[count] = k;
+    ++count;
+  };
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxRowsPerPass) {
+    const int64_t rows = std::min<int64_t>(kMaxRowsPerPass, n - r0);
+    const int64_t rows_pad = round_up(rows, 8);
+    if (rows_pad * l.d_pad > 0) {
+      HeadKernelLaunch k;
+      snprintf(k.kernel, sizeof k.kernel, "pack_hidden_kernel<%s>", mma ? "unsigned short" : "float");
+      k.grid = grid_for(rows_pad * l.d_pad, 256, 4096);
+      k.threads = 256;
+      add(k);
+    }
+    const int group = chunk_group_rows(rows_pad, smem_optin);
+    if (group == 0) return -1;
+    HeadKernelLaunch k;
+    if (mma) {
+      snprintf(k.kernel, sizeof k.kernel, "chunk_mma_kernel<%s, %d, true>", tag_name(dtype), group / 8);
+    } else {
+      snprintf(k.kernel, sizeof k.kernel, "chunk_simt_kernel<%d, true>", group);
+    }
+    k.row_groups = (rows_pad + group - 1) / group;
+    k.grid = l.n_chunks * k.row_groups;
+    k.threads = kChunkThreads;
+    k.dyn_smem = static_cast<int64_t>(chunk_smem_bytes(group));
+    k.ids_per_block = kChunk;
+    k.group_rows = group;
+    // mma: a lane issues its 8 16-byte W loads of a k-block, then waits for them; SIMT: one float4
+    // per step of 4 k, used at once.
+    const int64_t tiles_per_warp = kTilesPerChunk / kChunkWarps;
+    k.w_bytes_in_flight_per_thread = mma ? 8 * 16 : 16;
+    k.serial_rounds_per_warp = tiles_per_warp * (mma ? l.d_pad / kKBlock : (d + 3) / 4);
+    add(k);
+    HeadKernelLaunch s;
+    snprintf(s.kernel, sizeof s.kernel, "select_kernel");
+    s.grid = (rows + kSelectWarps - 1) / kSelectWarps;
+    s.threads = kSelectWarps * 32;
+    add(s);
+  }
+  return count;
+}
+
 }  // namespace head
+
+int fused_head_sample_geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin,
+                               HeadKernelLaunch* out, int capacity) {
+  return head::geometry(dtype, n, d, vocab, smem_optin, out, capacity);
+}
 
 size_t fused_head_sample_workspace_bytes(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) {
   if (n <= 0 || d < 0 || vocab <= 0) return 0;
