@@ -15,6 +15,7 @@ import torch
 from stats_helpers import chi_square_p_value
 
 from mdlm_fast.ops import compiled as ops
+from mdlm_fast.ops.head_status import DeferredHeadErrors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emulation"))
 import emulator  # noqa: E402
@@ -230,6 +231,25 @@ def test_non_finite_rules(emu, dtype, temperature):
     _both_raise(emu, "every vocabulary id of row 0 is banned", hidden, weight, bias, keys, temperature, allbanned)
     _both_raise(emu, r"'banned' ids must lie in \[0, 2100\), got 2100", hidden, weight, bias, keys, temperature,
                 torch.tensor([4, 2100]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deferred_errors_surface_later_with_the_cpu_message(emu, dtype):
+    # The CUDA op reads nothing back: the rows come back as the fill token and the error waits in
+    # the device-side status until the run reads it.
+    hidden, weight, bias = _exact_problem(5, 16, 2100, dtype, seed=1)
+    keys = _keys(5)
+    nan_hidden = hidden.clone()
+    nan_hidden[3, 2] = math.nan
+    for h, banned in [(nan_hidden, torch.tensor([4])), (hidden, torch.arange(2100)), (hidden, torch.tensor([7, 2100]))]:
+        with pytest.raises(RuntimeError) as want:
+            ops.fused_head_sample(h, weight, bias, keys, seed=3, banned=banned)
+        deferred = DeferredHeadErrors("cpu", fill_token=2099)
+        tokens, _ = emu.fused_head_sample(h, weight, bias, keys, 3, 2, 1.0, banned, True, deferred=deferred)
+        assert (tokens >= 0).all()
+        with pytest.raises(RuntimeError) as got:
+            deferred.raise_if_any()
+        assert str(got.value) == str(want.value)
 
 
 def test_out_of_range_banned_is_refused_with_no_rows(emu):

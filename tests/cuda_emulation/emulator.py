@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from mdlm_fast.ops.compiled import finish_coded_call
+from mdlm_fast.ops.head_status import DeferredHeadErrors
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 KERNELS = ("philox_kernels.cu", "fused_head_sample_kernels.cu")
@@ -162,9 +165,11 @@ class Emulator:
 
     def fused_head_sample(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           keys: torch.Tensor, seed: int, purpose: int, temperature: float, banned: torch.Tensor,
-                          return_logprob: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """As csrc/cuda/fused_head_sample_cuda.cu: the same layout rules, the launcher, then the
-        value errors (out-of-range banned ids, NaN rows, rows with nothing to draw)."""
+                          return_logprob: bool, deferred: DeferredHeadErrors | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As csrc/cuda/fused_head_sample_cuda.cu (the same layout rules, the launcher, no value read
+        back) followed by what ops.fused_head_sample does with a CUDA result: the value errors
+        (out-of-range banned ids, NaN rows, rows with nothing to draw) raised, or kept in ``deferred``."""
         n, d = hidden.shape
         vocab = weight.shape[0]
         weight_c = weight if weight.stride(1) == 1 else weight.contiguous()
@@ -184,19 +189,7 @@ class Emulator:
             ctypes.c_void_p(workspace.data_ptr() if ws_bytes else None), ws_bytes)
         if n > 0 or status != 0:
             self._check(status, "launch_fused_head_sample")
-        bad = (banned_c < 0) | (banned_c >= vocab)
-        if bad.any():
-            raise RuntimeError(f"mdlm_fast: argument 'banned' ids must lie in [0, {vocab}), got {int(banned_c[bad][0])}")
-        if n > 0 and (tokens < 0).any():
-            row = int((tokens < 0).nonzero()[0, 0])
-            if tokens[row] == NAN_ROW:
-                raise RuntimeError(f"mdlm_fast: fused_head_sample: row {row} has a NaN logit "
-                                   f"(NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn")
-            raise RuntimeError(f"mdlm_fast: fused_head_sample: every vocabulary id of row {row} "
-                               f"is banned or -inf; nothing can be drawn")
+        # The adapter returns code tokens; ops.fused_head_sample raises them (or defers them).
+        tokens = finish_coded_call(tokens, banned_c, vocab, deferred)
         return tokens, logprob
 
-
-# Token codes of rows the launcher could not draw from (fused_head_sample_kernels.cuh).
-EMPTY_ROW = -1
-NAN_ROW = -2
