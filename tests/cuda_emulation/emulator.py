@@ -139,7 +139,19 @@ class Emulator:
         L.emu_fused_head_sample.argtypes = [ctypes.c_int, vp, i64, i64, i64, i64, vp, i64, i64, vp, vp,
                                             ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, vp, i64, vp, vp, vp,
                                             ctypes.c_size_t]
+        L.emu_fused_head_geometry.argtypes = [ctypes.c_int, i64, i64, i64, ctypes.c_int, ctypes.c_char_p,
+                                              ctypes.c_size_t]
         self.configure()
+
+    def geometry(self, dtype: torch.dtype, n: int, d: int, vocab: int,
+                 smem_optin: int = SM90_SMEM_OPTIN) -> list[tuple[str, int, int]]:
+        """(kernel, blocks, threads) of each launch of a call with these sizes."""
+        buf = ctypes.create_string_buffer(4096)
+        count = self.lib.emu_fused_head_geometry(_DTYPES[dtype], n, d, vocab, smem_optin, buf, len(buf))
+        if count < 0:
+            raise ValueError("no geometry for these sizes")
+        rows = [line.rsplit(" ", 2) for line in buf.value.decode().splitlines()]
+        return [(name, int(grid), int(threads)) for name, grid, threads in rows]
 
     def configure(self, order: str = "forward", seed: int = 0, major: int = 9,
                   smem_optin: int = SM90_SMEM_OPTIN) -> None:
