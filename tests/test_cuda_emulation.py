@@ -37,7 +37,8 @@ def emu_lib():
 
 
 @pytest.fixture
-def emu(emu_lib):
+def emu(request, emu_lib):
+    emulator.DEFAULT_ORDER = request.config.getoption("--emulated-order")
     e = emulator.Emulator(emu_lib)
     yield e
     e.configure()

@@ -32,6 +32,7 @@ CUDA_ERRORS = {1: "cudaErrorInvalidValue", 9: "cudaErrorInvalidConfiguration",
                98: "cudaErrorInvalidDeviceFunction", 719: "cudaErrorLaunchFailure"}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 SM90_SMEM_OPTIN = 232448  # 227 KB
+DEFAULT_ORDER = "forward"  # of launches whose test sets no order (pytest --emulated-order)
 
 
 class EmulatorFault(RuntimeError):
@@ -153,9 +154,11 @@ class Emulator:
         rows = [line.rsplit(" ", 2) for line in buf.value.decode().splitlines()]
         return [(name, int(grid), int(threads)) for name, grid, threads in rows]
 
-    def configure(self, order: str = "forward", seed: int = 0, major: int = 9,
+    def configure(self, order: str | None = None, seed: int = 0, major: int = 9,
                   smem_optin: int = SM90_SMEM_OPTIN) -> None:
-        """Thread/block order of later launches and the emulated device (default: an sm_90 part)."""
+        """Thread/block order of later launches (default: DEFAULT_ORDER) and the emulated device
+        (default: an sm_90 part)."""
+        order = order or DEFAULT_ORDER
         self.lib.emu_reset()
         self.lib.emu_configure(ORDERS[order], seed, major, smem_optin)
 
