@@ -66,8 +66,8 @@ def summary(out: Path) -> str:
     head = out / "head_cuda.json"
     model = _model_estimates(out / "model.json")
     if head.exists():
-        lines += ["| N | fused ms | fused / matmul | GB/s of W | % of copy bandwidth | model ms (estimate) | "
-                  "model % of peak (estimate) |", "|---|---|---|---|---|---|---|"]
+        lines += [("| N | fused ms | fused / matmul | GB/s of W | % of copy bandwidth | model ms (estimate) | "
+                   "model % of peak (estimate) |"), "|---|---|---|---|---|---|---|"]
         for r in json.loads(head.read_text())["rows"]:
             pct = f"{100 * r['fused_gb_per_s'] / copy_bw:.0f}" if copy_bw else "-"
             est = model.get(r["n"])
