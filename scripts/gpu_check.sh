@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU verification in one command, sized for ~8 minutes on a fresh H100/H200 machine
 # with a CUDA torch and nvcc: build for sm_90 (+PTX), run the CUDA tests, bench_head on the GPU
-# (N = 1..1024, GB/s and % of a measured device-to-device copy bandwidth), bench_sampler --config
-# paper at 0/25/50/100% light, bench_breakdown --config paper and bench_engine --config paper (the
-# engine against sample() at the same row budget, T = L and 4L) with few repeats. Everything
+# (N = 1..1024, GB/s and % of a measured device-to-device copy bandwidth, beside the estimate of
+# scripts/kernel_report's model for an H100 SXM), bench_sampler --config paper at 0/25/50/100% light,
+# bench_breakdown --config paper and bench_engine --config paper (the engine against sample() at the
+# same row budget, T = L and 4L) with few repeats. Everything
 # lands in one folder named after the device; summary.md there is the page to read first.
 #
 # usage: scripts/gpu_check.sh [--out DIR] [--repeats N] [--skip-build] [--dry-run] [-h|--help]
@@ -56,6 +57,7 @@ if [ "$skip_build" = 0 ]; then
 fi
 add device "$python scripts/gpu_check_report.py device --out '$out'"
 add copy_bandwidth "$python scripts/gpu_check_report.py copy --out '$out'"
+add model "$python scripts/kernel_report --archs 90 --dtypes bf16 --ds 768 --ns 1,2,4,8,16,32,64,128,256,512,1024 --fail-on none --build '$out/kernel-report' --json '$out/model.json'"
 add cuda_tests "$python -m pytest -q -m cuda -p no:cacheprovider --junitxml='$out/cuda_tests.xml' tests"
 add bench_head "$python benchmarks/bench_head.py --device cuda --ns 1,2,4,8,16,32,64,128,256,512,1024 --repeats 5 --name '$out/head_cuda'"
 add bench_sampler "$python benchmarks/bench_sampler.py --config paper --fractions 0,0.25,0.5,1 --repeats $repeats --name '$out/sampler_paper'"

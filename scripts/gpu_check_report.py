@@ -64,13 +64,20 @@ def summary(out: Path) -> str:
         copy_bw = c["median_gb_per_s"]
         lines += [f"Device-to-device copy: {copy_bw:.0f} GB/s (median; {c['min_gb_per_s']:.0f}-{c['max_gb_per_s']:.0f})", ""]
     head = out / "head_cuda.json"
+    model = _model_estimates(out / "model.json")
     if head.exists():
-        lines += ["| N | fused ms | fused / matmul | GB/s of W | % of copy bandwidth |", "|---|---|---|---|---|"]
+        lines += [("| N | fused ms | fused / matmul | GB/s of W | % of copy bandwidth | model ms (estimate) | "
+                   "model % of peak (estimate) |"), "|---|---|---|---|---|---|---|"]
         for r in json.loads(head.read_text())["rows"]:
             pct = f"{100 * r['fused_gb_per_s'] / copy_bw:.0f}" if copy_bw else "-"
+            est = model.get(r["n"])
+            est_cols = f"{1e3 * est['estimated_s']:.3f} | {100 * est['estimated_fraction_of_peak']:.0f}" if est else "- | -"
             lines.append(f"| {r['n']} | {r['fused_ms']:.3f} | {r['fused_over_matmul']:.2f} "
                          f"[{r['fused_over_matmul_min']:.2f}, {r['fused_over_matmul_max']:.2f}] | "
-                         f"{r['fused_gb_per_s']:.0f} | {pct} |")
+                         f"{r['fused_gb_per_s']:.0f} | {pct} | {est_cols} |")
+        if model:
+            lines.append("\nModel: scripts/kernel_report's estimate for an H100 SXM (3.35 TB/s; bf16 W, V = 50258, "
+                         "d = 768), beside each measurement.")
         lines.append("")
     for name in ("sampler_paper", "breakdown_paper"):
         present = (out / f"{name}.json").exists()
@@ -78,6 +85,13 @@ def summary(out: Path) -> str:
     text = "\n".join(lines) + "\n"
     write_text(out / "summary.md", text)
     return text
+
+
+def _model_estimates(path: Path) -> dict[int, dict]:
+    """N -> the kernel_report model's row for bf16 W, d = 768 (its JSON), or {} when absent."""
+    if not path.exists():
+        return {}
+    return {s["n"]: s for s in json.loads(path.read_text())["shapes"] if s["dtype"] == "bf16" and s["d"] == 768}
 
 
 def main() -> None:

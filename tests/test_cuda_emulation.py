@@ -15,6 +15,7 @@ import torch
 from stats_helpers import chi_square_p_value
 
 from mdlm_fast.ops import compiled as ops
+from mdlm_fast.ops.head_status import DeferredHeadErrors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emulation"))
 import emulator  # noqa: E402
@@ -36,7 +37,8 @@ def emu_lib():
 
 
 @pytest.fixture
-def emu(emu_lib):
+def emu(request, emu_lib):
+    emulator.DEFAULT_ORDER = request.config.getoption("--emulated-order")
     e = emulator.Emulator(emu_lib)
     yield e
     e.configure()
@@ -154,6 +156,40 @@ def test_more_rows_than_one_pass(request, emu):
         _same_as_cpu(emu, hidden, weight, bias, _keys(n), 0.5, torch.tensor([1]))
 
 
+# The split grid (rows_pad <= 64): 128-id slice blocks, logits through the workspace, then one warp
+# per (row, chunk). Vocabularies just below / above a multiple of the 128-id slice and of the
+# 1024-id chunk; N around the 8-row n-tile and the 64-row limit of the split (65: the chunk grid).
+SPLIT_QUICK = [(1, 20, 1153, 1.0), (7, 20, 1151, 0.0), (9, 33, 2049, 1.0), (64, 16, 1025, 0.7), (65, 16, 1023, 1.0)]
+SPLIT_FULL = list(itertools.product([1, 7, 8, 9, 64, 65], [20], [127, 129, 1151, 1153, 2047, 2049], [1.0, 0.0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_split_grid_matches_the_cpu(request, emu, dtype):
+    cases = SPLIT_FULL if _full(request) else SPLIT_QUICK
+    if dtype == torch.float16 and not _full(request):
+        cases = cases[:2]
+    for i, (n, d, vocab, t) in enumerate(cases):
+        emu.configure(ORDERS[i % 3], seed=i)
+        hidden, weight, bias = _exact_problem(n, d, vocab, dtype, seed=20 + i)
+        banned = torch.tensor(sorted({0, 127, 128, vocab - 1} & set(range(vocab))))  # ids at slice edges
+        tokens = _same_as_cpu(emu, hidden, weight, bias, _keys(n), t, banned)
+        assert not any(int(x) in banned.tolist() for x in tokens)
+
+
+def test_split_grid_geometry(emu):
+    # N <= 64: slices of 128 ids, >= 2 blocks per SM of an H100 (132 SMs) at V = 50258; then the
+    # summaries and the select. N = 65: one 1024-id chunk block per 32-row group.
+    for dtype, kernel in [(torch.bfloat16, "slice_mma_kernel<Bf16Tag"), (torch.float32, "slice_simt_kernel<")]:
+        for n in (1, 8, 64):
+            launches = emu.geometry(dtype, n, 768, 50258)
+            names = [name for name, _, _ in launches]
+            assert names[0].startswith("pack_hidden_kernel") and names[1].startswith(kernel), names
+            assert names[2:] == ["chunk_summary_kernel", "select_kernel"]
+            assert launches[1][1] == 393 * (2 if n == 64 else 1) >= 2 * 132
+        chunk = emu.geometry(dtype, 65, 768, 50258)[1]
+        assert chunk[0].startswith("chunk_") and chunk[1] == 50 * 3
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_misaligned_and_strided_views(emu, dtype):
     hidden, weight, bias = _exact_problem(9, 40, 1100, dtype, seed=6)
@@ -175,8 +211,9 @@ def test_misaligned_and_strided_views(emu, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_every_thread_order_gives_the_same_tokens(emu, order, dtype):
     emu.configure(order, seed=12345)
-    hidden, weight, bias = _exact_problem(33, 29, 2100, dtype, seed=9)
-    _same_as_cpu(emu, hidden, weight, bias, _keys(33), 1.0, torch.tensor([2]))
+    for n in (33, 70):  # the split grid, the chunk grid
+        hidden, weight, bias = _exact_problem(n, 29, 2100, dtype, seed=9)
+        _same_as_cpu(emu, hidden, weight, bias, _keys(n), 1.0, torch.tensor([2]))
 
 
 def test_small_shared_memory_devices_use_smaller_row_groups(emu):
@@ -250,6 +287,25 @@ def test_non_finite_rules(emu, dtype, temperature):
     _both_raise(emu, "every vocabulary id of row 0 is banned", hidden, weight, bias, keys, temperature, allbanned)
     _both_raise(emu, r"'banned' ids must lie in \[0, 2100\), got 2100", hidden, weight, bias, keys, temperature,
                 torch.tensor([4, 2100]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deferred_errors_surface_later_with_the_cpu_message(emu, dtype):
+    # The CUDA op reads nothing back: the rows come back as the fill token and the error waits in
+    # the device-side status until the run reads it.
+    hidden, weight, bias = _exact_problem(5, 16, 2100, dtype, seed=1)
+    keys = _keys(5)
+    nan_hidden = hidden.clone()
+    nan_hidden[3, 2] = math.nan
+    for h, banned in [(nan_hidden, torch.tensor([4])), (hidden, torch.arange(2100)), (hidden, torch.tensor([7, 2100]))]:
+        with pytest.raises(RuntimeError) as want:
+            ops.fused_head_sample(h, weight, bias, keys, seed=3, banned=banned)
+        deferred = DeferredHeadErrors("cpu", fill_token=2099)
+        tokens, _ = emu.fused_head_sample(h, weight, bias, keys, 3, 2, 1.0, banned, True, deferred=deferred)
+        assert (tokens >= 0).all()
+        with pytest.raises(RuntimeError) as got:
+            deferred.raise_if_any()
+        assert str(got.value) == str(want.value)
 
 
 def test_out_of_range_banned_is_refused_with_no_rows(emu):

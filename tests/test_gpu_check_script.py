@@ -47,7 +47,8 @@ def test_dry_run_prints_every_step_and_writes_nothing(tmp_path):
     for needle in ["TORCH_CUDA_ARCH_LIST='9.0+PTX'", "pytest -q -m cuda", "bench_head.py --device cuda --ns 1,2,4",
                    ",1024", "bench_sampler.py --config paper --fractions 0,0.25,0.5,1 --repeats 2",
                    "bench_breakdown.py --config paper --repeats 2", "gpu_check_report.py copy", f"{out}/head_cuda",
-                   f"bench_engine.py --config paper --repeats 2 --curve-repeats 3 --name '{out}/engine_paper'"]:
+                   f"bench_engine.py --config paper --repeats 2 --curve-repeats 3 --name '{out}/engine_paper'",
+                   "kernel_report --archs 90 --dtypes bf16 --ds 768 --ns 1,2,4,8,16,32,64,128,256,512,1024"]:
         assert needle in text, needle
     assert not out.exists()
     skip = _run("--dry-run", "--skip-build", "--out", str(out))
@@ -71,3 +72,11 @@ def test_summary_from_result_files(tmp_path):
     assert "NVIDIA H200 (sm_90)" in summary and "10 run, 1 failed" in summary
     assert "| 1 | 0.050 | 1.10 [1.00, 1.20] | 3000 | 75 |" in summary
     assert "sampler_paper: missing" in summary
+    # With the kernel_report model's JSON beside the results: its estimate per N.
+    (tmp_path / "model.json").write_text(json.dumps({"shapes": [
+        {"n": 1, "d": 768, "dtype": "bf16", "estimated_s": 23.2e-6, "estimated_fraction_of_peak": 0.99},
+        {"n": 1, "d": 4096, "dtype": "bf16", "estimated_s": 1.0, "estimated_fraction_of_peak": 0.5}]}))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check_report.py"), "summary", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "| 1 | 0.050 | 1.10 [1.00, 1.20] | 3000 | 75 | 0.023 | 99 |" in (tmp_path / "summary.md").read_text()

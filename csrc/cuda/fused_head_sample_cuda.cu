@@ -2,10 +2,12 @@
 // same-device checks, device guard, current stream, workspace from the caching allocator; the
 // kernels themselves are torch-free (fused_head_sample_kernels.cu).
 //
-// Two CPU checks need tensor *values* (banned ids inside [0, V); a row with a NaN logit or with
-// every id banned or -inf is an error). They cost one device synchronization per call, after
-// the kernels: the launcher ignores out-of-range banned ids (they match nothing) and writes a
-// code token for such rows, and one small device-to-host copy then tells whether to raise.
+// Three CPU checks need tensor *values* (banned ids inside [0, V); a row with a NaN logit or with
+// every id banned or -inf is an error). Reading them back would make every call wait for the
+// device, so this op never does: out-of-range banned ids match nothing and such rows get a code
+// token (kNanRowToken, kEmptyRowToken). mdlm_fast/ops/head_status.py turns the result into a
+// status on the device, which ops.fused_head_sample raises at once (one sync) or a sampling run
+// reads at its end, with the CPU kernel's messages.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,7 +15,6 @@
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <limits>
 
 #include "checks.h"
@@ -61,25 +62,7 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   const at::Tensor seeds_c = seeds.has_value() ? seeds->contiguous() : at::Tensor();
   at::Tensor tokens = at::empty({n}, hidden.options().dtype(at::kLong));
   at::Tensor logprob = at::empty({return_logprob ? n : 0}, hidden.options().dtype(at::kFloat));
-  // [bad banned count, first row code]: one copy to the host after the kernels.
-  const auto raise_value_errors = [&](const at::Tensor& status) {
-    const at::Tensor host = status.cpu();
-    const int64_t* h = host.data_ptr<int64_t>();
-    if (h[0] > 0) {
-      const at::Tensor bad = ((banned_c < 0) | (banned_c >= vocab)).nonzero();
-      fail_banned_out_of_range(banned_c[bad[0][0]].item<int64_t>(), vocab);
-    }
-    if (h[1] < 0) {
-      const int64_t row = (tokens < 0).nonzero()[0][0].item<int64_t>();
-      if (tokens[row].item<int64_t>() == kNanRowToken) fail_nan_row(row);
-      fail_empty_row(row);
-    }
-  };
-  const at::Tensor bad_banned = ((banned_c < 0) | (banned_c >= vocab)).sum().to(at::kLong).reshape({1});
-  if (n == 0) {
-    raise_value_errors(at::cat({bad_banned, at::zeros({1}, bad_banned.options())}));
-    return {tokens, logprob};
-  }
+  if (n == 0) return {tokens, logprob};
 
   FusedHeadParams p;
   p.dtype = dtype == at::kFloat ? HeadDtype::kFloat32 : dtype == at::kBFloat16 ? HeadDtype::kBFloat16 : HeadDtype::kFloat16;
@@ -107,8 +90,6 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   // workspace may be released when this function returns.
   const at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, hidden.options().dtype(at::kByte));
   C10_CUDA_CHECK(launch_fused_head_sample(p, workspace.data_ptr(), ws_bytes, c10::cuda::getCurrentCUDAStream().stream()));
-
-  raise_value_errors(at::cat({bad_banned, tokens.min().reshape({1})}));
   return {tokens, logprob};
 }
 

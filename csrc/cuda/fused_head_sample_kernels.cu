@@ -47,9 +47,11 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <type_traits>
 
 #include "fused_head_sample_kernels.cuh"
+#include "fused_head_sample_geometry.h"
 #include "mdlm_fast/categorical.h"
 #include "mdlm_fast/philox.h"
 
@@ -58,9 +60,11 @@ namespace head {
 
 constexpr int kTile = 32;                                      // ids per warp tile
 constexpr int kChunk = static_cast<int>(kVocabChunk);          // 1024
-constexpr int kChunkWarps = 16;                                // warps per chunk block
+// 8 warps: with the pipelined k-loop's registers (up to ~130 at 32 rows) a 16-warp block would
+// sit at its 128-register ceiling; the block is limited to one per SM by its shared memory anyway.
+constexpr int kChunkWarps = 8;                                 // warps per chunk block
 constexpr int kChunkThreads = kChunkWarps * 32;
-constexpr int kTilesPerChunk = kChunk / kTile;                 // 32 = 2 per warp
+constexpr int kTilesPerChunk = kChunk / kTile;                 // 32 = 4 per warp
 constexpr int kKBlock = 64;                                    // d is padded to a multiple of this
 constexpr int kSelectWarps = 4;                                // rows per select block
 constexpr int64_t kMaxRowsPerPass = 2048;
@@ -73,10 +77,27 @@ constexpr int kZRowStride = kChunk + kChunk / 32 + 4;          // 1060 floats
 // 2^-53 * sum ~= 1.22e-13 * sum for <= 1024 non-negative terms (recursive-summation bound; the
 // parallel scan chains <= 70 roundings); 4e-13 leaves a factor of 3.
 constexpr double kScanSlack = 4e-13;
+// The split grid of small calls (rows_pad <= kSplitMaxRows): blocks of kSliceWarps warps, one
+// 32-id tile each, so a block covers kSliceIds ids -- a slice of a canonical chunk -- and V =
+// 50258 gives 393 blocks per row group (about 3 per SM on an H100) instead of 50. The slices'
+// finished logits go to the workspace ([rows][chunk][kZChunkStride], zidx layout); the summary
+// kernel then runs the unchanged per-(row, chunk) epilogue on them.
+constexpr int kSliceWarps = 4;
+constexpr int kSliceThreads = kSliceWarps * 32;
+constexpr int kSliceIds = kSliceWarps * kTile;                 // 128
+// slice_mma_kernel is declared for three resident blocks per SM (the ~3 per SM an H100 gets at V =
+// 50258): a register ceiling of 168. Without it ptxas held the 32-row element-load variant at 128
+// registers and spilled; the SIMT slices need ~180 and keep the default ceiling of 255.
+constexpr int kSliceMinBlocks = 3;
+constexpr int kSlicesPerChunk = kChunk / kSliceIds;            // 8
+constexpr int64_t kSplitMaxRows = 64;
+constexpr int kZChunkStride = kChunk + kChunk / 32;            // 1056 floats: zidx(1023) = 1054
+constexpr int kSummaryWarps = 4;                               // (row, chunk) pairs per summary block
 static_assert(kVocabChunk == 1024, "the chunk block holds one canonical chunk in shared memory");
-static_assert(kChunkWarps * 2 == kTilesPerChunk, "each warp owns two 32-id tiles of the chunk");
+static_assert(kChunkWarps * 4 == kTilesPerChunk, "each warp owns four 32-id tiles of the chunk");
 static_assert(kMaxRowsPerPass % kMaxGroupRows == 0, "passes must keep rows in the same n-tile slots");
 static_assert(kKBlock == 64, "the mma k permutation assumes 64-wide k-blocks");
+static_assert(kSlicesPerChunk * kSliceIds == kChunk, "slices never straddle a canonical chunk");
 
 __host__ __device__ __forceinline__ int zidx(int j) { return j + (j >> 5); }
 
@@ -118,6 +139,9 @@ struct Layout {
   size_t logit_off = 0;   // float  candidate's z
   size_t weight_off = 0;  // double chunk weight (select kernel scratch)
   size_t total = 0;
+  // Split grid only (rows_cap <= kSplitMaxRows): float logits [rows_cap][n_chunks][kZChunkStride].
+  bool split = false;
+  size_t logits_off = 0;
 };
 
 inline size_t element_size(HeadDtype dtype) { return dtype == HeadDtype::kFloat32 ? 4 : 2; }
@@ -143,6 +167,8 @@ inline Layout make_layout(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) 
   l.cand_off = region(per_chunk * sizeof(int32_t));
   l.logit_off = region(per_chunk * sizeof(float));
   l.weight_off = region(per_chunk * sizeof(double));
+  l.split = l.rows_pad_cap <= kSplitMaxRows;
+  if (l.split) l.logits_off = region(per_chunk * kZChunkStride * sizeof(float));
   l.total = off;
   return l;
 }
@@ -272,6 +298,20 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a
 #endif
 }
 
+// The 8 16-byte W loads of one lane for one k-block: elements k0 .. k0 + 15 of its four rows.
+template <bool kVecW>
+__device__ __forceinline__ void load_w_kblock(const uint16_t* const (&wrow)[2][2], int64_t k0, int64_t d,
+                                              uint4 (&a)[2][2][2]) {
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      a[m][h][0] = load8<kVecW>(wrow[m][h], k0, d);
+      a[m][h][1] = load8<kVecW>(wrow[m][h], k0 + 8, d);
+    }
+  }
+}
+
 template <typename Tag, int NT, bool kVecW>
 __device__ __forceinline__ void mma_warp_tile(const uint16_t* __restrict__ W, int64_t ldw, int64_t vocab, int64_t d,
                                               int64_t d_pad, int64_t base, const uint16_t* __restrict__ H,
@@ -295,17 +335,15 @@ __device__ __forceinline__ void mma_warp_tile(const uint16_t* __restrict__ W, in
       for (int r = 0; r < 4; ++r) acc[m][nt][r] = 0.f;
     }
   }
+  // Software pipeline: the W loads of k-block kb + 64 are issued before the mma steps of kb, so a
+  // warp keeps two k-blocks of W in flight instead of waiting one DRAM round per k-block.
+  uint4 a[2][2][2];  // [m][h][half]: elements k0 + 8 half .. + 7 of row (m, h); 0 past d
+  load_w_kblock<kVecW>(wrow, 16 * t, d, a);
   for (int64_t kb = 0; kb < d_pad; kb += kKBlock) {
     const int64_t k0 = kb + 16 * t;
-    uint4 a[2][2][2];  // [m][h][half]: elements k0 + 8 half .. + 7 of row (m, h); 0 past d
-#pragma unroll
-    for (int m = 0; m < 2; ++m) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        a[m][h][0] = load8<kVecW>(wrow[m][h], k0, d);
-        a[m][h][1] = load8<kVecW>(wrow[m][h], k0 + 8, d);
-      }
-    }
+    const bool more = kb + kKBlock < d_pad;  // warp-uniform
+    uint4 next[2][2][2];
+    if (more) load_w_kblock<kVecW>(wrow, k0 + kKBlock, d, next);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       if (nt < nt_count) {  // warp-uniform
@@ -321,6 +359,16 @@ __device__ __forceinline__ void mma_warp_tile(const uint16_t* __restrict__ W, in
             mma_16816<Tag>(acc[m][nt], word16(a[m][0], 2 * s), word16(a[m][1], 2 * s), word16(a[m][0], 2 * s + 1),
                            word16(a[m][1], 2 * s + 1), word16(b, 2 * s), word16(b, 2 * s + 1));
           }
+        }
+      }
+    }
+    if (more) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          a[m][h][0] = next[m][h][0];
+          a[m][h][1] = next[m][h][1];
         }
       }
     }
@@ -350,17 +398,24 @@ __device__ __forceinline__ void simt_accumulate(const float* __restrict__ wrow, 
                                                 float (&acc)[NR]) {
 #pragma unroll
   for (int r = 0; r < NR; ++r) acc[r] = 0.f;
-  // Past d both w (load4) and the packed hidden are 0, and fmaf(0, 0, acc) == acc.
-  for (int64_t k = 0; k < d; k += 4) {
-    const float4 w = load4<kVecW>(wrow, k, d);
+  // Past d both w (load4) and the packed hidden (padded to a multiple of 64) are 0, and
+  // fmaf(0, 0, acc) == acc. Four float4 of W are loaded before the first is used: 64 bytes in
+  // flight per lane rather than 16; the fmaf order per accumulator stays increasing k.
+  for (int64_t k = 0; k < d; k += 16) {
+    float4 w[4];
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      if (r < nr_count) {
-        const float4 h = __ldg(reinterpret_cast<const float4*>(H + r * ldh + k));
-        acc[r] = fmaf(h.x, w.x, acc[r]);
-        acc[r] = fmaf(h.y, w.y, acc[r]);
-        acc[r] = fmaf(h.z, w.z, acc[r]);
-        acc[r] = fmaf(h.w, w.w, acc[r]);
+    for (int u = 0; u < 4; ++u) w[u] = load4<kVecW>(wrow, k + 4 * u, d);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        if (r < nr_count) {
+          const float4 h = __ldg(reinterpret_cast<const float4*>(H + r * ldh + k + 4 * u));
+          acc[r] = fmaf(h.x, w[u].x, acc[r]);
+          acc[r] = fmaf(h.y, w[u].y, acc[r]);
+          acc[r] = fmaf(h.z, w[u].z, acc[r]);
+          acc[r] = fmaf(h.w, w[u].w, acc[r]);
+        }
       }
     }
   }
@@ -622,6 +677,105 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_simt_kernel(const ChunkAr
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernel 2, split grid (small calls): slice_mma_kernel / slice_simt_kernel compute one slice's
+// finished logits for one row group into the workspace; chunk_summary_kernel then derives each
+// (row, chunk) summary from them with the chunk kernels' epilogue. A logit is computed by exactly
+// the same per-element operations as in the chunk kernels (same warp tile, same finish_logit),
+// so both grids give the same bits.
+
+// Where a slice tile's logit goes: row `row`, vocabulary id `id`, in the zidx layout of its chunk.
+__device__ __forceinline__ int64_t logit_slot(int64_t row, int64_t id, int64_t n_chunks) {
+  const int64_t chunk = id / kChunk;
+  return (row * n_chunks + chunk) * kZChunkStride + zidx(static_cast<int>(id - chunk * kChunk));
+}
+
+template <typename Tag, int NT, bool kVecW>
+__global__ void __launch_bounds__(kSliceThreads, kSliceMinBlocks) slice_mma_kernel(const ChunkArgs<Tag> a, float* __restrict__ logits) {
+  // Row group fastest: the row groups of one slice run side by side and share W through L2.
+  const int64_t bid = blockIdx.x;
+  const int64_t rg = bid % a.row_groups, slice = bid / a.row_groups;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t base = slice * kSliceIds + static_cast<int64_t>(warp) * kTile;
+  if (base >= a.vocab) return;  // warp-uniform; no block barrier in this kernel
+  const int64_t row0 = rg * (8 * NT);
+  const int nt_count = static_cast<int>(min64(NT, (a.rows_pad - row0) / 8));
+  float acc[2][NT][4];
+  mma_warp_tile<Tag, NT, kVecW>(a.W, a.ldw, a.vocab, a.d, a.d_pad, base, a.H, a.ldh, row0, nt_count, acc);
+  const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t row = row0 + 8 * nt + 2 * t + i;
+      if (nt >= nt_count || row >= a.rows) continue;  // padding rows are not stored
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int local = 16 * m + 8 * h + g;
+          const int64_t id = base + local;
+          if (id < a.vocab) {
+            logits[logit_slot(row, id, a.n_chunks)] =
+                finish_logit<Tag>(acc[m][nt][2 * h + i], id, a.bias, a.temperature, (bmask >> local) & 1u);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <int NR, bool kVecW>
+__global__ void __launch_bounds__(kSliceThreads) slice_simt_kernel(const ChunkArgs<Fp32Tag> a,
+                                                                   float* __restrict__ logits) {
+  const int64_t bid = blockIdx.x;
+  const int64_t rg = bid % a.row_groups, slice = bid / a.row_groups;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t base = slice * kSliceIds + static_cast<int64_t>(warp) * kTile;
+  if (base >= a.vocab) return;  // warp-uniform
+  const int64_t row0 = rg * NR;
+  const int nr_count = static_cast<int>(min64(NR, a.rows_pad - row0));
+  const int64_t id = base + lane;
+  const bool valid = id < a.vocab;
+  float acc[NR];
+  simt_accumulate<NR, kVecW>(valid ? a.W + id * a.ldw : nullptr, a.d, a.H + row0 * a.ldh, a.ldh, nr_count, acc);
+  const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+  if (valid) {
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      if (r < nr_count && row0 + r < a.rows) {
+        logits[logit_slot(row0 + r, id, a.n_chunks)] =
+            finish_logit<Fp32Tag>(acc[r], id, a.bias, a.temperature, (bmask >> lane) & 1u);
+      }
+    }
+  }
+}
+
+struct SummaryArgs {
+  const float* logits;  // [rows][n_chunks][kZChunkStride]
+  int64_t rows, n_chunks, vocab;
+  float temperature;
+  const int64_t* keys;  // this pass's rows
+  uint64_t seed;
+  const int64_t* seeds;  // this pass's rows' own seeds, or nullptr (all rows: seed)
+  uint32_t purpose;
+  ChunkRecords rec;
+};
+
+// One warp per (row, chunk), chunks of a row adjacent: the chunk kernels' epilogue on the logits
+// the slice kernels left in the workspace.
+__global__ void __launch_bounds__(kSummaryWarps * 32) chunk_summary_kernel(const SummaryArgs a) {
+  const int64_t pair = static_cast<int64_t>(blockIdx.x) * kSummaryWarps + (threadIdx.x >> 5);
+  if (pair >= a.rows * a.n_chunks) return;  // whole warp
+  const int64_t row = pair / a.n_chunks, chunk = pair - row * a.n_chunks;
+  const int64_t begin = chunk * kChunk;
+  const int len = static_cast<int>(min64(kChunk, a.vocab - begin));
+  const int64_t* k = a.keys + 3 * row;
+  const NoiseKey key = make_noise_key(row_seed(a.seed, a.seeds, row), a.purpose, k[0], k[1], k[2]);
+  chunk_row_epilogue(a.logits + pair * kZChunkStride, len, begin, chunk, row, a.temperature > 0.f, key, a.rec,
+                     a.n_chunks);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Kernel 3: select, one warp per row.
 
 struct SelectArgs {
@@ -702,6 +856,15 @@ inline size_t chunk_smem_bytes(int group_rows) {
   return static_cast<size_t>(group_rows) * kZRowStride * sizeof(float);
 }
 
+// Rows per chunk block: the smallest group holding all rows, capped by what shared memory allows
+// (32 needs ~133 KiB: A100/H100; 16 fits consumer GPUs' 99 KiB); 0 when not even 8 fit.
+inline int chunk_group_rows(int64_t rows_pad, int smem_optin) {
+  int max_group_rows = kMaxGroupRows;
+  while (max_group_rows > 8 && chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) max_group_rows /= 2;
+  if (chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) return 0;
+  return std::min(rows_pad <= 8 ? 8 : rows_pad <= 16 ? 16 : kMaxGroupRows, max_group_rows);
+}
+
 template <typename Kernel, typename Args>
 cudaError_t launch_chunk_kernel(Kernel kernel, const Args& args, int group_rows, int64_t grid, cudaStream_t stream) {
   const size_t smem = chunk_smem_bytes(group_rows);
@@ -735,6 +898,64 @@ cudaError_t launch_chunk(const ChunkArgs<Tag>& ca, int group_rows, int64_t grid,
   }
 }
 
+// Rows per slice block: the smallest group holding all rows (no shared memory involved).
+inline int slice_group_rows(int64_t rows_pad) { return rows_pad <= 8 ? 8 : rows_pad <= 16 ? 16 : kMaxGroupRows; }
+
+inline int64_t num_slices(int64_t vocab) { return (vocab + kSliceIds - 1) / kSliceIds; }
+
+template <typename Tag, bool kVecW>
+cudaError_t launch_slice(const ChunkArgs<Tag>& ca, int group_rows, int64_t grid, float* logits, cudaStream_t stream) {
+  if constexpr (std::is_same<Tag, Fp32Tag>::value) {
+    switch (group_rows) {
+      case 8:
+        slice_simt_kernel<8, kVecW><<<grid, kSliceThreads, 0, stream>>>(ca, logits);
+        break;
+      case 16:
+        slice_simt_kernel<16, kVecW><<<grid, kSliceThreads, 0, stream>>>(ca, logits);
+        break;
+      default:
+        slice_simt_kernel<32, kVecW><<<grid, kSliceThreads, 0, stream>>>(ca, logits);
+    }
+  } else {
+    switch (group_rows) {
+      case 8:
+        slice_mma_kernel<Tag, 1, kVecW><<<grid, kSliceThreads, 0, stream>>>(ca, logits);
+        break;
+      case 16:
+        slice_mma_kernel<Tag, 2, kVecW><<<grid, kSliceThreads, 0, stream>>>(ca, logits);
+        break;
+      default:
+        slice_mma_kernel<Tag, 4, kVecW><<<grid, kSliceThreads, 0, stream>>>(ca, logits);
+    }
+  }
+  return cudaGetLastError();
+}
+
+// The split grid's kernel 2: slices, then the (row, chunk) summaries from their logits.
+template <typename Tag>
+cudaError_t launch_split(ChunkArgs<Tag> ca, bool vec_w, float* logits, cudaStream_t stream) {
+  const int group = slice_group_rows(ca.rows_pad);
+  ca.row_groups = (ca.rows_pad + group - 1) / group;
+  const int64_t grid = num_slices(ca.vocab) * ca.row_groups;
+  cudaError_t err = vec_w ? launch_slice<Tag, true>(ca, group, grid, logits, stream)
+                          : launch_slice<Tag, false>(ca, group, grid, logits, stream);
+  if (err != cudaSuccess) return err;
+  SummaryArgs sa;
+  sa.logits = logits;
+  sa.rows = ca.rows;
+  sa.n_chunks = ca.n_chunks;
+  sa.vocab = ca.vocab;
+  sa.temperature = ca.temperature;
+  sa.keys = ca.keys;
+  sa.seed = ca.seed;
+  sa.seeds = ca.seeds;
+  sa.purpose = ca.purpose;
+  sa.rec = ca.rec;
+  const int64_t pairs = ca.rows * ca.n_chunks;
+  chunk_summary_kernel<<<(pairs + kSummaryWarps - 1) / kSummaryWarps, kSummaryWarps * 32, 0, stream>>>(sa);
+  return cudaGetLastError();
+}
+
 template <typename Tag>
 cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cudaStream_t stream) {
   using S = typename Tag::Storage;
@@ -745,10 +966,7 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
   if (kMma && major < 8) return cudaErrorInvalidDeviceFunction;  // mma.sync m16n8k16 bf16/fp16: sm_80+
-  // Rows per block: as many as fit (32 needs ~133 KiB: A100/H100; 16 fits consumer GPUs' 99 KiB).
-  int max_group_rows = kMaxGroupRows;
-  while (max_group_rows > 8 && chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) max_group_rows /= 2;
-  if (chunk_smem_bytes(max_group_rows) > static_cast<size_t>(smem_optin)) return cudaErrorInvalidConfiguration;
+  if (chunk_group_rows(8, smem_optin) == 0) return cudaErrorInvalidConfiguration;
 
   const S* W = static_cast<const S*>(p.weight);
   const S* bias = static_cast<const S*>(p.bias);
@@ -788,8 +1006,7 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     ca.rows = rows;
     ca.rows_pad = rows_pad;
     ca.n_chunks = l.n_chunks;
-    // The smallest group holding all rows, capped by what shared memory allows.
-    const int group = std::min(rows_pad <= 8 ? 8 : rows_pad <= 16 ? 16 : kMaxGroupRows, max_group_rows);
+    const int group = chunk_group_rows(rows_pad, smem_optin);
     ca.row_groups = (rows_pad + group - 1) / group;
     ca.temperature = p.temperature;
     ca.banned = p.banned;
@@ -800,7 +1017,11 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     ca.purpose = p.purpose;
     ca.rec = rec;
     const int64_t grid = l.n_chunks * ca.row_groups;
-    err = vec_w ? launch_chunk<Tag, true>(ca, group, grid, stream) : launch_chunk<Tag, false>(ca, group, grid, stream);
+    if (l.split) {  // small calls (one pass): the split grid
+      err = launch_split<Tag>(ca, vec_w, reinterpret_cast<float*>(ws + l.logits_off), stream);
+    } else {
+      err = vec_w ? launch_chunk<Tag, true>(ca, group, grid, stream) : launch_chunk<Tag, false>(ca, group, grid, stream);
+    }
     if (err != cudaSuccess) return err;
 
     SelectArgs sa;
@@ -826,7 +1047,94 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
   return cudaSuccess;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Geometry (fused_head_sample_geometry.h): what launch_typed enqueues, from the same planning code.
+
+inline const char* tag_name(HeadDtype dtype) {
+  return dtype == HeadDtype::kBFloat16 ? "Bf16Tag" : dtype == HeadDtype::kFloat16 ? "Fp16Tag" : "Fp32Tag";
+}
+
+inline int geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin, HeadKernelLaunch* out,
+                    int capacity) {
+  if (n < 0 || d < 0 || vocab <= 0 || vocab > INT32_MAX) return -1;
+  const bool mma = dtype != HeadDtype::kFloat32;
+  const Layout l = make_layout(dtype, n, d, vocab);
+  int count = 0;
+  const auto add = [&](const HeadKernelLaunch& k) {
+    if (count < capacity) out[count] = k;
+    ++count;
+  };
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxRowsPerPass) {
+    const int64_t rows = std::min<int64_t>(kMaxRowsPerPass, n - r0);
+    const int64_t rows_pad = round_up(rows, 8);
+    if (rows_pad * l.d_pad > 0) {
+      HeadKernelLaunch k;
+      snprintf(k.kernel, sizeof k.kernel, "pack_hidden_kernel<%s>", mma ? "unsigned short" : "float");
+      k.grid = grid_for(rows_pad * l.d_pad, 256, 4096);
+      k.threads = 256;
+      add(k);
+    }
+    const int group = chunk_group_rows(rows_pad, smem_optin);
+    if (group == 0) return -1;
+    // mma: a lane issues the 8 16-byte W loads of the next k-block before it uses the current
+    // one's (two k-blocks in flight); SIMT: four float4 per step of 16 k, loaded before use.
+    const int w_in_flight = mma ? 2 * 8 * 16 : 4 * 16;
+    const int64_t rounds_per_tile = mma ? (l.d_pad / kKBlock + 1) / 2 : (d + 15) / 16;
+    if (l.split) {
+      const int sgroup = slice_group_rows(rows_pad);
+      HeadKernelLaunch k;
+      if (mma) {
+        snprintf(k.kernel, sizeof k.kernel, "slice_mma_kernel<%s, %d, true>", tag_name(dtype), sgroup / 8);
+      } else {
+        snprintf(k.kernel, sizeof k.kernel, "slice_simt_kernel<%d, true>", sgroup);
+      }
+      k.row_groups = (rows_pad + sgroup - 1) / sgroup;
+      k.grid = num_slices(vocab) * k.row_groups;
+      k.threads = kSliceThreads;
+      k.ids_per_block = kSliceIds;
+      k.group_rows = sgroup;
+      k.w_bytes_in_flight_per_thread = w_in_flight;
+      k.serial_rounds_per_warp = rounds_per_tile;
+      k.logits_written = rows * vocab * static_cast<int64_t>(sizeof(float));
+      add(k);
+      HeadKernelLaunch m;
+      snprintf(m.kernel, sizeof m.kernel, "chunk_summary_kernel");
+      m.grid = (rows * l.n_chunks + kSummaryWarps - 1) / kSummaryWarps;
+      m.threads = kSummaryWarps * 32;
+      m.logits_read = rows * vocab * static_cast<int64_t>(sizeof(float));
+      add(m);
+    } else {
+      HeadKernelLaunch k;
+      if (mma) {
+        snprintf(k.kernel, sizeof k.kernel, "chunk_mma_kernel<%s, %d, true>", tag_name(dtype), group / 8);
+      } else {
+        snprintf(k.kernel, sizeof k.kernel, "chunk_simt_kernel<%d, true>", group);
+      }
+      k.row_groups = (rows_pad + group - 1) / group;
+      k.grid = l.n_chunks * k.row_groups;
+      k.threads = kChunkThreads;
+      k.dyn_smem = static_cast<int64_t>(chunk_smem_bytes(group));
+      k.ids_per_block = kChunk;
+      k.group_rows = group;
+      k.w_bytes_in_flight_per_thread = w_in_flight;
+      k.serial_rounds_per_warp = kTilesPerChunk / kChunkWarps * rounds_per_tile;
+      add(k);
+    }
+    HeadKernelLaunch s;
+    snprintf(s.kernel, sizeof s.kernel, "select_kernel");
+    s.grid = (rows + kSelectWarps - 1) / kSelectWarps;
+    s.threads = kSelectWarps * 32;
+    add(s);
+  }
+  return count;
+}
+
 }  // namespace head
+
+int fused_head_sample_geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin,
+                               HeadKernelLaunch* out, int capacity) {
+  return head::geometry(dtype, n, d, vocab, smem_optin, out, capacity);
+}
 
 size_t fused_head_sample_workspace_bytes(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) {
   if (n <= 0 || d < 0 || vocab <= 0) return 0;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from mdlm_fast._build import compiled_constants  # importing _build registers the operators
+from mdlm_fast.ops.head_status import DeferredHeadErrors, head_status, raise_head_status
 
 # Read from the extension, so Python and the kernels cannot disagree (tests/test_compiled_constants.py
 # checks them against the headers).
@@ -100,7 +101,8 @@ def _philox_noise_fake(keys, seed, purpose, n, dist):
 def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       keys: torch.Tensor, *, seed: int, purpose: int = 2, temperature: float = 1.0,
                       banned: torch.Tensor | None = None, return_logprob: bool = False,
-                      seeds=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      seeds=None, deferred: DeferredHeadErrors | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Project hidden rows onto the vocabulary and draw one token per row, without [N, V] logits.
 
     hidden [N, d] (float32/bfloat16/float16), weight [V, d] and bias [V] in the same dtype,
@@ -118,6 +120,11 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     logit, or with every id banned or -inf, raises RuntimeError naming the row; a row with a +inf
     logit takes its lowest +inf id with log-probability 0. Banned ids outside [0, V) are refused.
     All tensors must be on one device.
+
+    The value errors (NaN rows, rows with nothing to draw, out-of-range banned ids) are raised
+    before returning on every device; on CUDA that costs one device->host wait per call, unless
+    ``deferred`` collects them on the device for a later read (head_status.py; the samplers read
+    it at the run's end, and such rows come back as ``deferred.fill_token``).
     """
     if banned is None:
         banned = torch.empty(0, dtype=torch.int64, device=hidden.device)
@@ -126,7 +133,19 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     tokens, logprob = torch.ops.mdlm_fast.fused_head_sample(
         hidden, weight, bias, keys, _op_seed(seed), int(purpose), float(temperature), banned, bool(return_logprob),
         seeds)
+    if tokens.device.type == "cuda":  # the CUDA op reports value errors in the tokens (head_status.py)
+        tokens = finish_coded_call(tokens, banned, weight.shape[0], deferred)
     return tokens, (logprob if return_logprob else None)
+
+
+def finish_coded_call(tokens: torch.Tensor, banned: torch.Tensor, vocab: int,
+                      deferred: DeferredHeadErrors | None) -> torch.Tensor:
+    """What follows a CUDA fused_head_sample call: raise its value errors now (one host read), or
+    record them in ``deferred`` without one."""
+    if deferred is None:
+        raise_head_status(head_status(tokens, banned, vocab), vocab)
+        return tokens
+    return deferred.record(tokens, banned, vocab)
 
 
 @torch.library.register_fake("mdlm_fast::fused_head_sample")

@@ -53,7 +53,8 @@ def generate(run: SamplingRun) -> torch.Tensor:
             with run.naming_non_finite():
                 tokens, logprob = ops.fused_head_sample(hidden, weight, bias, keys, seed=run.seed,
                                                         purpose=PURPOSE_TOKEN, temperature=run.temperature,
-                                                        banned=run.banned, return_logprob=True)
+                                                        banned=run.banned, return_logprob=True,
+                                                        deferred=run.head_errors)
             head_positions = flat_rows.shape[0]
         else:
             logits = model.logits(x, sigma)[flat_rows, flat_pos]

@@ -11,7 +11,8 @@ model runs, which gives:
   * the scheduled model's trunk runs on the active rows only, and a DiT's last block only at the
     positions the step reveals (keys and values still cover the whole row);
   * the fused head projects and samples only the revealed positions ([N, V] logits never exist);
-  * the loop never waits on the device: the plan is moved to the host once, up front.
+  * the loop never waits on the device: the plan is moved to the host once, up front, and the
+    fused head's value errors are read at the run's end (SamplingRun.head_errors).
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int,
         weight, bias = model.head()
         with run.naming_non_finite():
             tokens, _ = ops.fused_head_sample(hidden, weight, bias, plan.keys, seed=run.seed, purpose=purpose,
-                                              temperature=temperature, banned=banned)
+                                              temperature=temperature, banned=banned, deferred=run.head_errors)
         head_positions = plan.n_positions
         last_block_queries = plan.query_positions.numel() if pruned else None
     else:

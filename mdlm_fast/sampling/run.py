@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mdlm_fast.models.denoiser import Denoiser
+from mdlm_fast.ops.head_status import DeferredHeadErrors
 from mdlm_fast.schedules.flops import ExecutedFlops
 from mdlm_fast.schedules.model_schedule import ModelSchedule
 from mdlm_fast.schedules.noise import LogLinearNoise, sampling_timesteps
@@ -105,6 +106,12 @@ class SamplingRun:
         return torch.tensor([self.mask_index], dtype=torch.int64, device=self.x.device)
 
     @functools.cached_property
+    def head_errors(self) -> DeferredHeadErrors:
+        """The fused head's value errors on devices where reading them would cost a sync per call
+        (CUDA): kept on the device and raised at the run's end, as the CPU op words them."""
+        return DeferredHeadErrors(self.x.device, fill_token=self.mask_index)
+
+    @functools.cached_property
     def non_finite(self) -> torch.Tensor:
         """int8 [T + 1] on the device: per step (T = noise removal), the _BAD_* bits of its forward.
         Written without a host sync; read where the sampler syncs anyway."""
@@ -138,10 +145,14 @@ class SamplingRun:
 
     def raise_if_non_finite(self, step: int | None = None) -> None:
         """Raise NonFiniteForwardError naming the first flagged step (or ``step`` if given) and
-        its model; this reads the flags from the device."""
+        its model; this reads the flags from the device. At the run's end (no ``step``), then the
+        fused head's deferred errors (a NaN row comes from a flagged forward, so the forward's
+        error wins, as on the CPU)."""
         flags = self.non_finite if step is None else self.non_finite[step:step + 1]
         bad = torch.nonzero(flags).flatten().tolist()
         if not bad:
+            if step is None and "head_errors" in self.__dict__:
+                self.head_errors.raise_if_any()
             return
         first = bad[0] + (0 if step is None else step)
         code = int(self.non_finite[first])

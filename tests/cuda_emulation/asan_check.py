@@ -32,7 +32,7 @@ def main() -> int:
         emu.lib.selftest_shared_overrun(ctypes.c_void_p(out.data_ptr()), 64)
         print("asan_check: the overrun was not detected")
         return 0
-    cases = [(33, 13, 1030), (1, 8, 7)]
+    cases = [(33, 13, 1030), (1, 8, 7), (65, 8, 300)]  # the split grid, and the chunk grid at 65 rows
     if mode == "full":
         cases += [(31, 67, 2100), (32, 1, 1024), (2049, 8, 7), (3, 0, 40)]
     mismatches = 0

@@ -1,9 +1,11 @@
 // The project's torch-free launchers, exported for ctypes. Each returns the launcher's
 // cudaError_t, or EMU_FAULT when the emulator stopped a kernel.
+#include <stdio.h>
 #include <string.h>
 
 #include "cuda_emu.h"
 #include "emu_api.h"
+#include "fused_head_sample_geometry.h"
 #include "fused_head_sample_kernels.cuh"
 #include "philox_kernels.cuh"
 
@@ -52,6 +54,20 @@ int emu_fused_head_sample(int dtype, const void* hidden, int64_t n, int64_t d, i
   p.tokens = tokens;
   p.logprob = logprob;
   return finish(mdlm_fast::launch_fused_head_sample(p, workspace, workspace_bytes, nullptr));
+}
+
+// The launches of a call, as "kernel grid threads" lines into buf (kernel_report's geometry).
+int emu_fused_head_geometry(int dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin, char* buf, size_t size) {
+  mdlm_fast::HeadKernelLaunch launches[16];
+  const int count = mdlm_fast::fused_head_sample_geometry(static_cast<mdlm_fast::HeadDtype>(dtype), n, d, vocab,
+                                                          smem_optin, launches, 16);
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < count && i < 16 && used < size; ++i) {
+    used += snprintf(buf + used, size - used, "%s %lld %d\n", launches[i].kernel,
+                     static_cast<long long>(launches[i].grid), launches[i].threads);
+  }
+  return count;
 }
 
 }  // extern "C"

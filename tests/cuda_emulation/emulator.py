@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from mdlm_fast.ops.compiled import finish_coded_call
+from mdlm_fast.ops.head_status import DeferredHeadErrors
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 KERNELS = ("philox_kernels.cu", "fused_head_sample_kernels.cu")
@@ -29,6 +32,7 @@ CUDA_ERRORS = {1: "cudaErrorInvalidValue", 9: "cudaErrorInvalidConfiguration",
                98: "cudaErrorInvalidDeviceFunction", 719: "cudaErrorLaunchFailure"}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 SM90_SMEM_OPTIN = 232448  # 227 KB
+DEFAULT_ORDER = "forward"  # of launches whose test sets no order (pytest --emulated-order)
 
 
 class EmulatorFault(RuntimeError):
@@ -136,11 +140,25 @@ class Emulator:
         L.emu_fused_head_sample.argtypes = [ctypes.c_int, vp, i64, i64, i64, i64, vp, i64, i64, vp, vp,
                                             ctypes.c_uint64, vp, ctypes.c_uint32, ctypes.c_float, vp, i64, vp, vp, vp,
                                             ctypes.c_size_t]
+        L.emu_fused_head_geometry.argtypes = [ctypes.c_int, i64, i64, i64, ctypes.c_int, ctypes.c_char_p,
+                                              ctypes.c_size_t]
         self.configure()
 
-    def configure(self, order: str = "forward", seed: int = 0, major: int = 9,
+    def geometry(self, dtype: torch.dtype, n: int, d: int, vocab: int,
+                 smem_optin: int = SM90_SMEM_OPTIN) -> list[tuple[str, int, int]]:
+        """(kernel, blocks, threads) of each launch of a call with these sizes."""
+        buf = ctypes.create_string_buffer(4096)
+        count = self.lib.emu_fused_head_geometry(_DTYPES[dtype], n, d, vocab, smem_optin, buf, len(buf))
+        if count < 0:
+            raise ValueError("no geometry for these sizes")
+        rows = [line.rsplit(" ", 2) for line in buf.value.decode().splitlines()]
+        return [(name, int(grid), int(threads)) for name, grid, threads in rows]
+
+    def configure(self, order: str | None = None, seed: int = 0, major: int = 9,
                   smem_optin: int = SM90_SMEM_OPTIN) -> None:
-        """Thread/block order of later launches and the emulated device (default: an sm_90 part)."""
+        """Thread/block order of later launches (default: DEFAULT_ORDER) and the emulated device
+        (default: an sm_90 part)."""
+        order = order or DEFAULT_ORDER
         self.lib.emu_reset()
         self.lib.emu_configure(ORDERS[order], seed, major, smem_optin)
 
@@ -162,9 +180,11 @@ class Emulator:
 
     def fused_head_sample(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           keys: torch.Tensor, seed: int, purpose: int, temperature: float, banned: torch.Tensor,
-                          return_logprob: bool, seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """As csrc/cuda/fused_head_sample_cuda.cu: the same layout rules, the launcher, then the
-        value errors (out-of-range banned ids, NaN rows, rows with nothing to draw)."""
+                          return_logprob: bool, seeds: torch.Tensor | None = None,
+                          deferred: DeferredHeadErrors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As csrc/cuda/fused_head_sample_cuda.cu (the same layout rules, the launcher, no value read
+        back) followed by what ops.fused_head_sample does with a CUDA result: the value errors
+        (out-of-range banned ids, NaN rows, rows with nothing to draw) raised, or kept in ``deferred``."""
         n, d = hidden.shape
         vocab = weight.shape[0]
         weight_c = weight if weight.stride(1) == 1 else weight.contiguous()
@@ -185,19 +205,7 @@ class Emulator:
             ctypes.c_void_p(workspace.data_ptr() if ws_bytes else None), ws_bytes)
         if n > 0 or status != 0:
             self._check(status, "launch_fused_head_sample")
-        bad = (banned_c < 0) | (banned_c >= vocab)
-        if bad.any():
-            raise RuntimeError(f"mdlm_fast: argument 'banned' ids must lie in [0, {vocab}), got {int(banned_c[bad][0])}")
-        if n > 0 and (tokens < 0).any():
-            row = int((tokens < 0).nonzero()[0, 0])
-            if tokens[row] == NAN_ROW:
-                raise RuntimeError(f"mdlm_fast: fused_head_sample: row {row} has a NaN logit "
-                                   f"(NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn")
-            raise RuntimeError(f"mdlm_fast: fused_head_sample: every vocabulary id of row {row} "
-                               f"is banned or -inf; nothing can be drawn")
+        # The adapter returns code tokens; ops.fused_head_sample raises them (or defers them).
+        tokens = finish_coded_call(tokens, banned_c, vocab, deferred)
         return tokens, logprob
 
-
-# Token codes of rows the launcher could not draw from (fused_head_sample_kernels.cuh).
-EMPTY_ROW = -1
-NAN_ROW = -2
