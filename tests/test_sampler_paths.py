@@ -116,35 +116,34 @@ def test_temperatures_through_the_cli_match_sample(capsys):
 def test_noise_removal_draws_on_its_own_stream_through_a_run():
     """Positions whose reveal uniform is <= ts[T] = 1e-5 are left to noise removal. At this seed
     three of the 512 x 64 are (found by search, asserted here); ancestral noise removal draws them
-    from p_x0 at sigma(ts[T]) on the noise-removal stream, greedy takes the argmax, and every other
-    token is the same in both runs."""
+    with the last step's model from p_x0 at sigma(ts[T]) on the noise-removal stream, greedy takes
+    the argmax, and every other token is the same in both runs."""
     batch, length, seed = 512, 64, 37
-    model = spread_dit(1, 0, vocab=50, length=length, scale=0.1)
+    heavy, light = spread_dit(1, 0, vocab=50, length=length, scale=0.1), spread_dit(1, 1, vocab=50, length=length,
+                                                                                    scale=0.1)
     u = ops.philox_noise(position_grid(batch, length, torch.device("cpu")), seed, ops.PURPOSE_REVEAL, 1)[:, 0]
     left = torch.nonzero(u <= 1e-5).flatten()
     assert len(left) == 3
     rows, positions = left // length, left % length
-    kwargs = dict(steps=1, batch_size=batch, length=length, seed=seed)
-    ancestral = mf.sample(model, noise_removal="ancestral", **kwargs).tokens
-    greedy = mf.sample(model, **kwargs).tokens
+    kwargs = dict(steps=2, schedule="H1-L1", batch_size=batch, length=length, seed=seed)
+    ancestral = mf.sample([heavy, light], noise_removal="ancestral", **kwargs).tokens
+    greedy = mf.sample([heavy, light], **kwargs).tokens
     keep = torch.ones_like(greedy, dtype=torch.bool)
     keep[rows, positions] = False
     assert torch.equal(ancestral[keep], greedy[keep])
     before = greedy[rows].clone()
     before[torch.arange(3), positions] = 49
     with torch.no_grad():
-        hidden = model.trunk(before, torch.full((3,), -math.log1p(-(1 - 1e-3) * 1e-5)))[torch.arange(3), positions]
-    keys = torch.stack([torch.ones_like(rows), rows, positions], 1)
-    banned = torch.tensor([49])
-    drawn, _ = ops.fused_head_sample(hidden, model.head_weight, model.head_bias, keys, seed=seed,
-                                     purpose=ops.PURPOSE_NOISE_REMOVAL, banned=banned)
-    argmax, _ = ops.fused_head_sample(hidden, model.head_weight, model.head_bias, keys, seed=seed,
-                                      temperature=0.0, banned=banned)
-    assert torch.equal(ancestral[rows, positions], drawn)
-    assert torch.equal(greedy[rows, positions], argmax)
-    other, _ = ops.fused_head_sample(hidden, model.head_weight, model.head_bias, keys, seed=seed,
-                                     purpose=ops.PURPOSE_TOKEN, banned=banned)
-    assert not torch.equal(other, drawn)  # the streams differ here, so the check above can fail
+        hidden = light.trunk(before, torch.full((3,), -math.log1p(-(1 - 1e-3) * 1e-5)))[torch.arange(3), positions]
+    keys = torch.stack([torch.full_like(rows, 2), rows, positions], 1)  # (step T, row, position)
+
+    def draw(purpose=ops.PURPOSE_NOISE_REMOVAL, temperature=1.0):
+        return ops.fused_head_sample(hidden, light.head_weight, light.head_bias, keys, seed=seed, purpose=purpose,
+                                     temperature=temperature, banned=torch.tensor([49]))[0]
+
+    assert torch.equal(ancestral[rows, positions], draw())
+    assert torch.equal(greedy[rows, positions], draw(temperature=0.0))
+    assert not torch.equal(draw(ops.PURPOSE_TOKEN), draw())  # the streams differ here: the check can fail
 
 
 @pytest.mark.parametrize("spec,steps,expected", [
@@ -167,3 +166,20 @@ def test_noise_removal_draws_on_its_own_stream_through_a_run():
 ])
 def test_placements_and_segments_with_odd_slack(spec, steps, expected):
     assert mf.ModelSchedule.parse(spec, steps).to_spec() == expected
+
+
+@pytest.mark.parametrize("time_conditioning", [True, False])
+def test_mdlm_sampler_reuses_p_x0_only_for_models_without_time_conditioning(time_conditioning):
+    """One position, eight steps: most steps reveal nothing, so MDLM's cache would hold p_x0 across
+    them, which is only right when the model ignores sigma."""
+    recorder = Recorder()
+    table = TimeTable(0, length=1)
+    model = mf.Denoiser(lambda x, s: (recorder.record(0, s), table(x, s))[1], vocab_size=VOCAB, mask_index=MASK,
+                        time_conditioning=time_conditioning)
+    mf.sample(model, steps=8, batch_size=1, length=1, sampler="mdlm", seed=0)
+    sigmas = [s for _, s in recorder.calls]
+    if time_conditioning:
+        expected = [_grid_sigma(8, i) for i in range(9)]
+        torch.testing.assert_close(torch.tensor(sigmas), torch.tensor(expected, dtype=torch.float32), rtol=1e-6, atol=0)
+    else:
+        assert len(sigmas) < 9
