@@ -236,6 +236,10 @@ class Runner:
             self._kill(proc)
             proc.communicate()
             return 124, ""
+        except BaseException:  # Ctrl-C while waiting: the child runs in its own session, end it here
+            self._kill(proc)
+            proc.wait()
+            raise
         finally:
             with self.lock:
                 self.children.discard(proc)
@@ -251,6 +255,19 @@ class Runner:
             self.stopping = True
             for proc in list(self.children):
                 self._kill(proc)
+
+
+def _stop(runner: Runner, futures) -> None:
+    """End the running children and drop the queued mutants; a second Ctrl-C must not stop this."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    runner.stop()
+    for future in futures:
+        future.cancel()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _first_failure(output: str) -> str:
@@ -277,6 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and their tests, run nothing")
     parser.add_argument("--target", type=float, default=0.95, help="the catch rate below which it fails (0.95)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a CI timeout cleans up like Ctrl-C
 
     mutants = [mut for mut in MUTANTS if not args.only or any(s in mut.name for s in args.only)]
     if args.list:
@@ -325,9 +343,14 @@ def main(argv=None) -> int:
                 return 2
             print(f"baseline: the paired tests pass unmutated ({time.time() - start:.0f} s)", flush=True)
             with ThreadPoolExecutor(jobs) as pool:
-                results = list(pool.map(run_one, mutants))
+                futures = [pool.submit(run_one, mut) for mut in mutants]
+                try:
+                    results = [f.result() for f in futures]
+                except KeyboardInterrupt:
+                    _stop(runner, futures)
+                    raise
         except KeyboardInterrupt:
-            runner.stop()
+            _stop(runner, [])
             print("\nmutate_python: interrupted; the temporary copies are removed, the tree was never edited",
                   file=sys.stderr)
             return 130

@@ -2,7 +2,9 @@
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis: pip install -e .[test]")
+from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from mdlm_fast.schedules.noise import sampling_timesteps
 from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError, segment_bounds
