@@ -279,7 +279,7 @@ def _interrupt(signum, frame):
 
 def _first_failure(output: str) -> str:
     for line in output.splitlines():
-        match = re.match(r"(?:FAILED|ERROR) (\S+)", line)
+        match = re.match(r"(?:FAILED|ERROR) (.+?)(?: - |$)", line)  # parameter ids may hold spaces
         if match:
             return match.group(1).split("/")[-1]
     return "(collection or process error)"
