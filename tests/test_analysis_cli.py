@@ -81,6 +81,7 @@ def test_evaluate_adds_its_baseline_and_reads_time_specs(models, tmp_path, capsy
 
 
 def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
     code, out, _ = _run(["importance", *_pair(models), "--heavy-twin", models["heavy2"], "--data", models["data"],
                          "--windows", "3", "--window-length", "16", "--t-points", "4", "--no-progress",
                          "--out", str(tmp_path), "--json"], capsys)
@@ -113,6 +114,7 @@ def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
 
 
 def test_search_resumes_and_matches_an_uninterrupted_run(models, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert main(["search", *_pair(models), *SEARCH, "--out", str(full)]) == 0
     assert main(["search", *_pair(models), *SEARCH, "--out", str(parts), "--max-schedules", "4"]) == 0
@@ -157,6 +159,7 @@ def test_torchrun_two_processes_merge_to_the_single_process_result(models, tmp_p
     ("fraction", ["--fractions", "0,0.5,1"], "fraction.png"),
 ])
 def test_placement_and_fraction_studies(models, tmp_path, capsys, study, extra, png):
+    pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
     code, out, _ = _run(["search", *_pair(models), *TINY, "--study", study, *extra, "--out", str(tmp_path), "--json"],
                         capsys)
     assert code == 0

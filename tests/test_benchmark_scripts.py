@@ -46,6 +46,7 @@ def test_bench_sampler_reports_savings_against_each_variants_all_heavy_row(tmp_p
 
 
 def test_ablation_switches_mechanisms_on_one_at_a_time_from_mdlm_speed(tmp_path):
+    pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
     data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--ablation", "--repeats", "2",
                    "--reference-repeats", "1")
     rows = data["rows"]
@@ -106,6 +107,7 @@ def test_paper_config_refuses_clearly_without_a_gpu(tmp_path):
 
 
 def test_plot_script_draws_every_results_file(tmp_path):
+    pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
     data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,1", "--repeats", "1",
                    "--samplers", "fast")
     proc = subprocess.run([sys.executable, str(BENCH / "plot_results.py"), "--results", str(tmp_path)],

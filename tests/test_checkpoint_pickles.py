@@ -411,7 +411,9 @@ def test_text8_checkpoint_through_the_samplers(tmp_path, text8_state, sampler):
     counts = torch.bincount(result.tokens.flatten(), minlength=TEXT8["vocab_size"])
     probs = _exact_one_position(model, steps)
     assert math.isclose(probs.sum().item(), 1.0, abs_tol=1e-9) and probs[TEXT8_MASK] == 0
+    assert probs.max() < 0.9  # spread: a sampler stuck on the top id would fail
     assert chi_square_p_value(counts, probs) > 1e-4
+    assert chi_square_p_value(counts, torch.softmax(probs.log() / 1.5, 0)) < 1e-6  # another temperature
     assert counts[34] > 0 or probs[34] * draws < 5  # the last id is a real token here
 
 

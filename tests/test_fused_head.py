@@ -120,12 +120,14 @@ def test_draws_follow_the_softmax(device, temperature):
     keys = torch.stack([torch.zeros(draws, dtype=torch.int64), torch.arange(draws), torch.zeros(draws, dtype=torch.int64)], 1)
     tokens, logprob = ops.fused_head_sample(hidden.expand(draws, -1), weight, None, keys.to(device), seed=123,
                                             temperature=temperature, banned=banned, return_logprob=True)
-    z = logits.double() / temperature
+    z = logits.double()
     z[3] = -math.inf
-    probs = torch.softmax(z, 0)
+    probs = torch.softmax(z / temperature, 0)
+    assert probs.max() < 0.9  # spread: a sampler stuck on the top id would fail
     counts = torch.bincount(tokens.cpu(), minlength=vocab)
     assert counts[3] == 0
     assert chi_square_p_value(counts, probs) > 1e-4
+    assert chi_square_p_value(counts, torch.softmax(z / (1.2 * temperature), 0)) < 1e-6  # another temperature
     # the rare tail is drawn about as often as it should be (Poisson, 6 sigma)
     tail = torch.zeros(vocab, dtype=torch.bool)
     tail[::97] = True
@@ -149,7 +151,10 @@ def test_zero_probability_ids_are_never_drawn(device):
     probs = torch.zeros(vocab, dtype=torch.float64)
     probs[2:1098:2] = 1.0
     probs /= probs.sum()
+    assert probs.max() < 0.9
     assert chi_square_p_value(counts, probs) > 1e-4
+    tilted = probs * torch.where(torch.arange(vocab) < vocab // 2, 1.25, 0.75)  # a nearby wrong law
+    assert chi_square_p_value(counts, tilted / tilted.sum()) < 1e-6
 
 
 def test_all_banned_row_is_an_error():

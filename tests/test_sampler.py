@@ -1,14 +1,13 @@
 """Samplers: exact output distributions on tiny models, prefix handling, determinism, errors."""
-import itertools
-import math
 
 import pytest
 import torch
+from exact_law import exact_law, outcome_counts
 from stats_helpers import chi_square_p_value
 
 import mdlm_fast as mf
 from mdlm_fast.models.dit import subs_log_probs
-from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
+from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt
 
 
 def tiny_dit(n_blocks, seed, vocab=4, length=2, time_conditioning=False, scale=0.5):
@@ -19,88 +18,47 @@ def tiny_dit(n_blocks, seed, vocab=4, length=2, time_conditioning=False, scale=0
     return model.eval()
 
 
-def exact_distribution(models, schedule, steps, length):
-    """The mdlm sampler's exact output distribution by dynamic programming over all states.
-
-    Each masked position independently stays masked with probability mc(s)/mc(t) or becomes
-    token v with probability p_x0[v] (mc(t) - mc(s)) / mc(t); noise removal takes the argmax.
-    """
-    vocab = models[0].config.vocab_size
-    mask = models[0].config.mask_index
-    noise = LogLinearNoise()
-    ts, dt = sampling_timesteps(steps).tolist(), sampling_dt(steps)
-    states = {tuple([mask] * length): 1.0}
-    with torch.no_grad():
-        for i in range(steps):
-            t, s = ts[i], ts[i] - dt
-            stay = noise.move_chance(s) / noise.move_chance(t)
-            model = models[schedule[i]]
-            keys = list(states)
-            x = torch.tensor(keys)
-            p = subs_log_probs(model(x, torch.full((len(keys),), noise.sigma(t))), x, mask).double().exp()
-            nxt = {}
-            for k, state in enumerate(keys):
-                options = []
-                for pos, tok in enumerate(state):
-                    if tok != mask:
-                        options.append([(tok, 1.0)])
-                    else:
-                        options.append([(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay))
-                                                          for v in range(vocab) if v != mask])
-                for combo in itertools.product(*options):
-                    prob = states[state] * math.prod(w for _, w in combo)
-                    key = tuple(tok for tok, _ in combo)
-                    nxt[key] = nxt.get(key, 0.0) + prob
-            states = nxt
-        final = {}
-        last = models[schedule[-1]]
-        for state, prob in states.items():
-            x = torch.tensor([state])
-            out = subs_log_probs(last(x, torch.full((1,), noise.sigma(ts[-1]))), x, mask).argmax(-1)[0]
-            key = tuple(out.tolist())
-            final[key] = final.get(key, 0.0) + prob
-    return final
-
-
-def _outcome_counts(tokens, vocab, mask):
-    real = [v for v in range(vocab) if v != mask]
-    outcomes = list(itertools.product(real, repeat=tokens.shape[1]))
-    index = {o: i for i, o in enumerate(outcomes)}
-    counts = torch.zeros(len(outcomes), dtype=torch.int64)
-    for row in tokens.tolist():
-        counts[index[tuple(row)]] += 1
-    return outcomes, counts
+def _law(models, schedule, steps, length, **kwargs):
+    """The exact output law (tests/exact_law.py), asserting the models' spread."""
+    law = exact_law(models, schedule, steps, length, 4, 3, **kwargs)
+    assert law.top < 0.9, f"the models are near-certain (top probability {law.top:.3f})"
+    assert abs(sum(law.probs.values()) - 1) < 1e-6
+    return law
 
 
 @pytest.mark.parametrize("sampler", ["mdlm", "fast"])
 @pytest.mark.parametrize("time_conditioning", [False, True])
 def test_output_distribution_is_exact(sampler, time_conditioning):
-    heavy = tiny_dit(2, 0, time_conditioning=time_conditioning)
-    light = tiny_dit(1, 1, time_conditioning=time_conditioning)
+    heavy = tiny_dit(2, 0, time_conditioning=time_conditioning, scale=0.1)
+    light = tiny_dit(1, 1, time_conditioning=time_conditioning, scale=0.1)
     schedule = mf.ModelSchedule([1, 0, 0, 1])
-    exact = exact_distribution([heavy, light], schedule, 4, 2)
+    exact = _law([heavy, light], schedule, 4, 2)
     draws = 6000
     result = mf.sample([heavy, light], steps=4, batch_size=draws, schedule=schedule, sampler=sampler, seed=7)
-    outcomes, counts = _outcome_counts(result.tokens, 4, 3)
-    probs = torch.tensor([exact.get(o, 0.0) for o in outcomes], dtype=torch.float64)
-    assert abs(probs.sum().item() - 1) < 1e-9
-    assert chi_square_p_value(counts, probs) > 1e-4
+    outcomes, counts = outcome_counts(result.tokens, 4, 3)
+    assert chi_square_p_value(counts, exact.vector(outcomes)) > 1e-4
+    # the same counts reject the law of one step fewer and that of MDLM's dt of a finer grid
+    fewer = _law([heavy, light], mf.ModelSchedule([1, 0, 1]), 3, 2)
+    finer_dt = _law([heavy, light], schedule, 4, 2, dt_steps=5)
+    assert chi_square_p_value(counts, fewer.vector(outcomes)) < 1e-6
+    assert chi_square_p_value(counts, finer_dt.vector(outcomes)) < 1e-6
 
 
 def test_fp32_mdlm_precision_runs_and_matches_coarsely():
-    heavy = tiny_dit(2, 0)
-    exact = exact_distribution([heavy], mf.ModelSchedule.all_heavy(3), 3, 2)
+    heavy = tiny_dit(2, 0, scale=0.1)
+    exact = _law([heavy], mf.ModelSchedule.all_heavy(3), 3, 2)
     result = mf.sample(heavy, steps=3, batch_size=3000, seed=1, sampler="mdlm", precision="fp32-mdlm")
-    outcomes, counts = _outcome_counts(result.tokens, 4, 3)
-    probs = torch.tensor([exact.get(o, 0.0) for o in outcomes], dtype=torch.float64)
+    outcomes, counts = outcome_counts(result.tokens, 4, 3)
     # the truncated float32 Gumbel tail only matters for tokens far below 1e-7; not visible here
-    assert chi_square_p_value(counts, probs) > 1e-4
+    assert chi_square_p_value(counts, exact.vector(outcomes)) > 1e-4
+    flatter = _law([heavy], mf.ModelSchedule.all_heavy(3), 3, 2, temperature=2.0)
+    assert chi_square_p_value(counts, flatter.vector(outcomes)) < 1e-6
 
 
 def test_one_reference_step_matches_the_transition_probabilities():
     """From all-masked, a single step at t=1 leaves a position masked with probability mc(s)/mc(t)
     and otherwise reveals v with probability p_x0[v]; checked per position by chi-square."""
-    model = tiny_dit(1, 3, vocab=6, length=3)
+    model = tiny_dit(1, 3, vocab=6, length=3, scale=0.2)
     steps = 4
     draws = 5000
     x = torch.full((draws, 3), 5)
@@ -118,11 +76,17 @@ def test_one_reference_step_matches_the_transition_probabilities():
     with torch.no_grad():
         p_x0 = subs_log_probs(model(x, torch.full((draws,), noise.sigma(t))), x, 5).exp()
     proposal = mdlm_sampler._gumbel_max_step(run, p_x0, noise.move_chance(t), noise.move_chance(s), keys)
+    assert p.max() < 0.9  # spread predictions
     for pos in range(3):
         probs = p[pos] * (1 - stay)
         probs[5] = stay
         counts = torch.bincount(proposal[:, pos], minlength=6)
         assert chi_square_p_value(counts, probs) > 1e-4
+        # the same counts reject the transition of a grid with one step fewer (another dt)
+        wrong_stay = noise.move_chance(1.0 - sampling_dt(steps - 1)) / noise.move_chance(1.0)
+        wrong = p[pos] * (1 - wrong_stay)
+        wrong[5] = wrong_stay
+        assert chi_square_p_value(counts, wrong) < 1e-6
 
 
 @pytest.mark.parametrize("sampler", ["mdlm", "fast"])
@@ -255,7 +219,7 @@ def _noise_removal_tokens(model, x, how):
 
 
 def test_noise_removal_greedy_is_argmax_and_ancestral_follows_p_x0():
-    model = tiny_dit(1, 0, vocab=6, length=3)
+    model = tiny_dit(1, 0, vocab=6, length=3, scale=0.2)
     draws = 4000
     x = torch.tensor([[2, 5, 5]]).expand(draws, -1).clone()
     with torch.no_grad():
@@ -265,9 +229,11 @@ def test_noise_removal_greedy_is_argmax_and_ancestral_follows_p_x0():
     assert (greedy[:, 1:] == logp[1:].argmax(-1)).all()
     ancestral = _noise_removal_tokens(model, x, "ancestral")
     assert (ancestral[:, 0] == 2).all() and not (ancestral == 5).any()
+    assert logp[1:].exp().max() < 0.9  # spread predictions
     for pos in (1, 2):
         counts = torch.bincount(ancestral[:, pos], minlength=6)
         assert chi_square_p_value(counts, logp[pos].exp()) > 1e-4
+        assert chi_square_p_value(counts, torch.softmax(logp[pos] / 0.6, 0)) < 1e-6  # another temperature
 
 
 @pytest.mark.parametrize("kwargs,match", [

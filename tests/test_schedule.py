@@ -5,8 +5,10 @@ from decimal import ROUND_FLOOR, Decimal
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis: pip install -e .[test]")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from mdlm_fast.schedules.model_schedule import (
     MAX_STEPS,

@@ -2,7 +2,9 @@
 import json
 
 import pytest
-from hypothesis import given, settings
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis: pip install -e .[test]")
+from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st
 
 from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError, segment_bounds
