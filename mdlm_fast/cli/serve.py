@@ -56,7 +56,7 @@ def _cmd_serve(args) -> int:
     _check_extra()
     from mdlm_fast.schedules.model_schedule import ScheduleError
     from mdlm_fast.schedules.time_schedule import resolve_schedule
-    from mdlm_fast.serve.engine_api import build_engine, default_engine_kind
+    from mdlm_fast.serve.engines import build_engine, default_engine_kind
     from mdlm_fast.serve.runner import bind, serve
     from mdlm_fast.serve.service import ServeSettings, Service
 

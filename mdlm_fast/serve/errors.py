@@ -77,8 +77,8 @@ class Fields:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad_field(name, f"must be an integer, got {json.dumps(value)}")
         if minimum is not None and value < minimum or maximum is not None and value > maximum:
-            bounds = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-            raise bad_field(name, f"must be an integer in {bounds}, got {value}")
+            bounds = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise bad_field(name, f"must be an integer {bounds}, got {value}")
         return value
 
     def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
