@@ -1,9 +1,11 @@
 """``mdlm-fast serve`` against a live server on 127.0.0.1: the official ``openai`` client, streaming over
 httpx, the native endpoint, bad input, queue limits, disconnects and SIGTERM. Every request is bounded
 in size (embedded light model, short sequences, few steps) and time (client timeouts)."""
+import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -157,6 +159,8 @@ BAD = [  # (path, raw body, status, param, text the message holds)
     ("/v1/generate", b'{"prefix": [1, 99999]}', 400, "prefix", "outside the vocabulary"),
     ("/v1/generate", b'{"time_schedule": {"x": 1}}', 400, "time_schedule", ""),
     ("/v1/generate", b'{"noise_removal": "best"}', 400, "noise_removal", "one of"),
+    ("/v1/generate", b'{"n": 2, "prefix": [[1, 2], [3]]}', 400, "prefix", "same number"),
+    ("/v1/generate", b'{"n": 3, "prefix": [[1, 2], [3, 4]]}', 400, "prefix", "n is 3"),
 ]
 
 
@@ -170,6 +174,10 @@ def test_bad_input_is_400_in_openai_shape_naming_the_field(server):
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
         assert error["param"] == param and text in error["message"], (raw, error)
+    if server.service.settings.engine_kind == "sequential":  # no infilling in sample(): refused, naming it
+        response = httpx.post(server.url + "/v1/generate", json={"length": 4, "given": [1, 8192, 8192, 2]},
+                              timeout=TIMEOUT)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "given"
     assert server.engine.rows_in_flight == 0 and server.engine.queue_depth == 0
 
 
@@ -209,6 +217,35 @@ def test_client_leaving_mid_stream_frees_its_rows(light, tokenizer):
                         what="the rows of the abandoned request to be freed")
         live.wait_until(lambda: live.service.metrics.finished["cancelled"] == 1, timeout_s=5, what="the cancel")
         assert live.service.loop.pending == 0
+
+
+def test_client_leaving_a_plain_request_frees_its_rows(light, tokenizer):
+    engine = build_engine(ENGINE_KINDS[-1], light)
+    with LiveServer(engine, tokenizer) as live:
+        host, port = live.url.rsplit("//", 1)[1].split(":")
+        body = json.dumps({"length": 128, "steps": 128}).encode()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            live.wait_until(lambda: engine.rows_in_flight > 0, what="rows in flight")
+        live.wait_until(lambda: engine.rows_in_flight == 0 and live.service.metrics.finished["cancelled"] == 1,
+                        timeout_s=5, what="the rows of the abandoned request to be freed")
+        assert live.service.loop.pending == 0
+
+
+def test_a_failed_forward_is_a_500_and_the_server_goes_on(light, tokenizer):
+    broken = copy.deepcopy(light)
+    with torch.no_grad():
+        broken.output_layer.linear.bias.fill_(float("nan"))
+    engine = build_engine(ENGINE_KINDS[-1], broken)
+    with LiveServer(engine, tokenizer) as live:
+        for _ in range(2):  # the second request is served (and fails alike): nothing hangs
+            response = httpx.post(live.url + "/v1/generate", json={"length": 4, "steps": 2}, timeout=TIMEOUT)
+            assert response.status_code == 500, response.text
+            error = response.json()["error"]
+            assert error["type"] == "server_error" and "NaN or inf" in error["message"], error
+        assert httpx.get(live.url + "/health", timeout=TIMEOUT).json()["status"] == "ok"
+        assert engine.rows_in_flight == 0
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):

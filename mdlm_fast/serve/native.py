@@ -29,7 +29,9 @@ from mdlm_fast.serve.streaming import Progress, WatchedStream, sse, wait_unless_
 def _ids(svc: Service, name: str, value: Any, *, mask_allowed: bool = False) -> list:
     """[ids] or [[ids], ...] (one row per sequence)."""
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-        return [token_ids(f"{name}", row, svc.vocab_size, svc.mask_index, mask_allowed=mask_allowed) for row in value]
+        if len({len(row) for row in value}) != 1:
+            raise bad_field(name, "rows must all have the same number of token ids")
+        return [token_ids(name, row, svc.vocab_size, svc.mask_index, mask_allowed=mask_allowed) for row in value]
     return token_ids(name, value, svc.vocab_size, svc.mask_index, mask_allowed=mask_allowed)
 
 
@@ -58,7 +60,11 @@ def parse(svc: Service, body: dict) -> tuple[Request, dict]:
     if longest > length:
         raise bad_field("prompt" if f.has("prompt") else "prefix",
                         f"is {longest} tokens but the sequence length is {length}")
+    if prefix and isinstance(prefix[0], list) and len(prefix) != n:
+        raise bad_field("prefix", f"has {len(prefix)} rows but n is {n}")
     given = _ids(svc, "given", f.raw("given"), mask_allowed=True) if f.has("given") else None
+    if given and isinstance(given[0], list) and len(given) != n:
+        raise bad_field("given", f"has {len(given)} rows but n is {n}")
     request = Request(
         n=n, length=length, steps=steps, schedule=schedule,
         seed=f.integer("seed", secrets.randbelow(SEED_LIMIT), minimum=0, maximum=SEED_LIMIT - 1),
