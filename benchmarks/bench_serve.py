@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -27,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import torch
+from common import summary, write_results
 
-import mdlm_fast as mf  # noqa: E402
-from common import RESULTS, summary, write_results  # noqa: E402
-from mdlm_fast.serve.engine_api import Request  # noqa: E402
-from mdlm_fast.serve.engines import build_engine  # noqa: E402
+import mdlm_fast as mf
+from mdlm_fast.serve.engine_api import Request
+from mdlm_fast.serve.engines import build_engine
 
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 600
@@ -48,13 +47,16 @@ class ServerProcess:
         if args.max_rows:
             argv += ["--max-rows", str(args.max_rows)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.engine = engine
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         line = ""
         while "listening on" not in line:
             line = self.proc.stderr.readline()
             if not line and self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the {engine} server did not start: {line}{self.proc.stderr.read()}")
+                raise SystemExit(f"the {self.engine} server did not start: {line}{self.proc.stderr.read()}")
         self.url = line.split("listening on ")[1].split()[0]
 
     def stop(self) -> int:
@@ -124,8 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats (default 2)")
     p.add_argument("--max-rows", type=int, default=None, help="the engine's row budget (default: per device)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=1, help="torch threads of each server and of the offline engine (default 1: on a "
-                   "busy machine, threads of one process spin waiting on each other)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of each server and of the offline engine (default 1: on a busy machine, "
+                        "threads of one process spin waiting on each other)")
     p.add_argument("--name", default=None, help="results file stem (default serve_<engine>)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",")]
@@ -133,9 +136,12 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
 
     servers = {"engine": ServerProcess(args.engine, args), "baseline": ServerProcess("sequential", args)}
-    models = [mf.load_denoiser("embedded:heavy"), mf.load_denoiser("embedded:light")]
-    offline_engine = build_engine(args.engine, models, dtype=args.dtype, max_rows=args.max_rows, max_queue=1 << 16)
-    try:
+    try:  # both servers start while this process loads its own models
+        models = [mf.load_denoiser("embedded:heavy"), mf.load_denoiser("embedded:light")]
+        offline_engine = build_engine(args.engine, models, dtype=args.dtype, max_rows=args.max_rows,
+                                      max_queue=1 << 16)
+        for server in servers.values():
+            server.wait_ready()
         for server in servers.values():  # warm-up: first forwards of each model
             asyncio.run(load(server.url, 1, 1, args))
         offline(offline_engine, 1, args)

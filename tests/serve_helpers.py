@@ -17,7 +17,7 @@ class LiveServer:
         self.service = Service(engine, tokenizer, ServeSettings(**settings))
         self.engine = engine
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._server = make_server(self.service, grace_period_s=2.0)

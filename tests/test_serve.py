@@ -20,14 +20,15 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from mdlm_fast.models.checkpoint import load_denoiser  # noqa: E402
-from mdlm_fast.sampling.api import sample  # noqa: E402
-from mdlm_fast.serve.baseline import SequentialEngine  # noqa: E402
-from mdlm_fast.serve.engine_api import PackedEngine  # noqa: E402
-from mdlm_fast.serve.engines import build_engine  # noqa: E402
-from mdlm_fast.serve.streaming import MASK_PLACEHOLDER  # noqa: E402
-from mdlm_fast.text.tokenizer import load_tokenizer  # noqa: E402
-from serve_helpers import GatedEngine, LiveServer  # noqa: E402
+from serve_helpers import GatedEngine, LiveServer
+
+from mdlm_fast.models.checkpoint import load_denoiser
+from mdlm_fast.sampling.api import sample
+from mdlm_fast.serve.baseline import SequentialEngine
+from mdlm_fast.serve.engine_api import PackedEngine
+from mdlm_fast.serve.engines import build_engine
+from mdlm_fast.serve.streaming import MASK_PLACEHOLDER
+from mdlm_fast.text.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = httpx.Timeout(30.0)
@@ -97,7 +98,8 @@ def test_openai_client_stream_joins_to_the_whole_text(server, light, tokenizer):
                                                     extra_body={"steps": 4}))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == expected_texts(light, tokenizer, "KING:", 10, 1, 9, 4)[0]
-    partial = [c.choices[0].model_extra["denoising"] for c in chunks if c.choices and c.choices[0].finish_reason is None]
+    partial = [c.choices[0].model_extra["denoising"] for c in chunks
+               if c.choices and c.choices[0].finish_reason is None]
     assert partial and partial[0]["step"] == 0 and partial[0]["steps"] == 4
     assert partial[0]["text"].count(MASK_PLACEHOLDER) >= 1  # masks shown, not dropped
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"

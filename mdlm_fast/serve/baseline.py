@@ -128,7 +128,7 @@ class SequentialEngine:
                             seed=r.seed, prefix=r.prefix, temperature=r.temperature, noise_removal=r.noise_removal,
                             device=self._device, dtype=self._dtype)
             tokens, error, run = result.tokens.cpu(), None, result.stats
-        except Exception as exc:  # one failed request must not stop the engine serving the others
+        except Exception as exc:  # noqa: BLE001 -- one failed request must not stop the engine serving the others
             tokens, error, run = None, f"request {entry.handle}: {type(exc).__name__}: {exc}", None
         done = time.perf_counter()
         with self._lock:

@@ -118,7 +118,8 @@ async def completions(svc: Service, http: HttpRequest) -> Response:
                 yield sse(svc.failure(completion).payload())
                 break
             for i, text in enumerate(texts(completion.tokens)):
-                yield sse({**head, "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": "length"}]})
+                choice = {"text": text, "index": i, "logprobs": None, "finish_reason": "length"}
+                yield sse({**head, "choices": [choice]})
             if how["include_usage"]:
                 yield sse({**head, "choices": [], "usage": usage})
         yield sse("[DONE]")

@@ -6,7 +6,6 @@ from typing import Any
 from mdlm_fast.serve.baseline import SequentialEngine
 from mdlm_fast.serve.engine_api import PackedEngine
 
-
 ENGINE_KINDS = ("packed", "sequential")
 
 

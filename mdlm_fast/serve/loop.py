@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mdlm_fast.serve.engine_api import Completion, Request
 
@@ -72,7 +73,7 @@ class EngineLoop:
                 continue
             try:
                 finished = self.engine.step()
-            except Exception as exc:  # a broken step fails the requests in flight, never the thread
+            except Exception as exc:  # noqa: BLE001 -- a broken step fails the requests in flight, not the thread
                 self.step_errors += 1
                 self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}", cancel=True)
                 time.sleep(0.05)

@@ -11,6 +11,7 @@ from typing import Any
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 THROUGHPUT_WINDOW_S = 60.0
 PREFIX = "mdlm_fast_"
+FILL_KEYS = ("rows_per_forward", "mean_rows_per_forward", "fill")  # what engines call the fill
 
 
 class Histogram:
@@ -90,12 +91,15 @@ class ServerMetrics:
 
         metric("queue_depth", "gauge", "Requests submitted and not yet admitted by the engine.",
                [("", engine.queue_depth)])
-        metric("rows_in_flight", "gauge", "Rows admitted by the engine and not finished.", [("", engine.rows_in_flight)])
+        metric("rows_in_flight", "gauge", "Rows admitted by the engine and not finished.",
+               [("", engine.rows_in_flight)])
         metric("max_rows", "gauge", "The engine's row budget per forward (0: none).", [("", engine.max_rows)])
-        metric("rows_per_forward", "gauge", "Mean rows per model forward since start (the fill).",
-               [("", stats.get("rows_per_forward", 0.0))])
+        fill = next((stats[k] for k in FILL_KEYS if isinstance(stats.get(k), (int, float))), 0.0)
+        metric("rows_per_forward", "gauge", "Mean rows per model forward since start (the fill).", [("", fill)])
+        forwards = stats.get("forwards", [])
+        forwards = forwards.items() if isinstance(forwards, dict) else enumerate(forwards)
         metric("forwards_total", "counter", "Model forwards run, per model index (0 = heavy).",
-               [(f'{{model="{i}"}}', f) for i, f in enumerate(stats.get("forwards", []))])
+               [(f'{{model="{i}"}}', f) for i, f in forwards])
         metric("tokens_per_second", "gauge", f"Tokens generated per second over the last {THROUGHPUT_WINDOW_S:g} s.",
                [("", tokens_per_second)])
         with self._lock:

@@ -98,7 +98,7 @@ async def generate(svc: Service, http: HttpRequest) -> Response:
             return Response(status_code=499)
         if completion.tokens is None:
             raise svc.failure(completion)
-        return JSONResponse({**head, **payload(completion.tokens), "stats": completion.stats})
+        return JSONResponse({**head, **payload(completion.tokens), "stats": svc.plain(completion.stats)})
 
     async def events():
         async for item in watch(svc.engine, handle, future, how["stream_every"], svc.cancel):
@@ -108,7 +108,7 @@ async def generate(svc: Service, http: HttpRequest) -> Response:
             elif item.tokens is None:
                 yield sse(svc.failure(item).payload(), event="error")
             else:
-                yield sse({**head, **payload(item.tokens), "stats": item.stats}, event="done")
+                yield sse({**head, **payload(item.tokens), "stats": svc.plain(item.stats)}, event="done")
 
     return WatchedStream(events(), on_close=lambda: svc.cancel(handle), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache"})

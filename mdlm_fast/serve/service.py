@@ -3,6 +3,7 @@ and the steps common to both generation endpoints (submit with errors mapped, de
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,21 @@ class Service:
             raise ApiError(400, f"{param}: holds the mask token's text (id {self.mask_index}); a prompt must be "
                                 f"real tokens", param=param)
         return ids
+
+    @staticmethod
+    def plain(value: Any) -> Any:
+        """``value`` as strict JSON: tensors as lists, non-finite floats as null, anything else unknown as text."""
+        if isinstance(value, dict):
+            return {str(k): Service.plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [Service.plain(v) for v in value]
+        if hasattr(value, "tolist"):
+            return Service.plain(value.tolist())
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        return str(value)
 
     def failure(self, completion: Any) -> ApiError:
         return ApiError(500, completion.error or "the request failed", kind="server_error", code="generation_failed")
