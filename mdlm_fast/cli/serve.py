@@ -21,12 +21,14 @@ def register(sub: Any) -> None:
     a("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default: embedded:heavy)")
     a("--light", help="light denoiser (default: embedded:light when --heavy is not given, else none)")
     check.add_checkpoint_arguments(p)
-    a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="compute dtype (default auto)")
+    a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+      help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively, else float32)")
     a("--tokenizer", help="'embedded', a tokenizer.json or a local HF tokenizer directory (default: embedded for "
                           "the embedded models, else none: token ids only)")
     a("--schedule", default=None, help=f"default model schedule of requests, two models only "
                                        f"(default {DEFAULT_SCHEDULE}); a request's 'schedule' overrides it")
-    a("--schedule-file", default=None, metavar="FILE", help="default time schedule of requests, a JSON file")
+    a("--schedule-file", default=None, metavar="FILE",
+      help="default time schedule of requests, a JSON file, instead of --schedule (default: none)")
     a("--steps", type=check.positive_int, default=None, help="default denoising steps (default: the length)")
     a("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     a("--threads", type=check.positive_int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -42,7 +44,8 @@ def register(sub: Any) -> None:
     a("--grace-period", type=check.non_negative_float, default=10.0,
       help="seconds in-flight requests get to finish after SIGTERM (default 10)")
     a("--model-name", default="mdlm-fast", help="the model id clients name (default mdlm-fast)")
-    a("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    a("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+      help="the server's log level on stderr (default warning)")
     p.set_defaults(func=_cmd_serve)
 
 
