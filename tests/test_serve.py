@@ -250,6 +250,17 @@ def test_a_failed_forward_is_a_500_and_the_server_goes_on(light, tokenizer):
         assert engine.rows_in_flight == 0
 
 
+def test_a_server_without_a_tokenizer_speaks_token_ids_only(light):
+    with LiveServer(SequentialEngine(light), None) as live:
+        refused = httpx.post(live.url + "/v1/completions", json={"prompt": [5, 6]}, timeout=TIMEOUT)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_tokenizer"
+        text = httpx.post(live.url + "/v1/generate", json={"length": 4, "return_text": True}, timeout=TIMEOUT)
+        assert text.status_code == 400 and text.json()["error"]["param"] == "return_text"
+        ids = httpx.post(live.url + "/v1/generate", json={"length": 4, "steps": 2, "seed": 1}, timeout=TIMEOUT).json()
+        want = sample(light, steps=2, batch_size=1, length=4, seed=1).tokens.tolist()
+        assert "texts" not in ids and ids["tokens"] == want
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}

@@ -9,6 +9,7 @@ holds the whole text with ``finish_reason: "length"``.
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from typing import Any
 
@@ -36,6 +37,9 @@ def parse_prompt(svc: Service, value: Any) -> list[int]:
 
 
 def parse(svc: Service, body: dict) -> tuple[Request, dict]:
+    if svc.tokenizer is None:
+        raise ApiError(400, "this server has no tokenizer, so no text to complete: use /v1/generate (token ids)",
+                       code="no_tokenizer")
     f = Fields(body)
     model = f.string("model", svc.settings.model_name)
     if model != svc.settings.model_name:
@@ -86,7 +90,7 @@ def parse(svc: Service, body: dict) -> tuple[Request, dict]:
 async def completions(svc: Service, http: HttpRequest) -> Response:
     request, how = parse(svc, await read_json_object(http, svc.settings.max_body_bytes))
     handle, future = svc.submit(request)
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": svc.started,
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": svc.settings.model_name}
     prompt_tokens = how["prompt_tokens"]
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": request.n * (request.length - prompt_tokens),
