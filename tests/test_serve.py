@@ -261,28 +261,46 @@ def test_a_server_without_a_tokenizer_speaks_token_ids_only(light):
         assert "texts" not in ids and ids["tokens"] == want
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):
+def start_server(tmp_path, *flags):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mdlm_fast.cli", "serve", "--port", "0", "--heavy", "embedded:light",
-                             "--tokenizer", "embedded", "--engine", "sequential", "--grace-period", "20"],
+                             "--tokenizer", "embedded", "--engine", "sequential", "--threads", "1", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True)
+    line = proc.stderr.readline()  # the announcement, once the app has started
+    if "listening on http://127.0.0.1:" not in line:
+        proc.kill()
+        raise AssertionError(line + proc.stderr.read())
+    return proc, line.split("listening on ")[1].split()[0]
+
+
+def in_flight_request(url: str, body: dict) -> tuple[threading.Thread, dict]:
+    """A request sent from a thread, returned once the server's engine holds its rows."""
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(r=httpx.post(url + "/v1/generate", json=body,
+                                                                        timeout=TIMEOUT)))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while httpx.get(url + "/health", timeout=TIMEOUT).json()["rows_in_flight"] == 0:
+        assert time.monotonic() < deadline and thread.is_alive(), "the request never reached the engine"
+        time.sleep(0.01)
+    return thread, result
+
+
+@pytest.mark.parametrize("grace, length, answer", [("20", 16, 200), ("1", 256, 503)])
+def test_sigterm_finishes_or_fails_in_flight_requests_and_exits_zero(tmp_path, grace, length, answer):
+    """Within the grace period the request finishes; past it, it is answered 503; either way exit 0."""
+    proc, url = start_server(tmp_path, "--grace-period", grace)
     try:
-        line = proc.stderr.readline()  # the announcement, once the app has started
-        assert "listening on http://127.0.0.1:" in line, line + proc.stderr.read()
-        url = line.split("listening on ")[1].split()[0]
-        result: dict = {}
-        thread = threading.Thread(target=lambda: result.update(r=httpx.post(
-            url + "/v1/generate", json={"length": 48, "steps": 48, "seed": 4}, timeout=TIMEOUT)))
-        thread.start()
-        deadline = time.monotonic() + 20
-        while httpx.get(url + "/health", timeout=TIMEOUT).json()["rows_in_flight"] == 0:
-            assert time.monotonic() < deadline and thread.is_alive(), "the request never reached the engine"
-            time.sleep(0.01)
+        thread, result = in_flight_request(url, {"length": length, "steps": length, "seed": 4})
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0, proc.stderr.read()
         thread.join(10)
-        assert result["r"].status_code == 200 and len(result["r"].json()["tokens"][0]) == 48
+        assert result["r"].status_code == answer, result["r"].text
+        if answer == 200:
+            assert len(result["r"].json()["tokens"][0]) == length
+        else:
+            assert result["r"].json()["error"]["code"] == "shutting_down"
         with pytest.raises(httpx.ConnectError):
             httpx.get(url + "/health", timeout=TIMEOUT)
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from typing import Any
 
@@ -104,4 +105,12 @@ def _cmd_serve(args) -> int:
         print(f"mdlm-fast serve: listening on {url} (engine {kind}, models {'/'.join(names)}, "
               f"model id {args.model_name})", file=sys.stderr, flush=True)
 
-    return serve(svc, sock, grace_period_s=args.grace_period, log_level=args.log_level, on_ready=announce)
+    code = serve(svc, sock, grace_period_s=args.grace_period, log_level=args.log_level, on_ready=announce)
+    if svc.loop.running:
+        # The engine thread is inside a forward (or a whole sample() call, for the sequential engine)
+        # that cannot be interrupted; every request has been answered, so leave now: letting the
+        # interpreter finalize under a running torch op aborts the process instead.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -15,6 +15,9 @@ from typing import Any
 from mdlm_fast.serve.engine_api import Completion, Request
 
 
+SHUTDOWN_MESSAGE = "the server shut down before this request finished"
+
+
 class ShuttingDown(RuntimeError):
     """The server is draining: no new requests, in-flight ones finish or fail."""
 
@@ -40,6 +43,11 @@ class EngineLoop:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def running(self) -> bool:
+        """Whether the engine thread is still alive (stop() gives up waiting on a step it cannot interrupt)."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def pending(self) -> int:
@@ -98,6 +106,10 @@ class EngineLoop:
             except RuntimeError:  # that event loop is closed: nobody waits any more
                 pass
 
+    def fail_in_flight(self) -> None:
+        """Fail (and cancel) every request still waiting for its result: the drain's deadline."""
+        self._fail_all(SHUTDOWN_MESSAGE, cancel=True)
+
     def stop_accepting(self) -> None:
         with self._lock:
             self._accepting = False
@@ -105,7 +117,7 @@ class EngineLoop:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Refuse new work, fail what is still in flight, and stop the thread (bounded wait)."""
         self.stop_accepting()
-        self._fail_all("the server shut down before this request finished", cancel=True)
+        self._fail_all(SHUTDOWN_MESSAGE, cancel=True)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

@@ -19,6 +19,7 @@ class _DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._svc = svc
         self._on_ready = on_ready
+        self._deadline: threading.Timer | None = None
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets=sockets)
@@ -27,6 +28,13 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig, frame) -> None:
         self._svc.loop.stop_accepting()  # requests on open keep-alive connections now get 503
+        if self._deadline is None:
+            # Fail what is still running shortly before uvicorn's grace period ends, so those clients
+            # get a 503 answer rather than a dropped connection.
+            grace = self.config.timeout_graceful_shutdown or 0.0
+            self._deadline = threading.Timer(max(0.0, grace - min(1.0, grace / 2)), self._svc.loop.fail_in_flight)
+            self._deadline.daemon = True
+            self._deadline.start()
         super().handle_exit(sig, frame)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from mdlm_fast.serve.engine_api import EngineError, QueueFull, Request
 from mdlm_fast.serve.errors import DEFAULT_MAX_BODY_BYTES, ApiError
-from mdlm_fast.serve.loop import EngineLoop, ShuttingDown
+from mdlm_fast.serve.loop import SHUTDOWN_MESSAGE, EngineLoop, ShuttingDown
 from mdlm_fast.serve.metrics import ServerMetrics
 from mdlm_fast.serve.streaming import MASK_PLACEHOLDER
 
@@ -95,4 +95,6 @@ class Service:
         return str(value)
 
     def failure(self, completion: Any) -> ApiError:
+        if completion.error == SHUTDOWN_MESSAGE:
+            return ApiError(503, completion.error, kind="server_error", code="shutting_down")
         return ApiError(500, completion.error or "the request failed", kind="server_error", code="generation_failed")
