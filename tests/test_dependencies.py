@@ -1,5 +1,6 @@
 """The suite's optional dependencies live in one place: the `test` extra of pyproject.toml, which
-requirements-dev.txt mirrors; every optional module a test imports is in it."""
+requirements-dev.txt mirrors (with the `lint` extra's tools); every optional module a test imports
+is in it."""
 import re
 from pathlib import Path
 
@@ -18,9 +19,9 @@ def _names(lines):
             if line.strip() and not line.strip().startswith(("#", "-"))}
 
 
-def test_requirements_dev_is_the_test_extra():
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
-    assert _names((ROOT / "requirements-dev.txt").read_text().splitlines()) == _names(extra)
+def test_requirements_dev_is_the_test_and_lint_extras():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert _names((ROOT / "requirements-dev.txt").read_text().splitlines()) == _names(extras["test"] + extras["lint"])
 
 
 def test_every_optional_module_the_tests_import_is_in_the_test_extra():

@@ -22,7 +22,7 @@ LIGHT = dict(hidden_dim=4, n_blocks=1, vocab_size=40)
 
 def test_the_noise_removal_forward_is_charged_to_the_model_that_runs_it():
     plain = schedule_flops(ModelSchedule.parse("H2-L1"), [HEAVY, LIGHT], 2, 3)
-    light_last = schedule_flops(ModelSchedule.parse("H2-L1"), [HEAVY, LIGHT], 2, 3, noise_removal=1)
+    light_last = schedule_flops(ModelSchedule.parse("H2-L1"), [HEAVY, LIGHT], 2, 3, noise_removal_model=1)
     assert light_last["per_model_forwards"] == (2, 2)
     assert light_last["total"] - plain["total"] == forward_flops(LIGHT, 2, 3)
 

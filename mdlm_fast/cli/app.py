@@ -2,8 +2,8 @@
 
 Subcommands: ``generate`` (the main job) and ``info`` (cli/generate.py); ``train`` and
 ``tokenizer`` (cli/train.py); ``evaluate``, ``importance``, ``search`` and ``calibrate``
-(cli/analysis.py). Results go to stdout, progress to stderr; bad arguments end with a one-line
-error and exit status 2.
+(cli/analysis.py); ``serve`` (cli/serve.py). Results go to stdout, progress to stderr; bad arguments
+end with a one-line error and exit status 2.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Sequence
 
-from mdlm_fast.cli import analysis, generate, train
+from mdlm_fast.cli import analysis, generate, serve, train
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError, OneLineParser
 
@@ -23,6 +23,7 @@ def build_parser() -> OneLineParser:
     generate.register(sub)  # generate, info
     train.register(sub)     # train, tokenizer
     analysis.register(sub)  # evaluate, importance, search, calibrate
+    serve.register(sub)     # serve (the serve extra)
     return parser
 
 

@@ -153,7 +153,10 @@ class Engine:
         check_temperature(temperature)
         if request.noise_removal not in NOISE_REMOVALS:
             raise ValueError(f"noise_removal must be one of {NOISE_REMOVALS}, got {request.noise_removal!r}")
-        schedule = resolve_schedule(request.schedule, steps).validate_for(len(self.models))
+        try:
+            schedule = resolve_schedule(request.schedule, steps).validate_for(len(self.models))
+        except ValueError as exc:  # ScheduleError included: name the field, as every other refusal does
+            raise ValueError(f"schedule: {exc}") from None
         prefix = _as_prefix(request.prefix, n, length, self.vocab_size, self.mask_index, self.device)
         x = torch.full((n, length), self.mask_index, dtype=torch.int64, device=self.device)
         if prefix is not None:

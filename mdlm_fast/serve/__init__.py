@@ -1,0 +1,1 @@
+"""mdlm-fast serve: an OpenAI-compatible HTTP server over one engine (the ASGI parts need the serve extra)."""
