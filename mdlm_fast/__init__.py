@@ -10,7 +10,12 @@ and time schedules, FLOPs); sampling/ (sample(), MDLM's sampler, the fast sample
 (tokenizer, corpus); analysis/ (metrics, judge, importance, search, calibration); training/
 (loop, export, BPE); util/ (atomic writes, strict JSON, validation); cli/ (the mdlm-fast command).
 """
-from mdlm_fast._build import build_info
+# First, before torch loads OpenMP: the mdlm-fast command's passive thread wait (util/threads.py).
+from mdlm_fast.util.threads import passive_wait_for_command_line as _passive_wait_for_command_line
+
+_passive_wait_for_command_line()
+
+from mdlm_fast._build import build_info  # noqa: E402
 from mdlm_fast.ops import compiled as ops
 from mdlm_fast.ops import reference
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig, load_judge, save_judge

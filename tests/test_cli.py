@@ -132,6 +132,12 @@ ERROR_CASES = [
     ("heavy-missing", ["generate", *SMALL, "--heavy", "/nonexistent/model"], "/nonexistent/model"),
     ("tokenizer-missing", ["generate", *SMALL, "--tokenizer", "/nonexistent/tok.json"], "/nonexistent/tok.json"),
     ("precision-fast", ["generate", *SMALL, "--sampler", "fast", "--precision", "fp32-mdlm"], "fp32-mdlm"),
+    ("mask-index-range", ["generate", *TINY, "--mask-index", "999999"],
+     "--mask-index 999999 is not a token id of"),
+    ("segments-default-count", ["generate", *TINY, "--schedule", "segments:11"],
+     "the default 10 segments need at least 10 steps, got steps=8"),
+    ("out-missing-parent", ["generate", *TINY, "--out", "{tmp}/no/such/samples.jsonl"], "/no/such (create it first)"),
+    ("heavy-is-the-judge", ["generate", *TINY, "--heavy", "embedded:judge"], "embedded:heavy and embedded:light"),
 ]
 
 

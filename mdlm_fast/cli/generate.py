@@ -190,9 +190,10 @@ def _cmd_generate(args) -> int:
     if args.out:
         from mdlm_fast.util.atomic import atomic_file
 
-        with atomic_file(args.out) as f:
-            for sample in report["samples"]:
-                f.write(dumps(sample) + "\n")
+        # seed and row reproduce a sample: the draws are keyed by (seed, row), whatever the batch.
+        with atomic_file(args.out, make_parents=False) as f:
+            for row, sample in enumerate(report["samples"]):
+                f.write(dumps({"seed": args.seed, "row": row, **sample}) + "\n")
     if args.json:
         print(dumps(report))
         return 0
@@ -211,7 +212,8 @@ def _print_report(report: dict, stats) -> None:
         print(f"--- sample {i} ---\n{body.strip()}\n")
     flops, quality = report["flops"], report["quality"]
     blocks = "/".join(str(b) for b in report["blocks"])
-    print(f"models {blocks} blocks, sampler {stats.sampler} ({stats.precision}), dtype {stats.dtype} "
+    precision = f" ({stats.precision})" if stats.sampler == "mdlm" else ""  # an option of the mdlm sampler only
+    print(f"models {blocks} blocks, sampler {stats.sampler}{precision}, dtype {stats.dtype} "
           f"({stats.dtype_reason}), {stats.steps} steps, "
           f"length {stats.length}, batch {stats.batch_size}, schedule {stats.schedule}")
     print(f"wall time {stats.wall_time_s:.2f} s; forwards per model {stats.forwards} "

@@ -68,9 +68,11 @@ MASK_FROM_CONFIG = "config"          # mask_index / mask_token_id in config.json
 MASK_APPENDED = "appended"           # the .ckpt's tokenizer has none: MDLM appends it, vocab_size - 1
 MASK_DEFAULT = "default"             # nothing recorded: vocab_size - 1
 _MASK_SOURCE_KEY = "_mask_index_source"
+MASK_INDEX_ARGUMENT = "mask_index="  # how errors about the mask_index argument start (the CLI names its flag)
 #: The trained models shipped inside the package: ``load_denoiser("embedded:heavy")``.
 EMBEDDED_DIR = ASSETS
 EMBEDDED_MODELS = ("heavy", "light")
+EMBEDDED_JUDGE = "judge"  # also in assets/, but a causal LM: analysis.judge loads it
 
 
 def resolve_embedded(path: str | os.PathLike) -> Path:
@@ -80,9 +82,12 @@ def resolve_embedded(path: str | os.PathLike) -> Path:
         return Path(path)
     name = text.split(":", 1)[1]
     target = EMBEDDED_DIR / name
-    if not (target / CONFIG_NAME).is_file():
-        shipped = sorted(p.name for p in EMBEDDED_DIR.glob("*") if (p / CONFIG_NAME).is_file()) if EMBEDDED_DIR.is_dir() else []
-        raise CheckpointError(f"no embedded model {name!r} in this build (shipped: {', '.join(shipped) or 'none'})")
+    if name == EMBEDDED_JUDGE:
+        raise CheckpointError("embedded:judge is the gen-PPL judge (a causal LM), not a denoiser: load it with "
+                              "load_judge('embedded'); the embedded denoisers are embedded:heavy and embedded:light")
+    if name not in EMBEDDED_MODELS or not (target / CONFIG_NAME).is_file():
+        shipped = [f"embedded:{m}" for m in EMBEDDED_MODELS if (EMBEDDED_DIR / m / CONFIG_NAME).is_file()]
+        raise CheckpointError(f"no embedded denoiser {name!r} in this build (shipped: {', '.join(shipped) or 'none'})")
     return target
 
 
@@ -127,6 +132,11 @@ def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
     _check_overrides(config_overrides)
     state, config, shadow = _read_any(path, ema, bool(trust_checkpoint), "mask_index" in config_overrides)
     fields = {**config, **config_overrides}
+    vocab = fields.get("vocab_size")
+    if mask_index is not None and isinstance(vocab, int) and isinstance(mask_index, int) \
+            and not 0 <= mask_index < vocab:
+        raise CheckpointError(f"{MASK_INDEX_ARGUMENT}{mask_index} is not a token id of {path}: its vocab_size "
+                              f"is {vocab} (ids 0 to {vocab - 1})")
     source = (MASK_FROM_ARGUMENT if "mask_index" in config_overrides
               else config.get(_MASK_SOURCE_KEY, MASK_FROM_CONFIG if "mask_index" in config else MASK_DEFAULT))
     if source == MASK_APPENDED and "mask_index" not in config_overrides:
@@ -245,6 +255,9 @@ def _read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> t
     else:
         raise CheckpointError(f"{file} has no 'state_dict' (keys: {_listing(list(ckpt))})")
     state = _backbone_state(_tensor_dict(raw_state, file), ignore_other_prefixes=is_lightning)
+    if not any(k == "vocab_embed.embedding" or k.startswith("blocks.") for k in state):
+        raise CheckpointError(f"{file} holds no MDLM DiT weights: no backbone.vocab_embed.embedding and no "
+                              f"backbone.blocks.* (its state_dict keys: {_listing(list(raw_state))})")
     config = _infer_config(state)
     if (file.parent / CONFIG_NAME).is_file():
         config.update(_read_config_json(file.parent))
@@ -267,7 +280,15 @@ def _torch_load(file: Path, trusted: bool) -> Any:
         except Exception as e:
             raise CheckpointError(f"corrupted checkpoint {file}: {e}") from e
     with open(file, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's format since 1.6 (even if truncated)
+        head = f.read(4)
+    is_zip = head == b"PK\x03\x04"  # torch.save's format since 1.6 (even if truncated)
+    if not head:
+        raise CheckpointError(f"{file} is empty (0 bytes): not a checkpoint")
+    if not is_zip and head[:1] != b"\x80":
+        # Not a zip archive and not a pickle (whose first byte is the PROTO opcode): no torch
+        # file at all, so trusting it could not help.
+        raise CheckpointError(f"{file} is not a torch checkpoint (neither a zip archive nor a pickle; it "
+                              f"starts with {head!r})")
     if not is_zip:
         # The legacy format reads storages through its own pickle hooks: only torch's
         # weights-only unpickler reads it without trusting the file.
@@ -530,8 +551,11 @@ def _make_config(fields: dict, path: Path) -> DiTConfig:
     except ValueError as e:
         hint = ""
         if "n_heads" in str(e):
-            hint = (" (n_heads cannot be inferred from weight shapes: put a config.json next to "
-                    "the checkpoint or pass n_heads=...)")
+            config_file = (path if path.is_dir() else path.parent) / CONFIG_NAME
+            where = (f"add \"n_heads\" to {config_file}" if config_file.is_file()
+                     else f"put a config.json with \"n_heads\" next to the checkpoint")
+            hint = (f" (n_heads cannot be inferred from weight shapes: {where}; from Python, "
+                    f"load_denoiser(..., n_heads=N) also does)")
         raise CheckpointError(f"bad config for {path}: {e}{hint}") from e
 
 

@@ -505,7 +505,13 @@ def _parse_colon_form(cls, head: str, body: str, steps: Optional[int]) -> ModelS
         n_segments = _parse_int(seg.group(1), "segment count") if seg.group(1) else 10
         items = [] if not body else [s.strip() for s in body.split(",")]
         chosen = [_parse_int(s, "segment index") for s in items]
-        return cls.segments(_need_steps(steps, "'segments:...'"), chosen, n_segments)
+        steps = _need_steps(steps, "'segments:...'")
+        if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < n_segments:
+            # The segment count is easy to miss when it is the default: name where it came from.
+            given = f"segments/{n_segments}" if seg.group(1) else f"the default {n_segments} segments"
+            raise ScheduleError(f"{given} need at least {n_segments} steps, got steps={steps}; write "
+                                f"'segments/N:i,j,...' with N <= {steps}")
+        return cls.segments(steps, chosen, n_segments)
     if key not in PLACEMENTS:
         raise ScheduleError(
             f"unknown placement {head!r}; expected one of {', '.join(PLACEMENTS)}, 'segments' or 'all'"
