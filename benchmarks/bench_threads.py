@@ -18,10 +18,12 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,30 +46,48 @@ MATMUL_LOOP = ("import time, torch\ntorch.set_num_threads(2)\na = torch.randn(51
                "end = time.time() + {limit}\nwhile time.time() < end: a @ a\n")
 
 
-def _worker_cpu_config(threads: int | None) -> None:
-    """The `cpu` config of bench_sampler.py at a reduced size: heavy only, 6 steps, batch 2; prints
-    the sampling time as JSON."""
-    sys.path.insert(0, str(HERE))
+CPU_STEPS, CPU_BATCH = 4, 1
+
+
+def _cpu_config():
     import dataclasses
 
+    sys.path.insert(0, str(HERE))
+    from common import CONFIGS
+
+    return dataclasses.replace(CONFIGS["cpu"], steps=CPU_STEPS, batch_size=CPU_BATCH)
+
+
+def _save_cpu_model(directory: Path) -> Path:
+    """The `cpu` config's heavy model, made once and loaded by every measurement (a random init of
+    its size takes longer than the sampling measured)."""
+    import mdlm_fast as mf
+    from common import random_model
+
+    config = _cpu_config()
+    return mf.save_denoiser(random_model(config, config.heavy_blocks, seed=0), directory / "cpu-heavy")
+
+
+def _worker_cpu_config(model_dir: str, threads: int | None) -> None:
+    """The `cpu` config of bench_sampler.py at a reduced size (heavy only, CPU_STEPS steps, batch
+    CPU_BATCH); prints the sampling time as JSON."""
     import torch
 
     import mdlm_fast as mf
-    from common import CONFIGS, random_model
 
     if threads:
         torch.set_num_threads(threads)
-    config = dataclasses.replace(CONFIGS["cpu"], steps=6, batch_size=2)
-    model = random_model(config, config.heavy_blocks, seed=0)
+    config = _cpu_config()
+    model = mf.load_denoiser(model_dir)
     result = mf.sample([model], steps=config.steps, batch_size=config.batch_size, length=config.length,
                        schedule="heavy", seed=0, dtype="auto", progress=False)
     print(json.dumps({"sampling_s": result.stats.wall_time_s, "threads": torch.get_num_threads()}))
 
 
-def _job_command(job: str, threads: int | None) -> list[str]:
+def _job_command(job: str, threads: int | None, cpu_model: Path | None) -> list[str]:
     if job == "main":
         return [sys.executable, "-m", "mdlm_fast.cli", *MAIN_JOB, *(["--threads", str(threads)] if threads else [])]
-    return [sys.executable, str(Path(__file__).resolve()), "--worker-cpu-config",
+    return [sys.executable, str(Path(__file__).resolve()), "--worker-cpu-config", str(cpu_model),
             *(["--worker-threads", str(threads)] if threads else [])]
 
 
@@ -86,13 +106,13 @@ def _library_environment(job: str, variant: str, extra: dict) -> dict:
     return extra
 
 
-def measure(job: str, variant: str, timeout_s: float) -> dict:
+def measure(job: str, variant: str, timeout_s: float, cpu_model: Path | None = None) -> dict:
     extra, threads = VARIANTS[variant]
     env = _environment(_library_environment(job, variant, extra))
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     try:
-        out = subprocess.run(_job_command(job, threads), env=env, capture_output=True, text=True,
+        out = subprocess.run(_job_command(job, threads, cpu_model), env=env, capture_output=True, text=True,
                              timeout=timeout_s, cwd=ROOT)
         wall = time.perf_counter() - start
         if out.returncode != 0:
@@ -142,42 +162,36 @@ def main(argv=None) -> None:
     parser.add_argument("--conditions", default="quiet,busy-core,load-4")
     parser.add_argument("--jobs", default="main,cpu", help="main (mdlm-fast generate, small) and/or cpu")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpu-variants", default="default,threads-1,spin-default",
+                        help="of the cpu-config job (default: threads-2 left out, the default's own count on 2 cores)")
+    parser.add_argument("--repeats", type=int, default=3, help="of the main job")
+    parser.add_argument("--cpu-repeats", type=int, default=2, help="of the cpu-config job")
     parser.add_argument("--timeout", type=float, default=90.0, help="per measurement; a run past it counts as it")
-    parser.add_argument("--competitor-limit", type=float, default=600.0,
+    parser.add_argument("--competitor-limit", type=float, default=900.0,
                         help="seconds after which a competitor ends on its own")
     parser.add_argument("--name", default="threads_cpu")
-    parser.add_argument("--worker-cpu-config", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-cpu-config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_cpu_config:
-        _worker_cpu_config(args.worker_threads)
+        _worker_cpu_config(args.worker_cpu_config, args.worker_threads)
         return
 
+    # SIGTERM unwinds like Ctrl-C, so that the competitors' finally block runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path.insert(0, str(HERE))
     from common import machine_profile  # noqa: E402  (imports torch: the parent's policy does not matter)
 
     rows, started = [], time.time()
-    variants = args.variants.split(",")
-    for condition in args.conditions.split(","):
-        for job in args.jobs.split(","):
-            runs = {v: [] for v in variants}
-            with competitors(condition, args.competitor_limit) as pids:
-                for repeat in range(args.repeats):
-                    for variant in (variants if repeat % 2 == 0 else variants[::-1]):
-                        runs[variant].append(measure(job, variant, args.timeout))
-            best = min((statistics.median([r["wall_s"] for r in runs[v]]) for v in variants if v.startswith("threads-")),
-                       default=float("nan"))
-            for variant in variants:
-                row = {"condition": condition, "job": job, "variant": variant, "competitors": len(pids),
-                       **summarize(runs[variant])}
-                row["vs_best_explicit"] = row["median_wall_s"] / best
-                rows.append(row)
-                print(f"{condition:10s} {job:5s} {variant:13s} {row['median_wall_s']:7.2f} s "
-                      f"(sampling {row['median_sampling_s'] or float('nan'):6.2f} s) {row['vs_best_explicit']:5.2f}x best"
-                      f"  load {row['load_before'][0]:.1f}->{row['load_after'][-1]:.1f}", flush=True)
+    variants, jobs = args.variants.split(","), args.jobs.split(",")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-threads-"))
+    try:
+        cpu_model = _save_cpu_model(scratch) if "cpu" in jobs else None
+        rows = _run_conditions(args, variants, jobs, cpu_model)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     payload = {"benchmark": "bench_threads", "main_job": ["mdlm-fast", *MAIN_JOB],
-               "cpu_job": "bench_sampler cpu config, heavy only, 6 steps, batch 2, dtype auto",
+               "cpu_job": f"bench_sampler cpu config, heavy only, {CPU_STEPS} steps, batch {CPU_BATCH}, dtype auto",
                "variants": {k: {"env": v[0], "threads": v[1]} for k, v in VARIANTS.items()},
                "total_s": time.time() - started,
                "note": "shared machine: 'quiet' has no competitor of ours; other users' load is in load_before/after",
@@ -185,6 +199,33 @@ def main(argv=None) -> None:
     from common import write_results  # noqa: E402
 
     print(f"results: {write_results(args.name, payload, rows)}")
+
+
+def _run_conditions(args, all_variants, jobs, cpu_model) -> list[dict]:
+    rows = []
+    for condition in args.conditions.split(","):
+        for job in jobs:
+            variants = all_variants if job == "main" else args.cpu_variants.split(",")
+            runs = {v: [] for v in variants}
+            with competitors(condition, args.competitor_limit) as pids:
+                for repeat in range(args.repeats if job == "main" else args.cpu_repeats):
+                    for variant in (variants if repeat % 2 == 0 else variants[::-1]):
+                        runs[variant].append(measure(job, variant, args.timeout, cpu_model))
+            explicit = [v for v in variants if v.startswith("threads-")]
+            best = min((statistics.median([r["wall_s"] for r in runs[v]]) for v in explicit), default=float("nan"))
+            best_sampling = min((statistics.median([r["sampling_s"] or float("inf") for r in runs[v]]) for v in explicit),
+                                default=float("nan"))
+            for variant in variants:
+                row = {"condition": condition, "job": job, "variant": variant, "competitors": len(pids),
+                       **summarize(runs[variant])}
+                row["vs_best_explicit"] = row["median_wall_s"] / best
+                row["sampling_vs_best_explicit"] = (row["median_sampling_s"] / best_sampling
+                                                    if row["median_sampling_s"] else None)
+                rows.append(row)
+                print(f"{condition:10s} {job:5s} {variant:13s} {row['median_wall_s']:7.2f} s "
+                      f"(sampling {row['median_sampling_s'] or float('nan'):6.2f} s) {row['vs_best_explicit']:5.2f}x best"
+                      f"  load {row['load_before'][0]:.1f}->{row['load_after'][-1]:.1f}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
