@@ -185,23 +185,28 @@ def main(argv=None) -> None:
     rows, started = [], time.time()
     variants, jobs = args.variants.split(","), args.jobs.split(",")
     scratch = Path(tempfile.mkdtemp(prefix="bench-threads-"))
-    try:
-        cpu_model = _save_cpu_model(scratch) if "cpu" in jobs else None
-        rows = _run_conditions(args, variants, jobs, cpu_model)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    payload = {"benchmark": "bench_threads", "main_job": ["mdlm-fast", *MAIN_JOB],
-               "cpu_job": f"bench_sampler cpu config, heavy only, {CPU_STEPS} steps, batch {CPU_BATCH}, dtype auto",
-               "variants": {k: {"env": v[0], "threads": v[1]} for k, v in VARIANTS.items()},
-               "total_s": time.time() - started,
-               "note": "shared machine: 'quiet' has no competitor of ours; other users' load is in load_before/after",
-               "machine": machine_profile(with_peaks=False)}
     from common import write_results  # noqa: E402
 
-    print(f"results: {write_results(args.name, payload, rows)}")
+    def save(rows, complete):
+        # After every condition and job, so that a stopped run keeps what it measured.
+        payload = {"benchmark": "bench_threads", "main_job": ["mdlm-fast", *MAIN_JOB], "complete": complete,
+                   "cpu_job": f"bench_sampler cpu config, heavy only, {CPU_STEPS} steps, batch {CPU_BATCH}, dtype auto",
+                   "variants": {k: {"env": v[0], "threads": v[1]} for k, v in VARIANTS.items()},
+                   "total_s": time.time() - started, "command": sys.argv[1:],
+                   "note": "shared machine: 'quiet' has no competitor of ours; other users' load is in "
+                           "load_before/after", "machine": profile}
+        return write_results(args.name, payload, rows)
+
+    profile = machine_profile(with_peaks=False)
+    try:
+        cpu_model = _save_cpu_model(scratch) if "cpu" in jobs else None
+        rows = _run_conditions(args, variants, jobs, cpu_model, lambda rows: save(rows, False))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"results: {save(rows, True)}")
 
 
-def _run_conditions(args, all_variants, jobs, cpu_model) -> list[dict]:
+def _run_conditions(args, all_variants, jobs, cpu_model, save) -> list[dict]:
     rows = []
     for condition in args.conditions.split(","):
         for job in jobs:
@@ -225,6 +230,7 @@ def _run_conditions(args, all_variants, jobs, cpu_model) -> list[dict]:
                 print(f"{condition:10s} {job:5s} {variant:13s} {row['median_wall_s']:7.2f} s "
                       f"(sampling {row['median_sampling_s'] or float('nan'):6.2f} s) {row['vs_best_explicit']:5.2f}x best"
                       f"  load {row['load_before'][0]:.1f}->{row['load_after'][-1]:.1f}", flush=True)
+            save(rows)
     return rows
 
 

@@ -274,7 +274,9 @@ def add_generate_arguments(gen) -> None:
       help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)")
     a("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     a("--threads", type=check.positive_int, default=None,
-      help="torch CPU threads; fewer is often faster on a busy machine (default: torch's choice)")
-    a("--out", help="also write the samples to this file as JSON lines (default: none)")
+      help="torch CPU threads; idle ones sleep (OMP_WAIT_POLICY=PASSIVE unless set), so the default holds up on "
+           "a busy machine (default: torch's choice, one per core)")
+    a("--out", help="also write the samples to this file as JSON lines with seed, row, tokens and text; its "
+                    "directory must exist, an existing file keeps its mode, a read-only one is refused (default: none)")
     a("--json", action="store_true", help="the whole report as one JSON object on stdout")
     a("--no-progress", action="store_true", help="no progress bar on stderr (--json implies it)")

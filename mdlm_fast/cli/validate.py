@@ -152,6 +152,8 @@ def output_file(flag: str, path: str | os.PathLike | None) -> Path | None:
         raise CliError(f"{flag} {target} is a directory; expected a file name")
     if target.exists() and not target.is_file():
         raise CliError(f"{flag} {target} is not a regular file")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise CliError(f"{flag} {target}: {target.parent} is not a directory")
     if not target.parent.is_dir():
         raise CliError(f"{flag} {target}: no directory {target.parent} (create it first)")
     try:
