@@ -9,7 +9,8 @@ and stopped by this script, each also ends on its own after --competitor-limit s
 outlives an interrupted run. The load average is recorded before and after every measurement: on a
 shared machine "quiet" means "no competitor of ours", not an idle machine.
 
-  python benchmarks/bench_threads.py                      # all conditions, both jobs (~10 min)
+  python benchmarks/bench_threads.py                      # all conditions, both jobs (~30 min at load 10)
+  python benchmarks/bench_threads.py --jobs main --repeats 2   # the committed run (19 min at load 10)
   python benchmarks/bench_threads.py --conditions quiet --jobs main --repeats 1
 """
 from __future__ import annotations
