@@ -38,7 +38,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-from common import BlockTimer, machine_info, parse_run_arguments, random_model, summary, write_results  # noqa: E402
+from common import (  # noqa: E402
+    BlockTimer,
+    add_throughput,
+    machine_info,
+    parse_run_arguments,
+    random_model,
+    summary,
+    write_results,
+)
 
 import mdlm_fast as mf  # noqa: E402
 from mdlm_fast.models.compute_dtype import cast_module, resolve_dtype  # noqa: E402
@@ -306,6 +314,7 @@ def main(argv=None):
         measured = run_cases(config, models, [case], variants, args.repeats, reference_repeats=args.reference_repeats,
                              time_blocks=False)
         rows = ablation_rows(case, variants, measured)
+        add_throughput(rows, meta["machine"].get("peaks", {}))
         path = write_results(args.name or f"ablation_{config.name}", {"benchmark": "bench_ablation", **meta}, rows)
         for r in rows:
             gain = f"{r['speedup_vs_previous']:.2f}x" if r["speedup_vs_previous"] else "  –  "
@@ -332,12 +341,14 @@ def main(argv=None):
     measured = run_cases(config, models, cases, variants, args.repeats, reference_keys=reference_keys,
                          reference_repeats=args.reference_repeats, time_blocks=time_blocks)
     rows = table_rows(cases, variants, measured, cases[0].key if cases[0].light_fraction == 0 else None)
+    add_throughput(rows, meta["machine"].get("peaks", {}))
     path = write_results(name, {"benchmark": "bench_sampler", "light_sweep": args.light_sweep,
                                 "time_blocks": time_blocks, **meta}, rows)
     nan = float("nan")
     for r in rows:
         print(f"{r['variant']:15s} L{r['light_blocks']:<2d} f={r['light_fraction']:.2f} "
               f"pred {r['predicted_saving']:.3f}  {r['median_s']:8.2f} s (±{r['spread']:.1%})  "
+              f"{r['executed_gflop_per_s']:6.0f} GFLOP/s ({r['fraction_of_gemm_peak'] or nan:.0%} of GEMM peak)  "
               f"vs MDLM speed {r['speedup_vs_mdlm_speed'] or nan:.2f}x  "
               f"speedup {r['speedup_vs_own_all_heavy'] or nan:.3f}  "
               f"realized/pred {r['realized_over_predicted'] or nan:.3f}  "

@@ -5,6 +5,7 @@ docs/design.md keeps.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -115,6 +116,67 @@ def summary(times: list[float]) -> dict:
             "spread": (max(times) - min(times)) / (2 * med) if med else 0.0, "repeats": len(times)}
 
 
+def cpu_model_and_flags() -> dict:
+    """The CPU's model name and feature flags (from /proc/cpuinfo where there is one)."""
+    model, flags = platform.processor() or platform.machine(), []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() == "flags" and value.strip():
+                flags = value.split()
+                break
+    return {"cpu_model": model, "cpu_flags": flags}
+
+
+def _best_rate(fn, work: float, device: str, min_s: float = 0.4, max_repeats: int = 20) -> float:
+    """``work`` units per second of the fastest of repeated calls; a first call slower than
+    ``min_s`` (a dtype the CPU only emulates) is the measurement, to keep the run short."""
+    best = timed(fn, device)  # also the warm-up
+    spent, n = best, 0
+    while spent < min_s and n < max_repeats:
+        t = timed(fn, device)
+        best, spent, n = min(best, t), spent + t, n + 1
+    return work / best
+
+
+def measure_peaks(device: str = "cpu", gemm_n: int = 1024, read_mb: int = 256) -> dict:
+    """The machine's own yardsticks, measured in this run at this run's thread count: the GFLOP/s
+    of a large bf16 and fp32 GEMM and the read bandwidth (GB/s, a sum over a buffer far larger than
+    the caches). Seconds do not travel between machines; fractions of these do."""
+    peaks = {"gemm_n": gemm_n, "threads": torch.get_num_threads()}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(gemm_n, gemm_n, device=device).to(dtype)
+        b = torch.randn(gemm_n, gemm_n, device=device).to(dtype)
+        name = str(dtype).replace("torch.", "")
+        peaks[f"gemm_{name}_gflop_per_s"] = _best_rate(lambda a=a, b=b: a @ b, 2 * gemm_n ** 3 / 1e9, device)
+    buf = torch.ones(read_mb * 2 ** 20 // 4, device=device)
+    peaks["read_gb_per_s"] = _best_rate(lambda: buf.sum(), buf.numel() * 4 / 1e9, device)
+    return peaks
+
+
+def machine_profile(device: str = "cpu", *, with_peaks: bool = True) -> dict:
+    """CPU model and flags, threads, load average and (unless turned off) the measured peaks."""
+    info = {**cpu_model_and_flags(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg())}
+    if with_peaks:
+        info["peaks"] = measure_peaks(device)
+    return info
+
+
+def add_throughput(rows: list[dict], peaks: dict) -> None:
+    """Each row's executed GFLOP/s (executed GFLOPs over its median seconds) and its fraction of the
+    measured GEMM peak of the row's dtype."""
+    for row in rows:
+        if not row.get("executed_gflops") or not row.get("median_s"):
+            continue
+        rate = row["executed_gflops"] / row["median_s"]
+        peak = peaks.get(f"gemm_{row.get('dtype', 'float32')}_gflop_per_s")
+        row["executed_gflop_per_s"] = rate
+        row["fraction_of_gemm_peak"] = rate / peak if peak else None
+
+
 def machine_info(config: BenchConfig) -> dict:
     try:
         revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -127,6 +189,7 @@ def machine_info(config: BenchConfig) -> dict:
         "mdlm_fast": mf.__version__, "git_revision": revision, "dtype": str(config.dtype).replace("torch.", ""),
         "device": config.device, "build": mf.build_info(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **machine_profile(config.device),
     }
     if config.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()

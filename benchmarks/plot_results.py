@@ -122,6 +122,28 @@ def plot_engine(path: Path) -> Path:
     return _save(fig, left, path, legend_size=8)
 
 
+def plot_threads(path: Path) -> Path:
+    """Median seconds of each thread setting, grouped by competitor condition; runs stopped at the
+    time limit are hatched (their bar is the limit, a lower bound)."""
+    data = json.loads(path.read_text())
+    rows = [r for r in data["rows"] if r["job"] == "main"] or data["rows"]
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        for j, condition in enumerate(conditions):
+            row = next((r for r in rows if r["variant"] == variant and r["condition"] == condition), None)
+            if row:
+                ax.bar(j + i * width, row["median_wall_s"], width, color=f"C{i}", hatch="//" if row["timed_out"] else None,
+                       label=variant if j == 0 else None)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(conditions))], conditions)
+    ax.set_ylabel("main job, median seconds (start to exit)")
+    ax.set_title(f"threads under contention, {data['machine'].get('cpu_model', '')} ({data['machine']['cpu_count']} cores)",
+                 fontsize=10)
+    return _save(fig, ax, path, legend_size=8, grid_axis="y")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of results files (default: %(default)s)")
@@ -137,6 +159,8 @@ def main(argv=None):
             drawn.append(plot_head(path))
         elif kind == "bench_engine":
             drawn.append(plot_engine(path))
+        elif kind == "bench_threads":
+            drawn.append(plot_threads(path))
     for out in drawn:
         print(out)
     if not drawn:

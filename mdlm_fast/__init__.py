@@ -5,6 +5,11 @@ sampling kernels computed only where a step reveals tokens, and the analysis too
 schedules. This module is the public facade: everything a user calls is importable from here.
 See README.md; the layout (one folder per concept) and the math are in docs/design.md.
 """
+# First, before torch loads OpenMP: the mdlm-fast command's passive thread wait (util/threads.py).
+from mdlm_fast.util.threads import passive_wait_for_command_line as _passive_wait_for_command_line
+
+_passive_wait_for_command_line()
+
 from mdlm_fast._build import build_info
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig, load_judge, save_judge
 from mdlm_fast.analysis.metrics import (

@@ -1,13 +1,14 @@
 """Loads the compiled extension (which registers torch.ops.mdlm_fast.*) and reports what it holds."""
 from __future__ import annotations
 
-import torch  # noqa: F401  (loads libtorch, which the extension links against)
+import torch  # loads libtorch, which the extension links against
 
 try:
     from mdlm_fast import _C  # type: ignore[attr-defined]  # noqa: F401  (importing registers the operators)
 except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError(
-        "mdlm_fast's compiled extension is missing. Install the package with "
+        f"mdlm_fast's compiled extension is missing, or was built against another torch than this "
+        f"{torch.__version__} (an 'undefined symbol' below). Install the package with "
         "`pip install --no-build-isolation .` (or `-e .`) so the operators are built "
         f"against your torch. Original error: {exc}") from exc
 

@@ -262,7 +262,7 @@ def test_analysis_json_is_strict(models, tmp_path, capsys):
 def test_without_matplotlib_results_are_written_and_plots_skipped_with_a_note(models, tmp_path, capsys, monkeypatch):
     from mdlm_fast.cli import analysis as cli_analysis
 
-    monkeypatch.setattr(cli_analysis, "_can_plot", lambda: False)
+    monkeypatch.setattr(cli_analysis, "_matplotlib_installed", lambda: False)
     code, _, err = _run(["importance", *_pair(models), "--windows", "2", "--window-length", "16", "--t-points", "2",
                          "--no-progress", "--out", str(tmp_path)], capsys)
     assert code == 0 and "matplotlib is not installed" in err and len(err.strip().splitlines()) == 1

@@ -151,7 +151,9 @@ def test_report_prints_a_table_per_results_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| fast-float32 |")]
     assert len(lines) == 2
-    speedup_column = [line.split("|")[8] for line in lines]
+    cells = [line.split("|") for line in lines]
+    assert all(float(c[7]) > 0 and c[8].strip().endswith("%") for c in cells)  # GFLOP/s and its share of the peak
+    speedup_column = [c[10] for c in cells]
     assert speedup_column[0].strip() == "1.000"  # all-heavy against itself, every repeat
     assert "–" in speedup_column[1]  # the all-light row shows its per-repeat range
 

@@ -70,7 +70,7 @@ def test_generate_refuses_a_mask_index_outside_the_vocabulary(tmp_path, evil_ckp
     file, created = evil_ckpt
     proc = run_cli("generate", "--heavy", str(file), "--mask-index", "37", "--steps", "2", "--length", "4",
                    cwd=tmp_path)
-    assert_one_line_error(proc, "mask_index (37)", "vocab_size=37")
+    assert_one_line_error(proc, "--mask-index 37 is not a token id of", "its vocab_size is 37")
     assert not created.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["evil.ckpt"]
 
 

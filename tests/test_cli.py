@@ -135,6 +135,12 @@ ERROR_CASES = [
     ("precision-fast", ["generate", *SMALL, "--sampler", "fast", "--precision", "fp32-mdlm"], "fp32-mdlm"),
     ("num-samples-sampler", ["generate", *SMALL, "--num-samples", "3", "--sampler", "mdlm"], "--num-samples"),
     ("max-rows-alone", ["generate", *SMALL, "--max-rows", "4"], "--max-rows is the engine's row budget"),
+    ("mask-index-range", ["generate", *TINY, "--mask-index", "999999"],
+     "--mask-index 999999 is not a token id of"),
+    ("segments-default-count", ["generate", *TINY, "--schedule", "segments:11"],
+     "the default 10 segments need at least 10 steps, got steps=8"),
+    ("out-missing-parent", ["generate", *TINY, "--out", "{tmp}/no/such/samples.jsonl"], "/no/such (create it first)"),
+    ("heavy-is-the-judge", ["generate", *TINY, "--heavy", "embedded:judge"], "the embedded models are embedded:heavy, embedded:light"),
 ]
 
 

@@ -51,5 +51,5 @@ def test_embedded_assets_fit_the_wheel_budget():
 
 
 def test_unknown_embedded_name_is_a_clear_error():
-    with pytest.raises(mf.CheckpointError, match="no embedded model 'huge'"):
+    with pytest.raises(mf.CheckpointError, match="no embedded model .huge.; the embedded models are embedded:heavy, embedded:light"):
         mf.load_denoiser("embedded:huge")

@@ -153,6 +153,7 @@ def register(sub: Any) -> None:
 
 def _setup(args) -> None:
     """Checks every subcommand shares, before any model is loaded."""
+    _PLOT_NOTE_SHOWN.clear()
     check.threads(args.threads)
     check.output_dir("--out", args.out)
     check.checkpoint("--heavy", args.heavy or "embedded:heavy")
@@ -166,15 +167,28 @@ def _setup(args) -> None:
         check.text("--data", args.data)
     if getattr(args, "heavy_twin", None) is not None:
         check.checkpoint("--heavy-twin", args.heavy_twin)
-    if not _can_plot():
-        print("mdlm-fast: note: matplotlib is not installed, so no PNG plots are drawn "
-              "(pip install 'mdlm_fast[plot]'); JSON and CSV are written as usual", file=sys.stderr)
 
 
-def _can_plot() -> bool:
+_PLOT_NOTE_SHOWN: set = set()  # the note is shown once per command run (_setup clears it)
+
+
+def _matplotlib_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def _can_plot() -> bool:
+    """Whether PNG plots can be drawn; where not, one note on stderr, at the point the plots are
+    skipped (after the results, so that an error is the only line a failed run prints)."""
+    if _matplotlib_installed():
+        return True
+    if _PLOT_NOTE_SHOWN:
+        return False
+    _PLOT_NOTE_SHOWN.add(True)
+    print("mdlm-fast: note: matplotlib is not installed, so no PNG plots are drawn "
+          "(pip install 'mdlm_fast[plot]'); JSON and CSV are written as usual", file=sys.stderr)
+    return False
 
 
 def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:

@@ -15,9 +15,17 @@ from mdlm_fast.cli import analysis, generate, serve, train
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError, OneLineParser
 
+DESCRIPTION = ("Fast sampling for masked diffusion language models (MDLMs): sample from a heavy/light pair "
+               "of denoisers under a model schedule, and measure, search and calibrate schedules.")
+EPILOG = ("Start with `mdlm-fast generate` (no checkpoint or network needed: the embedded models). "
+          "Each command has its own --help. On a busy machine try --threads 1.")
+
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="mdlm-fast", description=__doc__.splitlines()[0])
+    from mdlm_fast.version import __version__
+
+    parser = OneLineParser(prog="mdlm-fast", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"mdlm-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     generate.register(sub)  # generate, info

@@ -210,9 +210,10 @@ def _cmd_generate(args) -> int:
     if args.out:
         from mdlm_fast.util.atomic import atomic_file
 
-        with atomic_file(args.out) as f:
-            for sample in report["samples"]:
-                f.write(dumps(sample) + "\n")
+        # seed and row reproduce a sample: the draws are keyed by (seed, row), whatever the batch.
+        with atomic_file(args.out, make_parents=False) as f:
+            for row, sample in enumerate(report["samples"]):
+                f.write(dumps({"seed": args.seed, "row": row, **sample}) + "\n")
     if args.json:
         print(dumps(report))
         return 0
@@ -235,7 +236,8 @@ def _print_report(report: dict, stats) -> None:
         print(f"--- sample {i} ---\n{body.strip()}\n")
     flops, quality = report["flops"], report["quality"]
     blocks = "/".join(str(b) for b in report["blocks"])
-    print(f"models {blocks} blocks, sampler {stats.sampler} ({stats.precision}), dtype {stats.dtype} "
+    precision = f" ({stats.precision})" if stats.sampler == "mdlm" else ""  # an option of the mdlm sampler only
+    print(f"models {blocks} blocks, sampler {stats.sampler}{precision}, dtype {stats.dtype} "
           f"({stats.dtype_reason}), {stats.steps} steps, "
           f"length {stats.length}, batch {stats.batch_size}, schedule {stats.schedule}")
     print(f"wall time {stats.wall_time_s:.2f} s; forwards per model {stats.forwards} "
@@ -305,7 +307,9 @@ def add_generate_arguments(gen) -> None:
       help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)")
     a("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     a("--threads", type=check.positive_int, default=None,
-      help="torch CPU threads; fewer is often faster on a busy machine (default: torch's choice)")
-    a("--out", help="also write the samples to this file as JSON lines (default: none)")
+      help="torch CPU threads; idle ones sleep (OMP_WAIT_POLICY=PASSIVE unless set), so the default holds up on "
+           "a busy machine (default: torch's choice, one per core)")
+    a("--out", help="also write the samples to this file as JSON lines with seed, row, tokens and text; its "
+                    "directory must exist, an existing file keeps its mode, a read-only one is refused (default: none)")
     a("--json", action="store_true", help="the whole report as one JSON object on stdout")
     a("--no-progress", action="store_true", help="no progress bar on stderr (--json implies it)")

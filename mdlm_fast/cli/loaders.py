@@ -7,10 +7,15 @@ from mdlm_fast.cli.validate import CliError
 
 def load_model(path: str, flag: str, args):
     """The denoiser at ``path`` (a checkpoint spec), read as ``--trust-checkpoint`` / ``--mask-index`` say."""
-    from mdlm_fast.models.checkpoint import load_denoiser
+    from mdlm_fast.models.checkpoint import MASK_INDEX_ARGUMENT, CheckpointError, load_denoiser
 
-    return load_denoiser(check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint,
-                         mask_index=args.mask_index)
+    try:
+        return load_denoiser(check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint,
+                             mask_index=args.mask_index)
+    except CheckpointError as exc:
+        if args.mask_index is not None and str(exc).startswith(MASK_INDEX_ARGUMENT):
+            raise CliError(f"--mask-index {str(exc)[len(MASK_INDEX_ARGUMENT):]}") from None
+        raise
 
 
 def check_scheduled_pair(models, names) -> None:

@@ -140,17 +140,27 @@ def _probe_writable(flag: str, directory: Path, target: Path) -> None:
 
 
 def output_file(flag: str, path: str | os.PathLike | None) -> Path | None:
-    """``path`` can be written as a file: not a directory, under a writable directory (missing
-    directories are created only when the result is written)."""
+    """``path`` can be written as a file: not a directory, in an existing writable directory (a
+    missing one is an error naming it, as for any program that opens a file), and not a read-only
+    file (util/atomic.py keeps an existing file's mode)."""
     if path is None:
         return None
+    from mdlm_fast.util.atomic import ReadOnlyFileError, file_mode_for
+
     target = Path(path).expanduser()
     if target.is_dir():
         raise CliError(f"{flag} {target} is a directory; expected a file name")
     if target.exists() and not target.is_file():
         raise CliError(f"{flag} {target} is not a regular file")
-    parent = target.parent if target.parent.exists() else _existing_ancestor(target)
-    _probe_writable(flag, parent, target)
+    if target.parent.exists() and not target.parent.is_dir():
+        raise CliError(f"{flag} {target}: {target.parent} is not a directory")
+    if not target.parent.is_dir():
+        raise CliError(f"{flag} {target}: no directory {target.parent} (create it first)")
+    try:
+        file_mode_for(target)
+    except ReadOnlyFileError as exc:
+        raise CliError(f"{flag} {exc}") from None
+    _probe_writable(flag, target.parent, target)
     return target
 
 
@@ -222,28 +232,14 @@ def device(flag: str, spec: str | None) -> Any:
     build has kernels for it."""
     import torch
 
+    from mdlm_fast.util.devices import usable_device
+
     if spec is None:
         return torch.device("cpu")
     try:
-        dev = torch.device(spec)
-    except (RuntimeError, ValueError, TypeError):
-        raise CliError(f"{flag} {spec!r} is not a device; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise CliError(f"{flag} {spec}: mdlm_fast has kernels for cpu and cuda only")
-    if not torch.cuda.is_available():
-        build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU-only build)"
-        raise CliError(f"{flag} {spec}: no CUDA device is visible{build}")
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise CliError(f"{flag} {spec}: only {count} CUDA device(s) are visible")
-    from mdlm_fast._build import build_info
-
-    if not build_info()["cuda"]:
-        raise CliError(f"{flag} {spec}: this build of mdlm_fast has no CUDA kernels "
-                       f"(rebuild it where torch has CUDA and nvcc is found)")
-    return dev
+        return usable_device(spec, flag)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def threads(value: int | None) -> None:

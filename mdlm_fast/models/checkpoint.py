@@ -58,14 +58,19 @@ from mdlm_fast.models.checkpoints.mask_id import (
     MASK_SOURCE_KEY,
 )
 from mdlm_fast.models.dit import DiT, DiTConfig
-from mdlm_fast.models.embedded import MODEL, EmbeddedNameError, embedded_path
+from mdlm_fast.models.embedded import JUDGE, MODEL, EmbeddedNameError, embedded_path
 from mdlm_fast.util.atomic import atomic_directory
 
 __all__ = ["CheckpointError", "load_denoiser", "save_denoiser"]
 
+MASK_INDEX_ARGUMENT = "mask_index="  # how errors about the mask_index argument start (the CLI names its flag)
+
 
 def resolve_embedded(path: str | os.PathLike) -> Path:
     """``"embedded:NAME"`` -> the package's assets/NAME directory; other paths unchanged."""
+    if str(path) == f"embedded:{JUDGE}":
+        raise CheckpointError("embedded:judge is the gen-PPL judge (a causal LM), not a denoiser: load it with "
+                              "load_judge('embedded'); the embedded denoisers are embedded:heavy and embedded:light")
     try:
         target = embedded_path(path, MODEL)
     except EmbeddedNameError as e:
@@ -110,6 +115,11 @@ def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
     _check_overrides(config_overrides)
     state, config, shadow = _read_any(path, ema, bool(trust_checkpoint), "mask_index" in config_overrides)
     fields = {**config, **config_overrides}
+    vocab = fields.get("vocab_size")
+    if mask_index is not None and isinstance(vocab, int) and isinstance(mask_index, int) \
+            and not 0 <= mask_index < vocab:
+        raise CheckpointError(f"{MASK_INDEX_ARGUMENT}{mask_index} is not a token id of {path}: its vocab_size "
+                              f"is {vocab} (ids 0 to {vocab - 1})")
     source = (MASK_FROM_ARGUMENT if "mask_index" in config_overrides
               else config.get(MASK_SOURCE_KEY, MASK_FROM_CONFIG if "mask_index" in config else MASK_DEFAULT))
     if source == MASK_APPENDED and "mask_index" not in config_overrides:
@@ -180,6 +190,9 @@ def _make_config(fields: dict, path: Path) -> DiTConfig:
     except ValueError as e:
         hint = ""
         if "n_heads" in str(e):
-            hint = (" (n_heads cannot be inferred from weight shapes: put a config.json next to "
-                    "the checkpoint or pass n_heads=...)")
+            config_file = (path if path.is_dir() else path.parent) / hf.CONFIG_NAME
+            where = (f"add \"n_heads\" to {config_file}" if config_file.is_file()
+                     else "put a config.json with \"n_heads\" next to the checkpoint")
+            hint = (f" (n_heads cannot be inferred from weight shapes: {where}; from Python, "
+                    f"load_denoiser(..., n_heads=N) also does)")
         raise CheckpointError(f"bad config for {path}: {e}{hint}") from e

@@ -21,6 +21,7 @@ from mdlm_fast.sampling.run import SampleResult, SampleStats, SamplingRun
 from mdlm_fast.schedules.flops import schedule_flops
 from mdlm_fast.schedules.model_schedule import ModelSchedule
 from mdlm_fast.schedules.time_schedule import resolve_schedule
+from mdlm_fast.util.devices import usable_device
 from mdlm_fast.util.validate import positive_int
 
 SAMPLERS = ("fast", "mdlm", "confidence")
@@ -33,7 +34,11 @@ def _as_prefix(prefix: Any, batch_size: int, length: int, vocab_size: int, mask_
                device: torch.device) -> torch.Tensor | None:
     if prefix is None:
         return None
-    prefix = torch.as_tensor(prefix)
+    try:
+        prefix = torch.as_tensor(prefix)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"prefix must be token ids of shape [P] or [batch_size={batch_size}, P] with rows of "
+                         f"one length ({exc})") from None
     if prefix.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ValueError(f"prefix must hold integer token ids, got dtype {prefix.dtype}")
     if prefix.dim() == 1:
@@ -56,7 +61,7 @@ def _resolve_device(models: list[Denoiser], device: Any) -> torch.device:
     model_device = next(iter(devices), None)
     if device is None:
         return model_device or torch.device("cpu")
-    device = torch.device(device)
+    device = usable_device(device, "device")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if model_device is not None and model_device != device:

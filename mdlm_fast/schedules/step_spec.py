@@ -86,7 +86,13 @@ def _parse_colon_form(head: str, body: str, steps: Optional[int]) -> List[int]:
         n_segments = parse_int(seg.group(1), "segment count") if seg.group(1) else 10
         items = [] if not body else [s.strip() for s in body.split(",")]
         chosen = [parse_int(s, "segment index") for s in items]
-        return segment_indices(_need_steps(steps, "'segments:...'"), chosen, n_segments, LIGHT)
+        steps = _need_steps(steps, "'segments:...'")
+        if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < n_segments:
+            # The segment count is easy to miss when it is the default: name where it came from.
+            given = f"segments/{n_segments}" if seg.group(1) else f"the default {n_segments} segments"
+            raise ScheduleError(f"{given} need at least {n_segments} steps, got steps={steps}; write "
+                                f"'segments/N:i,j,...' with N <= {steps}")
+        return segment_indices(steps, chosen, n_segments, LIGHT)
     if key not in PLACEMENTS:
         raise ScheduleError(
             f"unknown placement {head!r}; expected one of {', '.join(PLACEMENTS)}, 'segments' or 'all'"

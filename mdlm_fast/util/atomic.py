@@ -2,7 +2,8 @@
 
 Everything is written to a temporary sibling (same filesystem, so the final rename is atomic),
 fsynced, and renamed into place; a failure removes the temporary and leaves any previous
-version untouched.
+version untouched. Files get the permission bits a plain ``open()`` would give them: an existing
+file keeps its mode, a new one follows the umask; a file with no write bit is not replaced.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import csv
 import io
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
@@ -32,14 +34,52 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class ReadOnlyFileError(PermissionError):
+    """An existing file without any write permission bit: the user protected it, so it is not replaced."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc says it (Linux), else by setting
+    and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode_for(path: Path) -> int:
+    """The permission bits a (re)written ``path`` gets: an existing file keeps its own, a new one
+    gets what ``open()`` would give it (0666 less the umask). A file with no write bit at all is
+    refused, even for root, whom the permission bits do not stop."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+    if not mode & 0o222:
+        raise ReadOnlyFileError(f"{path} is read-only (mode {mode:04o}); not replacing it: make it writable "
+                                f"(chmod u+w) or write elsewhere")
+    return mode
+
+
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """``with atomic_file(p) as f: f.write(...)`` -- ``p`` is replaced only when the block succeeds."""
+def atomic_file(path: str | os.PathLike, mode: str = "w", *, make_parents: bool = True) -> Iterator[IO]:
+    """``with atomic_file(p) as f: f.write(...)`` -- ``p`` is replaced only when the block succeeds.
+
+    An existing ``p`` keeps its permission bits, a new one follows the umask, and a read-only one
+    (no write bit) is refused (:class:`ReadOnlyFileError`). ``make_parents=False``: a missing parent
+    directory is an error naming it (FileNotFoundError), as for ``open()``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: no directory {path.parent}")
+    file_mode = file_mode_for(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results and shipped assets must be readable
+        os.chmod(tmp, file_mode)  # mkstemp makes it private (0600)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -108,12 +148,13 @@ def atomic_directory(path: str | os.PathLike, *, tag: str = "tmp") -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
     try:
         yield tmp
+        umask = current_umask()
         for item in tmp.rglob("*"):
-            os.chmod(item, 0o755 if item.is_dir() else 0o644)  # results and assets are for everyone
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)  # as mkdir() and open() would
             if item.is_file():
                 with open(item, "rb") as f:
                     os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
         fsync_dir(tmp)
         swap_into_place(tmp, path)
     except BaseException:

@@ -28,6 +28,9 @@ def read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> tu
     else:
         raise CheckpointError(f"{file} has no 'state_dict' (keys: {listing(list(ckpt))})")
     state = backbone_state(tensor_dict(raw_state, file), ignore_other_prefixes=is_lightning)
+    if not any(k == "vocab_embed.embedding" or k.startswith("blocks.") for k in state):
+        raise CheckpointError(f"{file} holds no MDLM DiT weights: no backbone.vocab_embed.embedding and no "
+                              f"backbone.blocks.* (its state_dict keys: {listing(list(raw_state))})")
     config = infer_config(state)
     if (file.parent / CONFIG_NAME).is_file():
         config.update(read_config_json(file.parent))

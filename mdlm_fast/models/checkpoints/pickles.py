@@ -27,7 +27,15 @@ def torch_load(file: Path, trusted: bool) -> Any:
         except Exception as e:
             raise CheckpointError(f"corrupted checkpoint {file}: {e}") from e
     with open(file, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's format since 1.6 (even if truncated)
+        head = f.read(4)
+    is_zip = head == b"PK\x03\x04"  # torch.save's format since 1.6 (even if truncated)
+    if not head:
+        raise CheckpointError(f"{file} is empty (0 bytes): not a checkpoint")
+    if not is_zip and head[:1] != b"\x80":
+        # Not a zip archive and not a pickle (whose first byte is the PROTO opcode): no torch
+        # file at all, so trusting it could not help.
+        raise CheckpointError(f"{file} is not a torch checkpoint (neither a zip archive nor a pickle; it "
+                              f"starts with {head!r})")
     if not is_zip:
         # The legacy format reads storages through its own pickle hooks: only torch's
         # weights-only unpickler reads it without trusting the file.
