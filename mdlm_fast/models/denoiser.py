@@ -74,6 +74,9 @@ class Denoiser:
         if not 0 <= self.mask_index < self.vocab_size:
             raise ValueError(f"mask_index ({self.mask_index}) must lie in [0, vocab_size={self.vocab_size})")
         self._head = _find_head(model) if callable(getattr(model, "trunk", None)) else None
+        # eps of the log-linear noise schedule the model was trained with, where the wrapped object
+        # records it (a live MDLM module, models/live.py); None: MDLM's default.
+        self.noise_eps: float | None = None
         self._trunk_takes_positions = self._head is not None and _takes_keyword(model.trunk, "positions")
 
     @property
