@@ -18,6 +18,8 @@ from mdlm_fast.analysis.metrics import (distinct_n, evaluate_samples, evaluate_s
                                         unigram_entropy)
 from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
 from mdlm_fast.models.denoiser import Denoiser
+from mdlm_fast.models.live import LiveModelError, LiveModelWarning, live_denoiser
+from mdlm_fast.sampling.dropin import fast_sample, patch
 from mdlm_fast.schedules.flops import ExecutedFlops, ModelShape, schedule_flops
 from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
 from mdlm_fast.schedules.noise import LogLinearNoise
@@ -31,6 +33,7 @@ from mdlm_fast.version import __version__
 __all__ = [
     "build_info", "ops", "reference",
     "DiT", "DiTConfig", "subs_log_probs", "Denoiser",
+    "live_denoiser", "LiveModelError", "LiveModelWarning", "fast_sample", "patch",
     "load_denoiser", "save_denoiser", "CheckpointError",
     "ModelSchedule", "ScheduleError", "TimeSchedule", "resolve_schedule", "ModelShape", "ExecutedFlops", "schedule_flops",
     "LogLinearNoise", "sample", "SampleResult", "SampleStats",

@@ -5,16 +5,15 @@ from the given state (computed here by dynamic programming over all states), and
 given position; a wrong conditioning (other given tokens) is the control the test must reject.
 """
 import itertools
-import math
 
 import pytest
 import torch
+from exact_mdlm import exact_conditional
 from stats_helpers import chi_square_p_value
 
 import mdlm_fast as mf
 from mdlm_fast.models.dit import subs_log_probs
 from mdlm_fast.sampling.api import _as_given
-from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
 
 VOCAB, MASK, LENGTH = 4, 3, 4
 
@@ -23,37 +22,6 @@ def tiny_dit(seed=0, n_blocks=2, scale=0.6, length=LENGTH, vocab=VOCAB):
     config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab,
                           model_length=length)
     return mf.DiT(config).init_random_(seed, std=scale).eval()
-
-
-def exact_conditional(model, start, steps):
-    """Output distribution of MDLM's sampler (one model) started from the state ``start``: each
-    masked position stays masked with probability mc(s)/mc(t) or becomes v with probability
-    p_x0[v] (1 - mc(s)/mc(t)); noise removal takes the SUBS argmax."""
-    noise = LogLinearNoise()
-    ts, dt = sampling_timesteps(steps).tolist(), sampling_dt(steps)
-    states = {tuple(start): 1.0}
-    with torch.no_grad():
-        for i in range(steps):
-            t, s = ts[i], ts[i] - dt
-            stay = noise.move_chance(s) / noise.move_chance(t)
-            keys = list(states)
-            x = torch.tensor(keys)
-            p = subs_log_probs(model(x, torch.full((len(keys),), noise.sigma(t))), x, MASK).double().exp()
-            nxt = {}
-            for k, state in enumerate(keys):
-                options = [[(tok, 1.0)] if tok != MASK else
-                           [(MASK, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(VOCAB) if v != MASK]
-                           for pos, tok in enumerate(state)]
-                for combo in itertools.product(*options):
-                    key = tuple(tok for tok, _ in combo)
-                    nxt[key] = nxt.get(key, 0.0) + states[state] * math.prod(w for _, w in combo)
-            states = nxt
-        final = {}
-        for state, prob in states.items():
-            x = torch.tensor([state])
-            out = subs_log_probs(model(x, torch.full((1,), noise.sigma(ts[-1]))), x, MASK).argmax(-1)[0]
-            final[tuple(out.tolist())] = final.get(tuple(out.tolist()), 0.0) + prob
-    return final
 
 
 def counts_at(tokens, positions):
@@ -83,8 +51,8 @@ def test_infilling_draws_the_exact_conditional_distribution(sampler):
         top = subs_log_probs(model(x, torch.zeros(1)), x, MASK).exp()[0, free].max()
     assert top < 0.9
     steps = 4
-    exact = exact_conditional(model, given, steps)
-    control = exact_conditional(model, [MASK, 0, MASK, 1], steps)  # other given tokens: another distribution
+    exact = exact_conditional(model, given, steps, VOCAB, MASK)
+    control = exact_conditional(model, [MASK, 0, MASK, 1], steps, VOCAB, MASK)  # other given tokens: another distribution
     result = mf.sample(model, steps=steps, batch_size=6000, sampler=sampler, seed=3, given=torch.tensor(given))
     assert (result.tokens[:, [1, 3]] == torch.tensor([1, 0])).all()
     outcomes, counts = counts_at(result.tokens, free)

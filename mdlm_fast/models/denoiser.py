@@ -7,7 +7,9 @@ Three kinds plug in:
       ``lm_head`` or ``head``);
   (c) any callable ``f(x, sigma) -> logits [B, L, V]`` (wrap it in :class:`Denoiser` to give
       its vocabulary size and mask id).
-(a) and (b) get the fused head: the projection runs only at revealed positions. (c) runs its own
+(d) MDLM's own objects -- its DIT, its Lightning Diffusion module, the Hugging Face MDLM model --
+    recognized by structure and run as (a) on their own weights (models/live.py).
+(a), (b) and (d) get the fused head: the projection runs only at revealed positions. (c) runs its own
 head over every position of the active rows; the fast sampler still skips rows and steps.
 A trunk that takes ``positions=`` (int64 [B, Q]; DiT's does) returns the hidden states at those
 positions only and may skip work elsewhere (DiT's last block runs its queries and MLP there only).
@@ -47,12 +49,13 @@ class Denoiser:
 
     vocab_size, mask_index, time_conditioning and n_blocks default to the model's ``config``
     fields; pass them for callables and modules without one. n_blocks only feeds the FLOPs
-    accounting (None: unknown, FLOPs are not reported).
+    accounting (None: unknown, FLOPs are not reported). noise_eps: the eps of the log-linear
+    noise schedule the model was trained with (None: MDLM's default).
     """
 
     def __init__(self, model: Any, *, vocab_size: int | None = None, mask_index: int | None = None,
                  time_conditioning: bool | None = None, n_blocks: int | None = None,
-                 hidden_dim: int | None = None):
+                 hidden_dim: int | None = None, noise_eps: float | None = None):
         if isinstance(model, Denoiser):
             raise TypeError("model is already a Denoiser")
         if not callable(model):
@@ -76,7 +79,7 @@ class Denoiser:
         self._head = _find_head(model) if callable(getattr(model, "trunk", None)) else None
         # eps of the log-linear noise schedule the model was trained with, where the wrapped object
         # records it (a live MDLM module, models/live.py); None: MDLM's default.
-        self.noise_eps: float | None = None
+        self.noise_eps: float | None = noise_eps
         self._trunk_takes_positions = self._head is not None and _takes_keyword(model.trunk, "positions")
 
     @property
@@ -123,13 +126,21 @@ class Denoiser:
         return f"Denoiser({type(self.model).__name__}, {kind}, V={self.vocab_size}, mask={self.mask_index})"
 
 
+def _wrap(model: Any) -> Denoiser:
+    """A Denoiser for ``model``; MDLM's own objects (its DIT, Lightning module, HF model) get the
+    fast path on their own weights (models/live.py)."""
+    from mdlm_fast.models import live  # live builds on this module
+
+    return live.live_denoiser(model) if live.looks_like_mdlm(model) else Denoiser(model)
+
+
 def as_denoisers(models: Any) -> list[Denoiser]:
     """One model or a sequence (index 0 = heavy) -> Denoisers that agree on vocabulary and mask id."""
     if isinstance(models, (Denoiser, torch.nn.Module)) or (callable(models) and not isinstance(models, Sequence)):
         models = [models]
     if not isinstance(models, Sequence) or len(models) == 0:
         raise ValueError("models must be a denoiser or a non-empty sequence of denoisers (index 0 = heavy)")
-    wrapped = [m if isinstance(m, Denoiser) else Denoiser(m) for m in models]
+    wrapped = [m if isinstance(m, Denoiser) else _wrap(m) for m in models]
     first = wrapped[0]
     for i, m in enumerate(wrapped[1:], start=1):
         if m.vocab_size != first.vocab_size:
