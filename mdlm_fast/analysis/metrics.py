@@ -184,7 +184,8 @@ def sample_seeds(samples: int, batch_size: int, seed: int) -> list[tuple[int, in
 def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, samples: int = 8,
                       batch_size: int = 8, seed: int = 0, sampler: str = "fast", precision: str = "fp64",
                       tokenizer: Any = None, judge: Any = None, judge_tokenizer: Any = None,
-                      record: dict | None = None, dist: Any = None, progress: bool = False) -> dict:
+                      record: dict | None = None, dist: Any = None, progress: bool = False,
+                      given: Any = None) -> dict:
     """Sample ``samples`` sequences under ``schedule`` and measure them.
 
     Returns gen-PPL (with its SE over samples, when a judge is given), unigram entropy,
@@ -192,7 +193,8 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     and a record of everything that produced the numbers (``record`` adds names such as the
     judge's and the models'). With a data-parallel ``dist`` context the sampling batches are
     sharded over ranks and the metrics computed from all of them on every rank (the result is
-    the same as in one process: each batch depends only on its seed).
+    the same as in one process: each batch depends only on its seed). ``given``: infilling, the
+    tokens of ``sample(given=...)`` (the metrics then cover whole sequences, given tokens included).
     """
     from mdlm_fast.analysis.distributed import single_process
     from mdlm_fast.sampling import api as sampling
@@ -205,7 +207,8 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     done = []
     for index, (batch_seed, size) in mine:
         result = sampling.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule,
-                                 sampler=sampler, seed=batch_seed, precision=precision, progress=progress)
+                                 sampler=sampler, seed=batch_seed, precision=precision, progress=progress,
+                                 given=given)
         stats = result.stats
         done.append((index, result.tokens.tolist(), stats.wall_time_s,
                      (stats.executed_flops or {}).get("total"), stats.predicted_saving, sum(stats.forwards)))
