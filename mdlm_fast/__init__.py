@@ -17,8 +17,8 @@ from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig, load_judge, save_
 from mdlm_fast.analysis.metrics import (distinct_n, evaluate_samples, evaluate_schedule, generative_perplexity,
                                         unigram_entropy)
 from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
-from mdlm_fast.models.denoiser import Denoiser
-from mdlm_fast.models.live import LiveModelError, LiveModelWarning, live_denoiser
+from mdlm_fast.models.denoiser import Denoiser, live_denoiser
+from mdlm_fast.models.live import LiveModelError, LiveModelWarning
 from mdlm_fast.sampling.dropin import fast_sample, patch
 from mdlm_fast.schedules.flops import ExecutedFlops, ModelShape, schedule_flops
 from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs

@@ -14,8 +14,8 @@ import math
 from types import SimpleNamespace
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def modulate(x, shift, scale):
@@ -150,8 +150,8 @@ def randomize_(module: nn.Module, seed: int, std: float = 0.3) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if name.endswith("norm1.weight") or name.endswith(
-                "norm2.weight") or name.endswith("norm_final.weight") else 0.0))
+            norm = name.endswith(("norm1.weight", "norm2.weight", "norm_final.weight"))
+            p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if norm else 0.0))
     return module
 
 

@@ -69,7 +69,7 @@ def template_ids():
 def test_generate_fills_the_spans_and_keeps_the_text(extra, capsys):
     assert main(["generate", "--infill", TEMPLATE, *QUICK, "--json", *extra]) == 0
     report = json.loads(capsys.readouterr().out)
-    ids, tokenizer = template_ids()
+    ids, _ = template_ids()
     length = int(extra[1]) if extra else len(ids)
     for sample in report["samples"]:
         tokens = sample["tokens"]

@@ -12,8 +12,9 @@ import torch
 from mdlm_structure import DIT, MDLM, Diffusion, LogLinearNoise, hf_config, hydra_config, modulate, randomize_
 
 import mdlm_fast as mf
+from mdlm_fast.models.denoiser import live_denoiser
 from mdlm_fast.models.dit import subs_log_probs
-from mdlm_fast.models.live import LiveModelError, LiveModelWarning, live_denoiser, looks_like_mdlm
+from mdlm_fast.models.live import LiveModelError, LiveModelWarning, looks_like_mdlm
 from mdlm_fast.sampling.fast import FastOptions
 
 VOCAB = 37

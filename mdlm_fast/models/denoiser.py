@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mdlm_fast.models import live
 from mdlm_fast.schedules.flops import ModelShape
 
 
@@ -126,12 +127,35 @@ class Denoiser:
         return f"Denoiser({type(self.model).__name__}, {kind}, V={self.vocab_size}, mask={self.mask_index})"
 
 
-def _wrap(model: Any) -> Denoiser:
-    """A Denoiser for ``model``; MDLM's own objects (its DIT, Lightning module, HF model) get the
-    fast path on their own weights (models/live.py)."""
-    from mdlm_fast.models import live  # live builds on this module
+def live_denoiser(obj: Any, *, ema: bool = False, mask_index: int | None = None,
+                  time_conditioning: bool | None = None, check: bool = True) -> Denoiser:
+    """A Denoiser on one of MDLM's own objects -- its ``DIT``, its Lightning ``Diffusion`` module, the
+    Hugging Face ``MDLM`` model -- running the fast path on the object's own tensors (models/live.py).
 
-    return live.live_denoiser(model) if live.looks_like_mdlm(model) else Denoiser(model)
+    ema: use the EMA weights where ``obj`` holds them (a Lightning module trained with EMA), as
+        ``load_denoiser(ema=True)`` does; without EMA weights the module's own are used. Inside
+        MDLM's ``restore_model_and_sample`` the EMA is already copied into the backbone, so the
+        default (False: the weights the module's forward uses) samples the EMA there too.
+    mask_index, time_conditioning: override what the object records (a bare DIT records no mask id:
+        ``vocab_size - 1`` unless given, MDLM's rule for GPT-2's appended mask token).
+    check: compare one small forward of the object's own with the fast path's before use; where
+        they disagree, or the structure differs, sampling runs the object's own forward at every
+        position and a one-line LiveModelWarning says why.
+
+    The Denoiser's ``weights`` says which tensors it shares ("module" or "ema"), ``fast_path``
+    whether the fused head runs, ``fallback_reason`` why not, ``source`` the object.
+    """
+    found = live.adapt(obj, ema=ema, mask_index=mask_index, time_conditioning=time_conditioning, check=check)
+    denoiser = Denoiser(found.model, vocab_size=found.vocab_size, mask_index=found.mask_index,
+                        time_conditioning=found.time_conditioning, noise_eps=found.noise_eps)
+    denoiser.weights, denoiser.fast_path = found.weights, found.fast_path
+    denoiser.fallback_reason, denoiser.source = found.fallback_reason, found.source
+    return denoiser
+
+
+def _wrap(model: Any) -> Denoiser:
+    """A Denoiser for ``model``: MDLM's own objects get the fast path on their own weights."""
+    return live_denoiser(model) if live.looks_like_mdlm(model) else Denoiser(model)
 
 
 def as_denoisers(models: Any) -> list[Denoiser]:

@@ -11,9 +11,10 @@ checkpoint loader knows them -- never by importing MDLM's or transformers' code:
 * the Hugging Face ``MDLM`` class of ``kuleshov-group/mdlm-owt`` (``backbone`` inside, a flat
   config with ``hidden_dim``, ``n_blocks``, ``model_length``, ``time_conditioning``).
 
-The result is a :class:`Denoiser` around this package's :class:`DiT` whose parameters ARE the
-object's parameter tensors (or the EMA shadow tensors with ``ema=True``): the fused head at
-revealed positions and the pruned last block run on the caller's weights. Before it is used, one
+:func:`adapt` gives (and :func:`mdlm_fast.live_denoiser` wraps as a Denoiser) this package's
+:class:`DiT` whose parameters ARE the object's parameter tensors (or the EMA shadow tensors with
+``ema=True``): the fused head at revealed positions and the pruned last block run on the caller's
+weights. Before it is used, one
 small forward of the object's own and of the fast path are compared; a module that looks like
 MDLM's but differs (other names, extra layers, another activation, a forward that disagrees)
 falls back to its own forward on every position, with a one-line :class:`LiveModelWarning`
@@ -24,16 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from mdlm_fast.models.denoiser import Denoiser
 from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
 
-__all__ = ["LiveModelError", "LiveModelWarning", "config_value", "live_denoiser", "looks_like_mdlm"]
+__all__ = ["LiveModel", "LiveModelError", "LiveModelWarning", "adapt", "config_value", "looks_like_mdlm"]
 
 _DIT_PARTS = ("vocab_embed", "sigma_map", "rotary_emb", "blocks", "output_layer")
 # Submodules without parameters that MDLM's classes hold and the math does not depend on.
@@ -77,22 +78,25 @@ def looks_like_mdlm(obj: Any) -> bool:
     return _is_dit_like(obj) or isinstance(getattr(obj, "backbone", None), nn.Module)
 
 
-def live_denoiser(obj: Any, *, ema: bool = False, mask_index: int | None = None,
-                  time_conditioning: bool | None = None, check: bool = True) -> Denoiser:
-    """A fast-path :class:`Denoiser` on ``obj``'s own weights (see the module doc for the objects).
+@dataclass
+class LiveModel:
+    """What :func:`adapt` makes of an object: the denoiser's model and what a Denoiser needs to know."""
 
-    ema: use the EMA weights where ``obj`` holds them (a Lightning module trained with EMA), as
-        ``load_denoiser(ema=True)`` does; without EMA weights the module's own are used. Inside
-        MDLM's ``restore_model_and_sample`` the EMA is already copied into the backbone, so the
-        default (False, the weights the module's forward uses) gives the EMA there too.
-    mask_index, time_conditioning: override what the object records (a bare DIT has no mask id:
-        ``vocab_size - 1`` unless given, MDLM's rule for GPT-2's appended mask token).
-    check: compare one small forward of the object's own with the fast path's before use
-        (falling back to the object's forward, with a warning, where they disagree).
+    model: Any                    # this package's DiT on the object's tensors, or the object's own forward
+    vocab_size: int
+    mask_index: int
+    time_conditioning: bool
+    noise_eps: float | None
+    weights: str                  # "module" or "ema"
+    fast_path: bool
+    fallback_reason: str | None
+    source: Any                   # the object itself
 
-    The returned denoiser's ``weights`` says which weights it shares ("module" or "ema"), its
-    ``fast_path`` whether the fused head runs, ``fallback_reason`` why not.
-    """
+
+def adapt(obj: Any, *, ema: bool = False, mask_index: int | None = None, time_conditioning: bool | None = None,
+          check: bool = True) -> LiveModel:
+    """The fast path on ``obj``'s own tensors, or its own forward with a warning (see the module doc;
+    :func:`mdlm_fast.live_denoiser` documents the arguments)."""
     found = _recognize(obj, mask_index, time_conditioning)
     problem = _structure_problem(found.dit, found) if found.dit is not None else \
         f"its backbone is a {type(_backbone_of(obj)).__name__}, not MDLM's DiT"
@@ -103,17 +107,15 @@ def live_denoiser(obj: Any, *, ema: bool = False, mask_index: int | None = None,
             problem = _compare_forwards(found, dit)
         if problem is None:
             dit = dit if shadow is None else _shared_dit(found, shadow)
-            denoiser = Denoiser(dit, noise_eps=found.noise_eps)
-            denoiser.weights = "ema" if shadow is not None else "module"
-            denoiser.fast_path, denoiser.fallback_reason, denoiser.source = True, None, obj
-            return denoiser
+            return LiveModel(dit, dit.config.vocab_size, found.mask_index, found.time_conditioning, found.noise_eps,
+                             "ema" if shadow is not None else "module", True, None, obj)
     if ema and _holds_ema(obj):
         raise LiveModelError(f"ema=True: the EMA weights need the fast path, and {type(obj).__name__} is not "
                              f"recognized as MDLM's model ({problem}); copy the EMA into the module (MDLM's "
                              f"ema.copy_to) and pass ema=False")
     warnings.warn(f"mdlm_fast: {type(obj).__name__} is not MDLM's DiT as this package knows it ({problem}); "
                   f"sampling runs its own forward at every position (no fused head, no pruned last block)",
-                  LiveModelWarning, stacklevel=3)
+                  LiveModelWarning, stacklevel=4)
     return _fallback(found, problem)
 
 
@@ -469,17 +471,13 @@ class _OwnForward:
         return self._found.outer.parameters()
 
 
-def _fallback(found: _Found, reason: str) -> Denoiser:
+def _fallback(found: _Found, reason: str) -> LiveModel:
     vocab = _vocab_size(found.dit) if found.dit is not None else config_value(getattr(found.outer, "config", None),
-                                                                        "vocab_size")
+                                                                              "vocab_size")
     if vocab is None:
         vocab = getattr(found.outer, "vocab_size", None)
     if vocab is None:
         raise LiveModelError(f"{type(found.outer).__name__} is not recognized ({reason}) and its vocabulary size is "
                              f"unknown: wrap it as mdlm_fast.Denoiser(f, vocab_size=..., mask_index=...)")
-    denoiser = Denoiser(_OwnForward(found), vocab_size=int(vocab), mask_index=found.mask_index,
-                        time_conditioning=found.time_conditioning, noise_eps=found.noise_eps)
-    denoiser.weights, denoiser.fast_path, denoiser.fallback_reason, denoiser.source = "module", False, reason, \
-        found.outer
-    return denoiser
-
+    return LiveModel(_OwnForward(found), int(vocab), found.mask_index, found.time_conditioning, found.noise_eps,
+                     "module", False, reason, found.outer)

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from mdlm_fast.models.live import LiveModelError, config_value, live_denoiser
+from mdlm_fast.models.denoiser import live_denoiser
+from mdlm_fast.models.live import LiveModelError, config_value
 from mdlm_fast.ops.compiled import check_seed
 
-__all__ = ["fast_sample", "patch", "Patched"]
+__all__ = ["Patched", "fast_sample", "patch"]
 
 _SAME_DISTRIBUTION = ("ddpm_cache", "ddpm")  # MDLM's predictors whose distribution the fast sampler draws
 _MASK64 = (1 << 64) - 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["InfillError", "parse_template", "template_tokens", "MAX_SPAN"]
+__all__ = ["MAX_SPAN", "InfillError", "parse_template", "template_tokens"]
 
 MAX_SPAN = 1_000_000
 _SPAN = re.compile(r"\[MASK:([1-9][0-9]{0,6})\]")
