@@ -188,6 +188,7 @@ def test_fallback_logits_are_the_modules_own():
     x, sigma = check_input()
     with torch.no_grad():
         assert torch.equal(denoiser.logits(x, sigma), module(x, torch.zeros_like(sigma)))
+    assert mf.sample(denoiser, steps=2, batch_size=1).tokens.shape == (1, 8)  # config.model.length
 
 
 def test_ema_on_a_near_miss_is_refused():

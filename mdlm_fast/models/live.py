@@ -27,6 +27,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -462,6 +463,8 @@ class _OwnForward:
 
     def __init__(self, found: _Found):
         self._found = found
+        # sample() reads the default length here, as from a DiT's config
+        self.config = SimpleNamespace(model_length=found.model_length)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         with _eval_mode(self._found.outer):
