@@ -219,6 +219,34 @@ def test_training_mode_is_kept_and_dropout_does_not_enter_the_check():
 def test_own_dit_and_plain_modules_are_not_taken_for_mdlm_objects():
     config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=1, cond_dim=8, vocab_size=9, model_length=4)
     assert not looks_like_mdlm(mf.DiT(config)) and not looks_like_mdlm(torch.nn.Linear(2, 2))
+
+    class Trunked(torch.nn.Module):  # a fused denoiser of its own that happens to hold a backbone
+        def __init__(self):
+            super().__init__()
+            self.backbone = mf.DiT(config).init_random_(0)
+            self.config = config
+            self.trunk, self.head = self.backbone.trunk, self.backbone.output_layer.linear
+
+    assert not looks_like_mdlm(Trunked())
+
+
+def test_a_wrapper_around_a_dit_backbone_gets_the_fast_path_on_its_weights():
+    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=1, cond_dim=8, vocab_size=9, model_length=4)
+
+    class Wrapper(torch.nn.Module):  # forward(x, sigma) -> logits around a module with DIT's structure
+        def __init__(self):
+            super().__init__()
+            self.backbone = mf.DiT(config).init_random_(0)
+            self.config = config
+
+        def forward(self, x, sigma):
+            return self.backbone(x, sigma)
+
+    wrapper = Wrapper()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        denoiser = live_denoiser(wrapper)
+    assert denoiser.fast_path and denoiser.model.head_weight is wrapper.backbone.head_weight
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mf.sample(mf.DiT(config).init_random_(0), steps=2, batch_size=1)

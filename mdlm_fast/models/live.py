@@ -72,11 +72,18 @@ class _Found:
 
 
 def looks_like_mdlm(obj: Any) -> bool:
-    """Whether ``obj`` is (or claims to be) one of MDLM's objects: DIT's submodules, or a ``backbone``
-    holding a module. This package's own DiT is not one (it is used as it is)."""
-    if isinstance(obj, DiT) or not isinstance(obj, nn.Module):
+    """Whether ``obj`` is (or claims to be) one of MDLM's objects: DIT's submodules, a Lightning-style
+    module (``backbone``, ``mask_index``, ``noise``), or a model whose ``backbone`` has DIT's submodules.
+    This package's DiT, and any module with its own ``trunk``, is not one (it is used as it is)."""
+    if isinstance(obj, DiT) or not isinstance(obj, nn.Module) or callable(getattr(obj, "trunk", None)):
+        return False  # a module with its own trunk is a fused denoiser already
+    if _is_dit_like(obj):
+        return True
+    backbone = getattr(obj, "backbone", None)
+    if not isinstance(backbone, nn.Module):
         return False
-    return _is_dit_like(obj) or isinstance(getattr(obj, "backbone", None), nn.Module)
+    # MDLM's Lightning module (whatever its backbone), or a model holding MDLM's DIT (the HF class)
+    return (hasattr(obj, "mask_index") and hasattr(obj, "noise")) or _is_dit_like(backbone)
 
 
 @dataclass
@@ -190,7 +197,8 @@ def _found_hf(model: nn.Module, backbone: nn.Module, mask_index, time_conditioni
     mask = mask_index if mask_index is not None else config_value(cfg, "mask_index", config_value(cfg, "mask_token_id"))
 
     def own_forward(x, sigma):
-        return _logits_of(model(input_ids=x, timesteps=sigma if tc else torch.zeros_like(sigma)))
+        # positional: HF's forward(input_ids, timesteps, ...), and any wrapper's forward(x, sigma)
+        return _logits_of(model(x, sigma if tc else torch.zeros_like(sigma)))
 
     return _Found(model, "hf", dit, _default_mask(dit, mask, "the Hugging Face model"), tc,
                   config_value(cfg, "model_length"), None, own_forward)
