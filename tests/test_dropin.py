@@ -135,3 +135,26 @@ def test_a_near_miss_module_is_sampled_by_its_own_forward():
     with pytest.warns(mf.LiveModelWarning, match="GELU"), mf.patch(diffusion, seed=0):
         out = diffusion._sample(num_steps=4)
     assert out.shape == (3, 8) and (out != 36).all()
+
+
+def test_the_dropin_benchmark_runs_and_writes_its_ratios(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_dropin.py"
+    out = tmp_path / "dropin"
+    args = ["--hidden", "32", "--blocks", "1", "--vocab", "64", "--length", "8", "--batch", "2", "--steps", "4",
+            "--repeats", "1", "--threads", "1", "--name", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["variant"] for r in data["rows"]] == ["mdlm_own_sample", "patched_sample", "callable_path",
+                                                    "live_fast_path"]
+    med = {r["variant"]: r["median_s"] for r in data["rows"]}
+    assert data["speedup_patched_vs_mdlm_own_sample"] == med["mdlm_own_sample"] / med["patched_sample"]
+    assert data["head_positions"]["live_fast_path"] == 2 * 8 < data["head_positions"]["callable_path"]
+    assert len(data["loadavg_1min"]) == 2
