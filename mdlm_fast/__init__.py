@@ -20,11 +20,13 @@ from mdlm_fast.analysis.metrics import (
     unigram_entropy,
 )
 from mdlm_fast.models.checkpoint import CheckpointError, load_denoiser, save_denoiser
-from mdlm_fast.models.denoiser import Denoiser
+from mdlm_fast.models.denoiser import Denoiser, live_denoiser
 from mdlm_fast.models.dit import DiT, DiTConfig, subs_log_probs
+from mdlm_fast.models.live import LiveModelError, LiveModelWarning
 from mdlm_fast.ops import compiled as ops
 from mdlm_fast.ops import reference
 from mdlm_fast.sampling.api import SampleResult, SampleStats, sample
+from mdlm_fast.sampling.dropin import fast_sample, patch
 from mdlm_fast.sampling.engine import Completion, Engine, EngineError, QueueFull, Request
 from mdlm_fast.schedules.flops import ExecutedFlops, ModelShape, schedule_flops
 from mdlm_fast.schedules.model_schedule import ModelSchedule, ScheduleError
@@ -36,6 +38,7 @@ from mdlm_fast.version import __version__
 __all__ = [
     "build_info", "ops", "reference",
     "DiT", "DiTConfig", "subs_log_probs", "Denoiser",
+    "live_denoiser", "LiveModelError", "LiveModelWarning", "fast_sample", "patch",
     "load_denoiser", "save_denoiser", "CheckpointError",
     "ModelSchedule", "ScheduleError", "TimeSchedule", "resolve_schedule",
     "ModelShape", "ExecutedFlops", "schedule_flops",

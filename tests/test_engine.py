@@ -35,22 +35,26 @@ def embedded():
 
 def _alone(models, request, **kw):
     return mf.sample(models, steps=request.steps, batch_size=request.n, length=request.length,
-                     schedule=request.schedule, seed=request.seed, prefix=request.prefix,
+                     schedule=request.schedule, seed=request.seed, prefix=request.prefix, given=request.given,
                      temperature=request.temperature, noise_removal=request.noise_removal, **kw).tokens
 
 
 def _random_request(rng, lengths, max_steps, schedules, vocab):
+    """vocab: the mask id; the ids below it are real tokens."""
     length = rng.choice(lengths)
     n = rng.randint(1, 3)
     steps = rng.randint(1, max_steps)
-    prefix = None
+    prefix = given = None
     if rng.random() < 0.4:
         p = rng.randint(1, length)
         prefix = torch.tensor([rng.randrange(vocab) for _ in range(p)]) if rng.random() < 0.5 else \
             torch.tensor([[rng.randrange(vocab) for _ in range(p)] for _ in range(n)])
+    elif rng.random() < 0.4:  # infilling: real tokens at random positions, the mask id elsewhere
+        given = torch.tensor([[rng.randrange(vocab) if rng.random() < 0.4 else vocab for _ in range(length)]
+                              for _ in range(n)])
     return mf.Request(n=n, length=length, steps=steps, schedule=rng.choice(schedules), seed=rng.randrange(2**64),
-                      prefix=prefix, temperature=rng.choice([1.0, 0.0, 0.6]),
-                      noise_removal=rng.choice(["greedy", "ancestral"]))
+                      prefix=prefix, given=given, temperature=rng.choice([1.0, 0.0, 0.6]),
+                      noise_removal=rng.choice(["greedy", "ancestral", "none"]))
 
 
 def _run_mix(models, requests, rng, *, max_rows, cancel_rate=0.0, **engine_kw):
@@ -281,8 +285,10 @@ def test_submit_validates_like_sample(tiny_pair):
         with pytest.raises(ValueError) as info:
             engine.submit(request)
         assert field in str(info.value) or (field == "schedule" and "model" in str(info.value)), (field, info.value)
-    with pytest.raises(mf.EngineError, match="given"):
+    with pytest.raises(ValueError, match="given has 3 positions but the sequence length is 12"):
         engine.submit(mf.Request(given=[1, 2, MASK]))
+    with pytest.raises(ValueError, match="given= or prefix=, not both"):
+        engine.submit(mf.Request(given=[MASK] * 12, prefix=[1]))
     with pytest.raises(ValueError, match="max_rows"):
         mf.Engine(tiny_pair, max_rows=0)
     assert engine.idle and engine.queue_depth == 0

@@ -175,10 +175,14 @@ def test_bad_input_is_400_in_openai_shape_naming_the_field(server):
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
         assert error["param"] == param and text in error["message"], (raw, error)
-    if server.service.settings.engine_kind == "sequential":  # no infilling in sample(): refused, naming it
-        response = httpx.post(server.url + "/v1/generate", json={"length": 4, "given": [1, 8192, 8192, 2]},
-                              timeout=TIMEOUT)
-        assert response.status_code == 400 and response.json()["error"]["param"] == "given"
+    # Infilling: a given row of the wrong length is refused naming it; a right one keeps its tokens.
+    response = httpx.post(server.url + "/v1/generate", json={"length": 4, "given": [1, 8192, 2]}, timeout=TIMEOUT)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "given"
+    response = httpx.post(server.url + "/v1/generate", json={"length": 4, "steps": 2, "given": [1, 8192, 8192, 2]},
+                          timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    (row,) = response.json()["tokens"]
+    assert row[0] == 1 and row[3] == 2 and 8192 not in row
     assert server.engine.rows_in_flight == 0 and server.engine.queue_depth == 0
 
 

@@ -9,7 +9,7 @@ import torch
 from mdlm_fast.cli.app import main
 from mdlm_fast.models.checkpoint import load_denoiser
 from mdlm_fast.sampling.api import sample
-from mdlm_fast.sampling.engine import EngineError, QueueFull, Request
+from mdlm_fast.sampling.engine import QueueFull, Request
 from mdlm_fast.serve.baseline import SequentialEngine
 
 
@@ -70,9 +70,14 @@ def test_bad_requests_are_refused_at_submit_naming_the_field(pair, request_, fie
     assert engine.queue_depth == 0
 
 
-def test_infilling_is_refused_naming_given(pair):
-    with pytest.raises(EngineError, match="^given"):
-        SequentialEngine(pair).submit(Request(length=4, given=[1, 8192, 8192, 2]))
+def test_infilling_equals_sample_alone_and_a_bad_given_is_refused_naming_it(pair):
+    engine = SequentialEngine(pair)
+    handle = engine.submit(Request(length=4, steps=3, seed=5, given=[1, 8192, 8192, 2]))
+    (done,) = [c for c in engine.run_until_done() if c.handle == handle]
+    alone = sample(pair, steps=3, batch_size=1, length=4, seed=5, given=[1, 8192, 8192, 2]).tokens
+    assert torch.equal(done.tokens, alone) and done.tokens[0, 0] == 1 and done.tokens[0, 3] == 2
+    with pytest.raises(ValueError, match="^given"):
+        engine.submit(Request(length=4, given=[1, 8192, 2]))
 
 
 def test_serve_without_the_extra_says_so_in_one_line(monkeypatch, capsys):

@@ -187,7 +187,7 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
                       batch_size: int = 8, seed: int = 0, sampler: str = "fast", precision: str = "fp64",
                       tokenizer: Any = None, judge: Any = None, judge_tokenizer: Any = None,
                       record: dict | None = None, dist: Any = None, progress: bool = False,
-                      max_rows: int | None = None) -> dict:
+                      max_rows: int | None = None, given: Any = None) -> dict:
     """Sample ``samples`` sequences under ``schedule`` and measure them.
 
     Returns gen-PPL (with its SE over samples, when a judge is given), unigram entropy,
@@ -198,6 +198,8 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
     the same as in one process: each batch depends only on its seed). The fast sampler's batches
     run all at once through one engine (``max_rows`` its row budget, None the device's default),
     each batch's tokens those of its own sample() call.
+    ``given``: infilling, the tokens of ``sample(given=...)`` (the metrics then cover whole
+    sequences, given tokens included).
     """
     from mdlm_fast.analysis.distributed import single_process
     from mdlm_fast.sampling import api as sampling
@@ -215,7 +217,7 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
         # those of its own sample() call); the run's totals ride on its first batch, so that sums
         # over batches stay the totals.
         many = sample_many(models, samples=samples, batch_size=batch_size, steps=steps, length=length,
-                           schedule=schedule, batches=[b for _, b in mine], max_rows=max_rows)
+                           schedule=schedule, batches=[b for _, b in mine], max_rows=max_rows, given=given)
         stats = many.stats
         for k, ((index, _), tokens) in enumerate(zip(mine, many.batches)):
             first = k == 0
@@ -224,7 +226,8 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
                          sum(stats.forwards) if first else 0))
     for index, (batch_seed, size) in ([] if through_engine else mine):
         result = sampling.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule,
-                                 sampler=sampler, seed=batch_seed, precision=precision, progress=progress)
+                                 sampler=sampler, seed=batch_seed, precision=precision, progress=progress,
+                                 given=given)
         stats = result.stats
         done.append((index, result.tokens.tolist(), stats.wall_time_s,
                      (stats.executed_flops or {}).get("total"), stats.predicted_saving, sum(stats.forwards)))

@@ -23,7 +23,7 @@ import torch
 
 from mdlm_fast.analysis.importance import METRICS
 from mdlm_fast.analysis.search import STUDIES
-from mdlm_fast.cli import loaders
+from mdlm_fast.cli import infill, loaders
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError
 from mdlm_fast.models.compute_dtype import DTYPE_CHOICES
@@ -99,6 +99,9 @@ def register(sub: Any) -> None:
                     "(default: heavy and sandwich:0.25)")
     ev.add_argument("--baseline", default="heavy", help="schedule every other one is compared with, paired "
                     "(same seeds); added to the run when not given (default heavy)")
+    ev.add_argument("--infill", metavar="TEMPLATE", default=None, help="evaluate infilling: every sample fills the "
+                    "[MASK:N] spans of this template, e.g. 'text [MASK:20] more text'; --length defaults to the "
+                    "template's; the metrics cover whole samples (default: none, unconditional samples)")
     ev.set_defaults(func=cmd_evaluate)
 
     imp = sub.add_parser("importance", help="step importance (eq. 6/7) of the light model over t")
@@ -307,9 +310,11 @@ def cmd_evaluate(args) -> int:
     from mdlm_fast.schedules.time_schedule import resolve_schedule
 
     _setup(args)
+    parts = infill.template("--infill", args.infill) if args.infill is not None else None
     settings = _sampling(args)
     models, names = _load_models(args)
-    _check_length(models, settings["length"])
+    if parts is None or args.length is not None:
+        _check_length(models, settings["length"])
     specs = args.schedule or ["heavy", "sandwich:0.25"]
     schedules = []
     for flag, spec in [("--schedule", s) for s in specs] + [("--baseline", args.baseline)]:
@@ -321,6 +326,12 @@ def cmd_evaluate(args) -> int:
     if baseline not in schedules:
         specs, schedules = [args.baseline] + list(specs), [baseline] + schedules
     tokenizer = loaders.load_tokenizer(args.tokenizer, models[0])
+    given = None
+    if parts is not None:
+        given, settings["length"] = infill.given("--infill", parts, tokenizer, models[0].config.mask_index,
+                                                 args.length, models[0].config.model_length,
+                                                 "the heavy model's model_length")
+        settings["infill"] = args.infill
     judge, judge_tokenizer = _load_judge(args)
     record = _record(args, names, models, tokenizer, judge_tokenizer)
     rows = []
@@ -330,7 +341,7 @@ def cmd_evaluate(args) -> int:
         for spec, schedule in tqdm(list(zip(specs, schedules)), desc="evaluate",
                                    disable=args.no_progress or not dist.is_main):
             row = evaluate_schedule(models, schedule, tokenizer=tokenizer, judge=judge, judge_tokenizer=judge_tokenizer,
-                                    seed=args.seed, record=record, dist=dist,
+                                    seed=args.seed, record=record, dist=dist, given=given,
                                     **{k: settings[k] for k in ("steps", "length", "samples", "batch_size",
                                                                 "sampler", "precision")})
             rows.append({"key": spec, **row})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mdlm_fast.cli import loaders
+from mdlm_fast.cli import infill, loaders
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError
 from mdlm_fast.models.compute_dtype import DTYPE_CHOICES
@@ -58,11 +58,11 @@ def _check_generate_arguments(args) -> None:
     if args.prefix is not None:
         if not args.prefix:
             raise CliError("--prefix is empty; give the text to start from, or leave --prefix out")
-        try:
-            args.prefix.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            byte = args.prefix[exc.start].encode("utf-8", "surrogateescape")
-            raise CliError(f"--prefix is not UTF-8 text (byte 0x{byte.hex()} at position {exc.start})") from None
+        infill.utf8_text("--prefix", args.prefix)
+    if args.infill is not None:
+        if args.prefix is not None:
+            raise CliError("give --prefix or --infill, not both (a prefix is a template's text before its first span)")
+        args.infill_parts = infill.template("--infill", args.infill)
     if args.num_samples is not None and args.sampler != "fast":
         raise CliError(f"--num-samples runs the samples through the engine, which packs the fast sampler only; "
                        f"use --sampler fast, or --batch-size alone with --sampler {args.sampler}")
@@ -163,6 +163,12 @@ def _cmd_generate(args) -> int:
     model_length = min(m.config.model_length for m in models)
     what = "the models' model_length" if len(models) > 1 else "the model's model_length"
     length = check.at_most("--length", args.length, model_length, what) if args.length else model_length
+    tokenizer = _load_tokenizer(args, models)
+    mask = models[0].config.mask_index
+    given = None
+    if args.infill is not None:
+        given, length = infill.given("--infill", args.infill_parts, tokenizer, mask, length if args.length else None,
+                                     model_length, what)
     steps = args.steps if args.steps is not None else length
     spec = (args.schedule or DEFAULT_SCHEDULE) if len(models) > 1 else "heavy"
     flag = "--schedule"
@@ -172,8 +178,6 @@ def _cmd_generate(args) -> int:
         schedule = resolve_schedule(spec, steps).validate_for(len(models))
     except ScheduleError as exc:
         raise CliError(f"{flag} {spec}: {exc}") from None
-    tokenizer = _load_tokenizer(args, models)
-    mask = models[0].config.mask_index
     prefix = _encode_prefix(args, tokenizer, length, mask)
     judge, judge_tokenizer, judge_name = _load_judge(args, tokenizer, device)
     engine_stats = None
@@ -181,12 +185,13 @@ def _cmd_generate(args) -> int:
     try:
         if args.num_samples is not None:
             many = sample_many(models, samples=args.num_samples, batch_size=args.batch_size, steps=steps, length=length,
-                               schedule=schedule, seed=args.seed, prefix=prefix, temperature=args.temperature,
+                               schedule=schedule, seed=args.seed, prefix=prefix, given=given,
+                               temperature=args.temperature,
                                device=device, dtype=args.dtype, max_rows=args.max_rows)
             result, engine_stats = many, many.engine
         else:
             result = sampling.sample(models, steps=steps, batch_size=args.batch_size, length=length,
-                                     schedule=schedule, sampler=args.sampler, seed=args.seed, prefix=prefix,
+                                     schedule=schedule, sampler=args.sampler, seed=args.seed, prefix=prefix, given=given,
                                      precision=args.precision, temperature=args.temperature, device=device,
                                      dtype=args.dtype, progress=not (args.no_progress or args.json))
     except (MemoryError, RuntimeError) as exc:
@@ -298,6 +303,9 @@ def add_generate_arguments(gen) -> None:
       help="with --num-samples: rows per forward (default: the device's, 8 on a CPU, 128 on a GPU)")
     a("--seed", type=check.seed, default=0, help="random seed; same seed, same samples (default 0)")
     a("--prefix", help="text every sample starts with, kept as given (default: none)")
+    a("--infill", metavar="TEMPLATE", help="fill the spans of a template such as 'text [MASK:20] more text': "
+                                          "[MASK:N] is N tokens to generate, the text is kept; --length "
+                                          "defaults to the template's (default: none)")
     a("--sampler", default="fast", choices=[*SAMPLERS, *SAMPLER_ALIASES],
       help="fast (MDLM's distribution, reveal-first), mdlm (MDLM's ddpm_cache; 'reference' is its 0.1 name) "
            "or confidence (LLaDA-style, another distribution) (default fast)")

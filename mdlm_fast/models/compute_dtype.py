@@ -180,5 +180,5 @@ def denoisers_in_dtype(denoisers: list, dtype: Any, device: Any) -> tuple[list, 
         cast = cast_module(d.model, choice.dtype)
         out.append(d if cast is d.model else Denoiser(
             cast, vocab_size=d.vocab_size, mask_index=d.mask_index, time_conditioning=d.time_conditioning,
-            n_blocks=d.n_blocks, hidden_dim=d.hidden_dim))
+            n_blocks=d.n_blocks, hidden_dim=d.hidden_dim, noise_eps=d.noise_eps))
     return out, choice

@@ -7,7 +7,9 @@ Three kinds plug in:
       ``lm_head`` or ``head``);
   (c) any callable ``f(x, sigma) -> logits [B, L, V]`` (wrap it in :class:`Denoiser` to give
       its vocabulary size and mask id).
-(a) and (b) get the fused head: the projection runs only at revealed positions. (c) runs its own
+(d) MDLM's own objects -- its DIT, its Lightning Diffusion module, the Hugging Face MDLM model --
+    recognized by structure and run as (a) on their own weights (models/live.py).
+(a), (b) and (d) get the fused head: the projection runs only at revealed positions. (c) runs its own
 head over every position of the active rows; the fast sampler still skips rows and steps.
 A trunk that takes ``positions=`` (int64 [B, Q]; DiT's does) returns the hidden states at those
 positions only and may skip work elsewhere (DiT's last block runs its queries and MLP there only).
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mdlm_fast.models import live
 from mdlm_fast.schedules.flops import ModelShape
 
 
@@ -47,12 +50,13 @@ class Denoiser:
 
     vocab_size, mask_index, time_conditioning and n_blocks default to the model's ``config``
     fields; pass them for callables and modules without one. n_blocks only feeds the FLOPs
-    accounting (None: unknown, FLOPs are not reported).
+    accounting (None: unknown, FLOPs are not reported). noise_eps: the eps of the log-linear
+    noise schedule the model was trained with (None: MDLM's default).
     """
 
     def __init__(self, model: Any, *, vocab_size: int | None = None, mask_index: int | None = None,
                  time_conditioning: bool | None = None, n_blocks: int | None = None,
-                 hidden_dim: int | None = None):
+                 hidden_dim: int | None = None, noise_eps: float | None = None):
         if isinstance(model, Denoiser):
             raise TypeError("model is already a Denoiser")
         if not callable(model):
@@ -74,6 +78,9 @@ class Denoiser:
         if not 0 <= self.mask_index < self.vocab_size:
             raise ValueError(f"mask_index ({self.mask_index}) must lie in [0, vocab_size={self.vocab_size})")
         self._head = _find_head(model) if callable(getattr(model, "trunk", None)) else None
+        # eps of the log-linear noise schedule the model was trained with, where the wrapped object
+        # records it (a live MDLM module, models/live.py); None: MDLM's default.
+        self.noise_eps: float | None = noise_eps
         self._trunk_takes_positions = self._head is not None and _takes_keyword(model.trunk, "positions")
 
     @property
@@ -120,6 +127,37 @@ class Denoiser:
         return f"Denoiser({type(self.model).__name__}, {kind}, V={self.vocab_size}, mask={self.mask_index})"
 
 
+def live_denoiser(obj: Any, *, ema: bool = False, mask_index: int | None = None,
+                  time_conditioning: bool | None = None, check: bool = True) -> Denoiser:
+    """A Denoiser on one of MDLM's own objects -- its ``DIT``, its Lightning ``Diffusion`` module, the
+    Hugging Face ``MDLM`` model -- running the fast path on the object's own tensors (models/live.py).
+
+    ema: use the EMA weights where ``obj`` holds them (a Lightning module trained with EMA), as
+        ``load_denoiser(ema=True)`` does; without EMA weights the module's own are used. Inside
+        MDLM's ``restore_model_and_sample`` the EMA is already copied into the backbone, so the
+        default (False: the weights the module's forward uses) samples the EMA there too.
+    mask_index, time_conditioning: override what the object records (a bare DIT records no mask id:
+        ``vocab_size - 1`` unless given, MDLM's rule for GPT-2's appended mask token).
+    check: compare one small forward of the object's own with the fast path's before use; where
+        they disagree, or the structure differs, sampling runs the object's own forward at every
+        position and a one-line LiveModelWarning says why.
+
+    The Denoiser's ``weights`` says which tensors it shares ("module" or "ema"), ``fast_path``
+    whether the fused head runs, ``fallback_reason`` why not, ``source`` the object.
+    """
+    found = live.adapt(obj, ema=ema, mask_index=mask_index, time_conditioning=time_conditioning, check=check)
+    denoiser = Denoiser(found.model, vocab_size=found.vocab_size, mask_index=found.mask_index,
+                        time_conditioning=found.time_conditioning, noise_eps=found.noise_eps)
+    denoiser.weights, denoiser.fast_path = found.weights, found.fast_path
+    denoiser.fallback_reason, denoiser.source = found.fallback_reason, found.source
+    return denoiser
+
+
+def _wrap(model: Any) -> Denoiser:
+    """A Denoiser for ``model``: MDLM's own objects get the fast path on their own weights."""
+    return live_denoiser(model) if live.looks_like_mdlm(model) else Denoiser(model)
+
+
 def as_denoisers(models: Any, names: Sequence[str] | None = None) -> list[Denoiser]:
     """One model or a sequence (index 0 = heavy) -> Denoisers that agree on vocabulary and mask id.
 
@@ -130,7 +168,7 @@ def as_denoisers(models: Any, names: Sequence[str] | None = None) -> list[Denois
         models = [models]
     if not isinstance(models, Sequence) or len(models) == 0:
         raise ValueError("models must be a denoiser or a non-empty sequence of denoisers (index 0 = heavy)")
-    wrapped = [m if isinstance(m, Denoiser) else Denoiser(m) for m in models]
+    wrapped = [m if isinstance(m, Denoiser) else _wrap(m) for m in models]
     label = list(names) if names is not None else [f"models[{i}]" for i in range(len(wrapped))]
     first = wrapped[0]
     for i, m in enumerate(wrapped[1:], start=1):

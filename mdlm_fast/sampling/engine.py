@@ -25,7 +25,7 @@ from mdlm_fast.models.compute_dtype import denoisers_in_dtype
 from mdlm_fast.models.denoiser import as_denoisers
 from mdlm_fast.ops.compiled import check_seed, check_temperature
 from mdlm_fast.sampling import fast
-from mdlm_fast.sampling.api import NOISE_REMOVALS, _as_prefix, _resolve_device
+from mdlm_fast.sampling.api import NOISE_REMOVALS, _as_given, _resolve_device
 from mdlm_fast.sampling.engine_state import RequestState, RowState, row_states
 from mdlm_fast.sampling.packed_forward import model_name, run_pack
 from mdlm_fast.sampling.packing import choose_pack
@@ -56,7 +56,7 @@ class Request:
     schedule: Any = None            # ModelSchedule, spec string, list or time schedule; None = all heavy
     seed: int = 0
     prefix: Any = None              # [P] or [n, P] token ids
-    given: Any = None               # infilling: not supported by the library yet (EngineError)
+    given: Any = None               # infilling: [L] or [n, L], the mask id where tokens are generated
     temperature: float = 1.0
     noise_removal: str = "greedy"
 
@@ -135,9 +135,6 @@ class Engine:
             return state.handle
 
     def _prepare(self, request: Request) -> RequestState:
-        if request.given is not None:
-            raise EngineError("given: infilling (given tokens with masked spans) is not supported yet; "
-                              "pass a prefix instead")
         n = positive_int("n", request.n)
         steps = positive_int("steps", request.steps)
         length = request.length if request.length is not None else self.default_length
@@ -157,10 +154,10 @@ class Engine:
             schedule = resolve_schedule(request.schedule, steps).validate_for(len(self.models))
         except ValueError as exc:  # ScheduleError included: name the field, as every other refusal does
             raise ValueError(f"schedule: {exc}") from None
-        prefix = _as_prefix(request.prefix, n, length, self.vocab_size, self.mask_index, self.device)
+        given = _as_given(request.given, request.prefix, n, length, self.vocab_size, self.mask_index, self.device)
         x = torch.full((n, length), self.mask_index, dtype=torch.int64, device=self.device)
-        if prefix is not None:
-            x[:, :prefix.shape[1]] = prefix
+        if given is not None:
+            x.copy_(given[0])  # the mask id where tokens are generated; the reveal plan skips the rest
         run = SamplingRun(self.models, schedule, x, request.seed, "fp64", request.noise_removal, False,
                           float(temperature))
         with torch.inference_mode():

@@ -103,6 +103,8 @@ def row_states(request: RequestState, reveal: torch.Tensor) -> list[RowState]:
         steps_of = reveal[r]
         order = torch.argsort(steps_of * length + torch.arange(length))  # by (step, position); given first
         order = order[steps_of[order] >= 0]
+        if request.noise_removal == "none":  # positions left for noise removal stay masked, as in fast.py
+            order = order[steps_of[order] < request.steps]
         steps, counts = torch.unique_consecutive(steps_of[order], return_counts=True)
         out.append(RowState(request, r, steps.tolist(), list(torch.split(order, counts.tolist()))))
     return out

@@ -179,7 +179,7 @@ def generate(run: SamplingRun) -> torch.Tensor:
                 _reveal(run, x, plan, run.schedule[plan.step], ts[plan.step], run.temperature, PURPOSE_TOKEN)
             bar.update(plan.step + 1 - bar.n)  # steps that reveal nothing were skipped: count them too
         bar.update(steps - bar.n)
-    if removal is not None:
+    if removal is not None and run.noise_removal != "none":
         greedy = run.noise_removal == "greedy"
         _reveal(run, x, removal, run.schedule[-1], ts[-1], 0.0 if greedy else run.temperature, PURPOSE_NOISE_REMOVAL)
     return x

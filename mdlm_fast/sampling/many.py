@@ -37,7 +37,7 @@ class ManyResult:
 
 
 def sample_many(models: Any, *, samples: int, batch_size: int, steps: int, length: int | None = None,
-                schedule: Any = None, seed: int = 0, prefix: Any = None, temperature: float = 1.0,
+                schedule: Any = None, seed: int = 0, prefix: Any = None, given: Any = None, temperature: float = 1.0,
                 noise_removal: str = "greedy", device: Any = None, dtype: Any = None,
                 max_rows: int | None = None, batches: list[tuple[int, int]] | None = None) -> ManyResult:
     """``samples`` sequences in batches of ``batch_size`` (seeds ``seed + k``) through one Engine;
@@ -48,7 +48,8 @@ def sample_many(models: Any, *, samples: int, batch_size: int, steps: int, lengt
     engine = Engine(models, device=device, dtype=dtype, max_rows=max_rows, max_queue=max(len(batches), 1))
     start = time.perf_counter()
     handles = [engine.submit(Request(n=size, length=length, steps=steps, schedule=schedule, seed=batch_seed,
-                                     prefix=prefix, temperature=temperature, noise_removal=noise_removal))
+                                     prefix=prefix, given=given, temperature=temperature,
+                                     noise_removal=noise_removal))
                for batch_seed, size in batches]
     done = {c.handle: c for c in engine.run_until_done()}
     wall = time.perf_counter() - start

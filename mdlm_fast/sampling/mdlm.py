@@ -22,7 +22,6 @@ from mdlm_fast.ops import compiled as ops
 from mdlm_fast.ops.compiled import PURPOSE_REFERENCE_GUMBEL
 from mdlm_fast.sampling.keys import position_grid
 from mdlm_fast.sampling.run import SamplingRun
-from mdlm_fast.schedules.noise import sampling_dt
 
 
 def _gumbel_max_step(run: SamplingRun, p_x0: torch.Tensor, mc_t: float, mc_s: float,
@@ -45,7 +44,7 @@ def generate(run: SamplingRun) -> torch.Tensor:
     x = run.x.clone()
     batch, length = x.shape
     ts = run.timesteps.tolist()
-    dt = sampling_dt(run.schedule.steps)
+    dt = run.dt
     keys = position_grid(batch, length, x.device)  # the step column is set per step
     p_x0, cached_model = None, None
     for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="mdlm sampler", unit="step",

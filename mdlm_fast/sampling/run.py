@@ -21,7 +21,7 @@ from mdlm_fast.models.denoiser import Denoiser
 from mdlm_fast.ops.head_status import DeferredHeadErrors
 from mdlm_fast.schedules.flops import ExecutedFlops
 from mdlm_fast.schedules.model_schedule import ModelSchedule
-from mdlm_fast.schedules.noise import LogLinearNoise, sampling_timesteps
+from mdlm_fast.schedules.noise import SAMPLING_EPS, LogLinearNoise, sampling_dt, sampling_timesteps
 
 
 class NonFiniteForwardError(FloatingPointError, ValueError):
@@ -84,6 +84,7 @@ class SamplingRun:
     progress: bool
     temperature: float = 1.0
     noise: LogLinearNoise = field(default_factory=LogLinearNoise)
+    final_time: float = SAMPLING_EPS  # the grid's last time (MDLM's eps of _sample)
     flops: ExecutedFlops = field(default_factory=ExecutedFlops)
     forwards: list[int] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
@@ -168,8 +169,13 @@ class SamplingRun:
 
     @property
     def timesteps(self) -> torch.Tensor:
-        """MDLM's grid: linspace(1, 1e-5, T + 1) in float64."""
-        return sampling_timesteps(self.schedule.steps)
+        """MDLM's grid: linspace(1, eps = final_time, T + 1) in float64."""
+        return sampling_timesteps(self.schedule.steps, self.final_time)
+
+    @property
+    def dt(self) -> float:
+        """MDLM's step size (1 - eps) / T."""
+        return sampling_dt(self.schedule.steps, self.final_time)
 
     def sigma(self, t: float, rows: int) -> torch.Tensor:
         return torch.full((rows,), float(self.noise.sigma(t)), device=self.x.device)

@@ -17,8 +17,8 @@ import torch
 
 from mdlm_fast.models.denoiser import as_denoisers
 from mdlm_fast.ops.compiled import check_seed, check_temperature
-from mdlm_fast.sampling.api import NOISE_REMOVALS, _as_prefix, sample
-from mdlm_fast.sampling.engine import Completion, EngineError, QueueFull, Request
+from mdlm_fast.sampling.api import NOISE_REMOVALS, _as_given, sample
+from mdlm_fast.sampling.engine import Completion, QueueFull, Request
 from mdlm_fast.schedules.time_schedule import resolve_schedule
 from mdlm_fast.util.validate import integer, positive_int
 
@@ -82,13 +82,11 @@ class SequentialEngine:
             resolve_schedule(request.schedule, steps).validate_for(len(self._models))
         except ValueError as exc:
             raise ValueError(f"schedule: {exc}") from None
-        if request.given is not None:
-            raise EngineError("given: infilling (masked spans inside the sequence) is not supported by sample(); "
-                              "give a prefix instead")
         prior = torch.full((n, length), self.mask_index, dtype=torch.int64)
-        prefix = _as_prefix(request.prefix, n, length, self.vocab_size, self.mask_index, torch.device("cpu"))
-        if prefix is not None:
-            prior[:, :prefix.shape[1]] = prefix
+        given = _as_given(request.given, request.prefix, n, length, self.vocab_size, self.mask_index,
+                          torch.device("cpu"))
+        if given is not None:
+            prior.copy_(given[0])
         return length, prior
 
     def submit(self, request: Request) -> int:
@@ -125,7 +123,7 @@ class SequentialEngine:
         r = entry.request
         try:
             result = sample(self._models, steps=r.steps, batch_size=r.n, length=entry.length, schedule=r.schedule,
-                            seed=r.seed, prefix=r.prefix, temperature=r.temperature, noise_removal=r.noise_removal,
+                            seed=r.seed, prefix=r.prefix, given=r.given, temperature=r.temperature, noise_removal=r.noise_removal,
                             device=self._device, dtype=self._dtype)
             tokens, error, run = result.tokens.cpu(), None, result.stats
         except Exception as exc:  # noqa: BLE001 -- one failed request must not stop the engine serving the others
