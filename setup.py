@@ -9,6 +9,7 @@ Build knobs (environment variables):
                              GPUs compile at load time) when unset
   MDLM_FAST_DEBUG=1          -O0 -g, for stepping through the kernels
 """
+
 import glob
 import os
 
@@ -44,21 +45,28 @@ def _extension():
     cxx_flags = opt + ["-fvisibility=hidden"]
     if not _want_cuda():
         return cpp_extension.CppExtension(
-            "mdlm_fast._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags}, py_limited_api=False)
+            "mdlm_fast._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            py_limited_api=False,
+        )
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by cpp_extension when it writes -gencode flags
     sources += _sources("csrc/cuda/*.cu")
     define = ["-DMDLM_FAST_WITH_CUDA", f'-DMDLM_FAST_CUDA_ARCHS="{archs}"']
     return cpp_extension.CUDAExtension(
-        "mdlm_fast._C", sources, include_dirs=include_dirs,
+        "mdlm_fast._C",
+        sources,
+        include_dirs=include_dirs,
         extra_compile_args={
             "cxx": cxx_flags + define,
             # No --use_fast_math: the kernels need IEEE expf/division and no flush-to-zero to
             # draw the same tokens as the CPU kernel and reference.py.
             "nvcc": opt + define + ["-lineinfo"],
-        })
+        },
+    )
 
 
 def _asset_packages():

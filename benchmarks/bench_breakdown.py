@@ -13,6 +13,7 @@ all-heavy -> all-light saving.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,37 @@ def breakdown(config, sampler: str, models: list, schedule: str, repeats: int) -
     for rep in range(repeats):
         timers = [BlockTimer(m, config.device) for m in models]
         try:
-            stats = mf.sample(models, steps=config.steps, batch_size=config.batch_size, length=config.length,
-                              schedule=schedule, sampler=sampler, seed=rep, device=config.device).stats
+            stats = mf.sample(
+                models,
+                steps=config.steps,
+                batch_size=config.batch_size,
+                length=config.length,
+                schedule=schedule,
+                sampler=sampler,
+                seed=rep,
+                device=config.device,
+            ).stats
         finally:
             for timer in timers:
                 timer.remove()
         blocks = sum(t.total_s for t in timers)
         walls.append(stats.wall_time_s)
         fractions.append(blocks / stats.wall_time_s)
-        print(f"rep {rep} {sampler:9s} {schedule:6s} wall {stats.wall_time_s:8.2f} s  blocks {blocks:8.2f} s "
-              f"({blocks / stats.wall_time_s:.1%})", file=sys.stderr, flush=True)
-    return {"wall_s": statistics.median(walls), "wall_min_s": min(walls), "wall_max_s": max(walls),
-            "block_fraction": statistics.median(fractions), "block_fraction_min": min(fractions),
-            "block_fraction_max": max(fractions), "repeats": repeats}
+        print(
+            f"rep {rep} {sampler:9s} {schedule:6s} wall {stats.wall_time_s:8.2f} s  blocks {blocks:8.2f} s "
+            f"({blocks / stats.wall_time_s:.1%})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "wall_s": statistics.median(walls),
+        "wall_min_s": min(walls),
+        "wall_max_s": max(walls),
+        "block_fraction": statistics.median(fractions),
+        "block_fraction_min": min(fractions),
+        "block_fraction_max": max(fractions),
+        "repeats": repeats,
+    }
 
 
 def main(argv=None):
@@ -66,29 +85,41 @@ def main(argv=None):
         p = heavy["block_fraction"]
         predicted = 1 - ratio  # eq. 3 at f = 1
         measured = 1 - light["wall_s"] / heavy["wall_s"]
-        rows.append({
-            "sampler": sampler,
-            "heavy_wall_s": heavy["wall_s"], "heavy_block_fraction": p,
-            "heavy_block_fraction_min": heavy["block_fraction_min"],
-            "heavy_block_fraction_max": heavy["block_fraction_max"],
-            "light_wall_s": light["wall_s"], "light_block_fraction": light["block_fraction"],
-            "predicted_saving_all_light": predicted,
-            "bound_saving_all_light": p * predicted,           # eq. 4
-            "bound_speedup_all_light": 1 / (1 - p * predicted),
-            "measured_saving_all_light": measured,
-            "realized_over_predicted": measured / predicted,
-            "bound_realized_over_predicted": p,
-            "repeats": args.repeats,
-        })
-    path = write_results(args.name or f"breakdown_{config.name}",
-                         {"benchmark": "bench_breakdown", "config": config.name,
-                          "config_detail": {k: str(v) for k, v in vars(config).items()},
-                          "machine": machine_info(config)}, rows)
+        rows.append(
+            {
+                "sampler": sampler,
+                "heavy_wall_s": heavy["wall_s"],
+                "heavy_block_fraction": p,
+                "heavy_block_fraction_min": heavy["block_fraction_min"],
+                "heavy_block_fraction_max": heavy["block_fraction_max"],
+                "light_wall_s": light["wall_s"],
+                "light_block_fraction": light["block_fraction"],
+                "predicted_saving_all_light": predicted,
+                "bound_saving_all_light": p * predicted,  # eq. 4
+                "bound_speedup_all_light": 1 / (1 - p * predicted),
+                "measured_saving_all_light": measured,
+                "realized_over_predicted": measured / predicted,
+                "bound_realized_over_predicted": p,
+                "repeats": args.repeats,
+            }
+        )
+    path = write_results(
+        args.name or f"breakdown_{config.name}",
+        {
+            "benchmark": "bench_breakdown",
+            "config": config.name,
+            "config_detail": {k: str(v) for k, v in vars(config).items()},
+            "machine": machine_info(config),
+        },
+        rows,
+    )
     for r in rows:
-        print(f"{r['sampler']:9s} blocks {r['heavy_block_fraction']:.1%} of the heavy run, "
-              f"{r['light_block_fraction']:.1%} of the light run; all-light saving: predicted "
-              f"{r['predicted_saving_all_light']:.1%}, bound {r['bound_saving_all_light']:.1%}, "
-              f"measured {r['measured_saving_all_light']:.1%}")
+        print(
+            f"{r['sampler']:9s} blocks {r['heavy_block_fraction']:.1%} of the heavy run, "
+            f"{r['light_block_fraction']:.1%} of the light run; all-light saving: predicted "
+            f"{r['predicted_saving_all_light']:.1%}, bound {r['bound_saving_all_light']:.1%}, "
+            f"measured {r['measured_saving_all_light']:.1%}"
+        )
     print(f"results: {path}")
 
 

@@ -11,6 +11,7 @@ times (compile cost / steady-state saving per run).
   python benchmarks/bench_compile.py --config embedded      # the main job's size
   python benchmarks/bench_compile.py --config cpu           # d 768, 12 blocks
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,15 @@ def main(argv=None):
     choice = resolve_dtype(args.dtype, config.device)
     heavy = cast_module(random_model(config, config.heavy_blocks, seed=0), choice.dtype)
     light = cast_module(random_model(config, config.light_blocks, seed=1), choice.dtype)
-    kw = dict(steps=config.steps, batch_size=config.batch_size, length=config.length, schedule=args.schedule,
-              sampler="fast", seed=0, device=config.device)
+    kw = dict(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        length=config.length,
+        schedule=args.schedule,
+        sampler="fast",
+        seed=0,
+        device=config.device,
+    )
     mf.sample([heavy, light], **{**kw, "steps": 4})  # warm-up
     eager = mf.sample([heavy, light], **kw)
     import torch._dynamo
@@ -52,14 +60,23 @@ def main(argv=None):
     graphs = torch._dynamo.utils.counters["stats"].get("unique_graphs", None)
     saving = eager.stats.wall_time_s - steady.stats.wall_time_s
     compile_s = first_s - steady.stats.wall_time_s
-    row = {"config": config.name, "dtype": choice.name, "schedule": args.schedule,
-           "eager_s": eager.stats.wall_time_s, "first_compiled_s": first_s, "steady_compiled_s": steady.stats.wall_time_s,
-           "compile_overhead_s": compile_s, "steady_speedup": eager.stats.wall_time_s / steady.stats.wall_time_s,
-           "first_run_speedup": eager.stats.wall_time_s / first_s, "graphs_compiled": graphs,
-           "break_even_runs": compile_s / saving if saving > 0 else None,
-           "tokens_equal_eager": bool(torch.equal(eager.tokens, steady.tokens))}
-    path = write_results(args.name or f"compile_{config.name}", {"benchmark": "bench_compile",
-                                                                  "machine": machine_info(config)}, [row])
+    row = {
+        "config": config.name,
+        "dtype": choice.name,
+        "schedule": args.schedule,
+        "eager_s": eager.stats.wall_time_s,
+        "first_compiled_s": first_s,
+        "steady_compiled_s": steady.stats.wall_time_s,
+        "compile_overhead_s": compile_s,
+        "steady_speedup": eager.stats.wall_time_s / steady.stats.wall_time_s,
+        "first_run_speedup": eager.stats.wall_time_s / first_s,
+        "graphs_compiled": graphs,
+        "break_even_runs": compile_s / saving if saving > 0 else None,
+        "tokens_equal_eager": bool(torch.equal(eager.tokens, steady.tokens)),
+    }
+    path = write_results(
+        args.name or f"compile_{config.name}", {"benchmark": "bench_compile", "machine": machine_info(config)}, [row]
+    )
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"results: {path}")
 

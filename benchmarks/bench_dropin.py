@@ -13,6 +13,7 @@ call that makes ``batch`` samples:
 
 Speedups are ratios of medians inside one run; the load average is recorded with them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,13 +55,15 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = _structure()
-    config = s.hydra_config(hidden=args.hidden, heads=4, blocks=args.blocks, cond=64, length=args.length,
-                            batch=args.batch, steps=args.steps)
+    config = s.hydra_config(
+        hidden=args.hidden, heads=4, blocks=args.blocks, cond=64, length=args.length, batch=args.batch, steps=args.steps
+    )
     module = s.Diffusion(config, args.vocab)
     s.randomize_(module.backbone, 0, std=0.05)
     module.eval()
-    own_forward = mf.Denoiser(lambda x, sigma: module(x, sigma), vocab_size=args.vocab, mask_index=module.mask_index,
-                              time_conditioning=False)
+    own_forward = mf.Denoiser(
+        lambda x, sigma: module(x, sigma), vocab_size=args.vocab, mask_index=module.mask_index, time_conditioning=False
+    )
     common = dict(steps=args.steps, batch_size=args.batch, length=args.length)
 
     def patched():
@@ -88,8 +91,12 @@ def main(argv=None) -> int:
     rows = [{"variant": name, **summary(t), "times_s": t} for name, t in times.items()]
     med = {r["variant"]: r["median_s"] for r in rows}
     payload = {
-        "settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "loadavg_1min": load, "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": vars(args),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "loadavg_1min": load,
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "speedup_patched_vs_mdlm_own_sample": med["mdlm_own_sample"] / med["patched_sample"],
         "speedup_live_fast_path_vs_callable_path": med["callable_path"] / med["live_fast_path"],
         "head_positions": {"live_fast_path": live.head_positions, "callable_path": unfused.head_positions},
@@ -97,8 +104,10 @@ def main(argv=None) -> int:
     path = write_results(args.name, payload, rows)
     for r in rows:
         print(f"{r['variant']:>16}: median {r['median_s']:.3f} s (spread {r['spread']:.1%})")
-    print(f"patched / MDLM's own _sample: {payload['speedup_patched_vs_mdlm_own_sample']:.2f}x; live fast path / "
-          f"callable: {payload['speedup_live_fast_path_vs_callable_path']:.2f}x; load {load}; -> {path}")
+    print(
+        f"patched / MDLM's own _sample: {payload['speedup_patched_vs_mdlm_own_sample']:.2f}x; live fast path / "
+        f"callable: {payload['speedup_live_fast_path_vs_callable_path']:.2f}x; load {load}; -> {path}"
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ device's default row budget (flat on a CPU: a small budget; falling on a GPU: a 
   python benchmarks/bench_engine.py --config embedded --length 32 --threads 1   # a busy machine
   python benchmarks/bench_engine.py --config paper               # needs a CUDA GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,7 @@ def forward_cost_curve(model, config, length, rows_list, repeats) -> list[dict]:
         for rows in rows_list:  # warm-up
             denoiser.hidden_at(*inputs[rows])
         for rep in range(repeats):
-            for rows in (rows_list if rep % 2 == 0 else rows_list[::-1]):
+            for rows in rows_list if rep % 2 == 0 else rows_list[::-1]:
                 synchronize(device)
                 start = time.perf_counter()
                 denoiser.hidden_at(*inputs[rows])
@@ -81,8 +82,9 @@ def run_batches(models, batches, steps, length, schedule, device):
     start = time.perf_counter()
     tokens, forwards, rows = [], 0, 0
     for seed, size in batches:
-        result = mf.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule, seed=seed,
-                           device=device)
+        result = mf.sample(
+            models, steps=steps, batch_size=size, length=length, schedule=schedule, seed=seed, device=device
+        )
         tokens.append(result.tokens)
         forwards += sum(result.stats.forwards)
         rows += sum(result.stats.rows)
@@ -95,8 +97,10 @@ def run_engine(models, batches, steps, length, schedule, device, budget):
     engine = mf.Engine(models, device=device, max_rows=budget, max_queue=len(batches))
     synchronize(device)
     start = time.perf_counter()
-    handles = [engine.submit(mf.Request(n=size, length=length, steps=steps, schedule=schedule, seed=seed))
-               for seed, size in batches]
+    handles = [
+        engine.submit(mf.Request(n=size, length=length, steps=steps, schedule=schedule, seed=seed))
+        for seed, size in batches
+    ]
     done, loaded_forwards, loaded_rows = {}, 0, 0
     while not engine.idle:
         waiting = engine.queue_depth > 0
@@ -148,8 +152,11 @@ def main(argv=None) -> int:
                 else:
                     out = run_engine(models, batches, steps, length, args.schedule, config.device, budget)
                 results.setdefault((factor, variant), []).append(out)
-                print(f"repeat {rep} T={steps} {variant}: {out[3]:.2f} s, {out[1]} forwards, "
-                      f"{out[2] / out[1]:.2f} rows per forward", file=sys.stderr)
+                print(
+                    f"repeat {rep} T={steps} {variant}: {out[3]:.2f} s, {out[1]} forwards, "
+                    f"{out[2] / out[1]:.2f} rows per forward",
+                    file=sys.stderr,
+                )
 
     rows = []
     for factor in factors:
@@ -159,29 +166,49 @@ def main(argv=None) -> int:
             _, forwards, rows_run, _, steady = runs[0]
             walls = [r[3] for r in runs]
             s = summary(walls)
-            rows.append({
-                "variant": variant, "steps_factor": factor, "steps": factor * length, "length": length,
-                "row_budget": budget, "samples": samples, "schedule": args.schedule,
-                "forwards": forwards, "rows_run": rows_run, "rows_per_forward": rows_run / forwards,
-                "fill": rows_run / (forwards * budget), "fill_under_load": steady,
-                "forwards_per_sample": forwards / samples, **s, "wall_s": walls,
-                "samples_per_s": samples / s["median_s"],
-                "tokens_equal_sample": all(torch.equal(r[0], reference) for r in runs),
-            })
+            rows.append(
+                {
+                    "variant": variant,
+                    "steps_factor": factor,
+                    "steps": factor * length,
+                    "length": length,
+                    "row_budget": budget,
+                    "samples": samples,
+                    "schedule": args.schedule,
+                    "forwards": forwards,
+                    "rows_run": rows_run,
+                    "rows_per_forward": rows_run / forwards,
+                    "fill": rows_run / (forwards * budget),
+                    "fill_under_load": steady,
+                    "forwards_per_sample": forwards / samples,
+                    **s,
+                    "wall_s": walls,
+                    "samples_per_s": samples / s["median_s"],
+                    "tokens_equal_sample": all(torch.equal(r[0], reference) for r in runs),
+                }
+            )
         sample_row, engine_row = rows[-2], rows[-1]
         ratios = [a[3] / b[3] for a, b in zip(results[(factor, "sample")], results[(factor, "engine")])]
         engine_row["speedup_vs_sample"] = statistics.median(ratios)
         engine_row["speedup_min"], engine_row["speedup_max"] = min(ratios), max(ratios)
         engine_row["forwards_ratio_vs_sample"] = sample_row["forwards"] / engine_row["forwards"]
-    payload = {"benchmark": "bench_engine", "config": config.name, "machine": machine_info(config),
-               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-               "default_max_rows": default_max_rows(torch.device(config.device)), "forward_cost_curve": curve}
+    payload = {
+        "benchmark": "bench_engine",
+        "config": config.name,
+        "machine": machine_info(config),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "default_max_rows": default_max_rows(torch.device(config.device)),
+        "forward_cost_curve": curve,
+    }
     path = write_results(args.name or f"engine_{config.name}", payload, rows)
     for r in rows:
-        print(f"T={r['steps']:5d} {r['variant']:6s} forwards {r['forwards']:6d} rows/forward {r['rows_per_forward']:.2f} "
-              f"fill {r['fill']:.1%} (under load {'n/a' if r['fill_under_load'] is None else format(r['fill_under_load'], '.1%')}) "
-              f"{r['median_s']:.2f} s "
-              f"{r['samples_per_s']:.2f} samples/s tokens equal {r['tokens_equal_sample']}")
+        print(
+            f"T={r['steps']:5d} {r['variant']:6s} forwards {r['forwards']:6d} rows/forward {r['rows_per_forward']:.2f} "
+            f"fill {r['fill']:.1%} (under load {'n/a' if r['fill_under_load'] is None else format(r['fill_under_load'], '.1%')}) "
+            f"{r['median_s']:.2f} s "
+            f"{r['samples_per_s']:.2f} samples/s tokens equal {r['tokens_equal_sample']}"
+        )
     print(f"results in {path}")
     return 0
 

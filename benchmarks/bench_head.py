@@ -11,6 +11,7 @@ DRAM roofline.
   python benchmarks/bench_head.py --device cpu               # fp32
   python benchmarks/bench_head.py --device cuda --dtype bf16 # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -113,15 +114,26 @@ def main(argv=None):
             peak = next((v for k, v in PEAK_BANDWIDTH.items() if k in name), None)
             row["fused_pct_roofline"] = 100 * row["fused_gb_per_s"] * 1e9 / peak if peak else None
         rows.append(row)
-        print(f"N={n:5d} fused {row['fused_ms']:8.2f} ms  matmul {row['matmul_ms']:8.2f} ms  "
-              f"fused/matmul {row['fused_over_matmul']:.2f} [{row['fused_over_matmul_min']:.2f}, "
-              f"{row['fused_over_matmul_max']:.2f}]  matmul+gumbel {row['matmul+gumbel_ms']:8.2f} ms  "
-              f"{row['fused_gb_per_s']:.1f} GB/s = {row['fused_pct_of_stream']:.0f}% of the "
-              f"{row['stream_gb_per_s']:.1f} GB/s stream", flush=True)
+        print(
+            f"N={n:5d} fused {row['fused_ms']:8.2f} ms  matmul {row['matmul_ms']:8.2f} ms  "
+            f"fused/matmul {row['fused_over_matmul']:.2f} [{row['fused_over_matmul_min']:.2f}, "
+            f"{row['fused_over_matmul_max']:.2f}]  matmul+gumbel {row['matmul+gumbel_ms']:8.2f} ms  "
+            f"{row['fused_gb_per_s']:.1f} GB/s = {row['fused_pct_of_stream']:.0f}% of the "
+            f"{row['stream_gb_per_s']:.1f} GB/s stream",
+            flush=True,
+        )
     name = args.name or f"head_{args.device}_{str(dtype).replace('torch.', '')}"
-    path = write_results(name, {"benchmark": "bench_head", "machine": machine_info(config),
-                                "threads": torch.get_num_threads(),
-                                "hidden_dim": args.hidden_dim, "vocab_size": args.vocab_size}, rows)
+    path = write_results(
+        name,
+        {
+            "benchmark": "bench_head",
+            "machine": machine_info(config),
+            "threads": torch.get_num_threads(),
+            "hidden_dim": args.hidden_dim,
+            "vocab_size": args.vocab_size,
+        },
+        rows,
+    )
     print(f"results: {path}")
 
 

@@ -11,6 +11,7 @@ and the engine/baseline ratios; beside them the offline engine (every request su
 Usage: python benchmarks/bench_serve.py --engine packed [--clients 1,4,16,64] [--requests 16]
        [--length 32] [--steps T] [--repeats 2] [--max-rows R] [--threads 1] [--name serve_packed]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,24 @@ class ServerProcess:
     """``mdlm-fast serve`` on a free loopback port, stopped with SIGTERM."""
 
     def __init__(self, engine: str, args) -> None:
-        argv = [sys.executable, "-m", "mdlm_fast.cli", "serve", "--port", "0", "--engine", engine,
-                "--max-n", "1", "--max-queue", "4096", "--threads", str(args.threads), "--dtype", args.dtype]
+        argv = [
+            sys.executable,
+            "-m",
+            "mdlm_fast.cli",
+            "serve",
+            "--port",
+            "0",
+            "--engine",
+            engine,
+            "--max-n",
+            "1",
+            "--max-queue",
+            "4096",
+            "--threads",
+            str(args.threads),
+            "--dtype",
+            args.dtype,
+        ]
         if args.max_rows:
             argv += ["--max-rows", str(args.max_rows)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -99,8 +116,9 @@ def offline(engine, requests: int, args) -> float:
     """Wall time of the offline engine: every request submitted at once, then run_until_done()."""
     start = time.perf_counter()
     for i in range(requests):
-        engine.submit(Request(n=1, length=args.length, steps=args.steps or args.length, seed=1000 + i,
-                              schedule="sandwich:0.25"))
+        engine.submit(
+            Request(n=1, length=args.length, steps=args.steps or args.length, seed=1000 + i, schedule="sandwich:0.25")
+        )
     done = engine.run_until_done()
     assert len(done) == requests and all(c.error is None for c in done), [c.error for c in done if c.error]
     return time.perf_counter() - start
@@ -126,9 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats (default 2)")
     p.add_argument("--max-rows", type=int, default=None, help="the engine's row budget (default: per device)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of each server and of the offline engine (default 1: on a busy machine, "
-                        "threads of one process spin waiting on each other)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of each server and of the offline engine (default 1: on a busy machine, "
+        "threads of one process spin waiting on each other)",
+    )
     p.add_argument("--name", default=None, help="results file stem (default serve_<engine>)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",")]
@@ -138,8 +160,7 @@ def main(argv=None) -> int:
     servers = {"engine": ServerProcess(args.engine, args), "baseline": ServerProcess("sequential", args)}
     try:  # both servers start while this process loads its own models
         models = [mf.load_denoiser("embedded:heavy"), mf.load_denoiser("embedded:light")]
-        offline_engine = build_engine(args.engine, models, dtype=args.dtype, max_rows=args.max_rows,
-                                      max_queue=1 << 16)
+        offline_engine = build_engine(args.engine, models, dtype=args.dtype, max_rows=args.max_rows, max_queue=1 << 16)
         for server in servers.values():
             server.wait_ready()
         for server in servers.values():  # warm-up: first forwards of each model
@@ -153,10 +174,14 @@ def main(argv=None) -> int:
                 for which in order:
                     run = asyncio.run(load(servers[which].url, clients, requests, args))
                     runs.setdefault((which, clients), []).append(run)
-                    print(f"repeat {repeat} {which:8s} clients {clients:3d}: {requests / run['wall_s']:.3f} samples/s "
-                          f"({run['errors']} errors), load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+                    print(
+                        f"repeat {repeat} {which:8s} clients {clients:3d}: {requests / run['wall_s']:.3f} samples/s "
+                        f"({run['errors']} errors), load {os.getloadavg()[0]:.1f}",
+                        file=sys.stderr,
+                    )
                 runs.setdefault(("offline", clients), []).append(
-                    {"wall_s": offline(offline_engine, requests, args), "latencies_s": [], "errors": 0})
+                    {"wall_s": offline(offline_engine, requests, args), "latencies_s": [], "errors": 0}
+                )
         exit_codes = {which: server.stop() for which, server in servers.items()}
     finally:
         for server in servers.values():
@@ -169,31 +194,59 @@ def main(argv=None) -> int:
         throughput = [requests / r["wall_s"] for r in repeats]
         latencies = [x for r in repeats for x in r["latencies_s"]]
         stats = summary(throughput)
-        rows.append({"server": which, "engine": args.engine if which != "baseline" else "sequential",
-                     "clients": clients, "requests": requests, "samples_per_s": stats["median_s"],
-                     "samples_per_s_repeats": throughput, "spread": stats["spread"],
-                     "p50_s": percentile(latencies, 0.50), "p95_s": percentile(latencies, 0.95),
-                     "p99_s": percentile(latencies, 0.99), "errors": sum(r["errors"] for r in repeats)})
+        rows.append(
+            {
+                "server": which,
+                "engine": args.engine if which != "baseline" else "sequential",
+                "clients": clients,
+                "requests": requests,
+                "samples_per_s": stats["median_s"],
+                "samples_per_s_repeats": throughput,
+                "spread": stats["spread"],
+                "p50_s": percentile(latencies, 0.50),
+                "p95_s": percentile(latencies, 0.95),
+                "p99_s": percentile(latencies, 0.99),
+                "errors": sum(r["errors"] for r in repeats),
+            }
+        )
     by = {(r["server"], r["clients"]): r for r in rows}
     ratios = []
     for clients in levels:
         engine, baseline, off = by[("engine", clients)], by[("baseline", clients)], by[("offline", clients)]
-        ratios.append({"clients": clients,
-                       "throughput_engine_over_baseline": engine["samples_per_s"] / baseline["samples_per_s"],
-                       "throughput_engine_over_offline": engine["samples_per_s"] / off["samples_per_s"],
-                       "p50_engine_over_baseline": engine["p50_s"] / baseline["p50_s"],
-                       "p95_engine_over_baseline": engine["p95_s"] / baseline["p95_s"]})
-    payload = {"benchmark": "serve", "engine": args.engine, "models": "embedded heavy/light, sandwich:0.25",
-               "length": args.length, "steps": args.steps or args.length, "repeats": args.repeats,
-               "max_rows": offline_engine.max_rows, "threads": args.threads, "dtype": args.dtype,
-               "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "server_exit_codes": exit_codes,
-               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-               "ratios": ratios}
+        ratios.append(
+            {
+                "clients": clients,
+                "throughput_engine_over_baseline": engine["samples_per_s"] / baseline["samples_per_s"],
+                "throughput_engine_over_offline": engine["samples_per_s"] / off["samples_per_s"],
+                "p50_engine_over_baseline": engine["p50_s"] / baseline["p50_s"],
+                "p95_engine_over_baseline": engine["p95_s"] / baseline["p95_s"],
+            }
+        )
+    payload = {
+        "benchmark": "serve",
+        "engine": args.engine,
+        "models": "embedded heavy/light, sandwich:0.25",
+        "length": args.length,
+        "steps": args.steps or args.length,
+        "repeats": args.repeats,
+        "max_rows": offline_engine.max_rows,
+        "threads": args.threads,
+        "dtype": args.dtype,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "server_exit_codes": exit_codes,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "ratios": ratios,
+    }
     path = write_results(args.name or f"serve_{args.engine}", payload, rows)
     for r in ratios:
-        print(f"clients {r['clients']:3d}: engine/baseline throughput {r['throughput_engine_over_baseline']:.3f}, "
-              f"engine/offline {r['throughput_engine_over_offline']:.3f}, p50 ratio "
-              f"{r['p50_engine_over_baseline']:.3f}, p95 ratio {r['p95_engine_over_baseline']:.3f}")
+        print(
+            f"clients {r['clients']:3d}: engine/baseline throughput {r['throughput_engine_over_baseline']:.3f}, "
+            f"engine/offline {r['throughput_engine_over_offline']:.3f}, p50 ratio "
+            f"{r['p50_engine_over_baseline']:.3f}, p95 ratio {r['p95_engine_over_baseline']:.3f}"
+        )
     print(f"results: {path}", file=sys.stderr)
     return 0
 

@@ -9,6 +9,7 @@ share their uniforms and differ only where bf16 rounding moves a draw.
 
   python benchmarks/bf16_quality.py --samples 32                  # writes results/bf16_quality.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ def t_quantile_975(df: int) -> float:
     z = 1.959963984540054
     if df <= 0:
         return float("nan")
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2) \
-        + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3)
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def mean_ci(values: list[float]) -> dict:
@@ -83,31 +88,53 @@ def main(argv=None):
         batch = min(args.batch_size, args.samples - start)
         drawn = {}
         for dtype in ("float32", "bfloat16"):
-            result = mf.sample(models, steps=args.steps, batch_size=batch, length=args.length,
-                               schedule=args.schedule, sampler="fast", seed=args.seed + k, dtype=dtype)
+            result = mf.sample(
+                models,
+                steps=args.steps,
+                batch_size=batch,
+                length=args.length,
+                schedule=args.schedule,
+                sampler="fast",
+                seed=args.seed + k,
+                dtype=dtype,
+            )
             texts = [tokenizer.decode(row, mask_id=mask) for row in result.tokens.tolist()]
-            drawn[dtype] = (result.tokens, texts, per_sample_nll(texts, judge, judge_tokenizer),
-                            result.stats.wall_time_s)
+            drawn[dtype] = (
+                result.tokens,
+                texts,
+                per_sample_nll(texts, judge, judge_tokenizer),
+                result.stats.wall_time_s,
+            )
             print(f"batch {k} {dtype:8s} {result.stats.wall_time_s:6.2f} s", file=sys.stderr, flush=True)
         for i in range(batch):
             pair = {}
             for dtype, (tokens, _, scores, _) in drawn.items():
                 total, count = scores[i]
-                pair[dtype] = {"nll_per_token": total / count if count else float("nan"), "judge_tokens": count,
-                               "unigram_entropy": ev.unigram_entropy([tokens[i].tolist()])}
+                pair[dtype] = {
+                    "nll_per_token": total / count if count else float("nan"),
+                    "judge_tokens": count,
+                    "unigram_entropy": ev.unigram_entropy([tokens[i].tolist()]),
+                }
             same = float((drawn["float32"][0][i] == drawn["bfloat16"][0][i]).float().mean())
-            rows.append({"seed": args.seed + k, "index": i,
-                         "nll_fp32": pair["float32"]["nll_per_token"], "nll_bf16": pair["bfloat16"]["nll_per_token"],
-                         "nll_diff": pair["bfloat16"]["nll_per_token"] - pair["float32"]["nll_per_token"],
-                         "entropy_fp32": pair["float32"]["unigram_entropy"],
-                         "entropy_bf16": pair["bfloat16"]["unigram_entropy"],
-                         "entropy_diff": pair["bfloat16"]["unigram_entropy"] - pair["float32"]["unigram_entropy"],
-                         "same_token_fraction": same})
+            rows.append(
+                {
+                    "seed": args.seed + k,
+                    "index": i,
+                    "nll_fp32": pair["float32"]["nll_per_token"],
+                    "nll_bf16": pair["bfloat16"]["nll_per_token"],
+                    "nll_diff": pair["bfloat16"]["nll_per_token"] - pair["float32"]["nll_per_token"],
+                    "entropy_fp32": pair["float32"]["unigram_entropy"],
+                    "entropy_bf16": pair["bfloat16"]["unigram_entropy"],
+                    "entropy_diff": pair["bfloat16"]["unigram_entropy"] - pair["float32"]["unigram_entropy"],
+                    "same_token_fraction": same,
+                }
+            )
     valid = [r for r in rows if math.isfinite(r["nll_diff"])]
     nll_diff = mean_ci([r["nll_diff"] for r in valid])
     entropy_diff = mean_ci([r["entropy_diff"] for r in rows])
     summary = {
-        "samples": len(rows), "scored": len(valid),
+        "samples": len(rows),
+        "scored": len(valid),
         "nll_diff": nll_diff,
         "gen_ppl_ratio": math.exp(nll_diff["mean"]),
         "gen_ppl_ratio_ci95": [math.exp(v) for v in nll_diff["ci95"]],
@@ -118,17 +145,37 @@ def main(argv=None):
         "entropy_bf16": statistics.fmean(r["entropy_bf16"] for r in rows),
         "same_token_fraction": statistics.fmean(r["same_token_fraction"] for r in rows),
     }
-    config = BenchConfig("embedded", models[0].config.hidden_dim, models[0].config.n_heads,
-                         models[0].config.n_blocks, models[1].config.n_blocks, models[0].config.vocab_size,
-                         args.length, args.steps, args.batch_size, torch.bfloat16, "cpu")
-    path = write_results(args.name, {"benchmark": "bf16_quality", "machine": machine_info(config),
-                                     "settings": vars(args), "per_sample_nll": "judge NLL per judge token",
-                                     "summary": summary}, rows)
-    print(f"gen-PPL fp32 {summary['gen_ppl_fp32']:.2f}, bf16 {summary['gen_ppl_bf16']:.2f}; paired ratio "
-          f"{summary['gen_ppl_ratio']:.4f} (95% CI {summary['gen_ppl_ratio_ci95'][0]:.4f}-"
-          f"{summary['gen_ppl_ratio_ci95'][1]:.4f}); unigram entropy diff {entropy_diff['mean']:+.4f} nats "
-          f"(95% CI {entropy_diff['ci95'][0]:+.4f} to {entropy_diff['ci95'][1]:+.4f}); "
-          f"same tokens {summary['same_token_fraction']:.1%}")
+    config = BenchConfig(
+        "embedded",
+        models[0].config.hidden_dim,
+        models[0].config.n_heads,
+        models[0].config.n_blocks,
+        models[1].config.n_blocks,
+        models[0].config.vocab_size,
+        args.length,
+        args.steps,
+        args.batch_size,
+        torch.bfloat16,
+        "cpu",
+    )
+    path = write_results(
+        args.name,
+        {
+            "benchmark": "bf16_quality",
+            "machine": machine_info(config),
+            "settings": vars(args),
+            "per_sample_nll": "judge NLL per judge token",
+            "summary": summary,
+        },
+        rows,
+    )
+    print(
+        f"gen-PPL fp32 {summary['gen_ppl_fp32']:.2f}, bf16 {summary['gen_ppl_bf16']:.2f}; paired ratio "
+        f"{summary['gen_ppl_ratio']:.4f} (95% CI {summary['gen_ppl_ratio_ci95'][0]:.4f}-"
+        f"{summary['gen_ppl_ratio_ci95'][1]:.4f}); unigram entropy diff {entropy_diff['mean']:+.4f} nats "
+        f"(95% CI {entropy_diff['ci95'][0]:+.4f} to {entropy_diff['ci95'][1]:+.4f}); "
+        f"same tokens {summary['same_token_fraction']:.1%}"
+    )
     print(f"results: {path}")
 
 

@@ -3,6 +3,7 @@
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,10 @@ def get_config(name: str) -> BenchConfig:
         raise SystemExit(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
     config = CONFIGS[name]
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"the {name!r} config runs on a CUDA GPU (L {config.length}, T {config.steps}, "
-                         f"{config.dtype}); none is visible on this machine")
+        raise SystemExit(
+            f"the {name!r} config runs on a CUDA GPU (L {config.length}, T {config.steps}, "
+            f"{config.dtype}); none is visible on this machine"
+        )
     return config
 
 
@@ -65,8 +68,16 @@ def random_model(config: BenchConfig, n_blocks: int, seed: int) -> mf.DiT:
     if config.name == "embedded" and n_blocks in (config.heavy_blocks, config.light_blocks):
         which = "heavy" if n_blocks == config.heavy_blocks else "light"
         return mf.load_denoiser(f"embedded:{which}").to(device=config.device, dtype=config.dtype).eval()
-    model = mf.DiT(mf.DiTConfig(hidden_dim=config.hidden_dim, n_heads=config.n_heads, n_blocks=n_blocks,
-                                cond_dim=128, vocab_size=config.vocab_size, model_length=config.length))
+    model = mf.DiT(
+        mf.DiTConfig(
+            hidden_dim=config.hidden_dim,
+            n_heads=config.n_heads,
+            n_blocks=n_blocks,
+            cond_dim=128,
+            vocab_size=config.vocab_size,
+            model_length=config.length,
+        )
+    )
     model.init_random_(seed)
     return model.to(device=config.device, dtype=config.dtype).eval()
 
@@ -93,8 +104,10 @@ class BlockTimer:
 
     def __init__(self, model: mf.DiT, device: str):
         self.device, self.total_s, self._start = device, 0.0, 0.0
-        self._handles = [model.blocks[0].register_forward_pre_hook(self._enter),
-                         model.blocks[-1].register_forward_hook(self._leave)]
+        self._handles = [
+            model.blocks[0].register_forward_pre_hook(self._enter),
+            model.blocks[-1].register_forward_hook(self._leave),
+        ]
 
     def _enter(self, module, args):
         synchronize(self.device)
@@ -112,8 +125,13 @@ class BlockTimer:
 def summary(times: list[float]) -> dict:
     """Median and spread (min, max, relative half-range) of repeated timings."""
     med = statistics.median(times)
-    return {"median_s": med, "min_s": min(times), "max_s": max(times),
-            "spread": (max(times) - min(times)) / (2 * med) if med else 0.0, "repeats": len(times)}
+    return {
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "spread": (max(times) - min(times)) / (2 * med) if med else 0.0,
+        "repeats": len(times),
+    }
 
 
 def cpu_model_and_flags() -> dict:
@@ -150,16 +168,20 @@ def measure_peaks(device: str = "cpu", gemm_n: int = 1024, read_mb: int = 256) -
         a = torch.randn(gemm_n, gemm_n, device=device).to(dtype)
         b = torch.randn(gemm_n, gemm_n, device=device).to(dtype)
         name = str(dtype).replace("torch.", "")
-        peaks[f"gemm_{name}_gflop_per_s"] = _best_rate(lambda a=a, b=b: a @ b, 2 * gemm_n ** 3 / 1e9, device)
-    buf = torch.ones(read_mb * 2 ** 20 // 4, device=device)
+        peaks[f"gemm_{name}_gflop_per_s"] = _best_rate(lambda a=a, b=b: a @ b, 2 * gemm_n**3 / 1e9, device)
+    buf = torch.ones(read_mb * 2**20 // 4, device=device)
     peaks["read_gb_per_s"] = _best_rate(lambda: buf.sum(), buf.numel() * 4 / 1e9, device)
     return peaks
 
 
 def machine_profile(device: str = "cpu", *, with_peaks: bool = True) -> dict:
     """CPU model and flags, threads, load average and (unless turned off) the measured peaks."""
-    info = {**cpu_model_and_flags(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "load_average": list(os.getloadavg())}
+    info = {
+        **cpu_model_and_flags(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+    }
     if with_peaks:
         info["peaks"] = measure_peaks(device)
     return info
@@ -179,15 +201,22 @@ def add_throughput(rows: list[dict], peaks: dict) -> None:
 
 def machine_info(config: BenchConfig) -> dict:
     try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                  cwd=Path(__file__).parent).stdout.strip()
+        revision = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         revision = ""
     info = {
-        "machine": platform.node(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "mdlm_fast": mf.__version__, "git_revision": revision, "dtype": str(config.dtype).replace("torch.", ""),
-        "device": config.device, "build": mf.build_info(),
+        "machine": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "mdlm_fast": mf.__version__,
+        "git_revision": revision,
+        "dtype": str(config.dtype).replace("torch.", ""),
+        "device": config.device,
+        "build": mf.build_info(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         **machine_profile(config.device),
     }

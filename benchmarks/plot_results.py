@@ -7,6 +7,7 @@ range over paired repeats) for both samplers, and the fused head vs matmul ratio
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,18 @@ def plot_sampler(path: Path) -> Path:
     variants = list(dict.fromkeys(r.get("variant", r["sampler"]) for r in data["rows"]))
     for variant in variants:
         marker = "s" if variant.startswith(("reference", "mdlm")) else "o"
-        rows = [r for r in data["rows"] if r.get("variant", r["sampler"]) == variant and r["measured_saving"] is not None]
+        rows = [
+            r for r in data["rows"] if r.get("variant", r["sampler"]) == variant and r["measured_saving"] is not None
+        ]
         if not rows:
             continue
         saving = [r["measured_saving"] for r in rows]
         # error bars: the saving at the slowest and fastest paired repeat (absent in older results files)
         low = [s - (1 - 1 / r["speedup_min"]) if r.get("speedup_min") else 0.0 for s, r in zip(saving, rows)]
         high = [(1 - 1 / r["speedup_max"]) - s if r.get("speedup_max") else 0.0 for s, r in zip(saving, rows)]
-        ax.errorbar([r["predicted_saving"] for r in rows], saving, yerr=[low, high], marker=marker, capsize=3,
-                    label=variant)
+        ax.errorbar(
+            [r["predicted_saving"] for r in rows], saving, yerr=[low, high], marker=marker, capsize=3, label=variant
+        )
     top = max(r["predicted_saving"] for r in data["rows"])
     ax.plot([0, top], [0, top], "k--", lw=1, label="y = x (wall-clock follows FLOPs)")
     ax.set_xlabel("predicted saving, block FLOPs (eq. 3)")
@@ -65,8 +69,7 @@ def plot_ablation(path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     y = list(range(len(rows)))[::-1]
     ax.barh([v + 0.2 for v in y], [r["median_s"] / base_s for r in rows], height=0.4, label="wall-clock")
-    ax.barh([v - 0.2 for v in y], [r["executed_gflops"] / base_flops for r in rows], height=0.4,
-            label="executed FLOPs")
+    ax.barh([v - 0.2 for v in y], [r["executed_gflops"] / base_flops for r in rows], height=0.4, label="executed FLOPs")
     for v, r in zip(y, rows):
         ax.text(r["median_s"] / base_s, v + 0.2, f" {r['speedup_vs_mdlm_speed']:.1f}x", va="center", fontsize=8)
     ax.set_yticks(y, [r["label"].split(":")[0] for r in rows], fontsize=8)
@@ -81,15 +84,20 @@ def plot_head(path: Path) -> Path:
     rows = data["rows"]
     fig, ax = plt.subplots(figsize=(5, 4))
     ns = [r["n"] for r in rows]
-    for key, label in (("fused_ms", "fused head+sample"), ("matmul_ms", "matmul alone"),
-                       ("matmul+gumbel_ms", "matmul + fp64 Gumbel + argmax")):
+    for key, label in (
+        ("fused_ms", "fused head+sample"),
+        ("matmul_ms", "matmul alone"),
+        ("matmul+gumbel_ms", "matmul + fp64 Gumbel + argmax"),
+    ):
         ax.plot(ns, [r[key] for r in rows], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("rows projected (N)")
     ax.set_ylabel("time (ms)")
     machine = data["machine"]
-    ax.set_title(f"vocabulary head, V={data['vocab_size']}, d={data['hidden_dim']}, {machine['device']} {machine['dtype']}")
+    ax.set_title(
+        f"vocabulary head, V={data['vocab_size']}, d={data['hidden_dim']}, {machine['device']} {machine['dtype']}"
+    )
     return _save(fig, ax, path)
 
 
@@ -101,10 +109,16 @@ def plot_engine(path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
     factors = sorted({r["steps_factor"] for r in rows})
     for k, variant in enumerate(("sample", "engine")):
-        values = [next(r["rows_per_forward"] for r in rows if r["variant"] == variant and r["steps_factor"] == f)
-                  for f in factors]
-        left.bar([i + 0.2 * (2 * k - 1) for i in range(len(factors))], values, width=0.4,
-                 label="sample() batch after batch" if variant == "sample" else "engine")
+        values = [
+            next(r["rows_per_forward"] for r in rows if r["variant"] == variant and r["steps_factor"] == f)
+            for f in factors
+        ]
+        left.bar(
+            [i + 0.2 * (2 * k - 1) for i in range(len(factors))],
+            values,
+            width=0.4,
+            label="sample() batch after batch" if variant == "sample" else "engine",
+        )
     left.axhline(rows[0]["row_budget"], color="k", ls="--", lw=1, label="row budget")
     left.set_xticks(range(len(factors)), [f"T = {f}L" if f > 1 else "T = L" for f in factors])
     left.set_ylabel("mean rows per forward")
@@ -117,8 +131,11 @@ def plot_engine(path: Path) -> Path:
     right.set_ylim(bottom=0)
     right.grid(alpha=0.3)
     machine = data["machine"]
-    fig.suptitle(f"engine, {data['config']} config, L {rows[0]['length']}, {machine['device']} {machine['dtype']}, "
-                 f"{machine['threads']} threads", fontsize=10)
+    fig.suptitle(
+        f"engine, {data['config']} config, L {rows[0]['length']}, {machine['device']} {machine['dtype']}, "
+        f"{machine['threads']} threads",
+        fontsize=10,
+    )
     return _save(fig, left, path, legend_size=8)
 
 
@@ -135,12 +152,20 @@ def plot_threads(path: Path) -> Path:
         for j, condition in enumerate(conditions):
             row = next((r for r in rows if r["variant"] == variant and r["condition"] == condition), None)
             if row:
-                ax.bar(j + i * width, row["median_wall_s"], width, color=f"C{i}", hatch="//" if row["timed_out"] else None,
-                       label=variant if j == 0 else None)
+                ax.bar(
+                    j + i * width,
+                    row["median_wall_s"],
+                    width,
+                    color=f"C{i}",
+                    hatch="//" if row["timed_out"] else None,
+                    label=variant if j == 0 else None,
+                )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(conditions))], conditions)
     ax.set_ylabel("main job, median seconds (start to exit)")
-    ax.set_title(f"threads under contention, {data['machine'].get('cpu_model', '')} ({data['machine']['cpu_count']} cores)",
-                 fontsize=10)
+    ax.set_title(
+        f"threads under contention, {data['machine'].get('cpu_model', '')} ({data['machine']['cpu_count']} cores)",
+        fontsize=10,
+    )
     return _save(fig, ax, path, legend_size=8, grid_axis="y")
 
 

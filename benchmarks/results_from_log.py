@@ -8,6 +8,7 @@ schedule, and against the same variant's all-heavy row of the same repeat.
 
   python benchmarks/results_from_log.py run.log --name sampler_cpu_partial --config cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,16 @@ def parse(text: str) -> list[dict]:
     for line in text.splitlines():
         m = LINE.match(line)
         if m:
-            runs.append({"rep": int(m[1]), "variant": m[2], "light_blocks": int(m[3]), "schedule": m[4],
-                         "seconds": float(m[5]), "forwards": [int(v) for v in m[6].split(",") if v.strip()]})
+            runs.append(
+                {
+                    "rep": int(m[1]),
+                    "variant": m[2],
+                    "light_blocks": int(m[3]),
+                    "schedule": m[4],
+                    "seconds": float(m[5]),
+                    "forwards": [int(v) for v in m[6].split(",") if v.strip()],
+                }
+            )
     return runs
 
 
@@ -40,9 +49,16 @@ def rows_from_runs(runs: list[dict], all_heavy: str) -> list[dict]:
     rows = []
     for (variant, schedule), reps in by.items():
         times = [reps[k]["seconds"] for k in sorted(reps)]
-        row = {"variant": variant, "schedule": schedule, "repeats": len(times), "times_s": times,
-               "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-               "forwards": sum(next(iter(reps.values()))["forwards"])}
+        row = {
+            "variant": variant,
+            "schedule": schedule,
+            "repeats": len(times),
+            "times_s": times,
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "max_s": max(times),
+            "forwards": sum(next(iter(reps.values()))["forwards"]),
+        }
 
         def ratios(base_variant, base_schedule, pair_by_repeat, variant=variant, schedule=schedule, reps=reps):
             base = by.get((base_variant, base_schedule))
@@ -55,9 +71,11 @@ def rows_from_runs(runs: list[dict], all_heavy: str) -> list[dict]:
                 values = [ref / reps[k]["seconds"] for k in reps]
             return (statistics.median(values), min(values), max(values)) if values else None
 
-        for stem, args in (("vs_mdlm_speed", ("mdlm-speed", schedule, False)),
-                           ("vs_fast_float32", ("fast-float32", schedule, True)),
-                           ("vs_own_all_heavy", (variant, all_heavy, True))):
+        for stem, args in (
+            ("vs_mdlm_speed", ("mdlm-speed", schedule, False)),
+            ("vs_fast_float32", ("fast-float32", schedule, True)),
+            ("vs_own_all_heavy", (variant, all_heavy, True)),
+        ):
             got = ratios(*args) if not (stem == "vs_fast_float32" and not variant.startswith("fast")) else None
             row[f"speedup_{stem}"], row[f"speedup_{stem}_min"], row[f"speedup_{stem}_max"] = got or (None,) * 3
         rows.append(row)
@@ -74,9 +92,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     runs = parse(args.log.read_text())
     rows = rows_from_runs(runs, args.all_heavy)
-    path = write_results(args.name, {"benchmark": "bench_sampler_partial", "partial": True, "command": args.command,
-                                     "config": args.config, "machine": machine_info(get_config(args.config)),
-                                     "runs": runs}, rows)
+    path = write_results(
+        args.name,
+        {
+            "benchmark": "bench_sampler_partial",
+            "partial": True,
+            "command": args.command,
+            "config": args.config,
+            "machine": machine_info(get_config(args.config)),
+            "runs": runs,
+        },
+        rows,
+    )
     for r in rows:
         print(r)
     print(f"results: {path}")

@@ -7,6 +7,7 @@ step of each embedded model. A regression shows against a saved run:
 
 The paper-style tables come from the standalone scripts (bench_head.py, bench_sampler.py).
 """
+
 import pytest
 import torch
 
@@ -49,8 +50,9 @@ def test_matmul(benchmark, weight, n):
     assert logits.shape == (n, V)
 
 
-@pytest.mark.parametrize("n,width,dist", [(65536, 1, "uniform"), (64, 8193, "gumbel")],
-                         ids=["reveal-uniforms", "gumbel-rows"])
+@pytest.mark.parametrize(
+    "n,width,dist", [(65536, 1, "uniform"), (64, 8193, "gumbel")], ids=["reveal-uniforms", "gumbel-rows"]
+)
 def test_philox_noise(benchmark, n, width, dist):
     benchmark.group = "philox_noise"
     noise = benchmark(ops.philox_noise, _keys(n), 0, ops.PURPOSE_TOKEN, width, dist)

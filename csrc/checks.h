@@ -14,9 +14,9 @@
 #define MDLM_CHECK_DTYPE(t, arg, dt) \
   MDLM_CHECK_ARG((t).scalar_type() == (dt), arg, "must have dtype ", dt, ", got ", (t).scalar_type())
 
-#define MDLM_CHECK_SAME_DEVICE(t, arg, ref, ref_arg)                                              \
-  MDLM_CHECK_ARG((t).device() == (ref).device(), arg, "must be on the same device as '", ref_arg, \
-                 "' (", (ref).device(), "), got ", (t).device())
+#define MDLM_CHECK_SAME_DEVICE(t, arg, ref, ref_arg)                                                     \
+  MDLM_CHECK_ARG((t).device() == (ref).device(), arg, "must be on the same device as '", ref_arg, "' (", \
+                 (ref).device(), "), got ", (t).device())
 
 namespace mdlm_fast {
 
@@ -28,8 +28,8 @@ constexpr double kMinTemperature = 1e-6;
 constexpr double kMaxTemperature = 3.4028234663852886e38;
 
 // The one device check every op makes: each tensor argument lives on the kernel's device.
-#define MDLM_CHECK_ON_DEVICE(t, arg, device_type, device_name)                                     \
-  MDLM_CHECK_ARG((t).device().type() == (device_type), arg, "must be on the ", device_name,      \
+#define MDLM_CHECK_ON_DEVICE(t, arg, device_type, device_name)                              \
+  MDLM_CHECK_ARG((t).device().type() == (device_type), arg, "must be on the ", device_name, \
                  " device like the other arguments of this call, got ", (t).device())
 
 // keys: int64 [N, 3] rows of (step, row, position).
@@ -69,8 +69,8 @@ inline void check_fused_head_args(const at::Tensor& hidden, const at::Tensor& we
                  "must be float32, bfloat16 or float16, got ", dtype);
   MDLM_CHECK_ARG(weight.scalar_type() == dtype, "weight", "must have the dtype of 'hidden' (", dtype, "), got ",
                  weight.scalar_type());
-  MDLM_CHECK_ARG(weight.size(1) == hidden.size(1), "weight", "must have shape [V, d] with d = hidden.size(1) = ",
-                 hidden.size(1), ", got ", weight.sizes());
+  MDLM_CHECK_ARG(weight.size(1) == hidden.size(1), "weight",
+                 "must have shape [V, d] with d = hidden.size(1) = ", hidden.size(1), ", got ", weight.sizes());
   const int64_t n = hidden.size(0), vocab = weight.size(0);
   MDLM_CHECK_ARG(vocab > 0, "weight", "must have at least one vocabulary row");
   if (bias.has_value()) {
@@ -82,9 +82,9 @@ inline void check_fused_head_args(const at::Tensor& hidden, const at::Tensor& we
   check_keys(keys, "keys");
   MDLM_CHECK_ARG(keys.size(0) == n, "keys", "must have one row per hidden row (", n, "), got ", keys.size(0));
   check_purpose(purpose);
-  MDLM_CHECK_ARG(temperature == 0 || (temperature >= kMinTemperature && temperature <= kMaxTemperature),
-                 "temperature", "must be 0 (argmax) or in [", kMinTemperature, ", ", kMaxTemperature,
-                 "] (float32), got ", temperature);
+  MDLM_CHECK_ARG(temperature == 0 || (temperature >= kMinTemperature && temperature <= kMaxTemperature), "temperature",
+                 "must be 0 (argmax) or in [", kMinTemperature, ", ", kMaxTemperature, "] (float32), got ",
+                 temperature);
   MDLM_CHECK_DIM(banned, "banned", 1);
   MDLM_CHECK_DTYPE(banned, "banned", at::kLong);
 }

@@ -20,8 +20,8 @@ static PyObject* build_info(PyObject*, PyObject*) {
   const bool with_cuda = false;
   const char* cuda_archs = "";
 #endif
-  return Py_BuildValue("{s:O,s:O,s:s}", "cpu", Py_True, "cuda", with_cuda ? Py_True : Py_False,
-                       "cuda_archs", cuda_archs);
+  return Py_BuildValue("{s:O,s:O,s:s}", "cpu", Py_True, "cuda", with_cuda ? Py_True : Py_False, "cuda_archs",
+                       cuda_archs);
 }
 
 // The constants the kernels and their checks are built with, so that Python reads them from the
@@ -38,25 +38,23 @@ static PyObject* constants(PyObject*, PyObject*) {
     }
     PyTuple_SET_ITEM(dists, i, name);  // steals the reference
   }
-  PyObject* purposes = Py_BuildValue("{s:I,s:I,s:I,s:I,s:I}", "user", unsigned{kPurposeUser}, "reveal",
-                                     unsigned{kPurposeReveal}, "token", unsigned{kPurposeToken}, "reference_gumbel",
-                                     unsigned{kPurposeReferenceGumbel}, "noise_removal",
-                                     unsigned{kPurposeNoiseRemoval});
+  PyObject* purposes =
+      Py_BuildValue("{s:I,s:I,s:I,s:I,s:I}", "user", unsigned{kPurposeUser}, "reveal", unsigned{kPurposeReveal},
+                    "token", unsigned{kPurposeToken}, "reference_gumbel", unsigned{kPurposeReferenceGumbel},
+                    "noise_removal", unsigned{kPurposeNoiseRemoval});
   if (purposes == nullptr) {
     Py_DECREF(dists);
     return nullptr;
   }
   // "N" hands over the references of dists and purposes.
-  return Py_BuildValue("{s:N,s:L,s:L,s:d,s:d,s:N}", "purposes", purposes, "max_step",
-                       static_cast<long long>(kMaxStep), "vocab_chunk", static_cast<long long>(kVocabChunk),
-                       "min_temperature", kMinTemperature, "max_temperature", kMaxTemperature, "noise_dists",
-                       dists);
+  return Py_BuildValue("{s:N,s:L,s:L,s:d,s:d,s:N}", "purposes", purposes, "max_step", static_cast<long long>(kMaxStep),
+                       "vocab_chunk", static_cast<long long>(kVocabChunk), "min_temperature", kMinTemperature,
+                       "max_temperature", kMaxTemperature, "noise_dists", dists);
 }
 
-static PyMethodDef methods[] = {
-    {"build_info", build_info, METH_NOARGS, "Which backends this build compiled."},
-    {"constants", constants, METH_NOARGS, "The constants the kernels were built with."},
-    {nullptr, nullptr, 0, nullptr}};
+static PyMethodDef methods[] = {{"build_info", build_info, METH_NOARGS, "Which backends this build compiled."},
+                                {"constants", constants, METH_NOARGS, "The constants the kernels were built with."},
+                                {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
 

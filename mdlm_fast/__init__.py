@@ -5,6 +5,7 @@ sampling kernels computed only where a step reveals tokens, and the analysis too
 schedules. This module is the public facade: everything a user calls is importable from here.
 See README.md; the layout (one folder per concept) and the math are in docs/design.md.
 """
+
 # First, before torch loads OpenMP: the mdlm-fast command's passive thread wait (util/threads.py).
 from mdlm_fast.util.threads import passive_wait_for_command_line as _passive_wait_for_command_line
 
@@ -36,16 +37,48 @@ from mdlm_fast.text.tokenizer import TextTokenizer, TokenizerError, load_tokeniz
 from mdlm_fast.version import __version__
 
 __all__ = [
-    "build_info", "ops", "reference",
-    "DiT", "DiTConfig", "subs_log_probs", "Denoiser",
-    "live_denoiser", "LiveModelError", "LiveModelWarning", "fast_sample", "patch",
-    "load_denoiser", "save_denoiser", "CheckpointError",
-    "ModelSchedule", "ScheduleError", "TimeSchedule", "resolve_schedule",
-    "ModelShape", "ExecutedFlops", "schedule_flops",
-    "LogLinearNoise", "sample", "SampleResult", "SampleStats",
-    "Engine", "Request", "Completion", "EngineError", "QueueFull",
-    "TextTokenizer", "TokenizerError", "load_tokenizer",
-    "CausalLM", "CausalLMConfig", "load_judge", "save_judge",
-    "generative_perplexity", "unigram_entropy", "distinct_n", "evaluate_schedule", "evaluate_samples",
+    "build_info",
+    "ops",
+    "reference",
+    "DiT",
+    "DiTConfig",
+    "subs_log_probs",
+    "Denoiser",
+    "live_denoiser",
+    "LiveModelError",
+    "LiveModelWarning",
+    "fast_sample",
+    "patch",
+    "load_denoiser",
+    "save_denoiser",
+    "CheckpointError",
+    "ModelSchedule",
+    "ScheduleError",
+    "TimeSchedule",
+    "resolve_schedule",
+    "ModelShape",
+    "ExecutedFlops",
+    "schedule_flops",
+    "LogLinearNoise",
+    "sample",
+    "SampleResult",
+    "SampleStats",
+    "Engine",
+    "Request",
+    "Completion",
+    "EngineError",
+    "QueueFull",
+    "TextTokenizer",
+    "TokenizerError",
+    "load_tokenizer",
+    "CausalLM",
+    "CausalLMConfig",
+    "load_judge",
+    "save_judge",
+    "generative_perplexity",
+    "unigram_entropy",
+    "distinct_n",
+    "evaluate_schedule",
+    "evaluate_samples",
     "__version__",
 ]

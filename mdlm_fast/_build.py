@@ -1,4 +1,5 @@
 """Loads the compiled extension (which registers torch.ops.mdlm_fast.*) and reports what it holds."""
+
 from __future__ import annotations
 
 import torch  # loads libtorch, which the extension links against
@@ -10,7 +11,8 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         f"mdlm_fast's compiled extension is missing, or was built against another torch than this "
         f"{torch.__version__} (an 'undefined symbol' below). Install the package with "
         "`pip install --no-build-isolation .` (or `-e .`) so the operators are built "
-        f"against your torch. Original error: {exc}") from exc
+        f"against your torch. Original error: {exc}"
+    ) from exc
 
 
 def build_info() -> dict:

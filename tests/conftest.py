@@ -2,6 +2,7 @@
 
 CUDA availability is checked when a test runs, never at import or collection time.
 """
+
 import pytest
 import torch
 
@@ -23,7 +24,15 @@ def device(request) -> str:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--emulated-full", action="store_true", default=False,
-                     help="run the full matrix of the emulated CUDA kernel tests (default: the quick set)")
-    parser.addoption("--emulated-order", choices=["forward", "reverse", "random"], default="forward",
-                     help="thread and block order of the emulated launches a test does not set itself")
+    parser.addoption(
+        "--emulated-full",
+        action="store_true",
+        default=False,
+        help="run the full matrix of the emulated CUDA kernel tests (default: the quick set)",
+    )
+    parser.addoption(
+        "--emulated-order",
+        choices=["forward", "reverse", "random"],
+        default="forward",
+        help="thread and block order of the emulated launches a test does not set itself",
+    )

@@ -8,6 +8,7 @@ the argmax). After the loop the remaining masks are filled by the argmax (greedy
 or a tempered draw (ancestral). The knobs that build a nearby wrong law for a negative control:
 ``sigma_shift`` conditions step i on ts[i + shift]; ``dt_steps`` takes MDLM's step size of another grid.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,16 +32,27 @@ def tempered(p: torch.Tensor, temperature: float) -> torch.Tensor:
 
 @dataclass
 class ExactLaw:
-    probs: dict            # outcome tuple -> probability
-    top: float             # the model's largest probability of any token at any masked position, any step
-    drawn_top: float       # the same of the tempered law the steps draw from
+    probs: dict  # outcome tuple -> probability
+    top: float  # the model's largest probability of any token at any masked position, any step
+    drawn_top: float  # the same of the tempered law the steps draw from
 
     def vector(self, outcomes) -> torch.Tensor:
         return torch.tensor([self.probs.get(o, 0.0) for o in outcomes], dtype=torch.float64)
 
 
-def exact_law(models, schedule, steps: int, length: int, vocab: int, mask: int, *, temperature: float = 1.0,
-              noise_removal: str = "greedy", sigma_shift: int = 0, dt_steps: int | None = None) -> ExactLaw:
+def exact_law(
+    models,
+    schedule,
+    steps: int,
+    length: int,
+    vocab: int,
+    mask: int,
+    *,
+    temperature: float = 1.0,
+    noise_removal: str = "greedy",
+    sigma_shift: int = 0,
+    dt_steps: int | None = None,
+) -> ExactLaw:
     """The output law of ``steps`` steps from all-masked; models are callables (x, sigma) -> logits."""
     noise = LogLinearNoise()
     ts = sampling_timesteps(steps).tolist()
@@ -69,9 +81,12 @@ def exact_law(models, schedule, steps: int, length: int, vocab: int, mask: int, 
             p = drawn
             nxt: dict = {}
             for k, state in enumerate(keys):
-                options = [[(tok, 1.0)] if tok != mask else
-                           [(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(vocab) if v != mask]
-                           for pos, tok in enumerate(state)]
+                options = [
+                    [(tok, 1.0)]
+                    if tok != mask
+                    else [(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(vocab) if v != mask]
+                    for pos, tok in enumerate(state)
+                ]
                 for combo in itertools.product(*options):
                     key = tuple(tok for tok, _ in combo)
                     nxt[key] = nxt.get(key, 0.0) + states[state] * math.prod(w for _, w in combo)
@@ -82,8 +97,10 @@ def exact_law(models, schedule, steps: int, length: int, vocab: int, mask: int, 
         p = tempered(p, 0.0 if noise_removal == "greedy" else temperature)
         final: dict = {}
         for k, state in enumerate(keys):
-            options = [[(tok, 1.0)] if tok != mask else [(v, p[k, pos, v].item()) for v in range(vocab) if v != mask]
-                       for pos, tok in enumerate(state)]
+            options = [
+                [(tok, 1.0)] if tok != mask else [(v, p[k, pos, v].item()) for v in range(vocab) if v != mask]
+                for pos, tok in enumerate(state)
+            ]
             for combo in itertools.product(*options):
                 key = tuple(tok for tok, _ in combo)
                 final[key] = final.get(key, 0.0) + states[state] * math.prod(w for _, w in combo)
@@ -101,11 +118,19 @@ def outcome_counts(tokens: torch.Tensor, vocab: int, mask: int):
     return outcomes, counts
 
 
-def spread_dit(n_blocks: int, seed: int, vocab: int = 4, length: int = 2, time_conditioning: bool = False,
-               scale: float = 0.2):
+def spread_dit(
+    n_blocks: int, seed: int, vocab: int = 4, length: int = 2, time_conditioning: bool = False, scale: float = 0.2
+):
     """A tiny DiT at a weight scale where its predictions are spread (top probability near 0.5)."""
-    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab,
-                          model_length=length, time_conditioning=time_conditioning)
+    config = mf.DiTConfig(
+        hidden_dim=16,
+        n_heads=2,
+        n_blocks=n_blocks,
+        cond_dim=8,
+        vocab_size=vocab,
+        model_length=length,
+        time_conditioning=time_conditioning,
+    )
     model = mf.DiT(config)
     model.init_random_(seed, std=scale)
     return model.eval()

@@ -1,4 +1,5 @@
 """MDLM's sampler's exact output distribution on tiny models, by dynamic programming over all states."""
+
 import itertools
 import math
 
@@ -24,9 +25,12 @@ def exact_conditional(model, start, steps, vocab, mask):
             p = subs_log_probs(model(x, torch.full((len(keys),), noise.sigma(t))), x, mask).double().exp()
             nxt = {}
             for k, state in enumerate(keys):
-                options = [[(tok, 1.0)] if tok != mask else
-                           [(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(vocab) if v != mask]
-                           for pos, tok in enumerate(state)]
+                options = [
+                    [(tok, 1.0)]
+                    if tok != mask
+                    else [(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(vocab) if v != mask]
+                    for pos, tok in enumerate(state)
+                ]
                 for combo in itertools.product(*options):
                     key = tuple(tok for tok, _ in combo)
                     nxt[key] = nxt.get(key, 0.0) + states[state] * math.prod(w for _, w in combo)

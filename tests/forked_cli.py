@@ -9,6 +9,7 @@ child with status 99: proof that the case was refused before any sampling began.
 Usage: ``python forked_cli.py < cases.json > results.json``; cases are
 ``{"name", "argv", "cwd", "refuse_sampling"}``, results ``{name: {"status", "stdout", "stderr"}}``.
 """
+
 import json
 import os
 import sys
@@ -27,14 +28,16 @@ def _child(case: dict) -> None:
     os.dup2(out, 1)
     os.dup2(err, 2)
     if case.get("refuse_sampling"):
+
         def refuse(*args, **kwargs):
             sys.stderr.write("sampling started\n")
             sys.stderr.flush()
             os._exit(SAMPLING_STARTED)
 
         mdlm_fast.sample = api.sample = refuse
-    argv = [bytes.fromhex(a["hex"]).decode("utf-8", "surrogateescape") if isinstance(a, dict) else a
-            for a in case["argv"]]  # bytes as the OS hands them to Python: surrogate-escaped
+    argv = [
+        bytes.fromhex(a["hex"]).decode("utf-8", "surrogateescape") if isinstance(a, dict) else a for a in case["argv"]
+    ]  # bytes as the OS hands them to Python: surrogate-escaped
     try:
         code = main(argv)
     except SystemExit as exc:

@@ -8,6 +8,7 @@ the Hugging Face ``MDLM`` class of ``mdlm-owt`` (``backbone`` inside, a flat con
 forward in plain PyTorch in MDLM's order of operations (scaled-dot-product attention stands in for
 flash-attention). ``Diffusion._sample`` is MDLM's ddpm_cache loop on torch's global RNG.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,15 +46,18 @@ class Rotary(nn.Module):
 
 
 def rotate_half(x):
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
 class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size, frequency_embedding_size=256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size, bias=True), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size, bias=True))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
         self.frequency_embedding_size = frequency_embedding_size
 
     def forward(self, t):
@@ -82,17 +86,20 @@ class DDiTBlock(nn.Module):
         self.attn_out = nn.Linear(dim, dim, bias=False)
         self.dropout1 = nn.Dropout(dropout)
         self.norm2 = LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim, bias=True),
-                                 activation or nn.GELU(approximate="tanh"),
-                                 nn.Linear(mlp_ratio * dim, dim, bias=True))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim, bias=True),
+            activation or nn.GELU(approximate="tanh"),
+            nn.Linear(mlp_ratio * dim, dim, bias=True),
+        )
         self.dropout2 = nn.Dropout(dropout)
         self.dropout = dropout
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim, bias=True)
 
     def forward(self, x, rotary_cos_sin, c):
         b, s, d = x.shape
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
-            self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)[:, None].chunk(
+            6, dim=2
+        )
         x_skip = x
         h = modulate(self.norm1(x), shift_msa, scale_msa)
         qkv = self.attn_qkv(h).view(b, s, 3, self.n_heads, d // self.n_heads)
@@ -131,8 +138,12 @@ class DIT(nn.Module):
         self.vocab_embed = EmbeddingLayer(m.hidden_size, vocab_size)
         self.sigma_map = TimestepEmbedder(m.cond_dim)
         self.rotary_emb = Rotary(m.hidden_size // m.n_heads)
-        self.blocks = nn.ModuleList([DDiTBlock(m.hidden_size, m.n_heads, m.cond_dim, dropout=m.dropout,
-                                               activation=activation) for _ in range(m.n_blocks)])
+        self.blocks = nn.ModuleList(
+            [
+                DDiTBlock(m.hidden_size, m.n_heads, m.cond_dim, dropout=m.dropout, activation=activation)
+                for _ in range(m.n_blocks)
+            ]
+        )
         self.output_layer = DDitFinalLayer(m.hidden_size, vocab_size, m.cond_dim)
         self.scale_by_sigma = m.scale_by_sigma
 
@@ -155,16 +166,37 @@ def randomize_(module: nn.Module, seed: int, std: float = 0.3) -> nn.Module:
     return module
 
 
-def hydra_config(hidden=32, heads=4, blocks=2, cond=16, length=8, time_conditioning=False, batch=4, steps=8,
-                 predictor="ddpm_cache", noise_removal=True):
+def hydra_config(
+    hidden=32,
+    heads=4,
+    blocks=2,
+    cond=16,
+    length=8,
+    time_conditioning=False,
+    batch=4,
+    steps=8,
+    predictor="ddpm_cache",
+    noise_removal=True,
+):
     """The fields of MDLM's Hydra config that the model and its _sample read."""
     return SimpleNamespace(
-        model=SimpleNamespace(hidden_size=hidden, cond_dim=cond, n_blocks=blocks, n_heads=heads, dropout=0.1,
-                              length=length, scale_by_sigma=True),
-        time_conditioning=time_conditioning, parameterization="subs", backbone="dit", T=0,
+        model=SimpleNamespace(
+            hidden_size=hidden,
+            cond_dim=cond,
+            n_blocks=blocks,
+            n_heads=heads,
+            dropout=0.1,
+            length=length,
+            scale_by_sigma=True,
+        ),
+        time_conditioning=time_conditioning,
+        parameterization="subs",
+        backbone="dit",
+        T=0,
         noise=SimpleNamespace(type="loglinear"),
         sampling=SimpleNamespace(predictor=predictor, steps=steps, noise_removal=noise_removal),
-        loader=SimpleNamespace(eval_batch_size=batch))
+        loader=SimpleNamespace(eval_batch_size=batch),
+    )
 
 
 class LogLinearNoise(nn.Module):
@@ -276,8 +308,12 @@ class DITBackbone(nn.Module):
         self.vocab_embed = EmbeddingLayer(config.hidden_dim, config.vocab_size)
         self.sigma_map = TimestepEmbedder(config.cond_dim)
         self.rotary_emb = Rotary(config.hidden_dim // config.n_heads)
-        self.blocks = nn.ModuleList([DDiTBlock(config.hidden_dim, config.n_heads, config.cond_dim,
-                                               dropout=config.dropout) for _ in range(config.n_blocks)])
+        self.blocks = nn.ModuleList(
+            [
+                DDiTBlock(config.hidden_dim, config.n_heads, config.cond_dim, dropout=config.dropout)
+                for _ in range(config.n_blocks)
+            ]
+        )
         self.output_layer = DDitFinalLayer(config.hidden_dim, config.vocab_size, config.cond_dim)
 
     def forward(self, indices, sigma, output_hidden_states=False):
@@ -302,13 +338,23 @@ class MDLM(nn.Module):
         self.backbone = DITBackbone(config)
 
     def forward(self, input_ids=None, timesteps=None, output_hidden_states=None, return_dict=None):
-        logits, hidden = self.backbone(indices=input_ids, sigma=timesteps,
-                                       output_hidden_states=bool(output_hidden_states))
+        logits, hidden = self.backbone(
+            indices=input_ids, sigma=timesteps, output_hidden_states=bool(output_hidden_states)
+        )
         if return_dict if return_dict is not None else self.config.return_dict:
             return MaskedLMOutput(logits=logits, hidden_states=hidden or None)
         return (logits,)
 
 
 def hf_config(hidden=32, heads=4, blocks=2, cond=16, vocab=37, length=8, time_conditioning=False):
-    return SimpleNamespace(vocab_size=vocab, model_length=length, hidden_dim=hidden, cond_dim=cond, n_blocks=blocks,
-                           n_heads=heads, dropout=0.1, time_conditioning=time_conditioning, return_dict=False)
+    return SimpleNamespace(
+        vocab_size=vocab,
+        model_length=length,
+        hidden_dim=hidden,
+        cond_dim=cond,
+        n_blocks=blocks,
+        n_heads=heads,
+        dropout=0.1,
+        time_conditioning=time_conditioning,
+        return_dict=False,
+    )

@@ -1,5 +1,6 @@
 """test_model.py holds the independent reference of MDLM's DiT; other test files load it by path,
 so that it works whatever pytest's import mode is (each under its own module name)."""
+
 import importlib.util
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """A live server on 127.0.0.1 in a thread of the test process, and an engine whose steps wait for a gate."""
+
 from __future__ import annotations
 
 import threading

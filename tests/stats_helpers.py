@@ -1,4 +1,5 @@
 """Statistical checks shared by the sampler and kernel tests."""
+
 import torch
 
 

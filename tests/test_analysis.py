@@ -4,6 +4,7 @@ segment scores (eq. 8), resumable search, calibration.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 import json
 import math
 import random
@@ -27,9 +28,11 @@ from mdlm_fast.schedules.noise import LogLinearNoise
 # Helpers: tiny models, a judge with known probabilities, a text <-> id tokenizer
 # --------------------------------------------------------------------------------------------
 
+
 def tiny_dit(n_blocks, seed, vocab=6, length=8, scale=0.5):
-    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab,
-                          model_length=length)
+    config = mf.DiTConfig(
+        hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab, model_length=length
+    )
     return mf.DiT(config).init_random_(seed, std=scale).eval()
 
 
@@ -40,18 +43,21 @@ PROBS = [0.1, 0.2, 0.3, 0.15, 0.2499, 0.0001]  # sums to 1; id 5 = the tiny mode
 # eval: gen-PPL, diversity, records
 # --------------------------------------------------------------------------------------------
 
+
 def test_evaluate_samples_matches_the_analytic_perplexity_and_diversity():
     tokens = [[1, 2, 5, 3], [4, 4]]  # the mask id 5 is dropped before scoring
-    out = ev.evaluate_samples(tokens, tokenizer=IdTokenizer(), mask_id=5, judge=FixedJudge(PROBS),
-                              judge_tokenizer=IdTokenizer())
+    out = ev.evaluate_samples(
+        tokens, tokenizer=IdTokenizer(), mask_id=5, judge=FixedJudge(PROBS), judge_tokenizer=IdTokenizer()
+    )
     scored = [1, 2, 3, 4, 4]
     mean_nll = -sum(math.log(PROBS[i]) for i in scored) / len(scored)
     assert out["tokens"] == 5 and out["samples"] == 2
     assert out["gen_ppl"] == pytest.approx(math.exp(mean_nll))
     assert out["unigram_entropy"] == pytest.approx((math.log(4) + 0.0) / 2)
     assert out["distinct_2"] == pytest.approx(4 / 4) and out["distinct_3"] == pytest.approx(2 / 2)
-    same = ev.evaluate_samples([[2, 2], [2, 2, 2]], tokenizer=IdTokenizer(), judge=FixedJudge(PROBS),
-                               judge_tokenizer=IdTokenizer())
+    same = ev.evaluate_samples(
+        [[2, 2], [2, 2, 2]], tokenizer=IdTokenizer(), judge=FixedJudge(PROBS), judge_tokenizer=IdTokenizer()
+    )
     assert same["gen_ppl"] == pytest.approx(1 / 0.3) and same["gen_ppl_se"] == pytest.approx(0, abs=1e-12)
     no_judge = ev.evaluate_samples(tokens)
     assert "gen_ppl" not in no_judge and no_judge["unigram_entropy"] == out["unigram_entropy"]
@@ -79,8 +85,17 @@ def test_sample_seeds_split_batches_and_reject_bad_sizes():
 
 def test_evaluate_schedule_is_deterministic_and_records_its_inputs():
     models = [tiny_dit(2, 0), tiny_dit(1, 1)]
-    kwargs = dict(steps=4, length=6, samples=5, batch_size=2, seed=3, tokenizer=IdTokenizer(),
-                  judge=FixedJudge(PROBS), judge_tokenizer=IdTokenizer(), record={"judge": "fixed"})
+    kwargs = dict(
+        steps=4,
+        length=6,
+        samples=5,
+        batch_size=2,
+        seed=3,
+        tokenizer=IdTokenizer(),
+        judge=FixedJudge(PROBS),
+        judge_tokenizer=IdTokenizer(),
+        record={"judge": "fixed"},
+    )
     a = ev.evaluate_schedule(models, "L1-H2-L1", **kwargs)
     b = ev.evaluate_schedule(models, "L1-H2-L1", **kwargs)
     for key in ("gen_ppl", "gen_ppl_se", "unigram_entropy", "distinct_2", "executed_flops", "tokens"):
@@ -89,17 +104,23 @@ def test_evaluate_schedule_is_deterministic_and_records_its_inputs():
     assert a["record"]["precision"] == "fp64" and a["record"]["steps"] == 4 and a["record"]["sampler"] == "fast"
     assert a["predicted_saving"] == pytest.approx(0.5 * (1 - 1 / 2)) and a["schedule"] == "L1-H2-L1"
     # the samples are exactly those of the individual seeded batches
-    direct = [row for s, n in [(3, 2), (4, 2), (5, 1)]
-              for row in mf.sample(models, steps=4, batch_size=n, length=6, schedule="L1-H2-L1", sampler="fast",
-                                   seed=s).tokens.tolist()]
-    again = ev.evaluate_samples(direct, tokenizer=IdTokenizer(), mask_id=5, judge=FixedJudge(PROBS),
-                                judge_tokenizer=IdTokenizer())
+    direct = [
+        row
+        for s, n in [(3, 2), (4, 2), (5, 1)]
+        for row in mf.sample(
+            models, steps=4, batch_size=n, length=6, schedule="L1-H2-L1", sampler="fast", seed=s
+        ).tokens.tolist()
+    ]
+    again = ev.evaluate_samples(
+        direct, tokenizer=IdTokenizer(), mask_id=5, judge=FixedJudge(PROBS), judge_tokenizer=IdTokenizer()
+    )
     assert again["gen_ppl"] == pytest.approx(a["gen_ppl"]) and again["unigram_entropy"] == a["unigram_entropy"]
 
 
 # --------------------------------------------------------------------------------------------
 # importance: eq. 6 / 7
 # --------------------------------------------------------------------------------------------
+
 
 def _windows(n=5, length=8, vocab=6, seed=0):
     return torch.randint(0, vocab - 1, (n, length), generator=torch.Generator().manual_seed(seed))
@@ -120,11 +141,14 @@ def test_importance_matches_a_direct_computation():
     profile = step_importance(heavy, light, windows, [0.2, t], heavy_twin=other, seed=seed, batch_size=2)
     # the same corruption, recomputed: grid point k draws from derive_seed(seed, "importance", k)
     from mdlm_fast.text.data import derive_seed
+
     xt, masked = corrupt(windows, t, 5, torch.Generator().manual_seed(derive_seed(seed, "importance", 1)))
     sigma = torch.full((windows.shape[0],), LogLinearNoise().sigma(t))
     with torch.no_grad():
-        lp = {name: subs_log_probs(m(xt, sigma), xt, 5)[masked].double()
-              for name, m in (("h", heavy), ("l", light), ("o", other))}
+        lp = {
+            name: subs_log_probs(m(xt, sigma), xt, 5)[masked].double()
+            for name, m in (("h", heavy), ("l", light), ("o", other))
+        }
     ph = lp["h"].exp()
     kl = (ph * (lp["h"] - lp["l"]).nan_to_num(0.0, 0.0, 0.0)).sum(-1).mean()
     kl_ref = (ph * (lp["h"] - lp["o"]).nan_to_num(0.0, 0.0, 0.0)).sum(-1).mean()
@@ -158,14 +182,17 @@ def test_importance_profile_round_trips_and_refuses_missing_normalizer():
 # Segment scores (eq. 8) and frequencies
 # --------------------------------------------------------------------------------------------
 
+
 def _rows(choices, ppl):
     return [{"key": f"segments:{c}", "light_segments": list(c), "gen_ppl": ppl(c)} for c in choices]
 
 
 def test_segment_scores_match_a_hand_computation():
-    rows = [{"key": "a", "light_segments": [0, 1], "gen_ppl": 10.0},
-            {"key": "b", "light_segments": [1, 2], "gen_ppl": 20.0},
-            {"key": "c", "light_segments": [0, 2], "gen_ppl": 30.0}]
+    rows = [
+        {"key": "a", "light_segments": [0, 1], "gen_ppl": 10.0},
+        {"key": "b", "light_segments": [1, 2], "gen_ppl": 20.0},
+        {"key": "c", "light_segments": [0, 2], "gen_ppl": 30.0},
+    ]
     mean = 20.0
     scores = search.segment_scores(rows, 4)
     # segment 0 is light in a and c, 1 in a and b, 2 in b and c
@@ -208,6 +235,7 @@ def _fake_evaluate(calls):
     def evaluate(item):
         calls.append(item["key"])
         return {"gen_ppl": 10.0 + sum(s * s for s in item["light_segments"]), "predicted_saving": 0.3}
+
     return evaluate
 
 
@@ -245,8 +273,15 @@ def test_results_log_refuses_other_settings(tmp_path):
 
 
 def test_study_items():
-    assert [i["key"] for i in search.placement_items(8, 0.25)] == \
-        ["heavy", "q1:0.25", "q2:0.25", "q3:0.25", "q4:0.25", "sandwich:0.25", "light"]
+    assert [i["key"] for i in search.placement_items(8, 0.25)] == [
+        "heavy",
+        "q1:0.25",
+        "q2:0.25",
+        "q3:0.25",
+        "q4:0.25",
+        "sandwich:0.25",
+        "light",
+    ]
     assert search.placement_items(8, 0.25)[2]["schedule"] == "H2-L2-H4"
     sweep = search.fraction_items(10, [0, 0.5, 1])
     assert [i["schedule"] for i in sweep] == ["H10", "L3-H5-L2", "L10"]
@@ -264,10 +299,15 @@ def test_single_process_context_shards_nothing():
 # Calibration
 # --------------------------------------------------------------------------------------------
 
+
 def _profile(fn, n=20):
     ts = default_t_grid(n)
-    return ImportanceProfile([ImportancePoint(t=t, masked_tokens=1, ce_heavy=0, ce_light=0, ce_abs_diff=fn(t),
-                                              ce_diff=0, kl=fn(t)) for t in ts])
+    return ImportanceProfile(
+        [
+            ImportancePoint(t=t, masked_tokens=1, ce_heavy=0, ce_light=0, ce_abs_diff=fn(t), ce_diff=0, kl=fn(t))
+            for t in ts
+        ]
+    )
 
 
 def test_calibration_picks_the_lowest_divergence_segments_within_budget():
@@ -278,7 +318,9 @@ def test_calibration_picks_the_lowest_divergence_segments_within_budget():
     assert chosen.schedule.to_spec() == "L8-H24-L8"
     assert chosen.predicted_saving == pytest.approx(0.4 * 0.75)
     div = chosen.segment_divergence
-    assert max(div[k] for k in chosen.light_segments) <= min(div[k] for k in range(10) if k not in chosen.light_segments)
+    assert max(div[k] for k in chosen.light_segments) <= min(
+        div[k] for k in range(10) if k not in chosen.light_segments
+    )
     # a FLOPs budget: the fewest lowest-divergence segments reaching the required saving
     for saving in (0.0, 0.1, 0.3, 0.31, 0.75):
         c = cal.calibrate(profile, 40, block_counts=[8, 2], saving=saving)
@@ -298,9 +340,11 @@ def test_calibration_follows_the_profile_direction():
 
 
 def test_compare_with_search():
-    rows = [{"key": "a", "schedule": "L1-H3", "gen_ppl": 30.0, "predicted_saving": 0.25},
-            {"key": "b", "schedule": "H3-L1", "gen_ppl": 20.0, "predicted_saving": 0.25},
-            {"key": "c", "schedule": "L2-H2", "gen_ppl": 10.0, "predicted_saving": 0.5}]
+    rows = [
+        {"key": "a", "schedule": "L1-H3", "gen_ppl": 30.0, "predicted_saving": 0.25},
+        {"key": "b", "schedule": "H3-L1", "gen_ppl": 20.0, "predicted_saving": 0.25},
+        {"key": "c", "schedule": "L2-H2", "gen_ppl": 10.0, "predicted_saving": 0.5},
+    ]
     comp = cal.compare_with_search({"schedule": "L1-H3", "predicted_saving": 0.25, "gen_ppl": 30.0}, rows)
     assert comp["searched_at_same_budget"] == 2 and comp["best_searched"]["key"] == "b"
     assert comp["calibrated_rank"] == 2 and comp["gen_ppl_minus_best"] == pytest.approx(10.0)

@@ -4,6 +4,7 @@ resuming, torchrun data parallelism (gloo, 2 processes) and one-line errors.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 import json
 import os
 import subprocess
@@ -30,8 +31,11 @@ def models(tmp_path_factory):
         mf.save_denoiser(mf.DiT(config).init_random_(seed, std=0.1), root / name)
         paths[name] = str(root / name)
     text = root / "text.txt"
-    text.write_text("\n\n".join(f"ROMEO: Is the day so young? Line {i} of the play, good night, good night." * 3
-                                for i in range(120)))
+    text.write_text(
+        "\n\n".join(
+            f"ROMEO: Is the day so young? Line {i} of the play, good night, good night." * 3 for i in range(120)
+        )
+    )
     paths["data"] = str(text)
     return paths
 
@@ -51,15 +55,30 @@ def _strip_timing(rows):
 
 
 def test_evaluate_writes_json_and_csv_with_a_record(models, tmp_path, capsys):
-    code, out, _ = _run(["evaluate", *_pair(models), *TINY, "--out", str(tmp_path), "--json",
-                         "--schedule", "heavy", "--schedule", "L5-H5"], capsys)
+    code, out, _ = _run(
+        [
+            "evaluate",
+            *_pair(models),
+            *TINY,
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--schedule",
+            "heavy",
+            "--schedule",
+            "L5-H5",
+        ],
+        capsys,
+    )
     assert code == 0
     report = json.loads(out)
     assert [r["key"] for r in report["rows"]] == ["heavy", "L5-H5"]
     row = report["rows"][1]
     assert row["predicted_saving"] == pytest.approx(0.5 * 0.5) and row["gen_ppl"] > 1 and row["unigram_entropy"] > 0
     record = row["record"]
-    assert record["judge"] == "embedded" and record["judge_tokenizer"] == "embedded" and record["tokenizer"] == "embedded"
+    assert (
+        record["judge"] == "embedded" and record["judge_tokenizer"] == "embedded" and record["tokenizer"] == "embedded"
+    )
     assert record["seeds"] == [0] and record["samples"] == 2 and record["precision"] == "fp64" and record["steps"] == 10
     assert json.loads((tmp_path / "evaluate.json").read_text())["rows"][0]["key"] == "heavy"
     assert (tmp_path / "evaluate.csv").read_text().splitlines()[0].startswith("key,")
@@ -71,8 +90,23 @@ def test_evaluate_writes_json_and_csv_with_a_record(models, tmp_path, capsys):
 
 
 def test_evaluate_adds_its_baseline_and_reads_time_specs(models, tmp_path, capsys):
-    code, out, _ = _run(["evaluate", *_pair(models), *TINY, "--out", str(tmp_path), "--json",
-                         "--schedule", "time:0.55-1=L", "--schedule", "L5-H5", "--baseline", "light"], capsys)
+    code, out, _ = _run(
+        [
+            "evaluate",
+            *_pair(models),
+            *TINY,
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--schedule",
+            "time:0.55-1=L",
+            "--schedule",
+            "L5-H5",
+            "--baseline",
+            "light",
+        ],
+        capsys,
+    )
     assert code == 0
     rows = json.loads(out)["rows"]
     assert [r["key"] for r in rows] == ["light", "time:0.55-1=L", "L5-H5"]
@@ -82,9 +116,27 @@ def test_evaluate_adds_its_baseline_and_reads_time_specs(models, tmp_path, capsy
 
 def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
-    code, out, _ = _run(["importance", *_pair(models), "--heavy-twin", models["heavy2"], "--data", models["data"],
-                         "--windows", "3", "--window-length", "16", "--t-points", "4", "--no-progress",
-                         "--out", str(tmp_path), "--json"], capsys)
+    code, out, _ = _run(
+        [
+            "importance",
+            *_pair(models),
+            "--heavy-twin",
+            models["heavy2"],
+            "--data",
+            models["data"],
+            "--windows",
+            "3",
+            "--window-length",
+            "16",
+            "--t-points",
+            "4",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     profile = json.loads(out)
     assert profile["normalized"] and len(profile["points"]) == 4
@@ -93,8 +145,21 @@ def test_importance_then_calibrate_against_the_search(models, tmp_path, capsys):
 
     assert main(["search", *_pair(models), *SEARCH, "--out", str(tmp_path)]) == 0
     capsys.readouterr()
-    code, out, _ = _run(["calibrate", *_pair(models), "--importance", str(tmp_path / "importance.json"),
-                         "--search", str(tmp_path), "--out", str(tmp_path), "--no-progress", "--json"], capsys)
+    code, out, _ = _run(
+        [
+            "calibrate",
+            *_pair(models),
+            "--importance",
+            str(tmp_path / "importance.json"),
+            "--search",
+            str(tmp_path),
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     result = json.loads(out)
     calib = result["calibration"]
@@ -139,11 +204,32 @@ def test_search_resumes_and_matches_an_uninterrupted_run(models, tmp_path, capsy
 def test_torchrun_two_processes_merge_to_the_single_process_result(models, tmp_path):
     single = tmp_path / "single"
     assert main(["search", *_pair(models), *SEARCH, "--out", str(single)]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(mf.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mdlm_fast.cli", "search", *_pair(models), *SEARCH, "--out", str(tmp_path / "dp")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(mf.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mdlm_fast.cli",
+            "search",
+            *_pair(models),
+            *SEARCH,
+            "--out",
+            str(tmp_path / "dp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"exhaustive.rank0.jsonl", "exhaustive.rank1.jsonl"} <= {p.name for p in (tmp_path / "dp").iterdir()}
     a, b = (json.loads((d / "exhaustive.json").read_text()) for d in (single, tmp_path / "dp"))
@@ -154,14 +240,18 @@ def test_torchrun_two_processes_merge_to_the_single_process_result(models, tmp_p
     assert json.loads((tmp_path / "dp" / "exhaustive.json").read_text())["complete"]
 
 
-@pytest.mark.parametrize("study,extra,png", [
-    ("placement", ["--fraction", "0.2"], "placement.png"),
-    ("fraction", ["--fractions", "0,0.5,1"], "fraction.png"),
-])
+@pytest.mark.parametrize(
+    "study,extra,png",
+    [
+        ("placement", ["--fraction", "0.2"], "placement.png"),
+        ("fraction", ["--fractions", "0,0.5,1"], "fraction.png"),
+    ],
+)
 def test_placement_and_fraction_studies(models, tmp_path, capsys, study, extra, png):
     pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
-    code, out, _ = _run(["search", *_pair(models), *TINY, "--study", study, *extra, "--out", str(tmp_path), "--json"],
-                        capsys)
+    code, out, _ = _run(
+        ["search", *_pair(models), *TINY, "--study", study, *extra, "--out", str(tmp_path), "--json"], capsys
+    )
     assert code == 0
     rows = json.loads(out)["rows"]
     if study == "placement":
@@ -178,42 +268,66 @@ def test_placement_and_fraction_studies(models, tmp_path, capsys, study, extra, 
 
 
 def test_light_size_study_takes_several_light_models(models, tmp_path, capsys):
-    code, out, _ = _run(["search", "--heavy", models["heavy"], "--light", models["light"], "--light", models["heavy2"],
-                         *TINY, "--study", "light-size", "--fractions", "0.5", "--out", str(tmp_path), "--json"], capsys)
+    code, out, _ = _run(
+        [
+            "search",
+            "--heavy",
+            models["heavy"],
+            "--light",
+            models["light"],
+            "--light",
+            models["heavy2"],
+            *TINY,
+            "--study",
+            "light-size",
+            "--fractions",
+            "0.5",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     rows = json.loads(out)["rows"]
     assert [r["light_model"] for r in rows] == [models["light"], models["heavy2"]]
     assert rows[0]["predicted_saving"] == pytest.approx(0.25) and rows[1]["predicted_saving"] == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["evaluate", "--steps", "0"], "--steps"),
-    (["evaluate", "--schedule", "sandwich:2"], "sandwich:2"),
-    (["evaluate", "--length", "999"], "model_length"),
-    (["evaluate", "--judge", "/nonexistent/judge"], "/nonexistent/judge"),
-    (["search", "--segments", "50"], "--segments"),
-    (["search", "--segments", "5", "--n-light", "7"], "--n-light"),
-    (["search", "--study", "fraction", "--fractions", "0.5,2"], "--fractions"),
-    (["search", "--study", "placement", "--placements", "q9"], "q9"),
-    (["search", "--judge", "none"], "--judge none"),
-    (["search", "--max-schedules", "0"], "--max-schedules"),
-    (["importance", "--windows", "0"], "--windows"),
-    (["importance", "--data", "/nonexistent.txt"], "/nonexistent.txt"),
-    (["calibrate", "--importance", "/nonexistent.json", "--n-light", "2"], "/nonexistent.json"),
-    (["calibrate", "--search", "/nonexistent"], "/nonexistent"),
-    (["calibrate", "--saving", "0.1", "--n-light", "2", "--data", "/nonexistent.txt"], "--data"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["evaluate", "--steps", "0"], "--steps"),
+        (["evaluate", "--schedule", "sandwich:2"], "sandwich:2"),
+        (["evaluate", "--length", "999"], "model_length"),
+        (["evaluate", "--judge", "/nonexistent/judge"], "/nonexistent/judge"),
+        (["search", "--segments", "50"], "--segments"),
+        (["search", "--segments", "5", "--n-light", "7"], "--n-light"),
+        (["search", "--study", "fraction", "--fractions", "0.5,2"], "--fractions"),
+        (["search", "--study", "placement", "--placements", "q9"], "q9"),
+        (["search", "--judge", "none"], "--judge none"),
+        (["search", "--max-schedules", "0"], "--max-schedules"),
+        (["importance", "--windows", "0"], "--windows"),
+        (["importance", "--data", "/nonexistent.txt"], "/nonexistent.txt"),
+        (["calibrate", "--importance", "/nonexistent.json", "--n-light", "2"], "/nonexistent.json"),
+        (["calibrate", "--search", "/nonexistent"], "/nonexistent"),
+        (["calibrate", "--saving", "0.1", "--n-light", "2", "--data", "/nonexistent.txt"], "--data"),
+    ],
+)
 def test_bad_arguments_end_with_one_line_error(models, tmp_path, capsys, argv, match):
     sizes = [] if argv[0] == "importance" else ["--steps", "10", "--length", "16"]  # later flags win
-    code, _, err = _run([*argv[:1], *_pair(models), *sizes, *argv[1:], "--out", str(tmp_path), "--no-progress"],
-                        capsys)
+    code, _, err = _run([*argv[:1], *_pair(models), *sizes, *argv[1:], "--out", str(tmp_path), "--no-progress"], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("mdlm-fast: error:") and match in lines[0], err
 
 
 def test_errors_are_one_line_when_run_as_a_module(models, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mdlm_fast.cli", "calibrate", "--light", "/nonexistent/light",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdlm_fast.cli", "calibrate", "--light", "/nonexistent/light", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["mdlm-fast: error: --light: no checkpoint at /nonexistent/light"]
 
@@ -221,11 +335,30 @@ def test_errors_are_one_line_when_run_as_a_module(models, tmp_path):
 def test_torchrun_evaluate_shards_seeds_and_matches_one_process(models, tmp_path, capsys):
     argv = ["evaluate", *_pair(models), *TINY, "--samples", "6", "--schedule", "L5-H5"]
     assert main([*argv, "--out", str(tmp_path / "single")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(mf.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mdlm_fast.cli", *argv, "--out", str(tmp_path / "dp")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(mf.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mdlm_fast.cli",
+            *argv,
+            "--out",
+            str(tmp_path / "dp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "evaluate.json").read_text())["rows"][0] for d in ("single", "dp"))
     assert a["record"]["seeds"] == b["record"]["seeds"] == [0, 1, 2]
@@ -236,19 +369,50 @@ def test_torchrun_evaluate_shards_seeds_and_matches_one_process(models, tmp_path
 
 
 def test_importance_defaults_to_the_shipped_held_out_text(models, tmp_path, capsys):
-    code, out, _ = _run(["importance", *_pair(models), "--windows", "2", "--window-length", "16", "--t-points", "2",
-                         "--no-progress", "--out", str(tmp_path), "--json"], capsys)
+    code, out, _ = _run(
+        [
+            "importance",
+            *_pair(models),
+            "--windows",
+            "2",
+            "--window-length",
+            "16",
+            "--t-points",
+            "2",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     record = json.loads(out)["record"]
     assert record["data"] == "embedded:heldout"
     from mdlm_fast.text.data import file_sha256, resolve_text
+
     assert record["data_sha256"] == file_sha256(resolve_text("embedded:heldout"))
 
 
 def test_analysis_json_is_strict(models, tmp_path, capsys):
     """One sample per schedule has no standard error: null in the JSON, never NaN."""
-    code, out, _ = _run(["evaluate", *_pair(models), *TINY, "--samples", "1", "--batch-size", "1",
-                         "--schedule", "heavy", "--out", str(tmp_path), "--json"], capsys)
+    code, out, _ = _run(
+        [
+            "evaluate",
+            *_pair(models),
+            *TINY,
+            "--samples",
+            "1",
+            "--batch-size",
+            "1",
+            "--schedule",
+            "heavy",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
 
     def no_constants(name):
@@ -263,7 +427,21 @@ def test_without_matplotlib_results_are_written_and_plots_skipped_with_a_note(mo
     from mdlm_fast.cli import analysis as cli_analysis
 
     monkeypatch.setattr(cli_analysis, "_matplotlib_installed", lambda: False)
-    code, _, err = _run(["importance", *_pair(models), "--windows", "2", "--window-length", "16", "--t-points", "2",
-                         "--no-progress", "--out", str(tmp_path)], capsys)
+    code, _, err = _run(
+        [
+            "importance",
+            *_pair(models),
+            "--windows",
+            "2",
+            "--window-length",
+            "16",
+            "--t-points",
+            "2",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 0 and "matplotlib is not installed" in err and len(err.strip().splitlines()) == 1
     assert {p.name for p in tmp_path.iterdir() if p.is_file()} == {"importance.json", "importance.csv"}

@@ -1,4 +1,5 @@
 """Atomic writes: the old version survives a failed write, and no temporary is left behind."""
+
 import os
 
 import pytest

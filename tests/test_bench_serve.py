@@ -1,4 +1,5 @@
 """benchmarks/bench_serve.py runs end to end on a seconds-long load and writes sound results."""
+
 import json
 import os
 import subprocess
@@ -16,9 +17,30 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_serve.py"
 
 def test_bench_serve_measures_both_servers_and_the_offline_engine(tmp_path):
     out = tmp_path / "serve"
-    proc = subprocess.run([sys.executable, str(BENCH), "--engine", "sequential", "--clients", "1,2", "--requests", "3",
-                           "--length", "6", "--steps", "2", "--repeats", "1", "--name", str(out)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--engine",
+            "sequential",
+            "--clients",
+            "1,2",
+            "--requests",
+            "3",
+            "--length",
+            "6",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--name",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.with_suffix(".json").read_text())
     rows = {(r["server"], r["clients"]): r for r in data["rows"]}

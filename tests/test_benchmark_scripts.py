@@ -1,4 +1,5 @@
 """The benchmark scripts run end to end on the seconds-long `tiny` config and write sound results."""
+
 import json
 import os
 import subprocess
@@ -12,15 +13,30 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def _run(script, tmp_path, *args):
     out = tmp_path / "result"
-    proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--name", str(out)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--name", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.with_suffix(".json").read_text()), proc
 
 
 def test_bench_sampler_reports_savings_against_each_variants_all_heavy_row(tmp_path):
-    data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,0.5,1", "--repeats", "1",
-                   "--dtypes", "bfloat16,float32")
+    data, _ = _run(
+        "bench_sampler.py",
+        tmp_path,
+        "--config",
+        "tiny",
+        "--fractions",
+        "0,0.5,1",
+        "--repeats",
+        "1",
+        "--dtypes",
+        "bfloat16,float32",
+    )
     rows = {(r["variant"], r["light_fraction"]): r for r in data["rows"]}
     variants = ("mdlm-speed", "reference-fp64", "fast-bfloat16", "fast-float32")
     assert set(rows) == {(v, f) for v in variants for f in (0.0, 0.5, 1.0)}
@@ -47,12 +63,19 @@ def test_bench_sampler_reports_savings_against_each_variants_all_heavy_row(tmp_p
 
 def test_ablation_switches_mechanisms_on_one_at_a_time_from_mdlm_speed(tmp_path):
     pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
-    data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--ablation", "--repeats", "2",
-                   "--reference-repeats", "1")
+    data, _ = _run(
+        "bench_sampler.py", tmp_path, "--config", "tiny", "--ablation", "--repeats", "2", "--reference-repeats", "1"
+    )
     rows = data["rows"]
     assert data["benchmark"] == "bench_ablation"
-    assert [r["variant"] for r in rows[:6]] == ["mdlm-speed", "fast-nothing", "+skip-noop-steps", "+skip-rows",
-                                               "+fused-head", "+pruned-last-block"]
+    assert [r["variant"] for r in rows[:6]] == [
+        "mdlm-speed",
+        "fast-nothing",
+        "+skip-noop-steps",
+        "+skip-rows",
+        "+fused-head",
+        "+pruned-last-block",
+    ]
     assert rows[0]["repeats"] == 1 and all(r["repeats"] == 2 for r in rows[1:])
     switched = [sum(r["options"].values()) for r in rows[1:6]]
     assert switched == [0, 1, 2, 3, 4]
@@ -65,22 +88,43 @@ def test_ablation_switches_mechanisms_on_one_at_a_time_from_mdlm_speed(tmp_path)
     assert rows[-1]["dtype"] == rows[-1]["variant"].lstrip("+")
     for r in rows[1:]:
         assert r["speedup_vs_previous"] > 0 and r["speedup_vs_mdlm_speed"] > 0
-    proc = subprocess.run([sys.executable, str(BENCH / "plot_results.py"), "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "plot_results.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "result.png").stat().st_size > 1000
-    proc = subprocess.run([sys.executable, str(BENCH / "report.py"), "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and proc.stdout.count("| + ") == 5
 
 
 def test_light_sweep_shares_one_all_heavy_row(tmp_path):
-    data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--light-sweep", "--repeats", "1",
-                   "--samplers", "fast", "--dtypes", "float32")
+    data, _ = _run(
+        "bench_sampler.py",
+        tmp_path,
+        "--config",
+        "tiny",
+        "--light-sweep",
+        "--repeats",
+        "1",
+        "--samplers",
+        "fast",
+        "--dtypes",
+        "float32",
+    )
     rows = data["rows"]
     assert [(r["light_blocks"], r["light_fraction"]) for r in rows] == [(0, 0.0), (1, 0.25)]
     assert rows[1]["predicted_saving"] == pytest.approx(0.25 * (1 - 1 / 3), abs=0.02)
-    assert 0 < rows[0]["block_fraction"] < 1 and rows[0]["eq4_bound_realized_over_predicted"] == rows[0]["block_fraction"]
+    assert (
+        0 < rows[0]["block_fraction"] < 1 and rows[0]["eq4_bound_realized_over_predicted"] == rows[0]["block_fraction"]
+    )
 
 
 def test_bench_breakdown_reports_block_fractions_and_the_eq4_bound(tmp_path):
@@ -91,34 +135,57 @@ def test_bench_breakdown_reports_block_fractions_and_the_eq4_bound(tmp_path):
 
 
 def test_bench_head_compares_fused_matmul_and_reference_path(tmp_path):
-    data, _ = _run("bench_head.py", tmp_path, "--ns", "1,5", "--hidden-dim", "32", "--vocab-size", "1009",
-                   "--repeats", "2")
+    data, _ = _run(
+        "bench_head.py", tmp_path, "--ns", "1,5", "--hidden-dim", "32", "--vocab-size", "1009", "--repeats", "2"
+    )
     assert [r["n"] for r in data["rows"]] == [1, 5]
     assert all(r["fused_ms"] > 0 and r["matmul_ms"] > 0 and r["matmul+gumbel_ms"] > 0 for r in data["rows"])
 
 
 def test_paper_config_refuses_clearly_without_a_gpu(tmp_path):
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the paper config would run")
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_sampler.py"), "--config", "paper"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_sampler.py"), "--config", "paper"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_plot_script_draws_every_results_file(tmp_path):
     pytest.importorskip("matplotlib", reason="checks the PNG plots: pip install -e .[test]")
-    data, _ = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,1", "--repeats", "1",
-                   "--samplers", "fast")
-    proc = subprocess.run([sys.executable, str(BENCH / "plot_results.py"), "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    data, _ = _run(
+        "bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,1", "--repeats", "1", "--samplers", "fast"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "plot_results.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "result.png").stat().st_size > 1000
 
 
 def test_odd_repeats_walk_the_rows_in_reverse_so_drift_within_a_repeat_cancels(tmp_path):
-    _, proc = _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,0.5,1", "--repeats", "2",
-                   "--samplers", "fast", "--dtypes", "float32")
+    _, proc = _run(
+        "bench_sampler.py",
+        tmp_path,
+        "--config",
+        "tiny",
+        "--fractions",
+        "0,0.5,1",
+        "--repeats",
+        "2",
+        "--samplers",
+        "fast",
+        "--dtypes",
+        "float32",
+    )
     order = {"rep 0": [], "rep 1": []}
     for line in proc.stderr.splitlines():
         if line[:5] in order:
@@ -139,15 +206,35 @@ def test_speedups_pair_repeats_so_a_slow_spell_cancels():
     # the ratio of medians would not: base median 10, row median 10 after an unlucky spell
     assert paired_speedup([10.0, 20.0, 10.0], [5.0, 10.0, 10.0])["speedup"] == 2.0
     # different repeat counts cannot be paired: ratio of medians
-    assert paired_speedup([10.0, 12.0, 14.0], [6.0]) == {"speedup": 2.0, "speedup_min": 2.0, "speedup_max": 2.0,
-                                                         "paired": False}
+    assert paired_speedup([10.0, 12.0, 14.0], [6.0]) == {
+        "speedup": 2.0,
+        "speedup_min": 2.0,
+        "speedup_max": 2.0,
+        "paired": False,
+    }
 
 
 def test_report_prints_a_table_per_results_file(tmp_path):
-    _run("bench_sampler.py", tmp_path, "--config", "tiny", "--fractions", "0,1", "--repeats", "2", "--samplers", "fast",
-         "--dtypes", "float32")
-    proc = subprocess.run([sys.executable, str(BENCH / "report.py"), "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    _run(
+        "bench_sampler.py",
+        tmp_path,
+        "--config",
+        "tiny",
+        "--fractions",
+        "0,1",
+        "--repeats",
+        "2",
+        "--samplers",
+        "fast",
+        "--dtypes",
+        "float32",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| fast-float32 |")]
     assert len(lines) == 2
@@ -164,15 +251,17 @@ def test_results_from_the_log_of_a_stopped_run_pair_what_finished():
         from results_from_log import parse, rows_from_runs
     finally:
         sys.path.remove(str(BENCH))
-    log = "\n".join([
-        "rep 0 mdlm-speed         L4  H128                 200.00 s  forwards [127]",
-        "rep 0 fast-bfloat16      L4  H128                  20.00 s  forwards [97]  blocks 95.0%",
-        "rep 0 fast-float32       L4  H128                  40.00 s  forwards [97]  blocks 96.0%",
-        "rep 0 fast-bfloat16      L4  H32-L64-H32           10.00 s  forwards [31, 66]",
-        "noise line",
-        "rep 1 fast-bfloat16      L4  H128                  25.00 s  forwards [97]",
-        "rep 1 fast-float32       L4  H128                  45.00 s  forwards [97]",
-    ])
+    log = "\n".join(
+        [
+            "rep 0 mdlm-speed         L4  H128                 200.00 s  forwards [127]",
+            "rep 0 fast-bfloat16      L4  H128                  20.00 s  forwards [97]  blocks 95.0%",
+            "rep 0 fast-float32       L4  H128                  40.00 s  forwards [97]  blocks 96.0%",
+            "rep 0 fast-bfloat16      L4  H32-L64-H32           10.00 s  forwards [31, 66]",
+            "noise line",
+            "rep 1 fast-bfloat16      L4  H128                  25.00 s  forwards [97]",
+            "rep 1 fast-float32       L4  H128                  45.00 s  forwards [97]",
+        ]
+    )
     rows = {(r["variant"], r["schedule"]): r for r in rows_from_runs(parse(log), "H128")}
     bf16 = rows[("fast-bfloat16", "H128")]
     assert bf16["times_s"] == [20.0, 25.0] and bf16["forwards"] == 97
@@ -185,4 +274,5 @@ def test_results_from_the_log_of_a_stopped_run_pair_what_finished():
 
 def statistics_median(values):
     import statistics
+
     return statistics.median(values)

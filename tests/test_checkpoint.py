@@ -4,6 +4,7 @@ Checkpoints are written by hand under the published key names (design §10), nev
 mdlm_fast itself (except for the save/load round trip), and loaded models are compared with the
 independent float64 reference from test_model.py.
 """
+
 from __future__ import annotations
 
 import fractions
@@ -27,29 +28,45 @@ TINY = ref.TINY
 # mdlm-owt's config.json, shrunk: the extra keys must be ignored.
 OWT_CONFIG = {
     "architectures": ["MDLM"],
-    "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig",
-                 "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
-    "cond_dim": TINY["cond_dim"], "dropout": 0.1, "hidden_dim": TINY["hidden_dim"],
-    "model_length": TINY["model_length"], "model_type": "mdlm", "n_blocks": TINY["n_blocks"],
-    "n_heads": TINY["n_heads"], "return_dict": False, "time_conditioning": False,
-    "torch_dtype": "float32", "transformers_version": "4.38.2", "var_min": True,
+    "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig", "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+    "cond_dim": TINY["cond_dim"],
+    "dropout": 0.1,
+    "hidden_dim": TINY["hidden_dim"],
+    "model_length": TINY["model_length"],
+    "model_type": "mdlm",
+    "n_blocks": TINY["n_blocks"],
+    "n_heads": TINY["n_heads"],
+    "return_dict": False,
+    "time_conditioning": False,
+    "torch_dtype": "float32",
+    "transformers_version": "4.38.2",
+    "var_min": True,
     "vocab_size": TINY["vocab_size"],
 }
 # MDLM's Hydra config as Lightning saves it (hyper_parameters['config']), as plain dicts.
-MDLM_HPARAMS = {"config": {
-    "model": {"name": "tiny", "type": "ddit", "hidden_size": TINY["hidden_dim"],
-              "cond_dim": TINY["cond_dim"], "length": TINY["model_length"],
-              "n_blocks": TINY["n_blocks"], "n_heads": TINY["n_heads"], "scale_by_sigma": True,
-              "dropout": 0.1},
-    "time_conditioning": False}}
+MDLM_HPARAMS = {
+    "config": {
+        "model": {
+            "name": "tiny",
+            "type": "ddit",
+            "hidden_size": TINY["hidden_dim"],
+            "cond_dim": TINY["cond_dim"],
+            "length": TINY["model_length"],
+            "n_blocks": TINY["n_blocks"],
+            "n_heads": TINY["n_heads"],
+            "scale_by_sigma": True,
+            "dropout": 0.1,
+        },
+        "time_conditioning": False,
+    }
+}
 
 
 def prefixed(state: dict) -> dict:
     return {"backbone." + k: v for k, v in state.items()}
 
 
-def write_hf_dir(directory: Path, state: dict, config: dict = OWT_CONFIG,
-                 fmt: str = "safetensors") -> Path:
+def write_hf_dir(directory: Path, state: dict, config: dict = OWT_CONFIG, fmt: str = "safetensors") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config))
     if fmt == "safetensors":
@@ -59,10 +76,10 @@ def write_hf_dir(directory: Path, state: dict, config: dict = OWT_CONFIG,
     return directory
 
 
-def write_ckpt(file: Path, state: dict, shadow: list | None = None,
-               hparams: dict | None = MDLM_HPARAMS, extra: dict | None = None) -> Path:
-    ckpt = {"state_dict": {**prefixed(state), "noise.dummy": torch.zeros(1)},
-            "epoch": 3, "global_step": 100}
+def write_ckpt(
+    file: Path, state: dict, shadow: list | None = None, hparams: dict | None = MDLM_HPARAMS, extra: dict | None = None
+) -> Path:
+    ckpt = {"state_dict": {**prefixed(state), "noise.dummy": torch.zeros(1)}, "epoch": 3, "global_step": 100}
     if shadow is not None:
         ckpt["ema"] = {"decay": 0.9999, "num_updates": 100, "shadow_params": shadow}
     if hparams is not None:
@@ -89,8 +106,7 @@ def assert_matches_reference(model: DiT, state: dict, time_conditioning: bool = 
     device = model.head_weight.device
     with torch.no_grad():
         out = model(x.to(device), sigma.to(device))
-    expected = ref.reference_forward(state, {**TINY, "time_conditioning": time_conditioning},
-                                     x, sigma)
+    expected = ref.reference_forward(state, {**TINY, "time_conditioning": time_conditioning}, x, sigma)
     torch.testing.assert_close(out.cpu().double(), expected, atol=2e-4, rtol=1e-4)
 
 
@@ -101,6 +117,7 @@ def non_ema_params(state: dict) -> list:
 # --------------------------------------------------------------------------------------------
 # HF-style directories
 # --------------------------------------------------------------------------------------------
+
 
 def test_load_hf_safetensors_matches_reference(hf_dir, state):
     model = load_denoiser(hf_dir)
@@ -143,6 +160,7 @@ def test_device_dtype_and_overrides(hf_dir):
 # Lightning checkpoints
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def ema_state() -> dict:
     return ref.random_published_state(TINY, seed=22)
@@ -184,12 +202,16 @@ def test_lightning_pickled_objects_load_inertly(tmp_path, state, recwarn):
 
 def test_legacy_format_needs_trust_for_objects(tmp_path, state):
     plain = tmp_path / "plain.ckpt"
-    torch.save({"state_dict": prefixed(state), "hyper_parameters": MDLM_HPARAMS}, plain,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": prefixed(state), "hyper_parameters": MDLM_HPARAMS}, plain, _use_new_zipfile_serialization=False
+    )
     assert_matches_reference(load_denoiser(plain), state)
     objects = tmp_path / "objects.ckpt"
-    torch.save({"state_dict": prefixed(state), "hyper_parameters": MDLM_HPARAMS,
-                "extra": fractions.Fraction(1, 3)}, objects, _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": prefixed(state), "hyper_parameters": MDLM_HPARAMS, "extra": fractions.Fraction(1, 3)},
+        objects,
+        _use_new_zipfile_serialization=False,
+    )
     with pytest.raises(CheckpointError, match="legacy-format.*trust_checkpoint=True"):
         load_denoiser(objects)
     assert_matches_reference(load_denoiser(objects, trust_checkpoint=True), state)
@@ -210,6 +232,7 @@ def test_wrong_ema_count_and_shape(tmp_path, state):
 # Saving
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_save_load_round_trip(tmp_path, dtype):
     model = ref.random_model(seed=23, time_conditioning=True, mask_index=5).to(dtype)
@@ -228,6 +251,7 @@ def test_save_load_round_trip(tmp_path, dtype):
 
 def test_saved_keys_are_published_names(tmp_path):
     from safetensors.torch import load_file
+
     save_denoiser(ref.random_model(), tmp_path / "s")
     keys = set(load_file(str(tmp_path / "s" / "model.safetensors")))
     expected = {"backbone." + k for k in ref.published_shapes(**TINY)}
@@ -294,6 +318,7 @@ def test_save_restores_old_checkpoint_if_final_rename_fails(tmp_path, monkeypatc
 # Errors
 # --------------------------------------------------------------------------------------------
 
+
 def test_missing_path(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_denoiser(tmp_path / "nope")
@@ -339,9 +364,11 @@ def test_many_missing_keys_are_summarized(tmp_path, state):
 
 def test_shape_mismatch(tmp_path, state):
     state["blocks.0.attn_out.weight"] = torch.zeros(32, 31)
-    with pytest.raises(CheckpointError,
-                       match=r"backbone\.blocks\.0\.attn_out\.weight: expected \(32, 32\), "
-                             r"got \(32, 31\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"backbone\.blocks\.0\.attn_out\.weight: expected \(32, 32\), "
+        r"got \(32, 31\)",
+    ):
         load_denoiser(write_hf_dir(tmp_path / "m", prefixed(state)))
 
 

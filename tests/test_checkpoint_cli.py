@@ -1,4 +1,5 @@
 """``--trust-checkpoint`` and ``--mask-index`` on ``generate`` and the analysis commands (subprocesses)."""
+
 from __future__ import annotations
 
 import json
@@ -30,18 +31,39 @@ def evil_ckpt(tmp_path) -> tuple[Path, Path]:
     """A Lightning checkpoint of a tiny DiT whose pickle also creates ``created``."""
     state = ref.random_published_state(TINY, seed=41)
     created = tmp_path / "created"
-    hparams = {"config": {"model": {"hidden_size": TINY["hidden_dim"], "cond_dim": TINY["cond_dim"],
-                                    "length": TINY["model_length"], "n_blocks": TINY["n_blocks"],
-                                    "n_heads": TINY["n_heads"]}, "time_conditioning": False}}
+    hparams = {
+        "config": {
+            "model": {
+                "hidden_size": TINY["hidden_dim"],
+                "cond_dim": TINY["cond_dim"],
+                "length": TINY["model_length"],
+                "n_blocks": TINY["n_blocks"],
+                "n_heads": TINY["n_heads"],
+            },
+            "time_conditioning": False,
+        }
+    }
     file = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"backbone." + k: v for k, v in state.items()}, "hyper_parameters": hparams,
-                "payload": OpensFile(created)}, file)
+    torch.save(
+        {
+            "state_dict": {"backbone." + k: v for k, v in state.items()},
+            "hyper_parameters": hparams,
+            "payload": OpensFile(created),
+        },
+        file,
+    )
     return file, created
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mdlm_fast.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "mdlm_fast.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -68,8 +90,9 @@ def test_generate_does_not_run_the_payload_unless_trusted(tmp_path, evil_ckpt):
 
 def test_generate_refuses_a_mask_index_outside_the_vocabulary(tmp_path, evil_ckpt):
     file, created = evil_ckpt
-    proc = run_cli("generate", "--heavy", str(file), "--mask-index", "37", "--steps", "2", "--length", "4",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "generate", "--heavy", str(file), "--mask-index", "37", "--steps", "2", "--length", "4", cwd=tmp_path
+    )
     assert_one_line_error(proc, "--mask-index 37 is not a token id of", "its vocab_size is 37")
     assert not created.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["evil.ckpt"]
 

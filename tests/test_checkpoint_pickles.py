@@ -7,6 +7,7 @@ same stored state as the real classes (``__getstate__`` dicts holding ``_content
 the config, ``_mask_token``, ``_added_tokens_*`` and the vocabulary for the tokenizer). Their
 ``__setstate__`` writes a marker file, so a load that ran any of them would be seen.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,6 +45,7 @@ def _mark(what: str) -> None:
 # Stand-ins with the real classes' pickled state
 # --------------------------------------------------------------------------------------------
 
+
 class ContainerMetadata:
     def __init__(self, key=None):
         self.ref_type, self.object_type, self.optional, self.key = object, dict, True, key
@@ -66,8 +68,9 @@ class DictConfig:
 
     def __init__(self, content, parent=None):
         self._metadata, self._parent = ContainerMetadata(), parent
-        self._content = {k: DictConfig(v, self) if isinstance(v, dict) else AnyNode(v, self)
-                         for k, v in content.items()}
+        self._content = {
+            k: DictConfig(v, self) if isinstance(v, dict) else AnyNode(v, self) for k, v in content.items()
+        }
         self._flags_cache = None
 
     def __getstate__(self):
@@ -105,8 +108,7 @@ class Text8Tokenizer:
     def __init__(self, added_tables=True, mask_as_added_token=True):
         chars = list("abcdefghijklmnopqrstuvwxyz ")
         specials = ["[CLS]", "[SEP]", "[BOS]", "[EOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"]
-        self._vocab_str_to_int = {**{t: i for i, t in enumerate(specials)},
-                                  **{ch: i + 8 for i, ch in enumerate(chars)}}
+        self._vocab_str_to_int = {**{t: i for i, t in enumerate(specials)}, **{ch: i + 8 for i, ch in enumerate(chars)}}
         self._vocab_int_to_str = {v: k for k, v in self._vocab_str_to_int.items()}
         for name in ("bos", "eos", "sep", "cls", "pad", "mask", "unk"):
             text = f"[{name.upper()}]"
@@ -156,8 +158,11 @@ class BertTokenizerFast:
     def __init__(self, mask_id):
         self._mask_token = AddedToken("[MASK]")
         self._tokenizer = SerializedTokenizer(
-            {"added_tokens": [{"id": 0, "content": "[PAD]"}, {"id": mask_id, "content": "[MASK]"}],
-             "model": {"vocab": {"[PAD]": 0, "a": 1}}})
+            {
+                "added_tokens": [{"id": 0, "content": "[PAD]"}, {"id": mask_id, "content": "[MASK]"}],
+                "model": {"vocab": {"[PAD]": 0, "a": 1}},
+            }
+        )
 
     def __setstate__(self, state):
         _mark("BertTokenizerFast.__setstate__")
@@ -193,19 +198,36 @@ class CreatesFile:
 def mdlm_ckpt(file: Path, state: dict, tokenizer, *, shadow=None, extra=None, model_cfg=None) -> Path:
     """A checkpoint laid out as MDLM's Lightning module writes one."""
     cfg = TEXT8 if model_cfg is None else model_cfg
-    config = DictConfig({
-        "mode": "train", "backbone": "dit", "parameterization": "subs", "time_conditioning": False,
-        "model": {"name": "tiny", "type": "ddit", "hidden_size": cfg["hidden_dim"], "cond_dim": cfg["cond_dim"],
-                  "length": cfg["model_length"], "n_blocks": cfg["n_blocks"], "n_heads": cfg["n_heads"],
-                  "scale_by_sigma": True, "dropout": 0.1},
-        "loader": {"num_workers": "${eval:\"len(__import__('os').sched_getaffinity(0))\"}"},
-        "training": {"ema": 0.9999}})
+    config = DictConfig(
+        {
+            "mode": "train",
+            "backbone": "dit",
+            "parameterization": "subs",
+            "time_conditioning": False,
+            "model": {
+                "name": "tiny",
+                "type": "ddit",
+                "hidden_size": cfg["hidden_dim"],
+                "cond_dim": cfg["cond_dim"],
+                "length": cfg["model_length"],
+                "n_blocks": cfg["n_blocks"],
+                "n_heads": cfg["n_heads"],
+                "scale_by_sigma": True,
+                "dropout": 0.1,
+            },
+            "loader": {"num_workers": "${eval:\"len(__import__('os').sched_getaffinity(0))\"}"},
+            "training": {"ema": 0.9999},
+        }
+    )
     ckpt = {
-        "epoch": 0, "global_step": 10, "pytorch-lightning_version": "2.2.1",
+        "epoch": 0,
+        "global_step": 10,
+        "pytorch-lightning_version": "2.2.1",
         "state_dict": {"backbone." + k: v for k, v in state.items()},
         "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 0}}}},
-        "callbacks": {"ModelCheckpoint{'monitor': 'val/nll'}": {"best_model_score": torch.tensor(3.5),
-                                                                "dirpath": "/checkpoints"}},
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val/nll'}": {"best_model_score": torch.tensor(3.5), "dirpath": "/checkpoints"}
+        },
         "optimizer_states": [{"state": {0: {"step": torch.tensor(10.0)}}, "param_groups": [{"lr": 3e-4}]}],
         "lr_schedulers": [{"base_lrs": [3e-4]}],
         "hparams_name": "kwargs",
@@ -244,11 +266,11 @@ def assert_matches_reference(model, state: dict, cfg: dict = TEXT8):
 # Payloads
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["open", "method", "system"])
 def test_payload_outside_the_weights_is_not_run_and_the_weights_load(tmp_path, text8_state, how):
     target = tmp_path / "created-by-payload"
-    file = mdlm_ckpt(tmp_path / "evil.ckpt", text8_state, Text8Tokenizer(),
-                     extra={"payload": CreatesFile(target, how)})
+    file = mdlm_ckpt(tmp_path / "evil.ckpt", text8_state, Text8Tokenizer(), extra={"payload": CreatesFile(target, how)})
     model = load_denoiser(file)
     assert not target.exists()
     assert_matches_reference(model, text8_state)
@@ -258,15 +280,18 @@ def test_payload_inside_the_state_dict_is_a_clear_error(tmp_path, text8_state):
     target = tmp_path / "created-by-payload"
     state = {**text8_state, "blocks.0.evil": CreatesFile(target, "open")}
     torch.save({"state_dict": {"backbone." + k: v for k, v in state.items()}}, tmp_path / "evil.ckpt")
-    with pytest.raises(CheckpointError, match=r"non-tensor entries backbone\.blocks\.0\.evil \(objects of [a-z_]+\.open, "):
+    with pytest.raises(
+        CheckpointError, match=r"non-tensor entries backbone\.blocks\.0\.evil \(objects of [a-z_]+\.open, "
+    ):
         load_denoiser(tmp_path / "evil.ckpt", n_heads=TEXT8["n_heads"])
     assert not target.exists()
 
 
 def test_a_payload_runs_only_when_trusted(tmp_path, text8_state):
     target = tmp_path / "created-by-payload"
-    file = mdlm_ckpt(tmp_path / "evil.ckpt", text8_state, Text8Tokenizer(),
-                     extra={"payload": CreatesFile(target, "open")})
+    file = mdlm_ckpt(
+        tmp_path / "evil.ckpt", text8_state, Text8Tokenizer(), extra={"payload": CreatesFile(target, "open")}
+    )
     load_denoiser(file, trust_checkpoint=True)
     assert target.exists()  # so the default path's "not created" above is meaningful
 
@@ -283,6 +308,7 @@ def test_the_unpickler_records_calls_instead_of_making_them(tmp_path):
 # --------------------------------------------------------------------------------------------
 # MDLM's layout
 # --------------------------------------------------------------------------------------------
+
 
 def test_mdlm_layout_loads_without_running_anything(tmp_path, marker, text8_state):
     ema_state = ref.random_published_state(TEXT8, seed=32)
@@ -303,14 +329,17 @@ def test_trusted_load_runs_the_classes_and_reads_the_same(tmp_path, marker, text
     assert_matches_reference(model, text8_state)
 
 
-@pytest.mark.parametrize("tokenizer,expected,source", [
-    (Text8Tokenizer(), TEXT8_MASK, "tokenizer"),
-    (Text8Tokenizer(added_tables=False), TEXT8_MASK, "tokenizer"),  # only the vocabulary knows it
-    (Text8Tokenizer(mask_as_added_token=False), TEXT8_MASK, "tokenizer"),
-    (BertTokenizerFast(mask_id=30), 30, "tokenizer"),
-    (GPT2TokenizerFast(), TEXT8["vocab_size"] - 1, "appended"),
-    (None, TEXT8["vocab_size"] - 1, "default"),
-])
+@pytest.mark.parametrize(
+    "tokenizer,expected,source",
+    [
+        (Text8Tokenizer(), TEXT8_MASK, "tokenizer"),
+        (Text8Tokenizer(added_tables=False), TEXT8_MASK, "tokenizer"),  # only the vocabulary knows it
+        (Text8Tokenizer(mask_as_added_token=False), TEXT8_MASK, "tokenizer"),
+        (BertTokenizerFast(mask_id=30), 30, "tokenizer"),
+        (GPT2TokenizerFast(), TEXT8["vocab_size"] - 1, "appended"),
+        (None, TEXT8["vocab_size"] - 1, "default"),
+    ],
+)
 def test_mask_id_from_the_pickled_tokenizer(tmp_path, text8_state, tokenizer, expected, source):
     model = load_denoiser(mdlm_ckpt(tmp_path / "a.ckpt", text8_state, tokenizer))
     assert (model.config.mask_index, model.config.mask_index_source) == (expected, source)
@@ -357,6 +386,7 @@ def test_mask_id_from_an_hf_config(tmp_path, text8_state):
 # --------------------------------------------------------------------------------------------
 # A text8-style checkpoint through the samplers
 # --------------------------------------------------------------------------------------------
+
 
 def mdlm_p_x0(logits: torch.Tensor, xt: torch.Tensor, mask_index: int) -> torch.Tensor:
     """MDLM's ``_subs_parameterization`` (diffusion.py), exponentiated, in float64."""
@@ -436,13 +466,23 @@ def test_real_tokenizers_and_config_read_inertly(file):
     with open(file, "rb") as f:
         data = inert_pickle.Unpickler(f).load()
     from mdlm_fast.models.checkpoints import lightning, mask_id
+
     for name, tokenizer in data["tokenizers"].items():
         assert isinstance(tokenizer, inert_pickle.InertRecord) and "Tokenizer" in tokenizer.qualname
         expected = data["expected_mask_ids"][name]
-        want = ({"_mask_index_source": "appended"} if expected is None
-                else {"mask_index": expected, "_mask_index_source": "tokenizer"})
+        want = (
+            {"_mask_index_source": "appended"}
+            if expected is None
+            else {"mask_index": expected, "_mask_index_source": "tokenizer"}
+        )
         assert mask_id.tokenizer_mask(tokenizer, file) == want, name
     assert isinstance(data["config"], inert_pickle.InertRecord)
     assert inert_pickle.plain(data["config"]) == data["expected_config"]
     assert lightning.lightning_config({"config": data["config"]}) == {
-        "hidden_dim": 32, "cond_dim": 16, "model_length": 16, "n_blocks": 2, "n_heads": 4, "time_conditioning": True}
+        "hidden_dim": 32,
+        "cond_dim": 16,
+        "model_length": 16,
+        "n_blocks": 2,
+        "n_heads": 4,
+        "time_conditioning": True,
+    }

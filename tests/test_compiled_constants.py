@@ -3,6 +3,7 @@
 mdlm_fast/ops/compiled.py reads them from ``_C.constants()``; this test reads the headers as text, so
 a stale build or a Python copy that drifted from csrc fails here.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,9 @@ def constants_from_headers(csrc: Path = CSRC) -> dict:
     enum = re.search(r"enum Purpose[^{]*\{(.*?)\};", philox, re.S).group(1)
     purposes = {_camel_to_snake(name): int(value) for name, value in re.findall(r"kPurpose(\w+)\s*=\s*(\d+)", enum)}
     shift = re.search(r"kMaxStep = \(int64_t\{1\} << (\d+)\) - 1;", philox).group(1)
-    chunk = re.search(r"constexpr int64_t kVocabChunk = (\d+);",
-                      (csrc / "include" / "mdlm_fast" / "categorical.h").read_text()).group(1)
+    chunk = re.search(
+        r"constexpr int64_t kVocabChunk = (\d+);", (csrc / "include" / "mdlm_fast" / "categorical.h").read_text()
+    ).group(1)
     checks = (csrc / "checks.h").read_text()
     names = re.search(r"kNoiseDistNames\[\] = \{([^}]*)\}", checks).group(1)
     return {
@@ -49,9 +51,12 @@ def test_the_extension_carries_the_headers_constants():
 def test_python_reads_the_extensions_constants():
     built = compiled_constants()
     assert compiled.PURPOSES == built["purposes"]
-    assert (compiled.PURPOSE_REVEAL, compiled.PURPOSE_TOKEN, compiled.PURPOSE_REFERENCE_GUMBEL,
-            compiled.PURPOSE_NOISE_REMOVAL) == tuple(built["purposes"][k] for k in
-                                                     ("reveal", "token", "reference_gumbel", "noise_removal"))
+    assert (
+        compiled.PURPOSE_REVEAL,
+        compiled.PURPOSE_TOKEN,
+        compiled.PURPOSE_REFERENCE_GUMBEL,
+        compiled.PURPOSE_NOISE_REMOVAL,
+    ) == tuple(built["purposes"][k] for k in ("reveal", "token", "reference_gumbel", "noise_removal"))
     assert compiled.VOCAB_CHUNK == built["vocab_chunk"]
     assert (compiled.MIN_TEMPERATURE, compiled.MAX_TEMPERATURE) == (built["min_temperature"], built["max_temperature"])
     assert compiled.NOISE_DISTS == built["noise_dists"]

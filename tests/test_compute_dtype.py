@@ -1,4 +1,5 @@
 """dtype="auto": bf16 where the hardware does it natively, read from CPU flags / GPU capability."""
+
 import pytest
 import torch
 
@@ -8,7 +9,9 @@ from mdlm_fast.models import compute_dtype as cd
 ZEN4_FLAGS = "fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni"
 SAPPHIRE_RAPIDS_FLAGS = "avx2 avx512f avx512bw amx_tile amx_bf16 amx_int8"
 SKYLAKE_FLAGS = "avx2 fma avx512f avx512bw avx512vl avx512_vnni"
-CPUINFO = f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: {ZEN4_FLAGS}\n\nprocessor\t: 1\nflags\t\t: {ZEN4_FLAGS}\n"
+CPUINFO = (
+    f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: {ZEN4_FLAGS}\n\nprocessor\t: 1\nflags\t\t: {ZEN4_FLAGS}\n"
+)
 
 
 def test_flags_parsed_from_cpuinfo_text_x86_and_arm():
@@ -18,15 +21,18 @@ def test_flags_parsed_from_cpuinfo_text_x86_and_arm():
     assert cd.parse_cpu_flags("model name\t: no flags here\n") == frozenset()
 
 
-@pytest.mark.parametrize("flags, machine, native", [
-    (ZEN4_FLAGS, "x86_64", True),               # AVX-512 BF16
-    (SAPPHIRE_RAPIDS_FLAGS, "x86_64", True),    # AMX BF16 alone
-    (SKYLAKE_FLAGS, "x86_64", False),           # AVX-512 without BF16: bf16 would be emulated
-    ("avx2 fma", "x86_64", False),
-    ("fp asimd sve bf16", "aarch64", True),
-    ("fp asimd sve", "aarch64", False),
-    ("bf16", "x86_64", False),                  # an Arm flag name means nothing on x86
-])
+@pytest.mark.parametrize(
+    "flags, machine, native",
+    [
+        (ZEN4_FLAGS, "x86_64", True),  # AVX-512 BF16
+        (SAPPHIRE_RAPIDS_FLAGS, "x86_64", True),  # AMX BF16 alone
+        (SKYLAKE_FLAGS, "x86_64", False),  # AVX-512 without BF16: bf16 would be emulated
+        ("avx2 fma", "x86_64", False),
+        ("fp asimd sve bf16", "aarch64", True),
+        ("fp asimd sve", "aarch64", False),
+        ("bf16", "x86_64", False),  # an Arm flag name means nothing on x86
+    ],
+)
 def test_auto_resolves_from_injected_cpu_flags(flags, machine, native):
     choice = cd.resolve_dtype("auto", "cpu", cpu_flags=flags.split(), machine=machine)
     assert choice.dtype == (torch.bfloat16 if native else torch.float32)

@@ -2,6 +2,7 @@
 against the CPU op: bit-identical noise, bit-identical tokens and log-probabilities on inputs
 whose logits are exact, the distribution by chi-square, the non-finite rules, and every thread
 order. The quick set runs by default; --emulated-full runs the whole matrix."""
+
 import ctypes
 import itertools
 import math
@@ -60,8 +61,9 @@ def _keys(n, step=3):
 
 def _same_as_cpu(emu, hidden, weight, bias, keys, temperature, banned, seed=11):
     got_t, got_lp = emu.fused_head_sample(hidden, weight, bias, keys, seed, 2, temperature, banned, True)
-    want_t, want_lp = ops.fused_head_sample(hidden, weight, bias, keys, seed=seed, temperature=temperature,
-                                            banned=banned, return_logprob=True)
+    want_t, want_lp = ops.fused_head_sample(
+        hidden, weight, bias, keys, seed=seed, temperature=temperature, banned=banned, return_logprob=True
+    )
     assert torch.equal(got_t, want_t), (got_t != want_t).nonzero()[:5]
     if temperature in (0.0, 1.0):
         assert torch.equal(got_lp, want_lp)  # bit-identical, not merely close
@@ -75,6 +77,7 @@ def _same_as_cpu(emu, hidden, weight, bias, keys, temperature, banned, seed=11):
 
 # ---------------------------------------------------------------------------------------------
 # philox_noise
+
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dist", ["uniform", "gumbel", "uniform24"])
@@ -98,7 +101,8 @@ QUICK_CASES = [  # (n, d, vocab, temperature, bias, banned)
 FULL_CASES = [
     (n, d, vocab, t, b, banned)
     for n, d, vocab, t, b, banned in itertools.product(
-        [0, 1, 31, 32, 33], [1, 67], [7, 1025, 3000], [1.0, 0.0, 0.7], [True, False], [[], [2, 6]])
+        [0, 1, 31, 32, 33], [1, 67], [7, 1025, 3000], [1.0, 0.0, 0.7], [True, False], [[], [2, 6]]
+    )
 ]
 
 
@@ -121,8 +125,9 @@ def test_per_row_seeds_as_on_the_cpu(emu, dtype, n):
     drawn = {}
     for temperature in (1.0, 0.0):
         got, _ = emu.fused_head_sample(hidden, weight, bias, _keys(n), 11, 2, temperature, banned, False, seeds=seeds)
-        want, _ = ops.fused_head_sample(hidden, weight, bias, _keys(n), seed=11, temperature=temperature,
-                                        banned=banned, seeds=seeds)
+        want, _ = ops.fused_head_sample(
+            hidden, weight, bias, _keys(n), seed=11, temperature=temperature, banned=banned, seeds=seeds
+        )
         assert torch.equal(got, want)
         drawn[temperature] = got
     if n > 3:  # the control: the scalar seed alone draws other tokens
@@ -242,22 +247,44 @@ def test_zero_width_hidden(emu, dtype):
     got_t, got_lp = emu.fused_head_sample(hidden, weight, bias, keys, 1, 2, 1.0, torch.tensor([6]), True)
     emu_null = emu.lib.emu_fused_head_sample  # the same call with null hidden/weight pointers
     assert got_t.shape == (3,)
-    want_t, want_lp = ops.fused_head_sample(hidden, weight, bias, keys, seed=1, banned=torch.tensor([6]),
-                                            return_logprob=True)
+    want_t, want_lp = ops.fused_head_sample(
+        hidden, weight, bias, keys, seed=1, banned=torch.tensor([6]), return_logprob=True
+    )
     assert torch.equal(got_t, want_t) and torch.equal(got_lp, want_lp)
     tokens = torch.empty(3, dtype=torch.int64)
     ws = emu.lib.emu_fused_head_workspace_bytes(emulator._DTYPES[dtype], 3, 0, 1500)
     raw = torch.empty(ws + 512, dtype=torch.uint8)
     off = (-raw.data_ptr()) % 512
     banned = torch.tensor([6])
-    status = emu_null(emulator._DTYPES[dtype], None, 3, 0, 0, 1, None, 1500, 0, ctypes.c_void_p(bias.data_ptr()),
-                      ctypes.c_void_p(keys.data_ptr()), 1, None, 2, 1.0, ctypes.c_void_p(banned.data_ptr()), 1,
-                      ctypes.c_void_p(tokens.data_ptr()), None, ctypes.c_void_p(raw.data_ptr() + off), ws)
+    status = emu_null(
+        emulator._DTYPES[dtype],
+        None,
+        3,
+        0,
+        0,
+        1,
+        None,
+        1500,
+        0,
+        ctypes.c_void_p(bias.data_ptr()),
+        ctypes.c_void_p(keys.data_ptr()),
+        1,
+        None,
+        2,
+        1.0,
+        ctypes.c_void_p(banned.data_ptr()),
+        1,
+        ctypes.c_void_p(tokens.data_ptr()),
+        None,
+        ctypes.c_void_p(raw.data_ptr() + off),
+        ws,
+    )
     assert status == 0 and torch.equal(tokens, want_t)
 
 
 # ---------------------------------------------------------------------------------------------
 # fused_head_sample: the rules for non-finite logits and bad values, as on the CPU
+
 
 def _both_raise(emu, match, hidden, weight, bias, keys, temperature=1.0, banned=None):
     banned = torch.tensor([], dtype=torch.int64) if banned is None else banned
@@ -285,8 +312,16 @@ def test_non_finite_rules(emu, dtype, temperature):
     assert (got == 1800).all()
     allbanned = torch.arange(2100)
     _both_raise(emu, "every vocabulary id of row 0 is banned", hidden, weight, bias, keys, temperature, allbanned)
-    _both_raise(emu, r"'banned' ids must lie in \[0, 2100\), got 2100", hidden, weight, bias, keys, temperature,
-                torch.tensor([4, 2100]))
+    _both_raise(
+        emu,
+        r"'banned' ids must lie in \[0, 2100\), got 2100",
+        hidden,
+        weight,
+        bias,
+        keys,
+        temperature,
+        torch.tensor([4, 2100]),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -316,6 +351,7 @@ def test_out_of_range_banned_is_refused_with_no_rows(emu):
 # ---------------------------------------------------------------------------------------------
 # fused_head_sample: the distribution (the CPU kernel's chi-square test, on the emulated kernel)
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_emulated_draws_follow_the_softmax(request, emu, dtype):
     if dtype != torch.float32 and not _full(request):
@@ -328,8 +364,9 @@ def test_emulated_draws_follow_the_softmax(request, emu, dtype):
     weight = torch.zeros(vocab, 4)
     weight[:, 0] = logits
     hidden = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(draws, -1)
-    keys = torch.stack([torch.zeros(draws, dtype=torch.int64), torch.arange(draws),
-                        torch.zeros(draws, dtype=torch.int64)], 1)
+    keys = torch.stack(
+        [torch.zeros(draws, dtype=torch.int64), torch.arange(draws), torch.zeros(draws, dtype=torch.int64)], 1
+    )
     banned = torch.tensor([3])
     tokens, logprob = emu.fused_head_sample(hidden.to(dtype), weight.to(dtype), None, keys, 123, 2, 1.0, banned, True)
     z = weight.to(dtype)[:, 0].double()
@@ -346,6 +383,7 @@ def test_emulated_draws_follow_the_softmax(request, emu, dtype):
 # ---------------------------------------------------------------------------------------------
 # The emulator catches what hardware would punish
 
+
 class _Selftest:
     def __init__(self, emu):
         self.emu, self.lib = emu, emu.lib
@@ -358,13 +396,16 @@ class _Selftest:
         return status, fault, out
 
 
-@pytest.mark.parametrize("which,match", [
-    (0, r"__syncthreads at selftest_kernels.cu:\d+ .* is not reached by every thread"),
-    (1, r"not reached by every thread of the block: thread \(5,0,0\) of block \(0,0,0\) has exited"),
-    (2, r"__shfl_xor_sync at .*: lane 8 of its mask waits at __shfl_sync .* divergent code"),
-    (3, r"the mask names lane 16, which the block does not have \(16 threads\)"),
-    (4, r"launched with 128 threads per block, above its __launch_bounds__\(64\)"),
-])
+@pytest.mark.parametrize(
+    "which,match",
+    [
+        (0, r"__syncthreads at selftest_kernels.cu:\d+ .* is not reached by every thread"),
+        (1, r"not reached by every thread of the block: thread \(5,0,0\) of block \(0,0,0\) has exited"),
+        (2, r"__shfl_xor_sync at .*: lane 8 of its mask waits at __shfl_sync .* divergent code"),
+        (3, r"the mask names lane 16, which the block does not have \(16 threads\)"),
+        (4, r"launched with 128 threads per block, above its __launch_bounds__\(64\)"),
+    ],
+)
 def test_defects_fail_loudly(emu, which, match):
     status, fault, _ = _Selftest(emu).defect(which)
     assert status == emulator.FAULT
@@ -417,13 +458,23 @@ def test_mma_fragments_follow_the_ptx_tables(emu):
     b = torch.zeros(32, 2, dtype=torch.int64)
     for lane in range(32):
         gq, t = lane >> 2, lane & 3
-        a[lane] = torch.tensor([pack(A[gq, 2 * t], A[gq, 2 * t + 1]), pack(A[gq + 8, 2 * t], A[gq + 8, 2 * t + 1]),
-                                pack(A[gq, 2 * t + 8], A[gq, 2 * t + 9]), pack(A[gq + 8, 2 * t + 8], A[gq + 8, 2 * t + 9])])
+        a[lane] = torch.tensor(
+            [
+                pack(A[gq, 2 * t], A[gq, 2 * t + 1]),
+                pack(A[gq + 8, 2 * t], A[gq + 8, 2 * t + 1]),
+                pack(A[gq, 2 * t + 8], A[gq, 2 * t + 9]),
+                pack(A[gq + 8, 2 * t + 8], A[gq + 8, 2 * t + 9]),
+            ]
+        )
         b[lane] = torch.tensor([pack(B[2 * t, gq], B[2 * t + 1, gq]), pack(B[2 * t + 8, gq], B[2 * t + 9, gq])])
     a32, b32 = a.to(torch.int32).contiguous(), b.to(torch.int32).contiguous()
     d = torch.zeros(32, 4)
-    assert emu.lib.selftest_mma_bf16(ctypes.c_void_p(a32.data_ptr()), ctypes.c_void_p(b32.data_ptr()),
-                                     ctypes.c_void_p(d.data_ptr())) == 0
+    assert (
+        emu.lib.selftest_mma_bf16(
+            ctypes.c_void_p(a32.data_ptr()), ctypes.c_void_p(b32.data_ptr()), ctypes.c_void_p(d.data_ptr())
+        )
+        == 0
+    )
     want = A.float() @ B.float()
     got = torch.zeros(16, 8)
     for lane in range(32):
@@ -435,6 +486,7 @@ def test_mma_fragments_follow_the_ptx_tables(emu):
 # ---------------------------------------------------------------------------------------------
 # AddressSanitizer build: out-of-bounds accesses stop the run
 
+
 def _asan_runtime() -> str | None:
     cxx = emulator.compiler()
     if cxx is None:
@@ -444,10 +496,19 @@ def _asan_runtime() -> str | None:
 
 
 def run_asan_check(lib: Path, mode: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LD_PRELOAD=_asan_runtime() or "", ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-               OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(Path(emulator.HERE) / "asan_check.py"), str(lib), mode],
-                          capture_output=True, text=True, env=env, timeout=600)
+    env = dict(
+        os.environ,
+        LD_PRELOAD=_asan_runtime() or "",
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.run(
+        [sys.executable, str(Path(emulator.HERE) / "asan_check.py"), str(lib), mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The suite's optional dependencies live in one place: the `test` extra of pyproject.toml, which
 requirements-dev.txt mirrors (with the `lint` extra's tools); every optional module a test imports
 is in it."""
+
 import re
 from pathlib import Path
 
@@ -10,13 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]
 tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
 
 # import name -> distribution name, for the optional modules the tests and benchmarks import
-OPTIONAL = {"hypothesis": "hypothesis", "matplotlib": "matplotlib", "pytest_benchmark": "pytest-benchmark",
-            "pytest": "pytest"}
+OPTIONAL = {
+    "hypothesis": "hypothesis",
+    "matplotlib": "matplotlib",
+    "pytest_benchmark": "pytest-benchmark",
+    "pytest": "pytest",
+}
 
 
 def _names(lines):
-    return {re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower() for line in lines
-            if line.strip() and not line.strip().startswith(("#", "-"))}
+    return {
+        re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower()
+        for line in lines
+        if line.strip() and not line.strip().startswith(("#", "-"))
+    }
 
 
 def test_requirements_dev_is_the_test_and_lint_extras():
@@ -29,7 +37,8 @@ def test_every_optional_module_the_tests_import_is_in_the_test_extra():
     used = set()
     for file in [*(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("test_*.py")]:
         text = file.read_text()
-        used |= {name for name in OPTIONAL if re.search(rf"^\s*(import|from) {name}\b|importorskip\(\"{name}\"", text,
-                                                       re.M)}
+        used |= {
+            name for name in OPTIONAL if re.search(rf"^\s*(import|from) {name}\b|importorskip\(\"{name}\"", text, re.M)
+        }
     assert {"hypothesis", "matplotlib", "pytest_benchmark"} <= used  # the scan sees them
     assert {OPTIONAL[name] for name in used} <= extra

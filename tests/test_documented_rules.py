@@ -1,6 +1,7 @@
 """Rules the documentation states that no other test pins, each against values worked out by hand:
 the model charged for the noise-removal forward, Hugging Face's mask_token_id, the paired bootstrap
 interval and standard errors, and the bounds of the CLI's value checks."""
+
 import argparse
 import json
 import math
@@ -59,15 +60,18 @@ def test_gen_ppl_ratio_se_is_the_delta_method():
     assert r["gen_ppl_ratio_ci_high"] == pytest.approx(math.exp(d.ci_high))
 
 
-@pytest.mark.parametrize("check_fn,good,bad", [
-    (check.seed, ["0", str(2**64 - 1)], ["-1", str(2**64)]),
-    (check.fraction, ["0", "1", "0.5"], ["-0.01", "1.01", "nan"]),
-    (check.held_out_fraction, ["0", "0.99"], ["1", "-0.1"]),
-    (check.non_negative_float, ["0", "2.5"], ["-0.001", "inf"]),
-    (check.positive_float, ["0.001"], ["0", "-1"]),
-    (check.positive_int, ["1"], ["0", "1.5"]),
-    (check.non_negative_int, ["0"], ["-1"]),
-])
+@pytest.mark.parametrize(
+    "check_fn,good,bad",
+    [
+        (check.seed, ["0", str(2**64 - 1)], ["-1", str(2**64)]),
+        (check.fraction, ["0", "1", "0.5"], ["-0.01", "1.01", "nan"]),
+        (check.held_out_fraction, ["0", "0.99"], ["1", "-0.1"]),
+        (check.non_negative_float, ["0", "2.5"], ["-0.001", "inf"]),
+        (check.positive_float, ["0.001"], ["0", "-1"]),
+        (check.positive_int, ["1"], ["0", "1.5"]),
+        (check.non_negative_int, ["0"], ["-1"]),
+    ],
+)
 def test_cli_value_checks_at_their_bounds(check_fn, good, bad):
     for text in good:
         check_fn(text)

@@ -4,6 +4,7 @@ The module has MDLM's structure (tests/mdlm_structure.py) and keeps MDLM's own d
 torch's RNG; the patched _sample must draw the same distribution (chi-square against the exact one,
 which MDLM's own loop must match too), with a control distribution the test rejects.
 """
+
 import itertools
 
 import pytest
@@ -44,6 +45,7 @@ def test_patched_sample_returns_mdlms_shapes_and_dtype_and_is_restored():
 
 def test_restoring_puts_back_an_instance_override():
     diffusion = module()
+
     def own(num_steps=None, eps=1e-5):
         return "own"
 
@@ -78,12 +80,15 @@ def test_eps_sets_the_last_time_and_noise_removal_follows_the_config():
         assert (remove._sample(num_steps=2, eps=0.5) != remove.mask_index).all()
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda d: setattr(d.config.sampling, "predictor", "analytic"), "predictor='analytic'"),
-    (lambda d: setattr(d, "parameterization", "ar"), "parameterization 'ar'"),
-    (lambda d: setattr(d.config.noise, "type", "cosine"), "noise.type='cosine'"),
-    (lambda d: delattr(d.config, "loader"), "loader.eval_batch_size"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda d: setattr(d.config.sampling, "predictor", "analytic"), "predictor='analytic'"),
+        (lambda d: setattr(d, "parameterization", "ar"), "parameterization 'ar'"),
+        (lambda d: setattr(d.config.noise, "type", "cosine"), "noise.type='cosine'"),
+        (lambda d: delattr(d.config, "loader"), "loader.eval_batch_size"),
+    ],
+)
 def test_what_the_fast_sampler_does_not_reproduce_is_refused_at_patch_time(change, match):
     diffusion = module()
     change(diffusion)
@@ -148,14 +153,41 @@ def test_the_dropin_benchmark_runs_and_writes_its_ratios(tmp_path):
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_dropin.py"
     out = tmp_path / "dropin"
-    args = ["--hidden", "32", "--blocks", "1", "--vocab", "64", "--length", "8", "--batch", "2", "--steps", "4",
-            "--repeats", "1", "--threads", "1", "--name", str(out)]
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "--hidden",
+        "32",
+        "--blocks",
+        "1",
+        "--vocab",
+        "64",
+        "--length",
+        "8",
+        "--batch",
+        "2",
+        "--steps",
+        "4",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--name",
+        str(out),
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.with_suffix(".json").read_text())
-    assert [r["variant"] for r in data["rows"]] == ["mdlm_own_sample", "patched_sample", "callable_path",
-                                                    "live_fast_path"]
+    assert [r["variant"] for r in data["rows"]] == [
+        "mdlm_own_sample",
+        "patched_sample",
+        "callable_path",
+        "live_fast_path",
+    ]
     med = {r["variant"]: r["median_s"] for r in data["rows"]}
     assert data["speedup_patched_vs_mdlm_own_sample"] == med["mdlm_own_sample"] / med["patched_sample"]
     assert data["head_positions"]["live_fast_path"] == 2 * 8 < data["head_positions"]["callable_path"]

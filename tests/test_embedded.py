@@ -1,4 +1,5 @@
 """The trained models shipped in the package: they load, agree with each other, and their cards hold."""
+
 import json
 from pathlib import Path
 
@@ -51,5 +52,7 @@ def test_embedded_assets_fit_the_wheel_budget():
 
 
 def test_unknown_embedded_name_is_a_clear_error():
-    with pytest.raises(mf.CheckpointError, match="no embedded model .huge.; the embedded models are embedded:heavy, embedded:light"):
+    with pytest.raises(
+        mf.CheckpointError, match="no embedded model .huge.; the embedded models are embedded:heavy, embedded:light"
+    ):
         mf.load_denoiser("embedded:huge")

@@ -1,6 +1,7 @@
 """The engine: every request's tokens equal sample() alone, whatever else is in flight, whenever it
 was submitted and whatever the row budget; packing keeps forwards full and starves no row; a
 non-finite forward fails only its own requests; bad requests are refused by field."""
+
 import random
 import threading
 import time
@@ -16,8 +17,15 @@ VOCAB, MASK = 40, 39
 
 
 def tiny_dit(n_blocks, seed, time_conditioning, length=12):
-    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=VOCAB,
-                          model_length=length, time_conditioning=time_conditioning)
+    config = mf.DiTConfig(
+        hidden_dim=16,
+        n_heads=2,
+        n_blocks=n_blocks,
+        cond_dim=8,
+        vocab_size=VOCAB,
+        model_length=length,
+        time_conditioning=time_conditioning,
+    )
     model = mf.DiT(config)
     model.init_random_(seed, std=0.5)
     return model.eval()
@@ -34,9 +42,19 @@ def embedded():
 
 
 def _alone(models, request, **kw):
-    return mf.sample(models, steps=request.steps, batch_size=request.n, length=request.length,
-                     schedule=request.schedule, seed=request.seed, prefix=request.prefix, given=request.given,
-                     temperature=request.temperature, noise_removal=request.noise_removal, **kw).tokens
+    return mf.sample(
+        models,
+        steps=request.steps,
+        batch_size=request.n,
+        length=request.length,
+        schedule=request.schedule,
+        seed=request.seed,
+        prefix=request.prefix,
+        given=request.given,
+        temperature=request.temperature,
+        noise_removal=request.noise_removal,
+        **kw,
+    ).tokens
 
 
 def _random_request(rng, lengths, max_steps, schedules, vocab):
@@ -47,14 +65,26 @@ def _random_request(rng, lengths, max_steps, schedules, vocab):
     prefix = given = None
     if rng.random() < 0.4:
         p = rng.randint(1, length)
-        prefix = torch.tensor([rng.randrange(vocab) for _ in range(p)]) if rng.random() < 0.5 else \
-            torch.tensor([[rng.randrange(vocab) for _ in range(p)] for _ in range(n)])
+        prefix = (
+            torch.tensor([rng.randrange(vocab) for _ in range(p)])
+            if rng.random() < 0.5
+            else torch.tensor([[rng.randrange(vocab) for _ in range(p)] for _ in range(n)])
+        )
     elif rng.random() < 0.4:  # infilling: real tokens at random positions, the mask id elsewhere
-        given = torch.tensor([[rng.randrange(vocab) if rng.random() < 0.4 else vocab for _ in range(length)]
-                              for _ in range(n)])
-    return mf.Request(n=n, length=length, steps=steps, schedule=rng.choice(schedules), seed=rng.randrange(2**64),
-                      prefix=prefix, given=given, temperature=rng.choice([1.0, 0.0, 0.6]),
-                      noise_removal=rng.choice(["greedy", "ancestral", "none"]))
+        given = torch.tensor(
+            [[rng.randrange(vocab) if rng.random() < 0.4 else vocab for _ in range(length)] for _ in range(n)]
+        )
+    return mf.Request(
+        n=n,
+        length=length,
+        steps=steps,
+        schedule=rng.choice(schedules),
+        seed=rng.randrange(2**64),
+        prefix=prefix,
+        given=given,
+        temperature=rng.choice([1.0, 0.0, 0.6]),
+        noise_removal=rng.choice(["greedy", "ancestral", "none"]),
+    )
 
 
 def _run_mix(models, requests, rng, *, max_rows, cancel_rate=0.0, **engine_kw):
@@ -87,7 +117,7 @@ def test_randomized_mix_equals_sample_alone_on_tiny_models(tiny_pair, max_rows):
     for _ in range(14):
         r = _random_request(rng, [5, 9, 12], 12, schedules, MASK)
         if isinstance(r.schedule, list):  # a per-step list names every step
-            r = mf.Request(**{**r.__dict__, "schedule": r.schedule[:r.steps]})
+            r = mf.Request(**{**r.__dict__, "schedule": r.schedule[: r.steps]})
         requests.append(r)
     done, engine = _run_mix(tiny_pair, requests, rng, max_rows=max_rows, cancel_rate=0.1)
     assert len(done) >= 8
@@ -102,12 +132,14 @@ def test_randomized_mix_equals_sample_alone_on_tiny_models(tiny_pair, max_rows):
 def test_randomized_mix_equals_sample_alone_on_embedded_models(embedded):
     rng = random.Random(7)
     vocab = embedded[0].config.vocab_size - 1
-    requests = [_random_request(rng, [12, 20], 8, [None, "sandwich:0.25", "time:0.9-1=L,0-0.1=L"], vocab)
-                for _ in range(6)]
+    requests = [
+        _random_request(rng, [12, 20], 8, [None, "sandwich:0.25", "time:0.9-1=L,0-0.1=L"], vocab) for _ in range(6)
+    ]
     alone = {}
     for max_rows in (2, 5):
-        done, _ = _run_mix(embedded, requests, random.Random(max_rows), max_rows=max_rows, cancel_rate=0.1,
-                           dtype="float32")
+        done, _ = _run_mix(
+            embedded, requests, random.Random(max_rows), max_rows=max_rows, cancel_rate=0.1, dtype="float32"
+        )
         for request, completion in done.values():
             assert completion.error is None
             index = requests.index(request)
@@ -219,8 +251,17 @@ def test_sustained_load_keeps_forwards_full(tiny_pair):
 
 
 def _row(handle, row, model, ready_since, length=8):
-    state = RequestState(handle=handle, n=1, length=length, steps=4, schedule=mf.ModelSchedule([model] * 4), seed=0,
-                         temperature=1.0, noise_removal="greedy", x=torch.zeros(1, length, dtype=torch.int64))
+    state = RequestState(
+        handle=handle,
+        n=1,
+        length=length,
+        steps=4,
+        schedule=mf.ModelSchedule([model] * 4),
+        seed=0,
+        temperature=1.0,
+        noise_removal="greedy",
+        x=torch.zeros(1, length, dtype=torch.int64),
+    )
     r = RowState(state, row, [0, 1, 2, 3], [torch.tensor([0])] * 4, ready_since=ready_since)
     state.rows = [r]
     return r
@@ -276,12 +317,18 @@ def test_a_minority_model_request_is_not_starved_by_a_flood(tiny_pair):
 
 def test_submit_validates_like_sample(tiny_pair):
     engine = mf.Engine(tiny_pair, max_rows=2)
-    for field, request in [("n", mf.Request(n=0)), ("steps", mf.Request(steps=0)), ("length", mf.Request(length=0)),
-                           ("length", mf.Request(length=13)), ("seed", mf.Request(seed=-1)),
-                           ("temperature", mf.Request(temperature=-1.0)),
-                           ("noise_removal", mf.Request(noise_removal="nope")),
-                           ("prefix", mf.Request(prefix=[MASK])), ("prefix", mf.Request(length=3, prefix=[1, 2, 3, 4])),
-                           ("schedule", mf.Request(steps=4, schedule=[0, 2, 0, 0]))]:
+    for field, request in [
+        ("n", mf.Request(n=0)),
+        ("steps", mf.Request(steps=0)),
+        ("length", mf.Request(length=0)),
+        ("length", mf.Request(length=13)),
+        ("seed", mf.Request(seed=-1)),
+        ("temperature", mf.Request(temperature=-1.0)),
+        ("noise_removal", mf.Request(noise_removal="nope")),
+        ("prefix", mf.Request(prefix=[MASK])),
+        ("prefix", mf.Request(length=3, prefix=[1, 2, 3, 4])),
+        ("schedule", mf.Request(steps=4, schedule=[0, 2, 0, 0])),
+    ]:
         with pytest.raises(ValueError) as info:
             engine.submit(request)
         assert field in str(info.value) or (field == "schedule" and "model" in str(info.value)), (field, info.value)

@@ -1,4 +1,5 @@
 """Quality metrics on constructed inputs with known answers."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """The fast sampler's ablation switches: each mechanism off redoes the work it skips and discards it."""
+
 import itertools
 
 import pytest
@@ -15,6 +16,7 @@ def models():
     def tiny(blocks, seed):
         cfg = mf.DiTConfig(hidden_dim=32, n_heads=4, n_blocks=blocks, cond_dim=16, vocab_size=97, model_length=24)
         return mf.DiT(cfg).init_random_(seed).eval()
+
     return [tiny(3, 0), tiny(1, 1)]
 
 
@@ -38,7 +40,9 @@ def test_each_switch_off_costs_what_it_would_have_saved(models):
     assert sum(on.forwards) < KW["steps"] and sum(no_skip_rows.forwards) == sum(on.forwards)
     assert sum(no_skip_rows.rows) == sum(on.forwards) * KW["batch_size"] > sum(on.rows)
     unfused = stats(fused_head=False)
-    assert unfused.head_positions == sum(on.rows) * KW["length"] and on.head_positions == KW["batch_size"] * KW["length"]
+    assert (
+        unfused.head_positions == sum(on.rows) * KW["length"] and on.head_positions == KW["batch_size"] * KW["length"]
+    )
     unpruned = stats(pruned_last_block=False)
     assert unpruned.executed_flops["blocks"] > on.executed_flops["blocks"]
     assert unpruned.executed_flops["head"] == on.executed_flops["head"]

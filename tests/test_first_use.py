@@ -1,5 +1,6 @@
 """What a newcomer meets first: errors that say what to do, output files that respect the user,
 the command's own --version and --help, and the thread wait policy of the command line."""
+
 import json
 import os
 import stat
@@ -34,6 +35,7 @@ def _bare_dit_ckpt(path: Path, model) -> Path:
 # The Python API
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_sample_on_cuda_without_cuda_names_the_argument(light):
     with pytest.raises(ValueError, match=r"^device cuda: no CUDA device is visible"):
@@ -53,8 +55,9 @@ def test_embedded_names_offer_denoisers_only_and_the_judge_points_to_load_judge(
         mf.load_denoiser("embedded:judge")
 
 
-@pytest.mark.parametrize("content,match", [(b"", r"is empty \(0 bytes\)"),
-                                           (b"hello, world\n", "is not a torch checkpoint")])
+@pytest.mark.parametrize(
+    "content,match", [(b"", r"is empty \(0 bytes\)"), (b"hello, world\n", "is not a torch checkpoint")]
+)
 def test_a_file_that_is_no_checkpoint_does_not_suggest_trusting_it(tmp_path, content, match):
     path = tmp_path / "model.ckpt"
     path.write_bytes(content)
@@ -101,6 +104,7 @@ def test_segments_beyond_the_steps_name_the_segment_count_it_came_from():
 # The command line
 # --------------------------------------------------------------------------------------------
 
+
 def test_version_and_a_help_written_for_users(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"mdlm-fast {mf.__version__}"
@@ -131,6 +135,7 @@ def test_calibrate_prints_its_error_alone_without_matplotlib(tmp_path, capsys, m
 # --------------------------------------------------------------------------------------------
 # Output files
 # --------------------------------------------------------------------------------------------
+
 
 def test_out_rows_carry_the_seed_and_row_that_reproduce_them(tmp_path, capsys):
     two, three = tmp_path / "two.jsonl", tmp_path / "three.jsonl"
@@ -181,6 +186,7 @@ def test_a_missing_parent_directory_is_an_error_naming_it_when_asked(tmp_path):
 # Threads: the command line sleeps idle OpenMP workers
 # --------------------------------------------------------------------------------------------
 
+
 def test_only_the_command_line_counts_as_the_command():
     assert threads.launched_as_command(["/venv/bin/mdlm-fast", "generate"], [])
     assert threads.launched_as_command(["-m"], ["python", "-m", "mdlm_fast.cli", "generate"])
@@ -208,13 +214,26 @@ def test_the_command_sets_a_passive_wait_before_torch_loads(tmp_path, user_env, 
         "        if name == 'torch' and not getattr(Probe, 'seen', False):\n"
         "            Probe.seen = True\n"
         "            print('at torch import:', os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr, flush=True)\n"
-        "sys.meta_path.insert(0, Probe())\n")
+        "sys.meta_path.insert(0, Probe())\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_VARIABLES}
     env.update(user_env, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
-    cli = subprocess.run([sys.executable, "-m", "mdlm_fast.cli", "info"], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    cli = subprocess.run(
+        [sys.executable, "-m", "mdlm_fast.cli", "info"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert cli.returncode == 0, cli.stderr
     assert f"at torch import: {expected}" in cli.stderr.splitlines()
-    library = subprocess.run([sys.executable, "-c", "import mdlm_fast, os; print(os.environ.get('OMP_WAIT_POLICY'))"],
-                             env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    library = subprocess.run(
+        [sys.executable, "-c", "import mdlm_fast, os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert library.stdout.strip() == user_env.get("OMP_WAIT_POLICY", "None")

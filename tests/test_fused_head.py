@@ -1,4 +1,5 @@
 """fused_head_sample: bit-exact against reference.py, and correct in distribution."""
+
 import math
 
 import pytest
@@ -28,10 +29,20 @@ def _keys(n, device, step=3, row_offset=0):
 
 
 def _compare(hidden, weight, bias, keys, temperature, banned, seed=11):
-    got_t, got_lp = ops.fused_head_sample(hidden, weight, bias, keys, seed=seed, temperature=temperature,
-                                          banned=banned, return_logprob=True)
-    want_t, want_lp = reference.fused_head_sample(hidden.cpu(), weight.cpu(), None if bias is None else bias.cpu(),
-                                                  keys.cpu(), seed, 2, temperature, banned.cpu(), True)
+    got_t, got_lp = ops.fused_head_sample(
+        hidden, weight, bias, keys, seed=seed, temperature=temperature, banned=banned, return_logprob=True
+    )
+    want_t, want_lp = reference.fused_head_sample(
+        hidden.cpu(),
+        weight.cpu(),
+        None if bias is None else bias.cpu(),
+        keys.cpu(),
+        seed,
+        2,
+        temperature,
+        banned.cpu(),
+        True,
+    )
     assert got_t.dtype == torch.int64 and got_t.shape == (hidden.shape[0],)
     assert torch.equal(got_t.cpu(), want_t)
     torch.testing.assert_close(got_lp.cpu(), want_lp, rtol=1e-5, atol=1e-5)
@@ -106,7 +117,7 @@ def _designed_distribution(vocab, device, dtype=torch.float32):
     weight = torch.zeros(vocab, d)
     hidden = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     logits = torch.full((vocab,), -30.0)  # effectively zero mass ...
-    logits[::97] = -7.0                  # ... a tail of rare ids (each ~1e-4 of the mass) ...
+    logits[::97] = -7.0  # ... a tail of rare ids (each ~1e-4 of the mass) ...
     logits[[3, 1500, 2047, 2048, vocab - 2]] = torch.tensor([2.0, 1.5, 0.5, 1.0, 0.0])  # ... and a head
     weight[:, 0] = logits
     return hidden.to(device, dtype), weight.to(device, dtype), logits
@@ -117,9 +128,19 @@ def test_draws_follow_the_softmax(device, temperature):
     vocab, draws = 2500, 40000
     hidden, weight, logits = _designed_distribution(vocab, device)
     banned = torch.tensor([3], device=device)  # the most likely id is banned
-    keys = torch.stack([torch.zeros(draws, dtype=torch.int64), torch.arange(draws), torch.zeros(draws, dtype=torch.int64)], 1)
-    tokens, logprob = ops.fused_head_sample(hidden.expand(draws, -1), weight, None, keys.to(device), seed=123,
-                                            temperature=temperature, banned=banned, return_logprob=True)
+    keys = torch.stack(
+        [torch.zeros(draws, dtype=torch.int64), torch.arange(draws), torch.zeros(draws, dtype=torch.int64)], 1
+    )
+    tokens, logprob = ops.fused_head_sample(
+        hidden.expand(draws, -1),
+        weight,
+        None,
+        keys.to(device),
+        seed=123,
+        temperature=temperature,
+        banned=banned,
+        return_logprob=True,
+    )
     z = logits.double()
     z[3] = -math.inf
     probs = torch.softmax(z / temperature, 0)
@@ -142,9 +163,17 @@ def test_zero_probability_ids_are_never_drawn(device):
     weight = torch.zeros(vocab, 2)
     weight[:, 0] = torch.where(torch.arange(vocab) % 2 == 0, 0.0, -math.inf)  # odd ids: probability 0
     hidden = torch.tensor([[1.0, 0.0]]).expand(draws, -1)
-    keys = torch.stack([torch.zeros(draws, dtype=torch.int64), torch.arange(draws), torch.zeros(draws, dtype=torch.int64)], 1)
-    tokens, _ = ops.fused_head_sample(hidden.to(device), weight.to(device), None, keys.to(device), seed=5,
-                                      banned=torch.tensor([0, 1098], device=device))
+    keys = torch.stack(
+        [torch.zeros(draws, dtype=torch.int64), torch.arange(draws), torch.zeros(draws, dtype=torch.int64)], 1
+    )
+    tokens, _ = ops.fused_head_sample(
+        hidden.to(device),
+        weight.to(device),
+        None,
+        keys.to(device),
+        seed=5,
+        banned=torch.tensor([0, 1098], device=device),
+    )
     tokens = tokens.cpu()
     assert (tokens % 2 == 0).all() and not (tokens == 0).any() and not (tokens == 1098).any()
     counts = torch.bincount(tokens, minlength=vocab)
@@ -163,21 +192,31 @@ def test_all_banned_row_is_an_error():
         ops.fused_head_sample(hidden, weight, None, _keys(2, "cpu"), seed=0, banned=torch.tensor([0, 1, 2]))
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(hidden=torch.zeros(2, 3, 4)), "'hidden'"),
-    (dict(hidden=torch.zeros(2, 4, dtype=torch.float64)), "'hidden'"),
-    (dict(weight=torch.zeros(10, 5)), "'weight'"),
-    (dict(weight=torch.zeros(10, 4, dtype=torch.bfloat16)), "'weight'"),
-    (dict(bias=torch.zeros(9)), "'bias'"),
-    (dict(keys=torch.zeros(3, 3, dtype=torch.int64)), "'keys'"),
-    (dict(temperature=-1.0), "'temperature'"),
-    (dict(temperature=math.nan), "'temperature'"),
-    (dict(banned=torch.tensor([10])), "'banned'"),
-    (dict(banned=torch.tensor([1.0])), "'banned'"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(hidden=torch.zeros(2, 3, 4)), "'hidden'"),
+        (dict(hidden=torch.zeros(2, 4, dtype=torch.float64)), "'hidden'"),
+        (dict(weight=torch.zeros(10, 5)), "'weight'"),
+        (dict(weight=torch.zeros(10, 4, dtype=torch.bfloat16)), "'weight'"),
+        (dict(bias=torch.zeros(9)), "'bias'"),
+        (dict(keys=torch.zeros(3, 3, dtype=torch.int64)), "'keys'"),
+        (dict(temperature=-1.0), "'temperature'"),
+        (dict(temperature=math.nan), "'temperature'"),
+        (dict(banned=torch.tensor([10])), "'banned'"),
+        (dict(banned=torch.tensor([1.0])), "'banned'"),
+    ],
+)
 def test_bad_arguments_are_named(bad, match):
-    args = dict(hidden=torch.zeros(2, 4), weight=torch.zeros(10, 4), bias=None, keys=torch.zeros(2, 3, dtype=torch.int64),
-                seed=0, temperature=1.0, banned=torch.tensor([0]))
+    args = dict(
+        hidden=torch.zeros(2, 4),
+        weight=torch.zeros(10, 4),
+        bias=None,
+        keys=torch.zeros(2, 3, dtype=torch.int64),
+        seed=0,
+        temperature=1.0,
+        banned=torch.tensor([0]),
+    )
     args.update(bad)
     with pytest.raises(RuntimeError, match=match):
         ops.fused_head_sample(args.pop("hidden"), args.pop("weight"), args.pop("bias"), args.pop("keys"), **args)

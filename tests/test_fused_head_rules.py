@@ -1,5 +1,6 @@
 """fused_head_sample's rules for non-finite logits, extreme temperatures, banned ids, devices and
 seeds: one behaviour in every kernel and in reference.py."""
+
 import math
 
 import pytest
@@ -23,9 +24,16 @@ def _problem(n=4, d=3, vocab=2100, seed=0):
 def _both(hidden, weight, bias, keys, device, temperature=1.0, banned=None, seed=5):
     """(op result, reference result) on the same inputs; banned defaults to none."""
     banned = torch.empty(0, dtype=torch.int64) if banned is None else banned
-    got = ops.fused_head_sample(hidden.to(device), weight.to(device), None if bias is None else bias.to(device),
-                                keys.to(device), seed=seed, temperature=temperature, banned=banned.to(device),
-                                return_logprob=True)
+    got = ops.fused_head_sample(
+        hidden.to(device),
+        weight.to(device),
+        None if bias is None else bias.to(device),
+        keys.to(device),
+        seed=seed,
+        temperature=temperature,
+        banned=banned.to(device),
+        return_logprob=True,
+    )
     want = reference.fused_head_sample(hidden, weight, bias, keys, seed, 2, temperature, banned, True)
     return (got[0].cpu(), got[1].cpu()), want
 
@@ -82,8 +90,9 @@ def test_plus_inf_rows_leave_the_other_rows_alone(device):
     assert torch.equal(got_t, want_t)
     assert got_t[1] == 700 and got_t[4] == 700 and got_lp[1] == 0 and got_lp[4] == 0
     torch.testing.assert_close(got_lp, want_lp, rtol=1e-5, atol=1e-5)
-    plain, _ = ops.fused_head_sample(hidden[[0, 2, 3, 5]].to(device), weight.to(device), bias.to(device),
-                                     keys[[0, 2, 3, 5]].to(device), seed=5)
+    plain, _ = ops.fused_head_sample(
+        hidden[[0, 2, 3, 5]].to(device), weight.to(device), bias.to(device), keys[[0, 2, 3, 5]].to(device), seed=5
+    )
     assert torch.equal(plain.cpu(), got_t[[0, 2, 3, 5]])
 
 
@@ -108,7 +117,9 @@ def test_extreme_temperatures_are_refused_alike(temperature):
     with pytest.raises(RuntimeError, match="'temperature' must be 0 \\(argmax\\) or in"):
         ops.fused_head_sample(hidden, weight, bias, keys, seed=0, temperature=temperature)
     with pytest.raises(ValueError, match="temperature must be 0 \\(argmax\\) or in"):
-        reference.fused_head_sample(hidden, weight, bias, keys, 0, 2, temperature, torch.empty(0, dtype=torch.int64), True)
+        reference.fused_head_sample(
+            hidden, weight, bias, keys, 0, 2, temperature, torch.empty(0, dtype=torch.int64), True
+        )
 
 
 @pytest.mark.parametrize("temperature", [1e-6, 3.4e38])
@@ -123,8 +134,15 @@ def test_temperature_bounds_are_accepted(device, temperature):
 @pytest.mark.parametrize("n", [0, 3])
 def test_out_of_range_banned_ids_are_refused_alike(device, bad_id, n):
     hidden, weight, bias, keys = _problem(n=n)
-    _raises_alike(rf"'banned' ids must lie in \[0, 2100\), got {bad_id}", hidden, weight, bias, keys,
-                  device=device, banned=torch.tensor([5, bad_id]))
+    _raises_alike(
+        rf"'banned' ids must lie in \[0, 2100\), got {bad_id}",
+        hidden,
+        weight,
+        bias,
+        keys,
+        device=device,
+        banned=torch.tensor([5, bad_id]),
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
@@ -134,8 +152,16 @@ def test_all_banned_row_is_refused_alike(device, temperature):
     weight[:, :] = 0.0
     bias[[4, 9]] = -INF  # with everything else banned, nothing is left
     banned = torch.tensor([i for i in range(30) if i not in (4, 9)])
-    _raises_alike(r"every vocabulary id of row 0 is banned or -inf", hidden, weight, bias, keys, device=device,
-                  banned=banned, temperature=temperature)
+    _raises_alike(
+        r"every vocabulary id of row 0 is banned or -inf",
+        hidden,
+        weight,
+        bias,
+        keys,
+        device=device,
+        banned=banned,
+        temperature=temperature,
+    )
 
 
 @pytest.mark.parametrize("arg", ["weight", "bias", "keys", "banned"])
@@ -147,8 +173,9 @@ def test_a_meta_tensor_among_cpu_ones_is_refused_by_name(arg):
         ops.fused_head_sample(args["hidden"], args["weight"], args["bias"], args["keys"], seed=0, banned=args["banned"])
     # The raw op too (the meta tensor dispatches to the fake kernel, which must not return garbage).
     with pytest.raises(RuntimeError, match=f"'{arg}'"):
-        torch.ops.mdlm_fast.fused_head_sample(args["hidden"], args["weight"], args["bias"], args["keys"], 0, 2, 1.0,
-                                              args["banned"], True)
+        torch.ops.mdlm_fast.fused_head_sample(
+            args["hidden"], args["weight"], args["bias"], args["keys"], 0, 2, 1.0, args["banned"], True
+        )
 
 
 @pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True])

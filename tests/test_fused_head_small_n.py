@@ -1,6 +1,7 @@
 """The CPU fused head's small-N projection (N <= 8 rows, fp32 and bf16 W, AVX-512 where present):
 bit-exact against reference.py on exact-logit inputs at every N and at widths that leave a
 remainder of the 16- and 32-column vector steps, and the same tokens whatever the thread count."""
+
 import pytest
 import torch
 
@@ -25,8 +26,9 @@ def test_small_n_is_bit_exact(dtype, n, d):
     hidden, weight, bias, keys = _exact(n, d, vocab, dtype, seed=n * 100 + d)
     banned = torch.tensor([vocab - 1])
     for temperature in (1.0, 0.0):
-        got, got_lp = ops.fused_head_sample(hidden, weight, bias, keys, seed=7, temperature=temperature,
-                                            banned=banned, return_logprob=True)
+        got, got_lp = ops.fused_head_sample(
+            hidden, weight, bias, keys, seed=7, temperature=temperature, banned=banned, return_logprob=True
+        )
         want, want_lp = reference.fused_head_sample(hidden, weight, bias, keys, 7, 2, temperature, banned, True)
         assert torch.equal(got, want)
         torch.testing.assert_close(got_lp, want_lp, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """The CUDA fused head's value errors without a host sync: head_status / DeferredHeadErrors (run on
 the CPU and on meta tensors, which cannot be read), a CPU stand-in of the CUDA op inside the fast
 sampler, and the CUDA adapter's source."""
+
 import contextlib
 import re
 from pathlib import Path
@@ -37,6 +38,7 @@ def no_host_reads():
     def refuse(name):
         def method(self, *args, **kwargs):
             raise AssertionError(f"Tensor.{name}() read a value back to the host (a device sync on CUDA)")
+
         return method
 
     try:
@@ -65,14 +67,17 @@ def test_the_status_never_reads_a_value():
         raise_head_status(torch.zeros(2, dtype=torch.int64), 50)
 
 
-@pytest.mark.parametrize("tokens,banned,want", [
-    ([3, 4, 5], [2], (OK, 0)),
-    ([], [], (OK, 0)),
-    ([3, EMPTY_ROW_TOKEN, NAN_ROW_TOKEN], [2], (EMPTY_ROW, 1)),
-    ([3, NAN_ROW_TOKEN, EMPTY_ROW_TOKEN], [], (NAN_ROW, 1)),
-    ([NAN_ROW_TOKEN], [7, 50, -1], (BANNED_OUT_OF_RANGE, 50)),  # banned ids first, as the CPU kernel checks
-    ([], [-3], (BANNED_OUT_OF_RANGE, -3)),
-])
+@pytest.mark.parametrize(
+    "tokens,banned,want",
+    [
+        ([3, 4, 5], [2], (OK, 0)),
+        ([], [], (OK, 0)),
+        ([3, EMPTY_ROW_TOKEN, NAN_ROW_TOKEN], [2], (EMPTY_ROW, 1)),
+        ([3, NAN_ROW_TOKEN, EMPTY_ROW_TOKEN], [], (NAN_ROW, 1)),
+        ([NAN_ROW_TOKEN], [7, 50, -1], (BANNED_OUT_OF_RANGE, 50)),  # banned ids first, as the CPU kernel checks
+        ([], [-3], (BANNED_OUT_OF_RANGE, -3)),
+    ],
+)
 def test_status_codes(tokens, banned, want):
     status = head_status(torch.tensor(tokens, dtype=torch.int64), torch.tensor(banned, dtype=torch.int64), 50)
     assert tuple(status.tolist()) == want
@@ -84,8 +89,9 @@ def _cpu_error(hidden, weight, bias, keys, banned) -> str:
     return str(info.value)
 
 
-def _coded_stand_in(hidden, weight, bias, keys, *, seed, purpose=2, temperature=1.0, banned=None,
-                    return_logprob=False, deferred=None):
+def _coded_stand_in(
+    hidden, weight, bias, keys, *, seed, purpose=2, temperature=1.0, banned=None, return_logprob=False, deferred=None
+):
     """What the CUDA op returns, built from the CPU op (rows are independent): code tokens for rows
     that cannot be drawn, out-of-range banned ids ignored; then the wrapper's CUDA branch, with
     every host read refused when the errors are deferred."""
@@ -95,8 +101,16 @@ def _coded_stand_in(hidden, weight, bias, keys, *, seed, purpose=2, temperature=
     tokens = torch.empty(hidden.shape[0], dtype=torch.int64)
     for i in range(hidden.shape[0]):
         try:
-            tokens[i] = ops.fused_head_sample(hidden[i:i + 1], weight, bias, keys[i:i + 1], seed=seed, purpose=purpose,
-                                              temperature=temperature, banned=usable)[0][0]
+            tokens[i] = ops.fused_head_sample(
+                hidden[i : i + 1],
+                weight,
+                bias,
+                keys[i : i + 1],
+                seed=seed,
+                purpose=purpose,
+                temperature=temperature,
+                banned=usable,
+            )[0][0]
         except RuntimeError as e:
             tokens[i] = NAN_ROW_TOKEN if "NaN" in str(e) else EMPTY_ROW_TOKEN
     with no_host_reads() if deferred is not None else contextlib.nullcontext():  # undeferred: one read, by design
@@ -117,8 +131,11 @@ def test_deferred_errors_carry_the_cpu_message():
     nan_hidden[2, 1] = float("nan")
     minus_inf = torch.zeros(30)
     minus_inf[:] = float("-inf")
-    cases = [(nan_hidden, None, torch.tensor([0])), (hidden, minus_inf, torch.tensor([0])),
-             (hidden, None, torch.tensor([5, 30]))]
+    cases = [
+        (nan_hidden, None, torch.tensor([0])),
+        (hidden, minus_inf, torch.tensor([0])),
+        (hidden, None, torch.tensor([5, 30])),
+    ]
     for h, bias, banned in cases:
         want = _cpu_error(h, weight, bias, keys, banned)
         deferred = DeferredHeadErrors("cpu", fill_token=29)
@@ -164,6 +181,14 @@ def test_the_fast_sampler_reads_head_errors_only_at_its_end(monkeypatch):
 def test_the_cuda_adapter_reads_nothing_back():
     source = (ROOT / "csrc" / "cuda" / "fused_head_sample_cuda.cu").read_text()
     code = re.sub(r"//[^\n]*", "", source)
-    for call in (".cpu()", ".item<", ".to(at::kCPU", "cudaMemcpy(", "cudaDeviceSynchronize", "cudaStreamSynchronize",
-                 ".nonzero()", "_local_scalar_dense"):
+    for call in (
+        ".cpu()",
+        ".item<",
+        ".to(at::kCPU",
+        "cudaMemcpy(",
+        "cudaDeviceSynchronize",
+        "cudaStreamSynchronize",
+        ".nonzero()",
+        "_local_scalar_dense",
+    ):
         assert call not in code, f"fused_head_sample_cuda.cu calls {call}: a device sync per call"

@@ -4,6 +4,7 @@ The fast and mdlm samplers must draw the exact conditional distribution of MDLM'
 from the given state (computed here by dynamic programming over all states), and never touch a
 given position; a wrong conditioning (other given tokens) is the control the test must reject.
 """
+
 import itertools
 
 import pytest
@@ -19,8 +20,9 @@ VOCAB, MASK, LENGTH = 4, 3, 4
 
 
 def tiny_dit(seed=0, n_blocks=2, scale=0.6, length=LENGTH, vocab=VOCAB):
-    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab,
-                          model_length=length)
+    config = mf.DiTConfig(
+        hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab, model_length=length
+    )
     return mf.DiT(config).init_random_(seed, std=scale).eval()
 
 
@@ -52,7 +54,9 @@ def test_infilling_draws_the_exact_conditional_distribution(sampler):
     assert top < 0.9
     steps = 4
     exact = exact_conditional(model, given, steps, VOCAB, MASK)
-    control = exact_conditional(model, [MASK, 0, MASK, 1], steps, VOCAB, MASK)  # other given tokens: another distribution
+    control = exact_conditional(
+        model, [MASK, 0, MASK, 1], steps, VOCAB, MASK
+    )  # other given tokens: another distribution
     result = mf.sample(model, steps=steps, batch_size=6000, sampler=sampler, seed=3, given=torch.tensor(given))
     assert (result.tokens[:, [1, 3]] == torch.tensor([1, 0])).all()
     outcomes, counts = counts_at(result.tokens, free)
@@ -66,10 +70,14 @@ def test_infilling_draws_the_exact_conditional_distribution(sampler):
 def test_given_tokens_are_kept_in_every_row_with_uneven_mask_counts(sampler):
     model = tiny_dit(1, vocab=30, length=12)
     m = 29
-    given = torch.tensor([[m, 5, m, m, 7, m, m, m, 9, m, m, m],
-                          [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, m],    # one position to fill
-                          [m] * 12,                                  # nothing given
-                          list(range(12))])                          # nothing to fill
+    given = torch.tensor(
+        [
+            [m, 5, m, m, 7, m, m, m, 9, m, m, m],
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, m],  # one position to fill
+            [m] * 12,  # nothing given
+            list(range(12)),
+        ]
+    )  # nothing to fill
     out = mf.sample(model, steps=5, batch_size=4, sampler=sampler, seed=1, given=given).tokens
     known = given != m
     assert torch.equal(out[known], given[known])
@@ -111,14 +119,17 @@ def test_length_defaults_to_the_given_length():
     assert out.shape == (2, 5)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(given=[1, 29], prefix=[1]), "not both"),
-    (dict(given=[1, 29, 29]), "given has 3 positions but the sequence length is 8"),
-    (dict(given=[[1] * 8] * 3), r"\[L\] or \[batch_size=2, L\]"),
-    (dict(given=[1, 2, 3, 4, 5, 6, 7, 30]), "outside"),
-    (dict(given=[1.0] * 8), "integer token ids"),
-    (dict(given=[[[1] * 8]] * 2), r"\[L\] or \[batch_size=2, L\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(given=[1, 29], prefix=[1]), "not both"),
+        (dict(given=[1, 29, 29]), "given has 3 positions but the sequence length is 8"),
+        (dict(given=[[1] * 8] * 3), r"\[L\] or \[batch_size=2, L\]"),
+        (dict(given=[1, 2, 3, 4, 5, 6, 7, 30]), "outside"),
+        (dict(given=[1.0] * 8), "integer token ids"),
+        (dict(given=[[[1] * 8]] * 2), r"\[L\] or \[batch_size=2, L\]"),
+    ],
+)
 def test_bad_given(kwargs, match):
     model = tiny_dit(6, vocab=30, length=8)
     with pytest.raises(ValueError, match=match):

@@ -1,4 +1,5 @@
 """``--infill TEMPLATE`` on the command line: the syntax, its one-line errors, and filled samples."""
+
 import json
 
 import pytest
@@ -17,14 +18,17 @@ def test_parse_template():
     assert parse_template("[MASKED] [MASK:3]") == ["[MASKED] ", 3]  # another word is text
 
 
-@pytest.mark.parametrize("template,match", [
-    ("a [MASK] b", "unknown marker '[MASK]' at character 2"),
-    ("a [mask:3]", "unknown marker '[mask:3]'"),
-    ("a [MASK:0]", "unknown marker '[MASK:0]'"),
-    ("a [ MASK:2]", "unknown marker"),
-    ("a [MASK:2", "unknown marker '[MASK:2'"),
-    ("no spans here", "nothing to fill"),
-])
+@pytest.mark.parametrize(
+    "template,match",
+    [
+        ("a [MASK] b", "unknown marker '[MASK]' at character 2"),
+        ("a [mask:3]", "unknown marker '[mask:3]'"),
+        ("a [MASK:0]", "unknown marker '[MASK:0]'"),
+        ("a [ MASK:2]", "unknown marker"),
+        ("a [MASK:2", "unknown marker '[MASK:2'"),
+        ("no spans here", "nothing to fill"),
+    ],
+)
 def test_bad_templates(template, match):
     with pytest.raises(InfillError, match=match.replace("[", r"\[").replace("]", r"\]")):
         parse_template(template)
@@ -41,17 +45,20 @@ def no_sampling(monkeypatch):
     monkeypatch.setattr(api, "sample", refuse)
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["generate", "--infill", "ROMEO: [MASK] and"], "--infill: unknown marker '[MASK]' at character 7"),
-    (["generate", "--infill", "ROMEO: [MASK:x]"], "--infill: unknown marker"),
-    (["generate", "--infill", "just a prefix"], "--infill: the template has nothing to fill"),
-    (["generate", "--infill", TEMPLATE, "--length", "8"], "--infill: the template is"),
-    (["generate", "--infill", "[MASK:300]"], "but the models' model_length is 256"),
-    (["generate", "--infill", TEMPLATE, "--prefix", "ROMEO:"], "give --prefix or --infill, not both"),
-    (["generate", "--infill", TEMPLATE, "--heavy", "embedded:heavy"], "--infill needs a tokenizer"),
-    (["evaluate", "--infill", "a [MASK] b", "--out", "{tmp}"], "--infill: unknown marker"),
-    (["evaluate", "--infill", TEMPLATE, "--length", "8", "--out", "{tmp}"], "--infill: the template is"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["generate", "--infill", "ROMEO: [MASK] and"], "--infill: unknown marker '[MASK]' at character 7"),
+        (["generate", "--infill", "ROMEO: [MASK:x]"], "--infill: unknown marker"),
+        (["generate", "--infill", "just a prefix"], "--infill: the template has nothing to fill"),
+        (["generate", "--infill", TEMPLATE, "--length", "8"], "--infill: the template is"),
+        (["generate", "--infill", "[MASK:300]"], "but the models' model_length is 256"),
+        (["generate", "--infill", TEMPLATE, "--prefix", "ROMEO:"], "give --prefix or --infill, not both"),
+        (["generate", "--infill", TEMPLATE, "--heavy", "embedded:heavy"], "--infill needs a tokenizer"),
+        (["evaluate", "--infill", "a [MASK] b", "--out", "{tmp}"], "--infill: unknown marker"),
+        (["evaluate", "--infill", TEMPLATE, "--length", "8", "--out", "{tmp}"], "--infill: the template is"),
+    ],
+)
 def test_bad_infill_is_one_line_and_exit_2_before_sampling(argv, match, tmp_path, capsys, no_sampling):
     argv = [a.replace("{tmp}", str(tmp_path / "out")) for a in argv]
     assert main(argv) == 2
@@ -82,8 +89,24 @@ def test_generate_fills_the_spans_and_keeps_the_text(extra, capsys):
 
 def test_evaluate_takes_a_template(tmp_path, capsys):
     out = tmp_path / "ev"
-    argv = ["evaluate", "--infill", TEMPLATE, "--steps", "4", "--samples", "2", "--batch-size", "2",
-            "--schedule", "heavy", "--judge", "none", "--out", str(out), "--no-progress"]
+    argv = [
+        "evaluate",
+        "--infill",
+        TEMPLATE,
+        "--steps",
+        "4",
+        "--samples",
+        "2",
+        "--batch-size",
+        "2",
+        "--schedule",
+        "heavy",
+        "--judge",
+        "none",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     result = json.loads((out / "evaluate.json").read_text())
     ids, _ = template_ids()

@@ -7,6 +7,7 @@ pip is pointed at an index that cannot answer, so a regression (torch back among
 requirements) fails the test on the message instead of downloading gigabytes; the message and the
 time are what the test asserts, not the absence of an index.
 """
+
 import os
 import subprocess
 import sys
@@ -39,11 +40,18 @@ def _site_packages(venv: Path) -> Path:
 
 def _plain_pip_install(venv: Path) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0", PIP_TIMEOUT="2",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0", PIP_TIMEOUT="2", PIP_DISABLE_PIP_VERSION_CHECK="1"
+    )
     start = time.monotonic()
-    proc = subprocess.run([str(venv / "bin" / "pip"), "install", str(ROOT)], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=venv.parent)
+    proc = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=venv.parent,
+    )
     return proc, time.monotonic() - start
 
 

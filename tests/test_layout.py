@@ -1,6 +1,7 @@
 """The package's shape: a small top level (subpackages by concept, at most ``MAX_TOP_MODULES``
 modules beside them), no import cycles (module-level or inside functions), one docstring per
 folder, and the version stated once. Read from the source with ``ast``; nothing is imported."""
+
 from __future__ import annotations
 
 import ast
@@ -32,7 +33,8 @@ def test_the_top_level_holds_few_modules():
     found = top_level_modules()
     assert len(found) <= MAX_TOP_MODULES, (
         f"mdlm_fast/ holds {len(found)} modules ({found}); at most {MAX_TOP_MODULES}: move the rest "
-        "into the subpackage of their concept")
+        "into the subpackage of their concept"
+    )
 
 
 def test_the_top_level_count_sees_modules_not_subpackages(tmp_path):
@@ -68,7 +70,7 @@ def _resolve(importer: str, node: ast.ImportFrom, modules: dict[str, Path]) -> s
     base = importer.split(".")
     if not _is_package(importer, modules):
         base = base[:-1]
-    base = base[:len(base) - node.level + 1]
+    base = base[: len(base) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -116,7 +118,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -152,8 +154,12 @@ def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path):
     (pkg / "sub" / "__init__.py").write_text('"""sub"""\n')
     (pkg / "a.py").write_text("from mdlm_fast.sub import b\n")
     (pkg / "sub" / "b.py").write_text("def f():\n    from mdlm_fast import a\n")
-    modules = {"mdlm_fast": pkg / "__init__.py", "mdlm_fast.sub": pkg / "sub" / "__init__.py",
-               "mdlm_fast.a": pkg / "a.py", "mdlm_fast.sub.b": pkg / "sub" / "b.py"}
+    modules = {
+        "mdlm_fast": pkg / "__init__.py",
+        "mdlm_fast.sub": pkg / "sub" / "__init__.py",
+        "mdlm_fast.a": pkg / "a.py",
+        "mdlm_fast.sub.b": pkg / "sub" / "b.py",
+    }
     cycle = find_cycle(import_graph(modules))
     assert cycle is not None and set(cycle) == {"mdlm_fast.a", "mdlm_fast.sub.b"}
     (pkg / "sub" / "b.py").write_text("def f():\n    return 1\n")

@@ -5,6 +5,7 @@ written for the tests). Logits through the fast path are compared with the objec
 both are fp32 on the CPU but in different operation orders (rotary, modulation, attention), so
 the stated tolerance is atol 1e-5 on logits of magnitude ~1.
 """
+
 import warnings
 
 import pytest
@@ -79,8 +80,9 @@ def test_fast_path_shares_weights_and_matches_the_module(kind, time_conditioning
     with torch.no_grad():
         logits = denoiser.model(x, sigma)
     masked = x == VOCAB - 1
-    torch.testing.assert_close(subs_log_probs(logits, x, VOCAB - 1)[masked], own_logprobs(obj, x, sigma)[masked],
-                               **LOGIT_TOLERANCE)
+    torch.testing.assert_close(
+        subs_log_probs(logits, x, VOCAB - 1)[masked], own_logprobs(obj, x, sigma)[masked], **LOGIT_TOLERANCE
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -89,8 +91,9 @@ def test_sample_runs_the_fused_head_at_revealed_positions_only(kind):
     batch, length = 3, 8
     result = mf.sample(obj, steps=16, batch_size=batch, length=length, seed=4)
     assert result.stats.head_positions == batch * length  # each position projected once, when revealed
-    unpruned = mf.sample(obj, steps=16, batch_size=batch, length=length, seed=4,
-                         _fast_options=FastOptions(pruned_last_block=False))
+    unpruned = mf.sample(
+        obj, steps=16, batch_size=batch, length=length, seed=4, _fast_options=FastOptions(pruned_last_block=False)
+    )
     assert torch.equal(result.tokens, unpruned.tokens)
     assert result.stats.executed_flops["total"] < unpruned.stats.executed_flops["total"]  # last block pruned
     assert (result.tokens != VOCAB - 1).all()
@@ -107,8 +110,9 @@ def test_updates_of_the_module_are_seen_without_rewrapping():
         after = denoiser.model(x, sigma)
     assert not torch.allclose(before, after)
     masked = x == VOCAB - 1
-    torch.testing.assert_close(subs_log_probs(after, x, VOCAB - 1)[masked], own_logprobs(module, x, sigma)[masked],
-                               **LOGIT_TOLERANCE)
+    torch.testing.assert_close(
+        subs_log_probs(after, x, VOCAB - 1)[masked], own_logprobs(module, x, sigma)[masked], **LOGIT_TOLERANCE
+    )
 
 
 def test_ema_weights_are_shared_when_asked_for():
@@ -127,8 +131,9 @@ def test_ema_weights_are_shared_when_asked_for():
     assert not torch.allclose(ema_logits, plain_logits)
     module.ema.copy_to(module.backbone.parameters())  # what MDLM does before sampling
     masked = x == VOCAB - 1
-    torch.testing.assert_close(subs_log_probs(ema_logits, x, VOCAB - 1)[masked],
-                               own_logprobs(module, x, sigma)[masked], **LOGIT_TOLERANCE)
+    torch.testing.assert_close(
+        subs_log_probs(ema_logits, x, VOCAB - 1)[masked], own_logprobs(module, x, sigma)[masked], **LOGIT_TOLERANCE
+    )
     assert live_denoiser(make("dit"), ema=True).weights == "module"  # nothing to use: the module's weights
 
 
@@ -163,9 +168,15 @@ def near_misses():
     final = renamed.output_layer
     final.proj = final.linear
     del final.linear
-    final.forward = lambda x, c: final.proj(modulate(final.norm_final(x), *final.adaLN_modulation(c)[:, None].chunk(2, 2)))
-    return [(other_activation, "GELU"), (extra_layer, "extra blocks.1.adapter"),
-            (renamed, "missing output_layer.linear.weight"), (ScaledDIT(hydra_config(), VOCAB), "disagree")]
+    final.forward = lambda x, c: final.proj(
+        modulate(final.norm_final(x), *final.adaLN_modulation(c)[:, None].chunk(2, 2))
+    )
+    return [
+        (other_activation, "GELU"),
+        (extra_layer, "extra blocks.1.adapter"),
+        (renamed, "missing output_layer.linear.weight"),
+        (ScaledDIT(hydra_config(), VOCAB), "disagree"),
+    ]
 
 
 @pytest.mark.parametrize("index", range(4))

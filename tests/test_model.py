@@ -4,6 +4,7 @@ The reference below shares no code with mdlm_fast.models.dit: its own layer norm
 multiplication), attention (explicit softmax), GELU(tanh) and timestep embedding, in float64.
 test_checkpoint.py reuses it (and the published key list) to check loaded checkpoints.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,25 +38,43 @@ def random_model(seed: int = 0, std: float = 0.2, **overrides) -> DiT:
 # The published parameter layout and an independent forward
 # --------------------------------------------------------------------------------------------
 
+
 def published_shapes(hidden_dim, n_blocks, cond_dim, vocab_size, **_) -> dict[str, tuple]:
     """Backbone parameter names (no ``backbone.`` prefix) and shapes, in MDLM's parameters() order
     (design §10); the buffer ``rotary_emb.inv_freq`` is not a parameter."""
     d, c, v = hidden_dim, cond_dim, vocab_size
-    shapes = {"vocab_embed.embedding": (v, d),
-              "sigma_map.mlp.0.weight": (c, 256), "sigma_map.mlp.0.bias": (c,),
-              "sigma_map.mlp.2.weight": (c, c), "sigma_map.mlp.2.bias": (c,)}
+    shapes = {
+        "vocab_embed.embedding": (v, d),
+        "sigma_map.mlp.0.weight": (c, 256),
+        "sigma_map.mlp.0.bias": (c,),
+        "sigma_map.mlp.2.weight": (c, c),
+        "sigma_map.mlp.2.bias": (c,),
+    }
     for i in range(n_blocks):
         p = f"blocks.{i}."
-        shapes.update({p + "norm1.weight": (d,), p + "attn_qkv.weight": (3 * d, d),
-                       p + "attn_out.weight": (d, d), p + "norm2.weight": (d,),
-                       p + "mlp.0.weight": (4 * d, d), p + "mlp.0.bias": (4 * d,),
-                       p + "mlp.2.weight": (d, 4 * d), p + "mlp.2.bias": (d,),
-                       p + "adaLN_modulation.weight": (6 * d, c),
-                       p + "adaLN_modulation.bias": (6 * d,)})
-    shapes.update({"output_layer.norm_final.weight": (d,),
-                   "output_layer.linear.weight": (v, d), "output_layer.linear.bias": (v,),
-                   "output_layer.adaLN_modulation.weight": (2 * d, c),
-                   "output_layer.adaLN_modulation.bias": (2 * d,)})
+        shapes.update(
+            {
+                p + "norm1.weight": (d,),
+                p + "attn_qkv.weight": (3 * d, d),
+                p + "attn_out.weight": (d, d),
+                p + "norm2.weight": (d,),
+                p + "mlp.0.weight": (4 * d, d),
+                p + "mlp.0.bias": (4 * d,),
+                p + "mlp.2.weight": (d, 4 * d),
+                p + "mlp.2.bias": (d,),
+                p + "adaLN_modulation.weight": (6 * d, c),
+                p + "adaLN_modulation.bias": (6 * d,),
+            }
+        )
+    shapes.update(
+        {
+            "output_layer.norm_final.weight": (d,),
+            "output_layer.linear.weight": (v, d),
+            "output_layer.linear.bias": (v,),
+            "output_layer.adaLN_modulation.weight": (2 * d, c),
+            "output_layer.adaLN_modulation.bias": (2 * d,),
+        }
+    )
     return shapes
 
 
@@ -78,7 +97,7 @@ def _layer_norm(x, w):
 
 
 def _gelu_tanh(x):
-    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def _silu(x):
@@ -88,8 +107,10 @@ def _silu(x):
 def _rotary_complex(x, pos_angles):
     """x [B, L, H, dh]; rotate pairs (j, j + dh/2) by complex multiplication."""
     half = x.shape[-1] // 2
-    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(
-        torch.ones_like(pos_angles), pos_angles)[None, :, None, :]
+    z = (
+        torch.complex(x[..., :half], x[..., half:])
+        * torch.polar(torch.ones_like(pos_angles), pos_angles)[None, :, None, :]
+    )
     return torch.cat([z.real, z.imag], dim=-1)
 
 
@@ -141,6 +162,7 @@ def model_state(model: DiT) -> dict[str, torch.Tensor]:
 # Layout and configuration
 # --------------------------------------------------------------------------------------------
 
+
 def test_parameter_names_and_order_match_mdlm():
     model = DiT(tiny_config())
     names = [n for n, _ in model.named_parameters()]
@@ -168,8 +190,15 @@ def test_config_defaults_match_mdlm_owt():
 
 
 def test_config_from_dict_ignores_unknown_keys_and_round_trips():
-    d = {**TINY, "cond_dim": 7, "model_type": "mdlm", "architectures": ["MDLM"],
-         "auto_map": {"AutoConfig": "x"}, "return_dict": False, "var_min": True}
+    d = {
+        **TINY,
+        "cond_dim": 7,
+        "model_type": "mdlm",
+        "architectures": ["MDLM"],
+        "auto_map": {"AutoConfig": "x"},
+        "return_dict": False,
+        "var_min": True,
+    }
     cfg = DiTConfig.from_dict(d)
     assert cfg.cond_dim == 7 and cfg.mask_index == 36 and cfg.time_conditioning is False
     assert DiTConfig.from_dict(cfg.to_dict()) == cfg
@@ -184,16 +213,19 @@ def test_config_from_dict_names_missing_fields(drop):
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (dict(hidden_dim=30), "divisible by n_heads"),
-    (dict(hidden_dim=36, n_heads=12), "even"),
-    (dict(n_blocks=0), "n_blocks must be a positive integer"),
-    (dict(vocab_size=2.5), "vocab_size must be an int"),
-    (dict(mask_index=37), "mask_index"),
-    (dict(mask_index=-1), "mask_index"),
-    (dict(time_conditioning="no"), "time_conditioning"),
-    (dict(dropout=1.0), "dropout"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(hidden_dim=30), "divisible by n_heads"),
+        (dict(hidden_dim=36, n_heads=12), "even"),
+        (dict(n_blocks=0), "n_blocks must be a positive integer"),
+        (dict(vocab_size=2.5), "vocab_size must be an int"),
+        (dict(mask_index=37), "mask_index"),
+        (dict(mask_index=-1), "mask_index"),
+        (dict(time_conditioning="no"), "time_conditioning"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
 def test_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny_config(**overrides)
@@ -202,6 +234,7 @@ def test_config_validation(overrides, match):
 # --------------------------------------------------------------------------------------------
 # Forward against the reference
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("time_conditioning", [False, True])
 def test_forward_matches_reference(dev, time_conditioning):
@@ -250,8 +283,7 @@ def test_trunk_then_head_equals_forward(dev):
         logits = model(x, sigma)
     assert hidden.shape == (2, 6, TINY["hidden_dim"])
     assert model.head_weight.shape == (37, 32) and model.head_bias.shape == (37,)
-    torch.testing.assert_close(hidden @ model.head_weight.T + model.head_bias, logits,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden @ model.head_weight.T + model.head_bias, logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n_blocks", [1, 3])
@@ -291,13 +323,16 @@ def test_trunk_at_positions_bf16_close_to_the_full_trunk(dev):
     assert (at - expected).abs().max() / expected.abs().max() < 0.02
 
 
-@pytest.mark.parametrize("positions,match", [
-    (torch.zeros(2, 2), r"positions must be an int64 tensor"),
-    (torch.zeros(3, 2, dtype=torch.int64), r"positions must have shape \[B=2, Q\]"),
-    (torch.zeros(2, dtype=torch.int64), r"positions must have shape"),
-    (torch.full((2, 1), 5, dtype=torch.int64), r"positions must lie in \[0, L=5\)"),
-    (torch.full((2, 1), -1, dtype=torch.int64), r"positions must lie in"),
-])
+@pytest.mark.parametrize(
+    "positions,match",
+    [
+        (torch.zeros(2, 2), r"positions must be an int64 tensor"),
+        (torch.zeros(3, 2, dtype=torch.int64), r"positions must have shape \[B=2, Q\]"),
+        (torch.zeros(2, dtype=torch.int64), r"positions must have shape"),
+        (torch.full((2, 1), 5, dtype=torch.int64), r"positions must lie in \[0, L=5\)"),
+        (torch.full((2, 1), -1, dtype=torch.int64), r"positions must lie in"),
+    ],
+)
 def test_bad_positions_raise(positions, match):
     with pytest.raises(ValueError, match=match):
         random_model().trunk(torch.zeros(2, 5, dtype=torch.int64), torch.zeros(2), positions=positions)
@@ -320,13 +355,13 @@ def test_bf16_close_to_fp32(dev, time_conditioning):
 
 def test_empty_batch():
     with torch.no_grad():
-        assert random_model()(torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0)).shape == \
-            (0, 4, 37)
+        assert random_model()(torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0)).shape == (0, 4, 37)
 
 
 # --------------------------------------------------------------------------------------------
 # Constant cache
 # --------------------------------------------------------------------------------------------
+
 
 def test_constants_are_cached_without_time_conditioning():
     model = random_model()
@@ -396,23 +431,32 @@ def test_init_random_is_deterministic_and_seeded():
 # Input validation
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("x,match", [
-    (torch.zeros(2, 5), r"x must be int64"),
-    (torch.zeros(2, 5, dtype=torch.int32), r"x must be int64"),
-    (torch.zeros(10, dtype=torch.int64), r"x must have shape \[B, L\]"),
-    (torch.zeros(2, 0, dtype=torch.int64), r"x must have at least one position"),
-    (torch.full((2, 5), 37, dtype=torch.int64), r"x holds token ids outside"),
-    (torch.full((2, 5), -1, dtype=torch.int64), r"x holds token ids outside"),
-])
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (torch.zeros(2, 5), r"x must be int64"),
+        (torch.zeros(2, 5, dtype=torch.int32), r"x must be int64"),
+        (torch.zeros(10, dtype=torch.int64), r"x must have shape \[B, L\]"),
+        (torch.zeros(2, 0, dtype=torch.int64), r"x must have at least one position"),
+        (torch.full((2, 5), 37, dtype=torch.int64), r"x holds token ids outside"),
+        (torch.full((2, 5), -1, dtype=torch.int64), r"x holds token ids outside"),
+    ],
+)
 def test_bad_x_raises(x, match):
     with pytest.raises(ValueError, match=match):
         random_model()(x, torch.zeros(2))
 
 
-@pytest.mark.parametrize("sigma,exc", [
-    (torch.zeros(3), ValueError), (torch.zeros(2, 2), ValueError),
-    (torch.zeros(2, 1, 1), ValueError), ("high", TypeError),
-])
+@pytest.mark.parametrize(
+    "sigma,exc",
+    [
+        (torch.zeros(3), ValueError),
+        (torch.zeros(2, 2), ValueError),
+        (torch.zeros(2, 1, 1), ValueError),
+        ("high", TypeError),
+    ],
+)
 def test_bad_sigma_raises(sigma, exc):
     with pytest.raises(exc, match="sigma"):
         random_model()(torch.zeros(2, 5, dtype=torch.int64), sigma)
@@ -421,6 +465,7 @@ def test_bad_sigma_raises(sigma, exc):
 # --------------------------------------------------------------------------------------------
 # SUBS parameterization
 # --------------------------------------------------------------------------------------------
+
 
 def test_subs_log_probs_properties(dev):
     mask = 36

@@ -1,4 +1,5 @@
 """Paired statistics on constructed inputs with known answers, and that the pairing is real."""
+
 import math
 
 import numpy as np
@@ -79,11 +80,14 @@ def test_bootstrap_is_reproducible():
     assert paired_mean_difference(a, b) == paired_mean_difference(a, b)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(a=[1.0], b=[2.0]), "at least 2 pairs"),
-    (dict(a=[1.0, 2.0], b=[2.0]), "one length"),
-    (dict(a=[1.0, float("nan")], b=[2.0, 3.0]), "finite"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(a=[1.0], b=[2.0]), "at least 2 pairs"),
+        (dict(a=[1.0, 2.0], b=[2.0]), "one length"),
+        (dict(a=[1.0, float("nan")], b=[2.0, 3.0]), "finite"),
+    ],
+)
 def test_bad_columns_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         paired_mean_difference(bad["a"], bad["b"])
@@ -95,8 +99,7 @@ def test_ratio_difference_refuses_non_positive_counts():
 
 
 def _tiny(seed, n_blocks, std=0.5):
-    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=12,
-                          model_length=16)
+    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=12, model_length=16)
     model = mf.DiT(config)
     model.init_random_(seed, std=std)
     return model.eval()
@@ -144,8 +147,18 @@ PROBS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.25]
 
 
 def _evaluate(models, schedule, seed=3, samples=6):
-    return ev.evaluate_schedule(models, schedule, steps=4, length=6, samples=samples, batch_size=4, seed=seed,
-                                tokenizer=IdTokenizer(), judge=FixedJudge(PROBS), judge_tokenizer=IdTokenizer())
+    return ev.evaluate_schedule(
+        models,
+        schedule,
+        steps=4,
+        length=6,
+        samples=samples,
+        batch_size=4,
+        seed=seed,
+        tokenizer=IdTokenizer(),
+        judge=FixedJudge(PROBS),
+        judge_tokenizer=IdTokenizer(),
+    )
 
 
 def _tiny5(seed, n_blocks):
@@ -199,10 +212,15 @@ def _segment_rows(rng, k, effects, shared):
     rows = []
     for chosen in itertools.combinations(range(4), 2):
         per_token = shared + sum(effects[c] for c in chosen) + rng.normal(0, 0.02, size=k)
-        rows.append({"key": str(chosen), "light_segments": list(chosen),
-                     "record": {"seeds": [0], "samples": k, "steps": 8, "length": 32},
-                     "per_sample": {"nll_sums": list(per_token * 32), "token_counts": [32] * k},
-                     "gen_ppl": float(np.exp(per_token.mean()))})
+        rows.append(
+            {
+                "key": str(chosen),
+                "light_segments": list(chosen),
+                "record": {"seeds": [0], "samples": k, "steps": 8, "length": 32},
+                "per_sample": {"nll_sums": list(per_token * 32), "token_counts": [32] * k},
+                "gen_ppl": float(np.exp(per_token.mean())),
+            }
+        )
     return rows
 
 

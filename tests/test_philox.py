@@ -1,4 +1,5 @@
 """The counter-based RNG: known-answer vectors, kernel vs pure-PyTorch twin, key independence."""
+
 import math
 
 import pytest
@@ -11,8 +12,11 @@ from mdlm_fast.ops import reference
 PHILOX_KAT = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -103,14 +107,17 @@ def test_zero_word_pair_maps_inside_the_open_interval():
     assert reference.uniform53(top, top).item() == 1 - 2.0**-53
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(keys=torch.zeros(3, 2, dtype=torch.int64)), "keys"),
-    (dict(keys=torch.zeros(3, 3, dtype=torch.int32)), "keys"),
-    (dict(keys=torch.tensor([[1 << 24, 0, 0]])), "step"),
-    (dict(purpose=256), "purpose"),
-    (dict(n=-1), "'n'"),
-    (dict(dist="normal"), "dist"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(keys=torch.zeros(3, 2, dtype=torch.int64)), "keys"),
+        (dict(keys=torch.zeros(3, 3, dtype=torch.int32)), "keys"),
+        (dict(keys=torch.tensor([[1 << 24, 0, 0]])), "step"),
+        (dict(purpose=256), "purpose"),
+        (dict(n=-1), "'n'"),
+        (dict(dist="normal"), "dist"),
+    ],
+)
 def test_bad_arguments_are_named(bad, match):
     args = dict(keys=torch.zeros(3, 3, dtype=torch.int64), seed=0, purpose=1, n=4, dist="uniform")
     args.update(bad)

@@ -1,5 +1,6 @@
 """The oracle is independent of what it checks: ops/reference.py runs no compiled mdlm_fast operator,
 and an ``embedded:`` name that does not exist is refused the same way by every loader."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,9 @@ def test_the_reference_runs_no_compiled_op_and_matches_the_kernel():
     hidden, weight, keys = _inputs()
     banned = torch.empty(0, dtype=torch.int64)
     with _RecordOps() as seen:
-        ref_tokens, _ = reference.fused_head_sample(hidden, weight, None, keys, 7, compiled.PURPOSE_TOKEN, 1.0,
-                                                    banned, False)
+        ref_tokens, _ = reference.fused_head_sample(
+            hidden, weight, None, keys, 7, compiled.PURPOSE_TOKEN, 1.0, banned, False
+        )
         ref_noise = reference.philox_noise(keys, 7, compiled.PURPOSE_REVEAL, 3, "gumbel")
     assert "mdlm_fast" not in seen.namespaces and "aten" in seen.namespaces
     tokens, _ = compiled.fused_head_sample(hidden, weight, None, keys, seed=7, purpose=compiled.PURPOSE_TOKEN)
@@ -49,12 +51,15 @@ def test_the_recorder_sees_a_compiled_op():
     assert "mdlm_fast" in seen.namespaces
 
 
-@pytest.mark.parametrize("kind, call", [
-    ("model", lambda: __import__("mdlm_fast").load_denoiser("embedded:huge")),
-    ("tokenizer", lambda: __import__("mdlm_fast").load_tokenizer("embedded:huge")),
-    ("judge", lambda: __import__("mdlm_fast").load_judge("embedded:huge")),
-    ("text", lambda: __import__("mdlm_fast.text.data", fromlist=["read_text"]).read_text("embedded:huge")),
-])
+@pytest.mark.parametrize(
+    "kind, call",
+    [
+        ("model", lambda: __import__("mdlm_fast").load_denoiser("embedded:huge")),
+        ("tokenizer", lambda: __import__("mdlm_fast").load_tokenizer("embedded:huge")),
+        ("judge", lambda: __import__("mdlm_fast").load_judge("embedded:huge")),
+        ("text", lambda: __import__("mdlm_fast.text.data", fromlist=["read_text"]).read_text("embedded:huge")),
+    ],
+)
 def test_an_unknown_embedded_name_lists_the_names_of_its_kind(kind, call):
     from mdlm_fast.models.embedded import specs
 

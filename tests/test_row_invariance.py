@@ -1,6 +1,7 @@
 """On one device a row's tokens do not depend on the batch around it: not on the batch size, not
 on the other rows' contents, not on the thread count -- for both samplers on the embedded models
 (the cross-device guarantee of docs/status.md, "Cross-device behaviour")."""
+
 import pytest
 import torch
 
@@ -26,8 +27,16 @@ def _sample(models, sampler, batch, prefix, threads=1):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return mf.sample(models, steps=STEPS, batch_size=batch, length=LENGTH, schedule="sandwich:0.5",
-                         sampler=sampler, seed=SEED, prefix=prefix).tokens
+        return mf.sample(
+            models,
+            steps=STEPS,
+            batch_size=batch,
+            length=LENGTH,
+            schedule="sandwich:0.5",
+            sampler=sampler,
+            seed=SEED,
+            prefix=prefix,
+        ).tokens
     finally:
         torch.set_num_threads(before)
 

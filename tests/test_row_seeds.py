@@ -1,6 +1,7 @@
 """Per-row seeds of fused_head_sample (the engine packs rows of different requests into one call):
 row i with seeds[i] draws exactly what a call with the scalar seed seeds[i] draws, on the CPU op,
 the reference and the logits draw, at every temperature and on both projection paths."""
+
 import pytest
 import torch
 
@@ -31,13 +32,20 @@ def test_each_row_draws_what_its_own_seed_draws(dtype, n, temperature):
     hidden, weight, bias, keys = _problem(n, 32, 2100, dtype, seed=n)
     seeds = [SEEDS[i % len(SEEDS)] for i in range(n)]
     banned = torch.tensor([7])
-    got, got_lp = ops.fused_head_sample(hidden, weight, bias, keys, seed=99, temperature=temperature, banned=banned,
-                                        return_logprob=True, seeds=seeds)
-    alone = _one_by_one(lambda r, s: ops.fused_head_sample(hidden[r], weight, bias, keys[r], seed=s,
-                                                          temperature=temperature, banned=banned)[0], n, seeds)
+    got, got_lp = ops.fused_head_sample(
+        hidden, weight, bias, keys, seed=99, temperature=temperature, banned=banned, return_logprob=True, seeds=seeds
+    )
+    alone = _one_by_one(
+        lambda r, s: ops.fused_head_sample(
+            hidden[r], weight, bias, keys[r], seed=s, temperature=temperature, banned=banned
+        )[0],
+        n,
+        seeds,
+    )
     assert torch.equal(got, alone)
-    want, want_lp = reference.fused_head_sample(hidden, weight, bias, keys, 99, 2, temperature, banned, True,
-                                                seeds=ops.row_seeds(seeds, n, "cpu"))
+    want, want_lp = reference.fused_head_sample(
+        hidden, weight, bias, keys, 99, 2, temperature, banned, True, seeds=ops.row_seeds(seeds, n, "cpu")
+    )
     assert torch.equal(got, want)
     torch.testing.assert_close(got_lp, want_lp, rtol=1e-5, atol=1e-5)
     if temperature > 0:  # the control: the scalar seed alone draws other tokens
@@ -59,8 +67,12 @@ def test_the_logits_draw_takes_per_row_seeds():
 
 def test_bad_seeds_are_named():
     hidden, weight, bias, keys = _problem(3, 8, 50, torch.float32)
-    for seeds, error in [([1, 2], ValueError), ([1, 2, -1], ValueError), (torch.tensor([1, 2]), ValueError),
-                         (torch.tensor([1.0, 2.0, 3.0]), ValueError)]:
+    for seeds, error in [
+        ([1, 2], ValueError),
+        ([1, 2, -1], ValueError),
+        (torch.tensor([1, 2]), ValueError),
+        (torch.tensor([1.0, 2.0, 3.0]), ValueError),
+    ]:
         with pytest.raises(error, match="seed"):
             ops.fused_head_sample(hidden, weight, bias, keys, seed=0, seeds=seeds)
     for bad in (torch.zeros(2, dtype=torch.int64), torch.zeros(3, 1, dtype=torch.int64), torch.zeros(3)):
@@ -71,5 +83,7 @@ def test_bad_seeds_are_named():
 def test_opcheck_with_seeds():
     hidden, weight, bias, keys = _problem(6, 8, 1500, torch.float32)
     seeds = ops.row_seeds(SEEDS[:6], 6, "cpu")
-    torch.library.opcheck(torch.ops.mdlm_fast.fused_head_sample.default,
-                          (hidden, weight, bias, keys, 3, 2, 1.0, torch.tensor([1]), True, seeds))
+    torch.library.opcheck(
+        torch.ops.mdlm_fast.fused_head_sample.default,
+        (hidden, weight, bias, keys, 3, 2, 1.0, torch.tensor([1]), True, seeds),
+    )

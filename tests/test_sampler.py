@@ -11,8 +11,15 @@ from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt
 
 
 def tiny_dit(n_blocks, seed, vocab=4, length=2, time_conditioning=False, scale=0.5):
-    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab,
-                          model_length=length, time_conditioning=time_conditioning)
+    config = mf.DiTConfig(
+        hidden_dim=16,
+        n_heads=2,
+        n_blocks=n_blocks,
+        cond_dim=8,
+        vocab_size=vocab,
+        model_length=length,
+        time_conditioning=time_conditioning,
+    )
     model = mf.DiT(config)
     model.init_random_(seed, std=scale)
     return model.eval()
@@ -71,6 +78,7 @@ def test_one_reference_step_matches_the_transition_probabilities():
     from mdlm_fast.sampling import mdlm as mdlm_sampler
     from mdlm_fast.sampling.keys import position_grid
     from mdlm_fast.sampling.run import SamplingRun
+
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(steps), x, 11, "fp64", "greedy", False)
     keys = position_grid(draws, 3, x.device)
     with torch.no_grad():
@@ -137,8 +145,11 @@ class RowLocalDenoiser(torch.nn.Module):
 @pytest.mark.parametrize("kind", ["fused", "callable"])
 def test_rows_do_not_depend_on_the_rest_of_the_batch(kind):
     module = RowLocalDenoiser()
-    model = (mf.Denoiser(module, vocab_size=40, mask_index=39, time_conditioning=True) if kind == "fused"
-             else mf.Denoiser(lambda x, s: module(x, s), vocab_size=40, mask_index=39, time_conditioning=True))
+    model = (
+        mf.Denoiser(module, vocab_size=40, mask_index=39, time_conditioning=True)
+        if kind == "fused"
+        else mf.Denoiser(lambda x, s: module(x, s), vocab_size=40, mask_index=39, time_conditioning=True)
+    )
     assert model.fused == (kind == "fused")
     full = mf.sample(model, steps=16, batch_size=6, length=12, sampler="fast", seed=3)
     part = mf.sample(model, steps=16, batch_size=3, length=12, sampler="fast", seed=3)
@@ -207,6 +218,7 @@ def _noise_removal_tokens(model, x, how):
     from mdlm_fast.ops.compiled import PURPOSE_NOISE_REMOVAL
     from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.sampling.run import SamplingRun
+
     steps = 4
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(steps), x, 5, "fp64", how, False)
     reveal = torch.where(x == model.config.mask_index, steps, -1)
@@ -236,24 +248,27 @@ def test_noise_removal_greedy_is_argmax_and_ancestral_follows_p_x0():
         assert chi_square_p_value(counts, torch.softmax(logp[pos] / 0.6, 0)) < 1e-6  # another temperature
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(sampler="turbo"), "sampler"),
-    (dict(precision="fp16"), "precision"),
-    (dict(sampler="fast", precision="fp32-mdlm"), "fp32-mdlm"),
-    (dict(steps=0), "steps"),
-    (dict(batch_size=-1), "batch_size"),
-    (dict(schedule="sandwich:1.5"), "1.5"),
-    (dict(schedule=[0, 2, 0, 0]), "2"),
-    (dict(schedule="L2-H3"), "5"),
-    (dict(prefix=list(range(9))), "prefix has 9 tokens"),
-    (dict(prefix=[3, 29]), "mask id"),
-    (dict(prefix=[3, 99]), "outside"),
-    (dict(seed=-1), "seed"),
-    (dict(noise_removal="ancestral"), "fast sampler only"),
-    (dict(sampler="confidence", noise_removal="ancestral"), "fast sampler only"),
-    (dict(temperature=0.5), "temperature must be 1"),
-    (dict(sampler="fast", temperature=-1.0), "temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(sampler="turbo"), "sampler"),
+        (dict(precision="fp16"), "precision"),
+        (dict(sampler="fast", precision="fp32-mdlm"), "fp32-mdlm"),
+        (dict(steps=0), "steps"),
+        (dict(batch_size=-1), "batch_size"),
+        (dict(schedule="sandwich:1.5"), "1.5"),
+        (dict(schedule=[0, 2, 0, 0]), "2"),
+        (dict(schedule="L2-H3"), "5"),
+        (dict(prefix=list(range(9))), "prefix has 9 tokens"),
+        (dict(prefix=[3, 29]), "mask id"),
+        (dict(prefix=[3, 99]), "outside"),
+        (dict(seed=-1), "seed"),
+        (dict(noise_removal="ancestral"), "fast sampler only"),
+        (dict(sampler="confidence", noise_removal="ancestral"), "fast sampler only"),
+        (dict(temperature=0.5), "temperature must be 1"),
+        (dict(sampler="fast", temperature=-1.0), "temperature"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     models = [tiny_dit(1, 0, vocab=30, length=8), tiny_dit(1, 1, vocab=30, length=8)]
     args = dict(steps=4, batch_size=2, sampler="mdlm")
@@ -275,6 +290,7 @@ def test_confidence_decoding_keeps_the_most_confident_positions():
     """Temperature 0 confidence decoding: each step unmasks exactly the scheduled number of
     positions, and they are the ones where the model's top token is most probable."""
     from mdlm_fast.sampling import confidence as confidence_sampler
+
     model = tiny_dit(2, 0, vocab=30, length=12)
     result = mf.sample(model, steps=4, batch_size=3, sampler="confidence", temperature=0.0, prefix=[1, 2], seed=0)
     assert (result.tokens[:, :2] == torch.tensor([1, 2])).all() and not (result.tokens == 29).any()
@@ -295,8 +311,11 @@ def test_confidence_decoding_keeps_the_most_confident_positions():
 def test_confidence_decoding_fused_and_unfused_agree(kind):
     module = RowLocalDenoiser()
     fused = mf.Denoiser(module, vocab_size=40, mask_index=39, time_conditioning=True)
-    other = fused if kind == "fused" else mf.Denoiser(lambda x, s: module(x, s), vocab_size=40, mask_index=39,
-                                                       time_conditioning=True)
+    other = (
+        fused
+        if kind == "fused"
+        else mf.Denoiser(lambda x, s: module(x, s), vocab_size=40, mask_index=39, time_conditioning=True)
+    )
     a = mf.sample(fused, steps=6, batch_size=2, length=12, sampler="confidence", seed=4)
     b = mf.sample(other, steps=6, batch_size=2, length=12, sampler="confidence", seed=4)
     assert torch.equal(a.tokens, b.tokens) and not (a.tokens == 39).any()

@@ -1,5 +1,6 @@
 """Samplers stop on a forward that produces NaN or inf, naming the step and the model; progress bars
 count trajectory steps."""
+
 import pytest
 import torch
 
@@ -10,8 +11,9 @@ SAMPLERS = ["mdlm", "fast", "confidence"]
 
 
 def tiny_dit(seed, vocab=20, length=8, n_blocks=1):
-    config = mf.DiTConfig(hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab,
-                          model_length=length)
+    config = mf.DiTConfig(
+        hidden_dim=16, n_heads=2, n_blocks=n_blocks, cond_dim=8, vocab_size=vocab, model_length=length
+    )
     return mf.DiT(config).init_random_(seed, std=0.5).eval()
 
 
@@ -28,8 +30,10 @@ def poisoned(model, where, value=float("nan")):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-@pytest.mark.parametrize("where,value", [("trunk", float("nan")), ("head_row", float("nan")),
-                                         ("head_bias", float("inf")), ("trunk", float("inf"))])
+@pytest.mark.parametrize(
+    "where,value",
+    [("trunk", float("nan")), ("head_row", float("nan")), ("head_bias", float("inf")), ("trunk", float("inf"))],
+)
 def test_a_broken_model_stops_at_its_first_forward(sampler, where, value):
     model = poisoned(tiny_dit(0), where, value)
     with pytest.raises(NonFiniteForwardError, match="model 0 at step 0 of 6 .*NaN or inf"):
@@ -73,6 +77,7 @@ def test_the_noise_removal_forward_is_checked():
     from mdlm_fast.ops.compiled import PURPOSE_NOISE_REMOVAL
     from mdlm_fast.sampling import fast as fast_sampler
     from mdlm_fast.sampling.run import SamplingRun
+
     x = torch.full((2, 6), 11)
     run = SamplingRun(as_denoisers(model), mf.ModelSchedule.all_heavy(5), x, 0, "fp64", "greedy", False)
     plans, removal = fast_sampler.build_plan(torch.full((2, 6), 5), 5, x.device)

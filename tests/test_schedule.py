@@ -1,4 +1,5 @@
 """ModelSchedule: constructors, placement/rounding rules, the text spec parser, and the noise schedule."""
+
 import math
 import pickle
 from decimal import ROUND_FLOOR, Decimal
@@ -24,9 +25,7 @@ from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_time
 FAST = settings(max_examples=200, deadline=None)
 
 schedules = st.lists(st.integers(0, 3), min_size=1, max_size=60).map(ModelSchedule)
-fractions = st.one_of(
-    st.floats(0.0, 1.0, allow_nan=False), st.sampled_from([0.0, 0.1, 0.25, 0.35, 0.5, 0.75, 1.0])
-)
+fractions = st.one_of(st.floats(0.0, 1.0, allow_nan=False), st.sampled_from([0.0, 0.1, 0.25, 0.35, 0.5, 0.75, 1.0]))
 
 
 def expected_light(steps, fraction):
@@ -105,8 +104,18 @@ def test_validate_for_and_coerce():
 
 @pytest.mark.parametrize(
     "steps, fraction, n",
-    [(10, 0.35, 4), (4, 0.125, 1), (2, 0.25, 1), (10, 0.25, 3), (10, 0.45, 5), (1000, 0.25, 250),
-     (3, 0.5, 2), (7, 0.0, 0), (7, 1.0, 7), (10, "25%", 3)],
+    [
+        (10, 0.35, 4),
+        (4, 0.125, 1),
+        (2, 0.25, 1),
+        (10, 0.25, 3),
+        (10, 0.45, 5),
+        (1000, 0.25, 250),
+        (3, 0.5, 2),
+        (7, 0.0, 0),
+        (7, 1.0, 7),
+        (10, "25%", 3),
+    ],
 )
 def test_light_step_count_rounds_half_up(steps, fraction, n):
     # (10, 0.25) -> 2.5 -> 3 and (2, 0.25) -> 0.5 -> 1: round-half-to-even would give 2 and 0.
@@ -147,7 +156,7 @@ def test_quarter_block_is_centered_on_its_quarter(steps, quarter, fraction):
     q_start, q_end = segment_bounds(steps, 4)[quarter - 1] if steps >= 4 else (None, None)
     n = sum(light_mask(s))
     if n and q_start is not None and n <= q_end - q_start:
-        (start, end), = runs_of_light(s)
+        ((start, end),) = runs_of_light(s)
         assert q_start <= start and end <= q_end
         assert abs((start - q_start) - (q_end - end)) <= 1
 
@@ -279,12 +288,20 @@ def test_garbage_parses_or_raises_schedule_error(text, steps):
         ("L2-H4-L2", None, [1, 1, 0, 0, 0, 0, 1, 1]),
         (" l 2 -h4- L2 ", 8, [1, 1, 0, 0, 0, 0, 1, 1]),
         ("M2x2-M0x1-M1x1", None, [2, 2, 0, 1]),
-        ("heavy", 3, [0, 0, 0]), ("ALL-HEAVY", 2, [0, 0]), ("light", 2, [1, 1]), ("all-light", 1, [1]),
+        ("heavy", 3, [0, 0, 0]),
+        ("ALL-HEAVY", 2, [0, 0]),
+        ("light", 2, [1, 1]),
+        ("all-light", 1, [1]),
         ("all:2", 2, [2, 2]),
-        ("sandwich:0.25", 8, [1, 0, 0, 0, 0, 0, 0, 1]), (" Sandwich : 25% ", 8, [1, 0, 0, 0, 0, 0, 0, 1]),
-        ("first:0.5", 4, [1, 1, 0, 0]), ("last:.5", 4, [0, 0, 1, 1]), ("q2:0.25", 8, [0, 0, 1, 1, 0, 0, 0, 0]),
-        ("middle:1", 3, [1, 1, 1]), ("first:0", 3, [0, 0, 0]),
-        ("segments:0,9", 10, [1] + [0] * 8 + [1]), ("segments:", 10, [0] * 10),
+        ("sandwich:0.25", 8, [1, 0, 0, 0, 0, 0, 0, 1]),
+        (" Sandwich : 25% ", 8, [1, 0, 0, 0, 0, 0, 0, 1]),
+        ("first:0.5", 4, [1, 1, 0, 0]),
+        ("last:.5", 4, [0, 0, 1, 1]),
+        ("q2:0.25", 8, [0, 0, 1, 1, 0, 0, 0, 0]),
+        ("middle:1", 3, [1, 1, 1]),
+        ("first:0", 3, [0, 0, 0]),
+        ("segments:0,9", 10, [1] + [0] * 8 + [1]),
+        ("segments:", 10, [0] * 10),
         ("SEGMENTS/2: 1", 4, [0, 0, 1, 1]),
     ],
 )

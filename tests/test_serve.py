@@ -1,6 +1,7 @@
 """``mdlm-fast serve`` against a live server on 127.0.0.1: the official ``openai`` client, streaming over
 httpx, the native endpoint, bad input, queue limits, disconnects and SIGTERM. Every request is bounded
 in size (embedded light model, short sequences, few steps) and time (client timeouts)."""
+
 import copy
 import json
 import os
@@ -47,8 +48,7 @@ def tokenizer():
 @pytest.fixture(scope="module", params=ENGINE_KINDS)
 def server(request, light, tokenizer):
     engine = build_engine(request.param, light, max_queue=64)
-    with LiveServer(engine, tokenizer, engine_kind=request.param, stream_every=2, max_n=4,
-                    max_body_bytes=4096) as live:
+    with LiveServer(engine, tokenizer, engine_kind=request.param, stream_every=2, max_n=4, max_body_bytes=4096) as live:
         yield live
 
 
@@ -60,7 +60,7 @@ def expected_texts(light, tokenizer, prompt: str, max_tokens: int, n: int, seed:
     """What sample() alone gives for these arguments: the server must return exactly this."""
     ids = tokenizer.encode(prompt)
     tokens = sample(light, steps=steps, batch_size=n, length=len(ids) + max_tokens, seed=seed, prefix=ids).tokens
-    return [tokenizer.decode(row[len(ids):].tolist(), mask_id=light.mask_index) for row in tokens]
+    return [tokenizer.decode(row[len(ids) :].tolist(), mask_id=light.mask_index) for row in tokens]
 
 
 def events(response) -> list[tuple[str | None, str]]:
@@ -68,9 +68,9 @@ def events(response) -> list[tuple[str | None, str]]:
     out, event, data = [], None, []
     for line in response.iter_lines():
         if line.startswith("event: "):
-            event = line[len("event: "):]
+            event = line[len("event: ") :]
         elif line.startswith("data: "):
-            data.append(line[len("data: "):])
+            data.append(line[len("data: ") :])
         elif line == "" and data:
             out.append((event, "\n".join(data)))
             event, data = None, []
@@ -78,27 +78,38 @@ def events(response) -> list[tuple[str | None, str]]:
 
 
 def test_openai_client_gets_what_sample_gives(server, light, tokenizer):
-    result = client(server).completions.create(model="mdlm-fast", prompt="ROMEO:", max_tokens=12, n=2, seed=5,
-                                               extra_body={"steps": 6})
+    result = client(server).completions.create(
+        model="mdlm-fast", prompt="ROMEO:", max_tokens=12, n=2, seed=5, extra_body={"steps": 6}
+    )
     assert [c.index for c in result.choices] == [0, 1]
     assert all(c.finish_reason == "length" for c in result.choices)
     assert [c.text for c in result.choices] == expected_texts(light, tokenizer, "ROMEO:", 12, 2, 5, 6)
     prompt_tokens = len(tokenizer.encode("ROMEO:"))
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (prompt_tokens, 24)
     assert result.usage.total_tokens == prompt_tokens + 24
-    other = client(server).completions.create(model="mdlm-fast", prompt="ROMEO:", max_tokens=12, n=2, seed=6,
-                                              extra_body={"steps": 6})
+    other = client(server).completions.create(
+        model="mdlm-fast", prompt="ROMEO:", max_tokens=12, n=2, seed=6, extra_body={"steps": 6}
+    )
     assert [c.text for c in other.choices] != [c.text for c in result.choices]
 
 
 def test_openai_client_stream_joins_to_the_whole_text(server, light, tokenizer):
-    chunks = list(client(server).completions.create(model="mdlm-fast", prompt="KING:", max_tokens=10, seed=9,
-                                                    stream=True, stream_options={"include_usage": True},
-                                                    extra_body={"steps": 4}))
+    chunks = list(
+        client(server).completions.create(
+            model="mdlm-fast",
+            prompt="KING:",
+            max_tokens=10,
+            seed=9,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"steps": 4},
+        )
+    )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == expected_texts(light, tokenizer, "KING:", 10, 1, 9, 4)[0]
-    partial = [c.choices[0].model_extra["denoising"] for c in chunks
-               if c.choices and c.choices[0].finish_reason is None]
+    partial = [
+        c.choices[0].model_extra["denoising"] for c in chunks if c.choices and c.choices[0].finish_reason is None
+    ]
     assert partial and partial[0]["step"] == 0 and partial[0]["steps"] == 4
     assert partial[0]["text"].count(MASK_PLACEHOLDER) >= 1  # masks shown, not dropped
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
@@ -118,8 +129,9 @@ def test_native_generate_streams_progress_then_tokens(server, light):
     want = sample(light, steps=6, batch_size=1, length=12, seed=2, prefix=[5, 6, 7]).tokens.tolist()
     assert done["tokens"] == want
     assert done["stats"]["steps"] == 6 and done["seed"] == 2
-    plain = httpx.post(server.url + "/v1/generate", json={**body, "stream": False, "return_text": False},
-                       timeout=TIMEOUT).json()
+    plain = httpx.post(
+        server.url + "/v1/generate", json={**body, "stream": False, "return_text": False}, timeout=TIMEOUT
+    ).json()
     assert plain["tokens"] == want and "texts" not in plain
 
 
@@ -169,8 +181,9 @@ def test_bad_input_is_400_in_openai_shape_naming_the_field(server):
     long_prompt = json.dumps({"prompt": list(range(1, 300))}).encode()
     cases = BAD + [("/v1/completions", long_prompt, 400, "prompt", "no position")]
     for path, raw, status, param, text in cases:
-        response = httpx.post(server.url + path, content=raw, timeout=TIMEOUT,
-                              headers={"content-type": "application/json"})
+        response = httpx.post(
+            server.url + path, content=raw, timeout=TIMEOUT, headers={"content-type": "application/json"}
+        )
         assert response.status_code == status, (raw, response.text)
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
@@ -178,8 +191,9 @@ def test_bad_input_is_400_in_openai_shape_naming_the_field(server):
     # Infilling: a given row of the wrong length is refused naming it; a right one keeps its tokens.
     response = httpx.post(server.url + "/v1/generate", json={"length": 4, "given": [1, 8192, 2]}, timeout=TIMEOUT)
     assert response.status_code == 400 and response.json()["error"]["param"] == "given"
-    response = httpx.post(server.url + "/v1/generate", json={"length": 4, "steps": 2, "given": [1, 8192, 8192, 2]},
-                          timeout=TIMEOUT)
+    response = httpx.post(
+        server.url + "/v1/generate", json={"length": 4, "steps": 2, "given": [1, 8192, 8192, 2]}, timeout=TIMEOUT
+    )
     assert response.status_code == 200, response.text
     (row,) = response.json()["tokens"]
     assert row[0] == 1 and row[3] == 2 and 8192 not in row
@@ -198,8 +212,11 @@ def test_queue_full_is_429_with_retry_after(light, tokenizer):
     engine = GatedEngine(SequentialEngine(light, max_queue=1))
     with LiveServer(engine, tokenizer) as live:
         first: dict = {}
-        waiting = threading.Thread(target=lambda: first.update(r=httpx.post(
-            live.url + "/v1/generate", json={"length": 6, "steps": 2}, timeout=TIMEOUT)))
+        waiting = threading.Thread(
+            target=lambda: first.update(
+                r=httpx.post(live.url + "/v1/generate", json={"length": 6, "steps": 2}, timeout=TIMEOUT)
+            )
+        )
         waiting.start()
         live.wait_until(lambda: engine.queue_depth == 1, what="the first request to wait in the queue")
         refused = httpx.post(live.url + "/v1/completions", json={"prompt": "a", "max_tokens": 4}, timeout=TIMEOUT)
@@ -218,8 +235,11 @@ def test_client_leaving_mid_stream_frees_its_rows(light, tokenizer):
             lines = response.iter_lines()  # held: dropping the iterator would close the connection already
             next(lines)  # the first progress event: the request is in the engine
             live.wait_until(lambda: engine.rows_in_flight > 0, what="rows in flight")
-        live.wait_until(lambda: engine.rows_in_flight == 0 and engine.queue_depth == 0, timeout_s=5,
-                        what="the rows of the abandoned request to be freed")
+        live.wait_until(
+            lambda: engine.rows_in_flight == 0 and engine.queue_depth == 0,
+            timeout_s=5,
+            what="the rows of the abandoned request to be freed",
+        )
         live.wait_until(lambda: live.service.metrics.finished["cancelled"] == 1, timeout_s=5, what="the cancel")
         assert live.service.loop.pending == 0
 
@@ -230,11 +250,16 @@ def test_client_leaving_a_plain_request_frees_its_rows(light, tokenizer):
         host, port = live.url.rsplit("//", 1)[1].split(":")
         body = json.dumps({"length": 128, "steps": 128}).encode()
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            sock.sendall(
+                b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
             live.wait_until(lambda: engine.rows_in_flight > 0, what="rows in flight")
-        live.wait_until(lambda: engine.rows_in_flight == 0 and live.service.metrics.finished["cancelled"] == 1,
-                        timeout_s=5, what="the rows of the abandoned request to be freed")
+        live.wait_until(
+            lambda: engine.rows_in_flight == 0 and live.service.metrics.finished["cancelled"] == 1,
+            timeout_s=5,
+            what="the rows of the abandoned request to be freed",
+        )
         assert live.service.loop.pending == 0
 
 
@@ -265,11 +290,35 @@ def test_a_server_without_a_tokenizer_speaks_token_ids_only(light):
 
 
 def start_server(tmp_path, *flags):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mdlm_fast.cli", "serve", "--port", "0", "--heavy", "embedded:light",
-                             "--tokenizer", "embedded", "--engine", "sequential", "--threads", "1", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mdlm_fast.cli",
+            "serve",
+            "--port",
+            "0",
+            "--heavy",
+            "embedded:light",
+            "--tokenizer",
+            "embedded",
+            "--engine",
+            "sequential",
+            "--threads",
+            "1",
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+        text=True,
+    )
     line = proc.stderr.readline()  # the announcement, once the app has started
     if "listening on http://127.0.0.1:" not in line:
         proc.kill()
@@ -280,8 +329,9 @@ def start_server(tmp_path, *flags):
 def in_flight_request(url: str, body: dict) -> tuple[threading.Thread, dict]:
     """A request sent from a thread, returned once the server's engine holds its rows."""
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=httpx.post(url + "/v1/generate", json=body,
-                                                                        timeout=TIMEOUT)))
+    thread = threading.Thread(
+        target=lambda: result.update(r=httpx.post(url + "/v1/generate", json=body, timeout=TIMEOUT))
+    )
     thread.start()
     deadline = time.monotonic() + 20
     while httpx.get(url + "/health", timeout=TIMEOUT).json()["rows_in_flight"] == 0:

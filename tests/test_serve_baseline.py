@@ -1,6 +1,7 @@
 """SequentialEngine, the engine interface as one sample() per request in arrival order: exact by
 construction (checked), oldest first, bounded queue, cancel, refusals naming the field; and the
 ``serve`` command's refusals that need no server."""
+
 import importlib.util
 
 import pytest
@@ -18,9 +19,11 @@ def pair():
     return [load_denoiser("embedded:heavy"), load_denoiser("embedded:light")]
 
 
-MIX = [Request(n=2, length=8, steps=4, schedule="L1-H3", seed=1, prefix=[[5, 6], [7, 8]]),
-       Request(n=1, length=6, steps=4, schedule="time:0-0.5=L", seed=2, temperature=0.5, noise_removal="ancestral"),
-       Request(n=3, length=6, steps=3, seed=3)]
+MIX = [
+    Request(n=2, length=8, steps=4, schedule="L1-H3", seed=1, prefix=[[5, 6], [7, 8]]),
+    Request(n=1, length=6, steps=4, schedule="time:0-0.5=L", seed=2, temperature=0.5, noise_removal="ancestral"),
+    Request(n=3, length=6, steps=3, seed=3),
+]
 
 
 def test_tokens_are_those_of_sample_alone_in_arrival_order(pair):
@@ -30,9 +33,17 @@ def test_tokens_are_those_of_sample_alone_in_arrival_order(pair):
     done = engine.run_until_done()
     assert [c.handle for c in done] == handles
     for request, completion in zip(MIX, done):
-        want = sample(pair, steps=request.steps, batch_size=request.n, length=request.length,
-                      schedule=request.schedule, seed=request.seed, prefix=request.prefix,
-                      temperature=request.temperature, noise_removal=request.noise_removal).tokens
+        want = sample(
+            pair,
+            steps=request.steps,
+            batch_size=request.n,
+            length=request.length,
+            schedule=request.schedule,
+            seed=request.seed,
+            prefix=request.prefix,
+            temperature=request.temperature,
+            noise_removal=request.noise_removal,
+        ).tokens
         assert completion.error is None and torch.equal(completion.tokens, want)
         assert completion.stats["steps"] == request.steps and completion.stats["latency_s"] >= 0
     stats = engine.stats()
@@ -57,12 +68,20 @@ def test_queue_limit_cancel_snapshot_and_progress(pair):
     assert engine.stats()["requests_cancelled"] == 1
 
 
-@pytest.mark.parametrize("request_, field", [
-    (Request(n=0), "n"), (Request(steps=0), "steps"), (Request(length=0), "length"), (Request(seed=-1), "seed"),
-    (Request(temperature=-1.0), "temperature"), (Request(noise_removal="best"), "noise_removal"),
-    (Request(schedule="nonsense", steps=4), "schedule"), (Request(length=4, prefix=[1, 8192]), "prefix"),
-    (Request(length=4, prefix=[1, 2, 3, 4, 5]), "prefix"),
-])
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (Request(n=0), "n"),
+        (Request(steps=0), "steps"),
+        (Request(length=0), "length"),
+        (Request(seed=-1), "seed"),
+        (Request(temperature=-1.0), "temperature"),
+        (Request(noise_removal="best"), "noise_removal"),
+        (Request(schedule="nonsense", steps=4), "schedule"),
+        (Request(length=4, prefix=[1, 8192]), "prefix"),
+        (Request(length=4, prefix=[1, 2, 3, 4, 5]), "prefix"),
+    ],
+)
 def test_bad_requests_are_refused_at_submit_naming_the_field(pair, request_, field):
     engine = SequentialEngine(pair)
     with pytest.raises(ValueError, match=rf"^{field}\b"):

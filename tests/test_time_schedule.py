@@ -1,4 +1,5 @@
 """Schedules in diffusion time: spec, files, and that one schedule carries across step counts."""
+
 import json
 
 import pytest
@@ -26,14 +27,17 @@ def test_default_model_and_other_indices():
     assert [ts.model_at(t) for t in (0.9, 0.5, 0.1)] == [1, 2, 1]
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("sandwich:0.25", "starts with 'time:'"),
-    ("time:0.5-0.4=L", "lo < hi"),
-    ("time:0-1.5=L", "hi <= 1"),
-    ("time:0.2-0.6=L,0.5-0.9=L", "overlap"),
-    ("time:0.2-0.6=X", "cannot read"),
-    ("time:0.2-0.6", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("sandwich:0.25", "starts with 'time:'"),
+        ("time:0.5-0.4=L", "lo < hi"),
+        ("time:0-1.5=L", "hi <= 1"),
+        ("time:0.2-0.6=L,0.5-0.9=L", "overlap"),
+        ("time:0.2-0.6=X", "cannot read"),
+        ("time:0.2-0.6", "cannot read"),
+    ],
+)
 def test_bad_specs_name_the_spec(spec, match):
     with pytest.raises(ScheduleError, match=match):
         TimeSchedule.parse(spec)
@@ -82,16 +86,24 @@ def test_file_round_trip_keeps_the_source(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["schedule.json"]
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{not json", "not valid JSON"),
-    ('{"format": "something else"}', "not a time-schedule file"),
-    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 9, "intervals": []}', "unsupported version"),
-    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "intervals": [{"lo": 0.5}]}', "malformed"),
-    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "intervals": [{"lo": 0.5, "hi": 0.2, "model": 1}]}',
-     "lo < hi"),
-    ('{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "spec": "time:0-0.5=L", '
-     '"intervals": [{"lo": 0.5, "hi": 1, "model": 1}]}', "disagrees"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"format": "something else"}', "not a time-schedule file"),
+        ('{"format": "mdlm_fast.schedules.time_schedule", "version": 9, "intervals": []}', "unsupported version"),
+        ('{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "intervals": [{"lo": 0.5}]}', "malformed"),
+        (
+            '{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "intervals": [{"lo": 0.5, "hi": 0.2, "model": 1}]}',
+            "lo < hi",
+        ),
+        (
+            '{"format": "mdlm_fast.schedules.time_schedule", "version": 1, "spec": "time:0-0.5=L", '
+            '"intervals": [{"lo": 0.5, "hi": 1, "model": 1}]}',
+            "disagrees",
+        ),
+    ],
+)
 def test_bad_files_are_refused_naming_the_file(tmp_path, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content)

@@ -1,4 +1,5 @@
 """Training, tokenizer, data and judge tests (tiny sizes; the whole file runs in well under 30 s)."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ TIMING_FIELDS = ("tokens_per_s", "wall_time_s")
 # Fixtures: the shipped slice of the corpus spanning a document boundary, a tiny BPE
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models run fastest on one thread (and the runs here must be reproducible)."""
@@ -66,10 +68,27 @@ def tok(tok_file):
 
 
 def tiny_config(text_file, tok_file, **kw) -> TrainConfig:
-    base = dict(data=str(text_file), tokenizer=str(tok_file), n_blocks=1, hidden_dim=32,
-                n_heads=2, cond_dim=16, length=32, batch_size=4, lr=3e-3, warmup_steps=2,
-                lr_schedule="constant", max_steps=10, eval_every=5, eval_batches=2,
-                save_every=3, log_every=2, export_val_passes=1, seed=1, dropout=0.1)
+    base = dict(
+        data=str(text_file),
+        tokenizer=str(tok_file),
+        n_blocks=1,
+        hidden_dim=32,
+        n_heads=2,
+        cond_dim=16,
+        length=32,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=2,
+        lr_schedule="constant",
+        max_steps=10,
+        eval_every=5,
+        eval_batches=2,
+        save_every=3,
+        log_every=2,
+        export_val_passes=1,
+        seed=1,
+        dropout=0.1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -100,6 +119,7 @@ def _assert_same_state(a: Path, b: Path) -> None:
 # Tokenizer
 # --------------------------------------------------------------------------------------------
 
+
 def test_tokenizer_round_trip_and_layout(tok, text_file, tmp_path):
     assert tok.vocab_size == 301
     assert tok.mask_id == tok.vocab_size - 1 and tok.eos_id == 0
@@ -110,8 +130,7 @@ def test_tokenizer_round_trip_and_layout(tok, text_file, tmp_path):
     # the mask is dropped, or rendered
     with_mask = ids[:5] + [tok.mask_id] + ids[5:10]
     assert tok.decode(with_mask) == tok.decode(ids[:10])
-    assert tok.decode(with_mask, mask_text="_") == tok.decode(ids[:5]) + "_" + \
-        tok.decode(ids[5:10])
+    assert tok.decode(with_mask, mask_text="_") == tok.decode(ids[:5]) + "_" + tok.decode(ids[5:10])
     with pytest.raises(ValueError, match="outside"):
         tok.decode([tok.vocab_size + 3])
     # deterministic: training again gives the same tokenizer
@@ -163,14 +182,15 @@ def test_check_compatible(tok):
 # Data
 # --------------------------------------------------------------------------------------------
 
+
 def test_split_is_contiguous_and_disjoint():
     text = read_text(SAMPLE)
     train_text, val_text = split_train_val(text, 0.05)
     assert text.startswith(train_text) and text.endswith(val_text)
-    gap = text[len(train_text): len(text) - len(val_text)]
+    gap = text[len(train_text) : len(text) - len(val_text)]
     assert gap.strip("\n") == ""  # only the separating newlines are dropped
     assert 0.04 < len(val_text) / len(text) < 0.06
-    assert text[len(train_text):].startswith("\n\n")  # the cut lies on a paragraph boundary
+    assert text[len(train_text) :].startswith("\n\n")  # the cut lies on a paragraph boundary
     assert len(split_documents(text)) == 2
     assert split_train_val(text, 1.0) == ("", text) and split_train_val(text, 0.0) == (text, "")
     with pytest.raises(ValueError, match="val_fraction"):
@@ -226,15 +246,14 @@ def test_corpus_windows(text_file, tok, tmp_path):
 # MDLM loss
 # --------------------------------------------------------------------------------------------
 
+
 def test_mdlm_loss_matches_hand_computation():
     torch.manual_seed(0)
-    cfg = DiTConfig(hidden_dim=16, n_heads=2, n_blocks=1, cond_dim=8, vocab_size=11,
-                    model_length=6, dropout=0.0)
+    cfg = DiTConfig(hidden_dim=16, n_heads=2, n_blocks=1, cond_dim=8, vocab_size=11, model_length=6, dropout=0.0)
     model = DiT(cfg).init_random_(3).eval()
     x0 = torch.tensor([[1, 4, 2, 9, 0, 3], [5, 5, 7, 8, 6, 2]])
     t = torch.tensor([0.3, 0.8])
-    masked = torch.tensor([[True, False, True, False, False, True],
-                           [False, True, True, True, True, False]])
+    masked = torch.tensor([[True, False, True, False, False, True], [False, True, True, True, True, False]])
     noise = LogLinearNoise()
     got = mdlm_loss(model, x0, t, masked, noise)
 
@@ -273,11 +292,22 @@ def test_antithetic_t_is_stratified():
 # Training loop
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["mdlm", "judge"])
 def test_loss_decreases(kind, text_file, tok_file, tmp_path):
-    cfg = tiny_config(text_file, tok_file, kind=kind, max_steps=30, log_every=1,
-                      eval_every=30, save_every=30, n_blocks=2, lr=5e-3, dropout=0.0,
-                      batch_size=8)
+    cfg = tiny_config(
+        text_file,
+        tok_file,
+        kind=kind,
+        max_steps=30,
+        log_every=1,
+        eval_every=30,
+        save_every=30,
+        n_blocks=2,
+        lr=5e-3,
+        dropout=0.0,
+        batch_size=8,
+    )
     result = train(cfg, tmp_path / "run", progress=False)
     losses = [r["loss"] for r in result.metrics]
     assert len(losses) == 30 and result.stopped == "max_steps"
@@ -302,8 +332,7 @@ def straight_runs(text_file, tok_file, tmp_path_factory):
 def test_resume_is_exact(kind, interrupt, straight_runs, text_file, tok_file, tmp_path):
     rd = tmp_path / "run"
     if interrupt == "max_steps":
-        first = train(tiny_config(text_file, tok_file, kind=kind, max_steps=5), rd,
-                      progress=False)
+        first = train(tiny_config(text_file, tok_file, kind=kind, max_steps=5), rd, progress=False)
         assert first.step == 5
     elif interrupt == "sigterm":
         old = signal.getsignal(signal.SIGTERM)
@@ -312,13 +341,11 @@ def test_resume_is_exact(kind, interrupt, straight_runs, text_file, tok_file, tm
             if step == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        first = train(tiny_config(text_file, tok_file, kind=kind), rd, progress=False,
-                      callback=kill_at_3)
+        first = train(tiny_config(text_file, tok_file, kind=kind), rd, progress=False, callback=kill_at_3)
         assert first.stopped == "signal" and first.step == 3
         assert signal.getsignal(signal.SIGTERM) is old  # handler restored
     else:
-        first = train(tiny_config(text_file, tok_file, kind=kind), rd, progress=False,
-                      time_budget_s=0.0)
+        first = train(tiny_config(text_file, tok_file, kind=kind), rd, progress=False, time_budget_s=0.0)
         assert first.stopped == "time_budget" and first.step == 1
     saved = torch.load(rd / "state.pt", weights_only=True)
     assert saved["step"] == first.step  # stopped cleanly with its state on disk
@@ -331,13 +358,13 @@ def test_resume_is_exact(kind, interrupt, straight_runs, text_file, tok_file, tm
 
 def test_resume_refuses_other_settings(straight_runs, text_file, tok_file):
     with pytest.raises(TrainError, match="other settings.*lr"):
-        train(tiny_config(text_file, tok_file, lr=1e-2, max_steps=12), straight_runs["mdlm"],
-              progress=False)
+        train(tiny_config(text_file, tok_file, lr=1e-2, max_steps=12), straight_runs["mdlm"], progress=False)
 
 
 # --------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------
+
 
 def test_export_writes_loadable_models(straight_runs, tmp_path):
     out = tmp_path / "heavy"
@@ -374,9 +401,11 @@ def test_export_writes_loadable_models(straight_runs, tmp_path):
 # Judge
 # --------------------------------------------------------------------------------------------
 
+
 def test_judge_nll_on_a_constructed_unigram_model(tmp_path):
-    cfg = CausalLMConfig(vocab_size=5, hidden_dim=4, n_heads=2, n_blocks=1, max_length=4,
-                         dropout=0.0, tie_embeddings=False)
+    cfg = CausalLMConfig(
+        vocab_size=5, hidden_dim=4, n_heads=2, n_blocks=1, max_length=4, dropout=0.0, tie_embeddings=False
+    )
     model = CausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -398,20 +427,19 @@ def test_judge_nll_on_a_constructed_unigram_model(tmp_path):
 
 def test_judge_nll_sliding_window_matches_direct():
     torch.manual_seed(0)
-    model = CausalLM(CausalLMConfig(vocab_size=13, hidden_dim=8, n_heads=2, n_blocks=2,
-                                    max_length=8, dropout=0.0)).eval()
+    model = CausalLM(
+        CausalLMConfig(vocab_size=13, hidden_dim=8, n_heads=2, n_blocks=2, max_length=8, dropout=0.0)
+    ).eval()
     ids = torch.randint(0, 13, (3, 8))
     direct = F.cross_entropy(model(ids[:, :-1]).transpose(1, 2), ids[:, 1:], reduction="none")
     assert torch.allclose(nll(model, ids), direct, atol=1e-6)
     long_ids = torch.randint(0, 13, (2, 21))
     out = nll(model, long_ids)
     assert out.shape == (2, 20)
-    first = F.cross_entropy(model(long_ids[:, :8]).transpose(1, 2), long_ids[:, 1:9],
-                            reduction="none")
+    first = F.cross_entropy(model(long_ids[:, :8]).transpose(1, 2), long_ids[:, 1:9], reduction="none")
     assert torch.allclose(out[:, :8], first, atol=1e-6)
     # a later token is scored with the window that starts at the stride (4)
-    later = F.cross_entropy(model(long_ids[:, 4:12]).transpose(1, 2), long_ids[:, 5:13],
-                            reduction="none")
+    later = F.cross_entropy(model(long_ids[:, 4:12]).transpose(1, 2), long_ids[:, 5:13], reduction="none")
     assert torch.allclose(out[:, 8:12], later[:, 4:], atol=1e-6)
 
 
@@ -419,20 +447,44 @@ def test_judge_nll_sliding_window_matches_direct():
 # CLI helpers
 # --------------------------------------------------------------------------------------------
 
+
 def test_cli_train_tokenizer_and_export(text_file, tmp_path, capsys):
     parser = add_tokenizer_arguments(argparse.ArgumentParser())
     tok_out = tmp_path / "tok.json"
-    args = parser.parse_args(["--data", str(text_file), "--vocab-size", "280",
-                              "--out", str(tok_out)])
+    args = parser.parse_args(["--data", str(text_file), "--vocab-size", "280", "--out", str(tok_out)])
     assert run_train_tokenizer(args) == 0
     assert json.loads(capsys.readouterr().out)["mask_id"] == 280
 
     parser = add_train_arguments(argparse.ArgumentParser())
-    argv = ["--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--tokenizer",
-            str(tok_out), "--n-blocks", "1", "--hidden-dim", "32", "--n-heads", "2",
-            "--cond-dim", "16", "--length", "32", "--batch-size", "2", "--max-steps", "3",
-            "--eval-batches", "1", "--export-val-passes", "1", "--no-progress",
-            "--export", str(tmp_path / "model")]
+    argv = [
+        "--data",
+        str(text_file),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--tokenizer",
+        str(tok_out),
+        "--n-blocks",
+        "1",
+        "--hidden-dim",
+        "32",
+        "--n-heads",
+        "2",
+        "--cond-dim",
+        "16",
+        "--length",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "3",
+        "--eval-batches",
+        "1",
+        "--export-val-passes",
+        "1",
+        "--no-progress",
+        "--export",
+        str(tmp_path / "model"),
+    ]
     assert run_train(parser.parse_args(argv), argv=["train", *argv]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["export"] == str(tmp_path / "model")
@@ -440,7 +492,6 @@ def test_cli_train_tokenizer_and_export(text_file, tmp_path, capsys):
     assert "mdlm-fast train --data" in card
     assert load_denoiser(tmp_path / "model").config.n_blocks == 1
 
-    bad = parser.parse_args(["--data", str(tmp_path / "nope.txt"), "--run-dir",
-                             str(tmp_path / "r2")])
+    bad = parser.parse_args(["--data", str(tmp_path / "nope.txt"), "--run-dir", str(tmp_path / "r2")])
     with pytest.raises(CliError, match="--data: no text file at"):
         run_train(bad, argv=[])

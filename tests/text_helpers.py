@@ -1,4 +1,5 @@
 """Text-side stand-ins with known answers: a judge with fixed probabilities, an id tokenizer."""
+
 import torch
 
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig
@@ -17,6 +18,7 @@ class FixedJudge(CausalLM):
 
 class IdTokenizer:
     """Text "3 1 2" <-> ids [3, 1, 2]; decoding drops the mask id."""
+
     name, eos_id = "ids", 0
 
     def encode(self, text):

@@ -10,6 +10,7 @@ columns, and the stopping status).
 
     .venv/bin/python benchmarks/studies/paired_findings.py --out docs/findings/paired --time-budget 60
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,28 +42,63 @@ SAME_BUDGET = {
 }
 FRACTIONS = (0.125, 0.5, 0.75, 0.875)
 #: Direct paired comparisons between schedules (A / B), beyond each one against all-heavy.
-PAIRS = (("q4:0.25", "q2:0.25"), ("q4:0.25", "middle:0.25"), ("q4:0.25", "q3:0.25"), ("q1:0.25", "q2:0.25"),
-         ("q1:0.25", "q4:0.25"), ("sandwich:0.25", "middle:0.25"), ("sandwich:0.25", "q2:0.25"),
-         ("sandwich:0.25", "q4:0.25"), ("calibrated-kl", "segments-middle4"),
-         ("calibrated-kl", "calibrated-kl-normalized"), ("calibrated-kl", "segments-first4"),
-         ("calibrated-kl", "segments-sandwich4"), ("segments-sandwich4", "segments-middle4"),
-         ("sandwich:0.5", "sandwich:0.25"), ("sandwich:0.75", "sandwich:0.5"), ("sandwich:0.875", "sandwich:0.75"),
-         ("light", "sandwich:0.875"))
+PAIRS = (
+    ("q4:0.25", "q2:0.25"),
+    ("q4:0.25", "middle:0.25"),
+    ("q4:0.25", "q3:0.25"),
+    ("q1:0.25", "q2:0.25"),
+    ("q1:0.25", "q4:0.25"),
+    ("sandwich:0.25", "middle:0.25"),
+    ("sandwich:0.25", "q2:0.25"),
+    ("sandwich:0.25", "q4:0.25"),
+    ("calibrated-kl", "segments-middle4"),
+    ("calibrated-kl", "calibrated-kl-normalized"),
+    ("calibrated-kl", "segments-first4"),
+    ("calibrated-kl", "segments-sandwich4"),
+    ("segments-sandwich4", "segments-middle4"),
+    ("sandwich:0.5", "sandwich:0.25"),
+    ("sandwich:0.75", "sandwich:0.5"),
+    ("sandwich:0.875", "sandwich:0.75"),
+    ("light", "sandwich:0.875"),
+)
 
 
 def items(steps: int) -> list[dict]:
-    out = [{"key": "heavy", "study": "baseline", "schedule": ModelSchedule.all_heavy(steps).to_spec(), "fraction": 0.0},
-           {"key": "light", "study": "baseline", "schedule": ModelSchedule.all_light(steps).to_spec(), "fraction": 1.0}]
+    out = [
+        {"key": "heavy", "study": "baseline", "schedule": ModelSchedule.all_heavy(steps).to_spec(), "fraction": 0.0},
+        {"key": "light", "study": "baseline", "schedule": ModelSchedule.all_light(steps).to_spec(), "fraction": 1.0},
+    ]
     for placement in PLACEMENTS:
-        out.append({"key": f"{placement}:0.25", "study": "placement", "placement": placement, "fraction": 0.25,
-                    "schedule": ModelSchedule.from_fraction(steps, 0.25, placement).to_spec()})
+        out.append(
+            {
+                "key": f"{placement}:0.25",
+                "study": "placement",
+                "placement": placement,
+                "fraction": 0.25,
+                "schedule": ModelSchedule.from_fraction(steps, 0.25, placement).to_spec(),
+            }
+        )
     for fraction in FRACTIONS:
-        out.append({"key": f"sandwich:{fraction:g}", "study": "fraction", "placement": "sandwich",
-                    "fraction": fraction, "schedule": ModelSchedule.from_fraction(steps, fraction, "sandwich").to_spec()})
+        out.append(
+            {
+                "key": f"sandwich:{fraction:g}",
+                "study": "fraction",
+                "placement": "sandwich",
+                "fraction": fraction,
+                "schedule": ModelSchedule.from_fraction(steps, fraction, "sandwich").to_spec(),
+            }
+        )
     for name, segments in SAME_BUDGET.items():
         schedule = ModelSchedule.segments(steps, segments, 10)
-        out.append({"key": name, "study": "same-budget", "light_segments": list(segments),
-                    "fraction": schedule.light_fraction, "schedule": schedule.to_spec()})
+        out.append(
+            {
+                "key": name,
+                "study": "same-budget",
+                "light_segments": list(segments),
+                "fraction": schedule.light_fraction,
+                "schedule": schedule.to_spec(),
+            }
+        )
     return out
 
 
@@ -92,8 +128,9 @@ def held_out_reference(tokenizer, judge, judge_tokenizer, length: int, windows: 
     corpus = load_corpus("embedded:heldout", tokenizer, val_fraction=held_out_fraction("embedded:heldout"))
     all_windows = corpus.val_windows(length)
     pick = torch.linspace(0, all_windows.shape[0] - 1, min(windows, all_windows.shape[0])).round().long().unique()
-    row = ev.evaluate_samples(all_windows[pick].tolist(), tokenizer=tokenizer, judge=judge,
-                              judge_tokenizer=judge_tokenizer)
+    row = ev.evaluate_samples(
+        all_windows[pick].tolist(), tokenizer=tokenizer, judge=judge, judge_tokenizer=judge_tokenizer
+    )
     row.pop("per_sample", None)
     return {**row, "windows": int(pick.numel()), "length": length}
 
@@ -105,11 +142,16 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=128, help="sample length (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per round (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of round 0 (default %(default)s)")
-    p.add_argument("--target-se", type=float, default=0.01,
-                   help="paired relative SE of every gen-PPL ratio to stop at (default %(default)s)")
+    p.add_argument(
+        "--target-se",
+        type=float,
+        default=0.01,
+        help="paired relative SE of every gen-PPL ratio to stop at (default %(default)s)",
+    )
     p.add_argument("--max-samples", type=int, default=128, help="sample cap per schedule (default %(default)s)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="model dtype (default %(default)s)")
+    p.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model dtype (default %(default)s)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     p.add_argument("--time-budget", type=float, default=None, help="minutes; stop cleanly after them")
     args = p.parse_args(argv)
@@ -118,33 +160,71 @@ def main(argv=None) -> int:
     models = [mf.load_denoiser("embedded:heavy", dtype=dtype), mf.load_denoiser("embedded:light", dtype=dtype)]
     tokenizer = mf.load_tokenizer("embedded")
     judge, judge_tokenizer = ev.load_judge_and_tokenizer("embedded")
-    settings = {"steps": args.steps, "length": args.length, "batch_size": args.batch_size, "seed": args.seed,
-                "dtype": args.dtype, "models": ["embedded:heavy", "embedded:light"], "judge": "embedded",
-                "sampler": "fast", "precision": "fp64"}
+    settings = {
+        "steps": args.steps,
+        "length": args.length,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "models": ["embedded:heavy", "embedded:light"],
+        "judge": "embedded",
+        "sampler": "fast",
+        "precision": "fp64",
+    }
     log = ResultsLog(args.out, "paired", settings)
     deadline = time.monotonic() + 60 * args.time_budget if args.time_budget else None
 
     def evaluate_round(item, seed, size):
-        row = ev.evaluate_schedule(models, item["schedule"], steps=args.steps, length=args.length, samples=size,
-                                   batch_size=size, seed=seed, tokenizer=tokenizer, judge=judge,
-                                   judge_tokenizer=judge_tokenizer, record={"judge": "embedded"})
-        print(f"  {item['key']:<26} seed {seed}: gen-PPL {row['gen_ppl']:.1f} ({row['wall_time_s']:.1f} s)",
-              file=sys.stderr, flush=True)
+        row = ev.evaluate_schedule(
+            models,
+            item["schedule"],
+            steps=args.steps,
+            length=args.length,
+            samples=size,
+            batch_size=size,
+            seed=seed,
+            tokenizer=tokenizer,
+            judge=judge,
+            judge_tokenizer=judge_tokenizer,
+            record={"judge": "embedded"},
+        )
+        print(
+            f"  {item['key']:<26} seed {seed}: gen-PPL {row['gen_ppl']:.1f} ({row['wall_time_s']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         return row
 
-    rows, status = evaluate_until(items(args.steps), "heavy", evaluate_round, batch_size=args.batch_size,
-                                  seed=args.seed, target_se=args.target_se, max_samples=args.max_samples,
-                                  log=log, deadline=deadline)
+    rows, status = evaluate_until(
+        items(args.steps),
+        "heavy",
+        evaluate_round,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        target_se=args.target_se,
+        max_samples=args.max_samples,
+        log=log,
+        deadline=deadline,
+    )
     labels = {item["key"]: item for item in items(args.steps)}
     complete = status["reason"] != "deadline"
-    result = {"settings": settings, "status": status, "target_se": args.target_se, "max_samples": args.max_samples,
-              "rows": [{**{k: v for k, v in labels[key].items() if k != "schedule"}, **row}
-                       for key, row in rows.items()],
-              "pairwise": pairwise(rows) if complete else [],
-              "held_out": held_out_reference(tokenizer, judge, judge_tokenizer, args.length, 128) if complete else None}
-    write_text(Path(args.out) / "paired.json", json.dumps(_json_ready(result), indent=1, allow_nan=False, default=str) + "\n")
-    print(f"{status['reason']}: {status['rounds']} rounds, {status['samples']} samples per schedule, "
-          f"worst paired relative SE {status['worst_ratio_se']:.4f}", file=sys.stderr)
+    result = {
+        "settings": settings,
+        "status": status,
+        "target_se": args.target_se,
+        "max_samples": args.max_samples,
+        "rows": [{**{k: v for k, v in labels[key].items() if k != "schedule"}, **row} for key, row in rows.items()],
+        "pairwise": pairwise(rows) if complete else [],
+        "held_out": held_out_reference(tokenizer, judge, judge_tokenizer, args.length, 128) if complete else None,
+    }
+    write_text(
+        Path(args.out) / "paired.json", json.dumps(_json_ready(result), indent=1, allow_nan=False, default=str) + "\n"
+    )
+    print(
+        f"{status['reason']}: {status['rounds']} rounds, {status['samples']} samples per schedule, "
+        f"worst paired relative SE {status['worst_ratio_se']:.4f}",
+        file=sys.stderr,
+    )
     return 0 if status["reason"] != "deadline" else 3
 
 

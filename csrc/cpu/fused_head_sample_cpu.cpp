@@ -47,9 +47,9 @@ at::Tensor chunk_logits(const HeadArgs& a, const at::Tensor& hidden_rows, int64_
   at::Tensor z;
   if (a.small_n) {
     z = a.z_all.narrow(1, begin, end - begin);
-    project_small_n(hidden_rows.data_ptr<float>(), a.hidden_raw.data_ptr(), a.weight.data_ptr(),
-                    a.weight.scalar_type(), hidden_rows.size(0), hidden_rows.size(1), a.weight.stride(0), begin,
-                    end - begin, z.data_ptr<float>(), z.stride(0));
+    project_small_n(hidden_rows.data_ptr<float>(), a.hidden_raw.data_ptr(), a.weight.data_ptr(), a.weight.scalar_type(),
+                    hidden_rows.size(0), hidden_rows.size(1), a.weight.stride(0), begin, end - begin,
+                    z.data_ptr<float>(), z.stride(0));
   } else {
     const at::Tensor w = a.weight.narrow(0, begin, end - begin).to(at::kFloat);
     // W_chunk @ hidden^T streams W as the row-major left operand: at small N (the sampler's case)
@@ -107,10 +107,10 @@ std::vector<ChunkGroup> chunk_groups(int64_t vocab, int64_t rows, int64_t thread
 
 // The CUDA adapter's twin in signature and checks: both implement the one schema of ops.cpp.
 std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidden, const at::Tensor& weight,
-                                                         const c10::optional<at::Tensor>& bias,
-                                                         const at::Tensor& keys, int64_t seed, int64_t purpose,
-                                                         double temperature, const at::Tensor& banned,
-                                                         bool return_logprob, const c10::optional<at::Tensor>& seeds) {
+                                                         const c10::optional<at::Tensor>& bias, const at::Tensor& keys,
+                                                         int64_t seed, int64_t purpose, double temperature,
+                                                         const at::Tensor& banned, bool return_logprob,
+                                                         const c10::optional<at::Tensor>& seeds) {
   check_fused_head_args(hidden, weight, bias, keys, purpose, temperature, banned);
   check_row_seeds(seeds, hidden.size(0));
   check_fused_head_devices(hidden, weight, bias, keys, banned, seeds, at::kCPU, "cpu");
@@ -143,8 +143,8 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cpu(const at::Tensor& hidde
   const at::Tensor seeds_c = seeds.has_value() ? seeds->contiguous() : at::Tensor();
   const int64_t* row_seeds = seeds_c.defined() ? seeds_c.data_ptr<int64_t>() : nullptr;
   const auto row_key = [&](int64_t r) {
-    return make_noise_key(row_seed(static_cast<uint64_t>(seed), row_seeds, r), static_cast<uint32_t>(purpose),
-                          k[3 * r], k[3 * r + 1], k[3 * r + 2]);
+    return make_noise_key(row_seed(static_cast<uint64_t>(seed), row_seeds, r), static_cast<uint32_t>(purpose), k[3 * r],
+                          k[3 * r + 1], k[3 * r + 2]);
   };
   const bool draw = a.temperature > 0.f;
 

@@ -20,8 +20,8 @@ at::Tensor philox_noise_cpu(const at::Tensor& keys, int64_t seed, int64_t purpos
   const int64_t rows = keys_c.size(0);
   const auto* k = keys_c.data_ptr<int64_t>();
   for (int64_t i = 0; i < rows; ++i) {
-    MDLM_CHECK_ARG(k[3 * i] >= 0 && k[3 * i] <= kMaxStep, "keys", "step column must be in [0, 2^24), got ",
-                   k[3 * i], " in row ", i);
+    MDLM_CHECK_ARG(k[3 * i] >= 0 && k[3 * i] <= kMaxStep, "keys", "step column must be in [0, 2^24), got ", k[3 * i],
+                   " in row ", i);
   }
   const auto dtype = dist == kNoiseUniform24 ? at::kFloat : at::kDouble;
   at::Tensor out = at::empty({rows, n}, keys.options().dtype(dtype));

@@ -2,8 +2,8 @@
 // one row at a time: each 16 (fp32) or 32 (bf16) columns of the row are multiplied into N
 // accumulators that stay in registers, so W is read once for all N rows at close to the memory's
 // read rate. (Interleaving several rows, 1.5-3 KB apart, measured 2-8x slower on this project's
-// Zen 4 CPU than one sequential stream: the hardware prefetcher follows one stream best.) Compiled for AVX-512 with target attributes and chosen at run time, so the extension
-// still loads on CPUs without it (they keep the GEMM path).
+// Zen 4 CPU than one sequential stream: the hardware prefetcher follows one stream best.) Compiled for AVX-512 with
+// target attributes and chosen at run time, so the extension still loads on CPUs without it (they keep the GEMM path).
 #include "small_n_projection.h"
 
 #include <c10/util/BFloat16.h>
@@ -39,8 +39,8 @@ const bool kHasAvx512Bf16 = has_avx512_bf16();
 
 // fp32 W, fp32 hidden: R rows of W against N rows of hidden, 16 columns per step.
 template <int N, int R>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_f32(const float* h, const float* w, int64_t d, int64_t ld_w,
-                                                           float* out, int64_t ld_out) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_f32(const float* h, const float* w, int64_t d,
+                                                                   int64_t ld_w, float* out, int64_t ld_out) {
   __m512 acc[R][N];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -78,8 +78,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_f32(const float* 
 
 // bf16 W widened to fp32 (a 16-bit shift, exact), fp32 hidden: for AVX-512 CPUs without BF16.
 template <int N, int R>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_bf16_widened(const float* h, const uint16_t* w, int64_t d,
-                                                                    int64_t ld_w, float* out, int64_t ld_out) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_bf16_widened(const float* h, const uint16_t* w,
+                                                                            int64_t d, int64_t ld_w, float* out,
+                                                                            int64_t ld_out) {
   __m512 acc[R][N];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -109,8 +110,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_bf16_widened(cons
 // bf16 W, bf16 hidden: vdpbf16ps multiplies 32 bf16 pairs per instruction, exactly, into fp32 lanes.
 template <int N, int R>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_bf16_dot(const uint16_t* h, const uint16_t* w,
-                                                                          int64_t d, int64_t ld_w, float* out,
-                                                                          int64_t ld_out) {
+                                                                                   int64_t d, int64_t ld_w, float* out,
+                                                                                   int64_t ld_out) {
   __m512 acc[R][N];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -160,7 +161,8 @@ void project_rows(Kind kind, const float* h32, const uint16_t* h16, const void* 
     if (kind == Kind::kF32) {
       rows_f32<N, RR>(h32, static_cast<const float*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, ld_out);
     } else if (kind == Kind::kBf16Widened) {
-      rows_bf16_widened<N, RR>(h32, static_cast<const uint16_t*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, ld_out);
+      rows_bf16_widened<N, RR>(h32, static_cast<const uint16_t*>(weight) + (begin + j) * ld_w, d, ld_w, out + j,
+                               ld_out);
     } else {
       rows_bf16_dot<N, RR>(h16, static_cast<const uint16_t*>(weight) + (begin + j) * ld_w, d, ld_w, out + j, ld_out);
     }
@@ -178,19 +180,26 @@ bool small_n_projection_available(at::ScalarType dtype, int64_t n) {
 }
 
 void project_small_n(const float* hidden_f32, const void* hidden_raw, const void* weight, at::ScalarType dtype,
-                     int64_t n, int64_t d, int64_t ld_w, int64_t begin, int64_t cols, float* out,
-                     int64_t ld_out) {
+                     int64_t n, int64_t d, int64_t ld_w, int64_t begin, int64_t cols, float* out, int64_t ld_out) {
   const Kind kind = dtype == at::kFloat ? Kind::kF32 : kHasAvx512Bf16 ? Kind::kBf16Dot : Kind::kBf16Widened;
   const auto* h16 = static_cast<const uint16_t*>(hidden_raw);
   switch (n) {
-    case 1: return project_rows<1>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
-    case 2: return project_rows<2>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
-    case 3: return project_rows<3>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
-    case 4: return project_rows<4>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
-    case 5: return project_rows<5>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
-    case 6: return project_rows<6>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
-    case 7: return project_rows<7>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
-    default: return project_rows<8>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 1:
+      return project_rows<1>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 2:
+      return project_rows<2>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 3:
+      return project_rows<3>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 4:
+      return project_rows<4>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 5:
+      return project_rows<5>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 6:
+      return project_rows<6>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    case 7:
+      return project_rows<7>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
+    default:
+      return project_rows<8>(kind, hidden_f32, h16, weight, d, ld_w, begin, cols, out, ld_out);
   }
 }
 

@@ -25,10 +25,10 @@ namespace {
 
 // The CPU kernel's twin in signature and checks: both implement the one schema of ops.cpp.
 std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidden, const at::Tensor& weight,
-                                                          const c10::optional<at::Tensor>& bias,
-                                                          const at::Tensor& keys, int64_t seed, int64_t purpose,
-                                                          double temperature, const at::Tensor& banned,
-                                                          bool return_logprob, const c10::optional<at::Tensor>& seeds) {
+                                                          const c10::optional<at::Tensor>& bias, const at::Tensor& keys,
+                                                          int64_t seed, int64_t purpose, double temperature,
+                                                          const at::Tensor& banned, bool return_logprob,
+                                                          const c10::optional<at::Tensor>& seeds) {
   // --- the CPU kernel's checks, in its order and words ---
   check_fused_head_args(hidden, weight, bias, keys, purpose, temperature, banned);
   check_row_seeds(seeds, hidden.size(0));
@@ -65,7 +65,9 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   if (n == 0) return {tokens, logprob};
 
   FusedHeadParams p;
-  p.dtype = dtype == at::kFloat ? HeadDtype::kFloat32 : dtype == at::kBFloat16 ? HeadDtype::kBFloat16 : HeadDtype::kFloat16;
+  p.dtype = dtype == at::kFloat      ? HeadDtype::kFloat32
+            : dtype == at::kBFloat16 ? HeadDtype::kBFloat16
+                                     : HeadDtype::kFloat16;
   p.hidden = hidden.data_ptr();
   p.n = n;
   p.d = d;
@@ -89,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor> fused_head_sample_cuda(const at::Tensor& hidd
   // The caching allocator returns 512-byte aligned blocks and orders reuse on this stream, so the
   // workspace may be released when this function returns.
   const at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, hidden.options().dtype(at::kByte));
-  C10_CUDA_CHECK(launch_fused_head_sample(p, workspace.data_ptr(), ws_bytes, c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_CHECK(
+      launch_fused_head_sample(p, workspace.data_ptr(), ws_bytes, c10::cuda::getCurrentCUDAStream().stream()));
   return {tokens, logprob};
 }
 

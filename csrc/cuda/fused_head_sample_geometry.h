@@ -10,10 +10,10 @@
 namespace mdlm_fast {
 
 struct HeadKernelLaunch {
-  char kernel[96] = {};      // "chunk_mma_kernel<Bf16Tag, 1, true>": the demangled entry, namespaces dropped
-  int64_t grid = 0;          // blocks
-  int threads = 0;           // per block
-  int64_t dyn_smem = 0;      // bytes of dynamic shared memory per block
+  char kernel[96] = {};  // "chunk_mma_kernel<Bf16Tag, 1, true>": the demangled entry, namespaces dropped
+  int64_t grid = 0;      // blocks
+  int threads = 0;       // per block
+  int64_t dyn_smem = 0;  // bytes of dynamic shared memory per block
   // The W stream (0 for kernels that do not read W): ids per block, rows whose logits one block
   // computes, and how many row groups read each W id (the first from DRAM, the rest from L2).
   int64_t ids_per_block = 0;

@@ -50,29 +50,29 @@
 #include <cstdio>
 #include <type_traits>
 
-#include "fused_head_sample_kernels.cuh"
 #include "fused_head_sample_geometry.h"
+#include "fused_head_sample_kernels.cuh"
 #include "mdlm_fast/categorical.h"
 #include "mdlm_fast/philox.h"
 
 namespace mdlm_fast {
 namespace head {
 
-constexpr int kTile = 32;                                      // ids per warp tile
-constexpr int kChunk = static_cast<int>(kVocabChunk);          // 1024
+constexpr int kTile = 32;                              // ids per warp tile
+constexpr int kChunk = static_cast<int>(kVocabChunk);  // 1024
 // 8 warps: with the pipelined k-loop's registers (up to ~130 at 32 rows) a 16-warp block would
 // sit at its 128-register ceiling; the block is limited to one per SM by its shared memory anyway.
-constexpr int kChunkWarps = 8;                                 // warps per chunk block
+constexpr int kChunkWarps = 8;  // warps per chunk block
 constexpr int kChunkThreads = kChunkWarps * 32;
-constexpr int kTilesPerChunk = kChunk / kTile;                 // 32 = 4 per warp
-constexpr int kKBlock = 64;                                    // d is padded to a multiple of this
-constexpr int kSelectWarps = 4;                                // rows per select block
+constexpr int kTilesPerChunk = kChunk / kTile;  // 32 = 4 per warp
+constexpr int kKBlock = 64;                     // d is padded to a multiple of this
+constexpr int kSelectWarps = 4;                 // rows per select block
 constexpr int64_t kMaxRowsPerPass = 2048;
 constexpr int kMaxGroupRows = 32;
 // Shared-memory layout of one row's chunk logits: one pad float after every 32 ids, so that a
 // lane walking its own 32 consecutive ids (the epilogue) and the mma epilogue's stores are both
 // bank-conflict free; the row stride (1060 = 4 mod 32) spreads the 4 rows a store touches.
-constexpr int kZRowStride = kChunk + kChunk / 32 + 4;          // 1060 floats
+constexpr int kZRowStride = kChunk + kChunk / 32 + 4;  // 1060 floats
 // Slack of the scan check, relative to the running sum: |sequential - parallel| <= (1023 + 70) *
 // 2^-53 * sum ~= 1.22e-13 * sum for <= 1024 non-negative terms (recursive-summation bound; the
 // parallel scan chains <= 70 roundings); 4e-13 leaves a factor of 3.
@@ -84,15 +84,15 @@ constexpr double kScanSlack = 4e-13;
 // kernel then runs the unchanged per-(row, chunk) epilogue on them.
 constexpr int kSliceWarps = 4;
 constexpr int kSliceThreads = kSliceWarps * 32;
-constexpr int kSliceIds = kSliceWarps * kTile;                 // 128
+constexpr int kSliceIds = kSliceWarps * kTile;  // 128
 // slice_mma_kernel is declared for three resident blocks per SM (the ~3 per SM an H100 gets at V =
 // 50258): a register ceiling of 168. Without it ptxas held the 32-row element-load variant at 128
 // registers and spilled; the SIMT slices need ~180 and keep the default ceiling of 255.
 constexpr int kSliceMinBlocks = 3;
-constexpr int kSlicesPerChunk = kChunk / kSliceIds;            // 8
+constexpr int kSlicesPerChunk = kChunk / kSliceIds;  // 8
 constexpr int64_t kSplitMaxRows = 64;
-constexpr int kZChunkStride = kChunk + kChunk / 32;            // 1056 floats: zidx(1023) = 1054
-constexpr int kSummaryWarps = 4;                               // (row, chunk) pairs per summary block
+constexpr int kZChunkStride = kChunk + kChunk / 32;  // 1056 floats: zidx(1023) = 1054
+constexpr int kSummaryWarps = 4;                     // (row, chunk) pairs per summary block
 static_assert(kVocabChunk == 1024, "the chunk block holds one canonical chunk in shared memory");
 static_assert(kChunkWarps * 4 == kTilesPerChunk, "each warp owns four 32-id tiles of the chunk");
 static_assert(kMaxRowsPerPass % kMaxGroupRows == 0, "passes must keep rows in the same n-tile slots");
@@ -314,8 +314,8 @@ __device__ __forceinline__ void load_w_kblock(const uint16_t* const (&wrow)[2][2
 
 template <typename Tag, int NT, bool kVecW>
 __device__ __forceinline__ void mma_warp_tile(const uint16_t* __restrict__ W, int64_t ldw, int64_t vocab, int64_t d,
-                                              int64_t d_pad, int64_t base, const uint16_t* __restrict__ H,
-                                              int64_t ldh, int64_t row0, int nt_count, float (&acc)[2][NT][4]) {
+                                              int64_t d_pad, int64_t base, const uint16_t* __restrict__ H, int64_t ldh,
+                                              int64_t row0, int nt_count, float (&acc)[2][NT][4]) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   // W rows of this lane: [m][h] -> id base + 16 m + 8 h + g; ids past the vocabulary read as 0.
   const uint16_t* wrow[2][2];
@@ -393,9 +393,8 @@ __device__ __forceinline__ float4 load4(const float* __restrict__ row, int64_t k
 }
 
 template <int NR, bool kVecW>
-__device__ __forceinline__ void simt_accumulate(const float* __restrict__ wrow, int64_t d,
-                                                const float* __restrict__ H, int64_t ldh, int nr_count,
-                                                float (&acc)[NR]) {
+__device__ __forceinline__ void simt_accumulate(const float* __restrict__ wrow, int64_t d, const float* __restrict__ H,
+                                                int64_t ldh, int nr_count, float (&acc)[NR]) {
 #pragma unroll
   for (int r = 0; r < NR; ++r) acc[r] = 0.f;
   // Past d both w (load4) and the packed hidden (padded to a multiple of 64) are 0, and
@@ -487,9 +486,8 @@ __device__ __forceinline__ double cpu_order_mass(const float* __restrict__ zr, i
 
 // One row's summary of one chunk, from its logits zr (zidx layout, len ids). Warp-collective.
 // Lane L owns ids [32 L, 32 L + 32) of the chunk, walked in increasing order.
-__device__ void chunk_row_epilogue(const float* __restrict__ zr, int len, int64_t begin, int64_t chunk,
-                                   int64_t row, bool draw, const NoiseKey& key, const ChunkRecords& rec,
-                                   int64_t n_chunks) {
+__device__ void chunk_row_epilogue(const float* __restrict__ zr, int len, int64_t begin, int64_t chunk, int64_t row,
+                                   bool draw, const NoiseKey& key, const ChunkRecords& rec, int64_t n_chunks) {
   const int lane = threadIdx.x & 31;
   const int j0 = lane * kTile, j1 = min(len, j0 + kTile);  // j1 <= j0 for lanes past the end
   const int64_t out = row * n_chunks + chunk;
@@ -566,8 +564,9 @@ __device__ void chunk_row_epilogue(const float* __restrict__ zr, int len, int64_
       } else {  // undecidable from the parallel sums: the sequential scan itself (rare)
         int seq = 0;
         if (lane == 0) {
-          seq = static_cast<int>(
-              inverse_cdf(len, target, [&](int64_t j) { return static_cast<double>(expf(zr[zidx(static_cast<int>(j))] - shift)); }));
+          seq = static_cast<int>(inverse_cdf(len, target, [&](int64_t j) {
+            return static_cast<double>(expf(zr[zidx(static_cast<int>(j))] - shift));
+          }));
         }
         cand = __shfl_sync(0xffffffffu, seq, 0);
       }
@@ -587,8 +586,8 @@ template <int R>
 __device__ __forceinline__ void chunk_block_epilogue(const float* s_z, int len, int64_t begin, int64_t chunk,
                                                      int64_t row0, int64_t rows, float temperature,
                                                      const int64_t* __restrict__ keys, uint64_t seed,
-                                                     const int64_t* __restrict__ seeds,
-                                                     uint32_t purpose, const ChunkRecords& rec, int64_t n_chunks) {
+                                                     const int64_t* __restrict__ seeds, uint32_t purpose,
+                                                     const ChunkRecords& rec, int64_t n_chunks) {
   const int warp = threadIdx.x >> 5;
   const int rows_here = static_cast<int>(min64(R, rows - row0));
   const bool draw = temperature > 0.f;
@@ -639,8 +638,8 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_mma_kernel(const ChunkArg
     }
   }
   __syncthreads();
-  chunk_block_epilogue<8 * NT>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose, a.rec,
-                               a.n_chunks);
+  chunk_block_epilogue<8 * NT>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose,
+                               a.rec, a.n_chunks);
 }
 
 template <int NR, bool kVecW>
@@ -672,8 +671,8 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_simt_kernel(const ChunkAr
     }
   }
   __syncthreads();
-  chunk_block_epilogue<NR>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose, a.rec,
-                           a.n_chunks);
+  chunk_block_epilogue<NR>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose,
+                           a.rec, a.n_chunks);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,7 +689,8 @@ __device__ __forceinline__ int64_t logit_slot(int64_t row, int64_t id, int64_t n
 }
 
 template <typename Tag, int NT, bool kVecW>
-__global__ void __launch_bounds__(kSliceThreads, kSliceMinBlocks) slice_mma_kernel(const ChunkArgs<Tag> a, float* __restrict__ logits) {
+__global__ void __launch_bounds__(kSliceThreads, kSliceMinBlocks)
+    slice_mma_kernel(const ChunkArgs<Tag> a, float* __restrict__ logits) {
   // Row group fastest: the row groups of one slice run side by side and share W through L2.
   const int64_t bid = blockIdx.x;
   const int64_t rg = bid % a.row_groups, slice = bid / a.row_groups;
@@ -725,8 +725,8 @@ __global__ void __launch_bounds__(kSliceThreads, kSliceMinBlocks) slice_mma_kern
 }
 
 template <int NR, bool kVecW>
-__global__ void __launch_bounds__(kSliceThreads) slice_simt_kernel(const ChunkArgs<Fp32Tag> a,
-                                                                   float* __restrict__ logits) {
+__global__ void __launch_bounds__(kSliceThreads)
+    slice_simt_kernel(const ChunkArgs<Fp32Tag> a, float* __restrict__ logits) {
   const int64_t bid = blockIdx.x;
   const int64_t rg = bid % a.row_groups, slice = bid / a.row_groups;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -852,9 +852,7 @@ inline int64_t grid_for(int64_t total, int threads, int64_t cap) {
   return std::max<int64_t>(1, std::min<int64_t>((total + threads - 1) / threads, cap));
 }
 
-inline size_t chunk_smem_bytes(int group_rows) {
-  return static_cast<size_t>(group_rows) * kZRowStride * sizeof(float);
-}
+inline size_t chunk_smem_bytes(int group_rows) { return static_cast<size_t>(group_rows) * kZRowStride * sizeof(float); }
 
 // Rows per chunk block: the smallest group holding all rows, capped by what shared memory allows
 // (32 needs ~133 KiB: A100/H100; 16 fits consumer GPUs' 99 KiB); 0 when not even 8 fit.
@@ -980,8 +978,8 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
   rec.cand_logit = reinterpret_cast<float*>(ws + l.logit_off);
   double* weight_scratch = reinterpret_cast<double*>(ws + l.weight_off);
   // 16-byte W loads need every row start 16-byte aligned; otherwise element loads (same values).
-  const bool vec_w = reinterpret_cast<uintptr_t>(W) % 16 == 0 &&
-                     (p.weight_stride_row * static_cast<int64_t>(sizeof(S))) % 16 == 0;
+  const bool vec_w =
+      reinterpret_cast<uintptr_t>(W) % 16 == 0 && (p.weight_stride_row * static_cast<int64_t>(sizeof(S))) % 16 == 0;
 
   for (int64_t r0 = 0; r0 < p.n; r0 += kMaxRowsPerPass) {
     const int64_t rows = std::min<int64_t>(kMaxRowsPerPass, p.n - r0);
@@ -990,8 +988,7 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     const int64_t pack_total = rows_pad * l.d_pad;
     if (pack_total > 0) {  // d == 0: nothing to pack (and a zero-block grid is an error)
       pack_hidden_kernel<S><<<grid_for(pack_total, 256, 4096), 256, 0, stream>>>(
-          hidden + r0 * p.hidden_stride_row, p.hidden_stride_row, p.hidden_stride_col, rows, p.d, H, rows_pad,
-          l.d_pad);
+          hidden + r0 * p.hidden_stride_row, p.hidden_stride_row, p.hidden_stride_col, rows, p.d, H, rows_pad, l.d_pad);
     }
 
     ChunkArgs<Tag> ca;
@@ -1020,7 +1017,8 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     if (l.split) {  // small calls (one pass): the split grid
       err = launch_split<Tag>(ca, vec_w, reinterpret_cast<float*>(ws + l.logits_off), stream);
     } else {
-      err = vec_w ? launch_chunk<Tag, true>(ca, group, grid, stream) : launch_chunk<Tag, false>(ca, group, grid, stream);
+      err =
+          vec_w ? launch_chunk<Tag, true>(ca, group, grid, stream) : launch_chunk<Tag, false>(ca, group, grid, stream);
     }
     if (err != cudaSuccess) return err;
 

@@ -45,8 +45,8 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-cudaError_t launch_philox_noise(const int64_t* keys, int64_t rows, uint64_t seed, uint32_t purpose, int64_t n,
-                                int dist, void* out, cudaStream_t stream) {
+cudaError_t launch_philox_noise(const int64_t* keys, int64_t rows, uint64_t seed, uint32_t purpose, int64_t n, int dist,
+                                void* out, cudaStream_t stream) {
   if (dist != kPhiloxUniform && dist != kPhiloxGumbel && dist != kPhiloxUniform24) return cudaErrorInvalidValue;
   if (rows < 0 || n < 0) return cudaErrorInvalidValue;
   if (rows == 0 || n == 0) return cudaSuccess;  // a grid of zero blocks is an error: launch nothing
@@ -56,13 +56,16 @@ cudaError_t launch_philox_noise(const int64_t* keys, int64_t rows, uint64_t seed
   const int64_t grid = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks);
   switch (dist) {
     case kPhiloxUniform:
-      philox_noise_kernel<kPhiloxUniform><<<grid, kThreads, 0, stream>>>(keys, rows, seed, purpose, n, blocks_per_row, out);
+      philox_noise_kernel<kPhiloxUniform>
+          <<<grid, kThreads, 0, stream>>>(keys, rows, seed, purpose, n, blocks_per_row, out);
       break;
     case kPhiloxGumbel:
-      philox_noise_kernel<kPhiloxGumbel><<<grid, kThreads, 0, stream>>>(keys, rows, seed, purpose, n, blocks_per_row, out);
+      philox_noise_kernel<kPhiloxGumbel>
+          <<<grid, kThreads, 0, stream>>>(keys, rows, seed, purpose, n, blocks_per_row, out);
       break;
     default:
-      philox_noise_kernel<kPhiloxUniform24><<<grid, kThreads, 0, stream>>>(keys, rows, seed, purpose, n, blocks_per_row, out);
+      philox_noise_kernel<kPhiloxUniform24>
+          <<<grid, kThreads, 0, stream>>>(keys, rows, seed, purpose, n, blocks_per_row, out);
       break;
   }
   return cudaGetLastError();

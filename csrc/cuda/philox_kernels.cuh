@@ -25,7 +25,7 @@ enum PhiloxNoiseDist : int {
 // out:  device pointer to [rows, n] contiguous, float64 (uniform, gumbel) or float32 (uniform24).
 // The step column is used as step & 0xFFFFFF (callers validate the range). Asynchronous on
 // `stream`; returns the launch status (cudaSuccess when rows * n == 0: nothing is launched).
-cudaError_t launch_philox_noise(const int64_t* keys, int64_t rows, uint64_t seed, uint32_t purpose, int64_t n,
-                                int dist, void* out, cudaStream_t stream);
+cudaError_t launch_philox_noise(const int64_t* keys, int64_t rows, uint64_t seed, uint32_t purpose, int64_t n, int dist,
+                                void* out, cudaStream_t stream);
 
 }  // namespace mdlm_fast

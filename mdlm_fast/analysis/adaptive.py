@@ -12,6 +12,7 @@ per-sample values, so a killed or time-limited run continues where it stopped wh
 same settings; the stopping rule sees the same numbers either way, so a resumed run stops at the
 same round as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,16 @@ def merge_rounds(rounds: Sequence[dict]) -> dict:
         sums, counts = zip(*pairs)
         mean, se = _ratio_se(sums, counts)
         ppl = math.exp(mean)
-        out.update({"gen_ppl": ppl, "gen_ppl_se": ppl * se, "mean_nll": mean, "mean_nll_se": se,
-                    "tokens": int(sum(counts)), "samples": len(counts)})
+        out.update(
+            {
+                "gen_ppl": ppl,
+                "gen_ppl_se": ppl * se,
+                "mean_nll": mean,
+                "mean_nll_se": se,
+                "tokens": int(sum(counts)),
+                "samples": len(counts),
+            }
+        )
     for name in ("wall_time_s", "forwards", "executed_flops"):
         values = [r.get(name) for r in rounds]
         out[name] = sum(values) if all(v is not None for v in values) else None
@@ -71,10 +80,19 @@ def _worst_ratio_se(rows: dict, baseline_key: str) -> float:
     return worst
 
 
-def evaluate_until(items: Sequence[dict], baseline_key: str,
-                   evaluate_round: Callable[[dict, int, int], dict], *, batch_size: int, seed: int,
-                   target_se: float, max_samples: int, log: Any = None, deadline: float | None = None,
-                   min_rounds: int = 2) -> tuple[dict, dict]:
+def evaluate_until(
+    items: Sequence[dict],
+    baseline_key: str,
+    evaluate_round: Callable[[dict, int, int], dict],
+    *,
+    batch_size: int,
+    seed: int,
+    target_se: float,
+    max_samples: int,
+    log: Any = None,
+    deadline: float | None = None,
+    min_rounds: int = 2,
+) -> tuple[dict, dict]:
     """Sample ``items`` (work items with unique ``key`` and a ``schedule``; one of them is
     ``baseline_key``) round by round until the largest paired relative SE of a gen-PPL ratio to
     the baseline is at most ``target_se`` or ``max_samples`` per schedule are reached.
@@ -105,10 +123,19 @@ def evaluate_until(items: Sequence[dict], baseline_key: str,
             row = done.get(round_key)
             if row is None:
                 if deadline is not None and time.monotonic() > deadline:
-                    return _finish(per_round, baseline_key), {"rounds": rounds, "samples": samples,
-                                                              "worst_ratio_se": worst, "reason": "deadline"}
-                row = {**item, **evaluate_round(item, seed + rounds, size), "key": round_key,
-                       "item": item["key"], "round": rounds}
+                    return _finish(per_round, baseline_key), {
+                        "rounds": rounds,
+                        "samples": samples,
+                        "worst_ratio_se": worst,
+                        "reason": "deadline",
+                    }
+                row = {
+                    **item,
+                    **evaluate_round(item, seed + rounds, size),
+                    "key": round_key,
+                    "item": item["key"],
+                    "round": rounds,
+                }
                 if log is not None:
                     log.append(row)
             per_round[item["key"]].append(row)
@@ -119,8 +146,12 @@ def evaluate_until(items: Sequence[dict], baseline_key: str,
             if worst <= target_se:
                 reason = "target"
                 break
-    return _finish(per_round, baseline_key), {"rounds": rounds, "samples": samples,
-                                              "worst_ratio_se": worst, "reason": reason}
+    return _finish(per_round, baseline_key), {
+        "rounds": rounds,
+        "samples": samples,
+        "worst_ratio_se": worst,
+        "reason": reason,
+    }
 
 
 def _finish(per_round: dict, baseline_key: str) -> dict:

@@ -15,6 +15,7 @@ line up with the exhaustive search, a number of light segments.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,9 +43,15 @@ class Calibration:
     details: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"schedule": self.schedule.to_spec(), "light_segments": self.light_segments,
-                "segment_divergence": self.segment_divergence, "predicted_saving": self.predicted_saving,
-                "metric": self.metric, "n_segments": self.n_segments, **self.details}
+        return {
+            "schedule": self.schedule.to_spec(),
+            "light_segments": self.light_segments,
+            "segment_divergence": self.segment_divergence,
+            "predicted_saving": self.predicted_saving,
+            "metric": self.metric,
+            "n_segments": self.n_segments,
+            **self.details,
+        }
 
 
 def step_divergence(profile: ImportanceProfile, steps: int, metric: str = "kl") -> list[float]:
@@ -58,17 +65,23 @@ def step_divergence(profile: ImportanceProfile, steps: int, metric: str = "kl") 
     return np.interp(step_t, ts[order], values[order]).tolist()
 
 
-def segment_divergence(profile: ImportanceProfile, steps: int, n_segments: int = 10,
-                       metric: str = "kl") -> list[float]:
+def segment_divergence(profile: ImportanceProfile, steps: int, n_segments: int = 10, metric: str = "kl") -> list[float]:
     """Mean step divergence over each of the ``n_segments`` segments, in step order (segment 0 is
     the first steps, near t = 1)."""
     per_step = step_divergence(profile, steps, metric)
     return [float(np.mean(per_step[a:b])) for a, b in segment_bounds(steps, n_segments)]
 
 
-def calibrate(profile: ImportanceProfile, steps: int, *, block_counts: Sequence[int],
-              saving: float | None = None, n_light: int | None = None, n_segments: int = 10,
-              metric: str = "kl") -> Calibration:
+def calibrate(
+    profile: ImportanceProfile,
+    steps: int,
+    *,
+    block_counts: Sequence[int],
+    saving: float | None = None,
+    n_light: int | None = None,
+    n_segments: int = 10,
+    metric: str = "kl",
+) -> Calibration:
     """Pick the light segments for a budget: exactly one of ``saving`` (required predicted block
     saving, eq. 3) or ``n_light`` (number of light segments). See the module doc."""
     if (saving is None) == (n_light is None):
@@ -76,8 +89,10 @@ def calibrate(profile: ImportanceProfile, steps: int, *, block_counts: Sequence[
     heavy_blocks, light_blocks = int(block_counts[0]), int(block_counts[1])
     per_step_saving = 1 - light_blocks / heavy_blocks
     if per_step_saving <= 0:
-        raise ValueError(f"the light model ({light_blocks} blocks) is not lighter than the heavy one "
-                         f"({heavy_blocks}): no schedule saves FLOPs")
+        raise ValueError(
+            f"the light model ({light_blocks} blocks) is not lighter than the heavy one "
+            f"({heavy_blocks}): no schedule saves FLOPs"
+        )
     divergence = segment_divergence(profile, steps, n_segments, metric)
     bounds = segment_bounds(steps, n_segments)
     order = sorted(range(n_segments), key=lambda k: (divergence[k], k))  # ties: earlier segment
@@ -87,8 +102,10 @@ def calibrate(profile: ImportanceProfile, steps: int, *, block_counts: Sequence[
         chosen = order[:n_light]
     else:
         if not 0 <= saving <= per_step_saving + 1e-12:
-            raise ValueError(f"saving must be in [0, {per_step_saving:.4g}] (all steps light saves "
-                             f"1 - {light_blocks}/{heavy_blocks}), got {saving!r}")
+            raise ValueError(
+                f"saving must be in [0, {per_step_saving:.4g}] (all steps light saves "
+                f"1 - {light_blocks}/{heavy_blocks}), got {saving!r}"
+            )
         chosen, reached = [], 0.0
         for k in order:
             if reached >= saving - 1e-12:
@@ -97,10 +114,15 @@ def calibrate(profile: ImportanceProfile, steps: int, *, block_counts: Sequence[
             reached += (bounds[k][1] - bounds[k][0]) / steps * per_step_saving
     chosen = sorted(chosen)
     schedule = ModelSchedule.segments(steps, chosen, n_segments)
-    return Calibration(schedule=schedule, light_segments=chosen, segment_divergence=divergence,
-                       predicted_saving=schedule.predicted_saving([heavy_blocks, light_blocks]),
-                       metric=metric, n_segments=n_segments,
-                       details={"budget": {"saving": saving} if saving is not None else {"n_light": n_light}})
+    return Calibration(
+        schedule=schedule,
+        light_segments=chosen,
+        segment_divergence=divergence,
+        predicted_saving=schedule.predicted_saving([heavy_blocks, light_blocks]),
+        metric=metric,
+        n_segments=n_segments,
+        details={"budget": {"saving": saving} if saving is not None else {"n_light": n_light}},
+    )
 
 
 def compare_with_search(calibrated: dict, search_rows: Sequence[dict], metric: str = "gen_ppl") -> dict:
@@ -108,17 +130,25 @@ def compare_with_search(calibrated: dict, search_rows: Sequence[dict], metric: s
     the best searched schedule, and the calibrated schedule's rank (1 = best) when it was searched."""
     from mdlm_fast.analysis.search import ranked
 
-    same = [r for r in search_rows
-            if abs(r.get("predicted_saving", float("nan")) - calibrated["predicted_saving"]) < 1e-9]
+    same = [
+        r for r in search_rows if abs(r.get("predicted_saving", float("nan")) - calibrated["predicted_saving"]) < 1e-9
+    ]
     order = ranked(same, metric)
     if not order:
         return {"searched_at_same_budget": 0}
     best = order[0]
     rank = next((i + 1 for i, r in enumerate(order) if r["schedule"] == calibrated["schedule"]), None)
-    out = {"searched_at_same_budget": len(order), "best_searched": {
-        "key": best["key"], "schedule": best["schedule"], metric: best[metric],
-        f"{metric}_se": best.get(f"{metric}_se")}, "calibrated_rank": rank,
-        "median_searched": float(np.median([r[metric] for r in order]))}
+    out = {
+        "searched_at_same_budget": len(order),
+        "best_searched": {
+            "key": best["key"],
+            "schedule": best["schedule"],
+            metric: best[metric],
+            f"{metric}_se": best.get(f"{metric}_se"),
+        },
+        "calibrated_rank": rank,
+        "median_searched": float(np.median([r[metric] for r in order])),
+    }
     if metric in calibrated:
         out[f"{metric}_minus_best"] = calibrated[metric] - best[metric]
     return out

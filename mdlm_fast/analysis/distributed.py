@@ -9,6 +9,7 @@ there is nothing for NCCL to speed up.
 Sharding is round-robin (``items[rank::world]``): neighbouring items (e.g. schedules that differ in
 one segment) cost about the same, so round-robin balances the load better than contiguous blocks.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -40,7 +41,7 @@ class DistContext:
 
     def shard(self, items: Sequence[Any]) -> list:
         """This rank's items: every ``world_size``-th item starting at ``rank`` (round-robin)."""
-        return list(items[self.rank::self.world_size])
+        return list(items[self.rank :: self.world_size])
 
     def gather(self, obj: Any) -> list:
         """Every rank's ``obj`` in rank order (on every rank; one process: ``[obj]``)."""

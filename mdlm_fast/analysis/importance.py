@@ -20,6 +20,7 @@ All means are token-weighted over every masked position of every window at that 
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,7 @@ from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.text.data import derive_seed
 from mdlm_fast.util.validate import integer
 
-__all__ = ["ImportancePoint", "ImportanceProfile", "default_t_grid", "corrupt", "masked_log_probs",
-           "step_importance"]
+__all__ = ["ImportancePoint", "ImportanceProfile", "default_t_grid", "corrupt", "masked_log_probs", "step_importance"]
 
 
 @dataclass
@@ -43,13 +43,13 @@ class ImportancePoint:
 
     t: float
     masked_tokens: int
-    ce_heavy: float          # eq. 5, heavy
-    ce_light: float          # eq. 5, light
-    ce_abs_diff: float       # eq. 6: mean |CE_light - CE_heavy| per token
-    ce_diff: float           # signed mean CE_light - CE_heavy
-    kl: float                # eq. 7: mean KL(p_heavy || p_light)
+    ce_heavy: float  # eq. 5, heavy
+    ce_light: float  # eq. 5, light
+    ce_abs_diff: float  # eq. 6: mean |CE_light - CE_heavy| per token
+    ce_diff: float  # signed mean CE_light - CE_heavy
+    kl: float  # eq. 7: mean KL(p_heavy || p_light)
     ce_abs_diff_ref: float | None = None  # eq. 6 between heavy and its twin (the floor)
-    kl_ref: float | None = None           # eq. 7 between heavy and its twin (the floor)
+    kl_ref: float | None = None  # eq. 7 between heavy and its twin (the floor)
 
     @property
     def kl_normalized(self) -> float | None:
@@ -60,8 +60,11 @@ class ImportancePoint:
         return _ratio(self.ce_abs_diff, self.ce_abs_diff_ref)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "kl_normalized": self.kl_normalized,
-                "ce_abs_diff_normalized": self.ce_abs_diff_normalized}
+        return {
+            **asdict(self),
+            "kl_normalized": self.kl_normalized,
+            "ce_abs_diff_normalized": self.ce_abs_diff_normalized,
+        }
 
 
 def _ratio(a: float, b: float | None) -> float | None:
@@ -99,8 +102,7 @@ class ImportanceProfile:
         return [getattr(p, metric) for p in self.points]
 
     def as_dict(self) -> dict:
-        return {"normalized": self.normalized, "record": self.record,
-                "points": [p.as_dict() for p in self.points]}
+        return {"normalized": self.normalized, "record": self.record, "points": [p.as_dict() for p in self.points]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImportanceProfile":
@@ -120,16 +122,18 @@ def default_t_grid(n: int) -> list[float]:
     return [(k + 0.5) / n for k in range(n)]
 
 
-def corrupt(x0: torch.Tensor, t: float, mask_index: int, generator: torch.Generator,
-            noise: LogLinearNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def corrupt(
+    x0: torch.Tensor, t: float, mask_index: int, generator: torch.Generator, noise: LogLinearNoise | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_t, masked)``: each token masked independently with probability ``mc(t)``."""
     noise = noise or LogLinearNoise()
     masked = torch.rand(x0.shape, generator=generator, dtype=torch.float64) < noise.move_chance(float(t))
     return torch.where(masked, torch.full_like(x0, mask_index), x0), masked
 
 
-def masked_log_probs(model: Any, xt: torch.Tensor, masked: torch.Tensor, sigma: torch.Tensor,
-                     mask_index: int) -> torch.Tensor:
+def masked_log_probs(
+    model: Any, xt: torch.Tensor, masked: torch.Tensor, sigma: torch.Tensor, mask_index: int
+) -> torch.Tensor:
     """SUBS log-probabilities ``[n_masked, V - 1]`` at the masked positions (row-major order),
     with the mask id's column removed (SUBS gives it probability 0; dropping it keeps the KL free
     of ``0 * inf``). Models with ``trunk`` + ``head_weight`` project only the masked positions."""
@@ -153,17 +157,25 @@ def _compare(logp_h: torch.Tensor, logp_o: torch.Tensor, target: torch.Tensor) -
 
 
 @torch.no_grad()
-def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Sequence[float], *,
-                    heavy_twin: Any = None, seed: int = 0, batch_size: int = 8,
-                    progress: bool = False, record: dict | None = None) -> ImportanceProfile:
+def step_importance(
+    heavy: Any,
+    light: Any,
+    windows: torch.Tensor,
+    t_grid: Sequence[float],
+    *,
+    heavy_twin: Any = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = False,
+    record: dict | None = None,
+) -> ImportanceProfile:
     """Eq. 5-7 (module doc) of ``heavy`` vs ``light`` on held-out ``windows [N, L]`` at each t.
 
     ``heavy_twin``: a second heavy model (another training seed) for the normalizer. Models are
     DiTs or anything with ``config.mask_index`` and ``forward(x, sigma) -> logits``.
     """
     if windows.dim() != 2 or windows.dtype != torch.int64 or windows.shape[0] == 0:
-        raise ValueError(f"windows must be a non-empty int64 [N, L] tensor, got {windows.dtype} "
-                         f"{tuple(windows.shape)}")
+        raise ValueError(f"windows must be a non-empty int64 [N, L] tensor, got {windows.dtype} {tuple(windows.shape)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     t_grid = [float(t) for t in t_grid]
@@ -172,8 +184,9 @@ def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Seque
     mask_index = heavy.config.mask_index
     for name, model in (("light", light), ("heavy_twin", heavy_twin)):
         if model is not None and model.config.mask_index != mask_index:
-            raise ValueError(f"the {name} model's mask id {model.config.mask_index} differs from the "
-                             f"heavy model's {mask_index}")
+            raise ValueError(
+                f"the {name} model's mask id {model.config.mask_index} differs from the heavy model's {mask_index}"
+            )
     if (windows == mask_index).any():
         raise ValueError(f"the held-out windows contain the mask id {mask_index}")
     noise = LogLinearNoise()
@@ -190,12 +203,12 @@ def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Seque
         sums = [0.0] * 6  # CE_h, CE_l, |dCE|, KL, |dCE|_ref, KL_ref
         count = 0
         for start in range(0, windows.shape[0], batch_size):
-            xt = xt_all[start:start + batch_size].to(device)
-            masked = masked_all[start:start + batch_size].to(device)
+            xt = xt_all[start : start + batch_size].to(device)
+            masked = masked_all[start : start + batch_size].to(device)
             if not masked.any():
                 continue
             sigma = torch.full((xt.shape[0],), float(noise.sigma(t)), device=device)
-            target = windows[start:start + batch_size][masked]
+            target = windows[start : start + batch_size][masked]
             target = target - (target > mask_index).long()  # the mask column was removed
             logp_h = masked_log_probs(heavy, xt, masked, sigma, mask_index)
             ce_h, ce_l, abs_diff, kl = _compare(logp_h, masked_log_probs(light, xt, masked, sigma, mask_index), target)
@@ -205,17 +218,32 @@ def step_importance(heavy: Any, light: Any, windows: torch.Tensor, t_grid: Seque
             sums[3] += kl
             if heavy_twin is not None:
                 _, _, abs_ref, kl_ref = _compare(
-                    logp_h, masked_log_probs(heavy_twin, xt, masked, sigma, mask_index), target)
+                    logp_h, masked_log_probs(heavy_twin, xt, masked, sigma, mask_index), target
+                )
                 sums[4] += abs_ref
                 sums[5] += kl_ref
             count += int(masked.sum())
         if count == 0:
             raise ValueError(f"no position was masked at t={t:g}; use more or longer windows")
         m = [s / count for s in sums]
-        points.append(ImportancePoint(
-            t=t, masked_tokens=count, ce_heavy=m[0], ce_light=m[1], ce_abs_diff=m[2], ce_diff=m[1] - m[0],
-            kl=m[3], ce_abs_diff_ref=m[4] if heavy_twin is not None else None,
-            kl_ref=m[5] if heavy_twin is not None else None))
-    full_record = {"windows": int(windows.shape[0]), "window_length": int(windows.shape[1]), "seed": seed,
-                   "t_grid": t_grid, **(record or {})}
+        points.append(
+            ImportancePoint(
+                t=t,
+                masked_tokens=count,
+                ce_heavy=m[0],
+                ce_light=m[1],
+                ce_abs_diff=m[2],
+                ce_diff=m[1] - m[0],
+                kl=m[3],
+                ce_abs_diff_ref=m[4] if heavy_twin is not None else None,
+                kl_ref=m[5] if heavy_twin is not None else None,
+            )
+        )
+    full_record = {
+        "windows": int(windows.shape[0]),
+        "window_length": int(windows.shape[1]),
+        "seed": seed,
+        "t_grid": t_grid,
+        **(record or {}),
+    }
     return ImportanceProfile(points, full_record)

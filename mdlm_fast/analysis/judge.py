@@ -9,6 +9,7 @@ with tied embeddings ``head.weight`` is not stored.
 :func:`nll` gives per-token negative log-likelihoods (nats) for a batch of token ids, the
 quantity generative perplexity averages.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ class CausalLMConfig:
         for name in ("vocab_size", "hidden_dim", "n_heads", "n_blocks", "max_length"):
             integer(f"CausalLMConfig.{name}", getattr(self, name), minimum=1)
         if self.hidden_dim % self.n_heads:
-            raise ValueError(f"CausalLMConfig.hidden_dim ({self.hidden_dim}) must be divisible by "
-                             f"n_heads ({self.n_heads})")
+            raise ValueError(
+                f"CausalLMConfig.hidden_dim ({self.hidden_dim}) must be divisible by n_heads ({self.n_heads})"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"CausalLMConfig.dropout must be in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
@@ -67,8 +69,7 @@ class CausalLMConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CausalLMConfig":
         if d.get("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"not a mdlm_fast causal LM config (model_type "
-                             f"{d.get('model_type')!r})")
+            raise ValueError(f"not a mdlm_fast causal LM config (model_type {d.get('model_type')!r})")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -87,8 +88,7 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.n_heads, d // self.n_heads) \
-            .permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         x = x + F.dropout(self.proj(a.transpose(1, 2).reshape(b, s, d)), p, self.training)
@@ -107,8 +107,7 @@ class CausalLM(nn.Module):
         d = config.hidden_dim
         self.tok_emb = nn.Embedding(config.vocab_size, d)
         self.pos_emb = nn.Embedding(config.max_length, d)
-        self.blocks = nn.ModuleList([_Block(d, config.n_heads, config.dropout)
-                                     for _ in range(config.n_blocks)])
+        self.blocks = nn.ModuleList([_Block(d, config.n_heads, config.dropout) for _ in range(config.n_blocks)])
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -135,8 +134,10 @@ class CausalLM(nn.Module):
             raise ValueError(f"ids must be int64 [B, L], got {ids.dtype} {tuple(ids.shape)}")
         seq_len = ids.shape[1]
         if seq_len > self.config.max_length:
-            raise ValueError(f"sequence of {seq_len} tokens is longer than the judge's "
-                             f"max_length {self.config.max_length} (use nll(), which slides)")
+            raise ValueError(
+                f"sequence of {seq_len} tokens is longer than the judge's "
+                f"max_length {self.config.max_length} (use nll(), which slides)"
+            )
         pos = torch.arange(seq_len, device=ids.device)
         x = self.tok_emb(ids) + self.pos_emb(pos)[None]
         x = F.dropout(x, self.config.dropout, self.training)
@@ -147,8 +148,7 @@ class CausalLM(nn.Module):
     def loss(self, ids: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``ids [B, L+1]``: inputs ``[:, :-1]``."""
         logits = self(ids[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                               ids[:, 1:].reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
 
 
 @torch.no_grad()
@@ -173,8 +173,7 @@ def nll(model: CausalLM, ids: torch.Tensor, *, bos_id: int | None = None) -> tor
     model.eval()
     try:
         total = ids.shape[1]
-        out = torch.zeros(ids.shape[0], max(total - 1, 0), dtype=torch.float32,
-                          device=ids.device)
+        out = torch.zeros(ids.shape[0], max(total - 1, 0), dtype=torch.float32, device=ids.device)
         if total < 2:
             return out
         window = model.config.max_length + 1  # inputs of max_length, targets shifted by one
@@ -182,11 +181,11 @@ def nll(model: CausalLM, ids: torch.Tensor, *, bos_id: int | None = None) -> tor
         scored = 0  # targets [0, scored) done (target j is ids[:, j+1])
         start = 0
         while scored < total - 1:
-            chunk = ids[:, start:start + window]
+            chunk = ids[:, start : start + window]
             logits = model(chunk[:, :-1]).float()
             tok_nll = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")
             first = scored - start  # skip targets already scored by the previous window
-            out[:, scored:start + tok_nll.shape[1]] = tok_nll[:, first:]
+            out[:, scored : start + tok_nll.shape[1]] = tok_nll[:, first:]
             scored = start + tok_nll.shape[1]
             start += stride
         return out
@@ -198,6 +197,7 @@ def nll(model: CausalLM, ids: torch.Tensor, *, bos_id: int | None = None) -> tor
 # Save / load
 # --------------------------------------------------------------------------------------------
 
+
 def save_judge(model: CausalLM, path: str | os.PathLike) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (as :func:`save_denoiser`)."""
     if not isinstance(model, CausalLM):
@@ -208,15 +208,18 @@ def save_judge(model: CausalLM, path: str | os.PathLike) -> Path:
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
-        state = {k: v.detach().to("cpu").contiguous().clone()
-                 for k, v in model.state_dict().items()
-                 if not (model.config.tie_embeddings and k == "head.weight")}
+        state = {
+            k: v.detach().to("cpu").contiguous().clone()
+            for k, v in model.state_dict().items()
+            if not (model.config.tie_embeddings and k == "head.weight")
+        }
         write_safetensors(state, tmp / "model.safetensors")
     return path
 
 
-def load_judge(path: str | os.PathLike = "embedded", *, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> CausalLM:
+def load_judge(
+    path: str | os.PathLike = "embedded", *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> CausalLM:
     """Load a :class:`CausalLM` from a directory written by :func:`save_judge`.
 
     ``"embedded"`` (or ``"embedded:judge"``) is the judge shipped in ``mdlm_fast/assets/judge``.
@@ -236,13 +239,13 @@ def load_judge(path: str | os.PathLike = "embedded", *, device: torch.device | s
         path = path.parent
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
-        raise CheckpointError(f"no judge checkpoint at {path} (needs config.json and "
-                              f"model.safetensors)")
+        raise CheckpointError(f"no judge checkpoint at {path} (needs config.json and model.safetensors)")
     try:
         config = CausalLMConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"bad judge config {cfg_file}: {e}") from None
     from safetensors.torch import load_file
+
     try:
         state = load_file(str(weights))
     except Exception as e:
@@ -252,18 +255,25 @@ def load_judge(path: str | os.PathLike = "embedded", *, device: torch.device | s
     model.to_empty(device="cpu")
     if config.tie_embeddings:
         model.head.weight = model.tok_emb.weight
-    expected = {k: v for k, v in model.state_dict().items()
-                if not (config.tie_embeddings and k == "head.weight")}
+    expected = {k: v for k, v in model.state_dict().items() if not (config.tie_embeddings and k == "head.weight")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
-                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    mismatched = [
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or mismatched:
-        parts = [f"{label}: {', '.join(items[:10])}" for label, items in
-                 (("missing keys", missing), ("unexpected keys", unexpected),
-                  ("shape mismatch", mismatched)) if items]
-        raise CheckpointError(f"judge checkpoint {path} does not match its config: "
-                              + "; ".join(parts))
+        parts = [
+            f"{label}: {', '.join(items[:10])}"
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatch", mismatched),
+            )
+            if items
+        ]
+        raise CheckpointError(f"judge checkpoint {path} does not match its config: " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)

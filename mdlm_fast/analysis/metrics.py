@@ -8,6 +8,7 @@ estimator sum(nll_i) / sum(n_i)). Every result records what produced it.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def _ratio_se(sums: Sequence[float], counts: Sequence[int]) -> tuple[float, floa
 
 
 @torch.no_grad()
-def generative_perplexity(texts: Sequence[str], judge: Any, judge_tokenizer: Any, *,
-                          batch_size: int = 8, device: Any = None) -> dict:
+def generative_perplexity(
+    texts: Sequence[str], judge: Any, judge_tokenizer: Any, *, batch_size: int = 8, device: Any = None
+) -> dict:
     """Gen-PPL of decoded samples under a causal-LM judge (see the module doc).
 
     judge: a mdlm_fast.analysis.judge.CausalLM; judge_tokenizer: a TextTokenizer whose ids the judge
@@ -56,10 +58,17 @@ def generative_perplexity(texts: Sequence[str], judge: Any, judge_tokenizer: Any
         raise ValueError("no non-empty samples to score")
     mean, se = _ratio_se(sums, counts)
     ppl = math.exp(mean)
-    return {"gen_ppl": ppl, "gen_ppl_se": ppl * se, "mean_nll": mean, "mean_nll_se": se,
-            "tokens": int(sum(counts)), "samples": len(counts), "skipped": len(texts) - len(counts),
-            "judge_tokenizer": getattr(judge_tokenizer, "name", "?"),
-            "per_sample": {"nll_sums": nll_sums, "token_counts": token_counts}}
+    return {
+        "gen_ppl": ppl,
+        "gen_ppl_se": ppl * se,
+        "mean_nll": mean,
+        "mean_nll_se": se,
+        "tokens": int(sum(counts)),
+        "samples": len(counts),
+        "skipped": len(texts) - len(counts),
+        "judge_tokenizer": getattr(judge_tokenizer, "name", "?"),
+        "per_sample": {"nll_sums": nll_sums, "token_counts": token_counts},
+    }
 
 
 def unigram_entropies(samples: Sequence[Sequence[int]]) -> list:
@@ -80,13 +89,14 @@ def unigram_entropy(samples: Sequence[Sequence[int]]) -> float:
 
 def distinct_n(samples: Sequence[Sequence[int]], n: int = 2) -> float:
     """Distinct n-grams over all n-grams, pooled over samples (Li et al. 2016)."""
-    grams = [tuple(ids[i:i + n]) for ids in samples for i in range(len(ids) - n + 1)]
+    grams = [tuple(ids[i : i + n]) for ids in samples for i in range(len(ids) - n + 1)]
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
 # Judges from a spec, and whole-schedule evaluation (sample -> decode -> score)
 # --------------------------------------------------------------------------------------------
+
 
 class HFJudge(torch.nn.Module):
     """Adapter: a ``transformers`` causal LM seen through the interface :func:`judge.nll` uses.
@@ -102,15 +112,17 @@ class HFJudge(torch.nn.Module):
         self.model = model
         hf = model.config
         max_length = getattr(hf, "n_positions", None) or getattr(hf, "max_position_embeddings", None) or 1024
-        self.config = SimpleNamespace(vocab_size=int(hf.vocab_size), max_length=int(max_length),
-                                      eos_id=getattr(hf, "eos_token_id", None))
+        self.config = SimpleNamespace(
+            vocab_size=int(hf.vocab_size), max_length=int(max_length), eos_id=getattr(hf, "eos_token_id", None)
+        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids).logits
 
 
-def load_judge_and_tokenizer(spec: str = "embedded", tokenizer_spec: str | None = None,
-                             device: Any = None) -> tuple[Any, Any]:
+def load_judge_and_tokenizer(
+    spec: str = "embedded", tokenizer_spec: str | None = None, device: Any = None
+) -> tuple[Any, Any]:
     """``(judge, judge_tokenizer)`` for ``"embedded"``, a mdlm_fast judge directory, or (when
     ``transformers`` is installed) any local Hugging Face causal-LM directory such as GPT-2.
 
@@ -142,8 +154,10 @@ def load_judge_and_tokenizer(spec: str = "embedded", tokenizer_spec: str | None 
         try:
             from transformers import AutoModelForCausalLM
         except ImportError:
-            raise ValueError(f"judge {spec} is a Hugging Face model; reading it needs the "
-                             "'transformers' package, which is not installed") from None
+            raise ValueError(
+                f"judge {spec} is a Hugging Face model; reading it needs the "
+                "'transformers' package, which is not installed"
+            ) from None
         judge = HFJudge(AutoModelForCausalLM.from_pretrained(spec)).eval()
         if device is not None:
             judge.to(device)
@@ -151,8 +165,15 @@ def load_judge_and_tokenizer(spec: str = "embedded", tokenizer_spec: str | None 
     return judge, tokenizer
 
 
-def evaluate_samples(tokens: Sequence[Sequence[int]], *, tokenizer: Any = None, mask_id: int | None = None,
-                     judge: Any = None, judge_tokenizer: Any = None, distinct: Sequence[int] = (2, 3)) -> dict:
+def evaluate_samples(
+    tokens: Sequence[Sequence[int]],
+    *,
+    tokenizer: Any = None,
+    mask_id: int | None = None,
+    judge: Any = None,
+    judge_tokenizer: Any = None,
+    distinct: Sequence[int] = (2, 3),
+) -> dict:
     """Quality of sampled token ids: unigram entropy, distinct-n and, with a judge, gen-PPL.
 
     Gen-PPL decodes each sample with ``tokenizer`` (mask ids dropped) and re-tokenizes for the
@@ -183,11 +204,26 @@ def sample_seeds(samples: int, batch_size: int, seed: int) -> list[tuple[int, in
     return batch_seeds(samples, batch_size, seed)
 
 
-def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, samples: int = 8,
-                      batch_size: int = 8, seed: int = 0, sampler: str = "fast", precision: str = "fp64",
-                      tokenizer: Any = None, judge: Any = None, judge_tokenizer: Any = None,
-                      record: dict | None = None, dist: Any = None, progress: bool = False,
-                      max_rows: int | None = None, given: Any = None) -> dict:
+def evaluate_schedule(
+    models: Any,
+    schedule: Any,
+    *,
+    steps: int,
+    length: int,
+    samples: int = 8,
+    batch_size: int = 8,
+    seed: int = 0,
+    sampler: str = "fast",
+    precision: str = "fp64",
+    tokenizer: Any = None,
+    judge: Any = None,
+    judge_tokenizer: Any = None,
+    record: dict | None = None,
+    dist: Any = None,
+    progress: bool = False,
+    max_rows: int | None = None,
+    given: Any = None,
+) -> dict:
     """Sample ``samples`` sequences under ``schedule`` and measure them.
 
     Returns gen-PPL (with its SE over samples, when a judge is given), unigram entropy,
@@ -216,41 +252,81 @@ def evaluate_schedule(models: Any, schedule: Any, *, steps: int, length: int, sa
         # All of this rank's batches in flight at once through the engine (each batch's tokens are
         # those of its own sample() call); the run's totals ride on its first batch, so that sums
         # over batches stay the totals.
-        many = sample_many(models, samples=samples, batch_size=batch_size, steps=steps, length=length,
-                           schedule=schedule, batches=[b for _, b in mine], max_rows=max_rows, given=given)
+        many = sample_many(
+            models,
+            samples=samples,
+            batch_size=batch_size,
+            steps=steps,
+            length=length,
+            schedule=schedule,
+            batches=[b for _, b in mine],
+            max_rows=max_rows,
+            given=given,
+        )
         stats = many.stats
         for k, ((index, _), tokens) in enumerate(zip(mine, many.batches)):
             first = k == 0
-            done.append((index, tokens.tolist(), stats.wall_time_s if first else 0.0,
-                         ((stats.executed_flops or {}).get("total") if first else 0), stats.predicted_saving,
-                         sum(stats.forwards) if first else 0))
-    for index, (batch_seed, size) in ([] if through_engine else mine):
-        result = sampling.sample(models, steps=steps, batch_size=size, length=length, schedule=schedule,
-                                 sampler=sampler, seed=batch_seed, precision=precision, progress=progress,
-                                 given=given)
+            done.append(
+                (
+                    index,
+                    tokens.tolist(),
+                    stats.wall_time_s if first else 0.0,
+                    ((stats.executed_flops or {}).get("total") if first else 0),
+                    stats.predicted_saving,
+                    sum(stats.forwards) if first else 0,
+                )
+            )
+    for index, (batch_seed, size) in [] if through_engine else mine:
+        result = sampling.sample(
+            models,
+            steps=steps,
+            batch_size=size,
+            length=length,
+            schedule=schedule,
+            sampler=sampler,
+            seed=batch_seed,
+            precision=precision,
+            progress=progress,
+            given=given,
+        )
         stats = result.stats
-        done.append((index, result.tokens.tolist(), stats.wall_time_s,
-                     (stats.executed_flops or {}).get("total"), stats.predicted_saving, sum(stats.forwards)))
+        done.append(
+            (
+                index,
+                result.tokens.tolist(),
+                stats.wall_time_s,
+                (stats.executed_flops or {}).get("total"),
+                stats.predicted_saving,
+                sum(stats.forwards),
+            )
+        )
     merged = sorted((row for part in dist.gather(done) for row in part), key=lambda r: r[0])
     tokens = [seq for row in merged for seq in row[1]]
     flops = [row[3] for row in merged]
-    mask_id = getattr(getattr(models[0] if isinstance(models, (list, tuple)) else models, "config", None),
-                      "mask_index", None)
-    out = evaluate_samples(tokens, tokenizer=tokenizer, mask_id=mask_id, judge=judge,
-                           judge_tokenizer=judge_tokenizer)
-    out.update({
-        "schedule": schedule.to_spec(),
-        "light_fraction": schedule.light_fraction,
-        "predicted_saving": merged[0][4],
-        "executed_flops": sum(flops) if all(f is not None for f in flops) else None,
-        "forwards": sum(row[5] for row in merged),
-        "wall_time_s": sum(row[2] for row in merged),
-        "record": {
-            "sampler": sampler, "precision": precision, "steps": steps, "length": length,
-            "samples": samples, "batch_size": batch_size, "seeds": [s for s, _ in batches],
-            "tokenizer": getattr(tokenizer, "name", None),
-            "judge_tokenizer": getattr(judge_tokenizer, "name", None) if judge is not None else None,
-            **(record or {}),
-        },
-    })
+    mask_id = getattr(
+        getattr(models[0] if isinstance(models, (list, tuple)) else models, "config", None), "mask_index", None
+    )
+    out = evaluate_samples(tokens, tokenizer=tokenizer, mask_id=mask_id, judge=judge, judge_tokenizer=judge_tokenizer)
+    out.update(
+        {
+            "schedule": schedule.to_spec(),
+            "light_fraction": schedule.light_fraction,
+            "predicted_saving": merged[0][4],
+            "executed_flops": sum(flops) if all(f is not None for f in flops) else None,
+            "forwards": sum(row[5] for row in merged),
+            "wall_time_s": sum(row[2] for row in merged),
+            "record": {
+                "sampler": sampler,
+                "precision": precision,
+                "steps": steps,
+                "length": length,
+                "samples": samples,
+                "batch_size": batch_size,
+                "seeds": [s for s, _ in batches],
+                "tokenizer": getattr(tokenizer, "name", None),
+                "judge_tokenizer": getattr(judge_tokenizer, "name", None) if judge is not None else None,
+                **(record or {}),
+            },
+        }
+    )
     return out

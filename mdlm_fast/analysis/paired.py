@@ -22,6 +22,7 @@ approximation ``estimate +- 1.96 SE``.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["PairedDifference", "paired_ratio_difference", "paired_mean_difference", "gen_ppl_ratio", "unpaired_se",
-           "compare_rows", "segment_score_se",
-           "BOOTSTRAP_SEED"]
+__all__ = [
+    "PairedDifference",
+    "paired_ratio_difference",
+    "paired_mean_difference",
+    "gen_ppl_ratio",
+    "unpaired_se",
+    "compare_rows",
+    "segment_score_se",
+    "BOOTSTRAP_SEED",
+]
 
 #: Generator seed of the bootstrap: reruns print the same intervals.
 BOOTSTRAP_SEED = 20240
@@ -45,9 +53,9 @@ class PairedDifference:
 
     estimate: float
     se: float
-    ci_low: float          # paired bootstrap, 95% percentile interval
+    ci_low: float  # paired bootstrap, 95% percentile interval
     ci_high: float
-    normal_ci_low: float   # estimate -+ 1.96 se
+    normal_ci_low: float  # estimate -+ 1.96 se
     normal_ci_high: float
     samples: int
 
@@ -63,8 +71,9 @@ def _check_pairs(name: str, *columns: Sequence[float]) -> list[np.ndarray]:
     arrays = [np.asarray(c, dtype=np.float64) for c in columns]
     lengths = {a.shape for a in arrays}
     if len(lengths) != 1 or arrays[0].ndim != 1:
-        raise ValueError(f"{name}: the paired columns must be 1-D and of one length, got shapes "
-                         f"{[a.shape for a in arrays]}")
+        raise ValueError(
+            f"{name}: the paired columns must be 1-D and of one length, got shapes {[a.shape for a in arrays]}"
+        )
     if arrays[0].size < 2:
         raise ValueError(f"{name}: a paired standard error needs at least 2 pairs, got {arrays[0].size}")
     for a in arrays:
@@ -81,13 +90,20 @@ def _bootstrap_indices(k: int, resamples: int, seed: int) -> np.ndarray:
 
 def _result(estimate: float, se: float, boot: np.ndarray, k: int) -> PairedDifference:
     low, high = np.quantile(boot, [0.025, 0.975])
-    return PairedDifference(float(estimate), float(se), float(low), float(high),
-                            float(estimate - _Z95 * se), float(estimate + _Z95 * se), k)
+    return PairedDifference(
+        float(estimate), float(se), float(low), float(high), float(estimate - _Z95 * se), float(estimate + _Z95 * se), k
+    )
 
 
-def paired_ratio_difference(a_sums: Sequence[float], a_counts: Sequence[float],
-                            b_sums: Sequence[float], b_counts: Sequence[float], *,
-                            resamples: int = 2000, seed: int = BOOTSTRAP_SEED) -> PairedDifference:
+def paired_ratio_difference(
+    a_sums: Sequence[float],
+    a_counts: Sequence[float],
+    b_sums: Sequence[float],
+    b_counts: Sequence[float],
+    *,
+    resamples: int = 2000,
+    seed: int = BOOTSTRAP_SEED,
+) -> PairedDifference:
     """``sum(a_sums)/sum(a_counts) - sum(b_sums)/sum(b_counts)`` over paired samples, with its
     delta-method SE and a paired bootstrap interval (see the module doc). Counts must be positive."""
     a, n, b, m = _check_pairs("paired_ratio_difference", a_sums, a_counts, b_sums, b_counts)
@@ -102,8 +118,9 @@ def paired_ratio_difference(a_sums: Sequence[float], a_counts: Sequence[float],
     return _result(mean_a - mean_b, se, boot, k)
 
 
-def paired_mean_difference(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000,
-                           seed: int = BOOTSTRAP_SEED) -> PairedDifference:
+def paired_mean_difference(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, seed: int = BOOTSTRAP_SEED
+) -> PairedDifference:
     """Mean of ``a_i - b_i`` with SE ``sd / sqrt(k)`` and a paired bootstrap interval."""
     a, b = _check_pairs("paired_mean_difference", a, b)
     d = a - b
@@ -117,8 +134,12 @@ def gen_ppl_ratio(nll_difference: PairedDifference) -> dict:
     the delta-method SE ``exp(D) * se(D)``."""
     d = nll_difference
     ratio = math.exp(d.estimate)
-    return {"gen_ppl_ratio": ratio, "gen_ppl_ratio_se": ratio * d.se,
-            "gen_ppl_ratio_ci_low": math.exp(d.ci_low), "gen_ppl_ratio_ci_high": math.exp(d.ci_high)}
+    return {
+        "gen_ppl_ratio": ratio,
+        "gen_ppl_ratio_se": ratio * d.se,
+        "gen_ppl_ratio_ci_low": math.exp(d.ci_low),
+        "gen_ppl_ratio_ci_high": math.exp(d.ci_high),
+    }
 
 
 def unpaired_se(se_a: float, se_b: float) -> Optional[float]:
@@ -132,10 +153,13 @@ def unpaired_se(se_a: float, se_b: float) -> Optional[float]:
 # Rows of evaluate_schedule / the searches: a schedule against a baseline schedule
 # --------------------------------------------------------------------------------------------
 
+
 def _pairing_key(row: dict) -> tuple:
     record = row.get("record") or {}
-    return tuple(tuple(v) if isinstance(v, list) else v
-                 for v in (record.get(k) for k in ("sampler", "precision", "steps", "length", "seeds", "samples")))
+    return tuple(
+        tuple(v) if isinstance(v, list) else v
+        for v in (record.get(k) for k in ("sampler", "precision", "steps", "length", "seeds", "samples"))
+    )
 
 
 def compare_rows(row: dict, baseline: dict) -> dict:
@@ -145,23 +169,29 @@ def compare_rows(row: dict, baseline: dict) -> dict:
     SE of the gen-PPL difference beside them. Raises when the two were not sampled with the same
     sampler, steps, length and seeds (then they are not paired)."""
     if _pairing_key(row) != _pairing_key(baseline):
-        raise ValueError("rows are paired only when sampled with the same sampler, precision, steps, "
-                         f"length and seeds: {_pairing_key(row)} vs {_pairing_key(baseline)}")
+        raise ValueError(
+            "rows are paired only when sampled with the same sampler, precision, steps, "
+            f"length and seeds: {_pairing_key(row)} vs {_pairing_key(baseline)}"
+        )
     out: dict = {"baseline": baseline.get("schedule")}
     a, b = row.get("per_sample") or {}, baseline.get("per_sample") or {}
     if "nll_sums" in a and "nll_sums" in b:
-        pairs = [(sa, na, sb, nb) for sa, na, sb, nb in
-                 zip(a["nll_sums"], a["token_counts"], b["nll_sums"], b["token_counts"])
-                 if sa is not None and sb is not None]
+        pairs = [
+            (sa, na, sb, nb)
+            for sa, na, sb, nb in zip(a["nll_sums"], a["token_counts"], b["nll_sums"], b["token_counts"])
+            if sa is not None and sb is not None
+        ]
         if len(pairs) >= 2:
             d = paired_ratio_difference(*zip(*pairs))
             out.update(d.as_dict("nll_diff_"))
             out.update(gen_ppl_ratio(d))
-            out["gen_ppl_diff_unpaired_se"] = unpaired_se(row.get("gen_ppl_se", float("nan")),
-                                                          baseline.get("gen_ppl_se", float("nan")))
+            out["gen_ppl_diff_unpaired_se"] = unpaired_se(
+                row.get("gen_ppl_se", float("nan")), baseline.get("gen_ppl_se", float("nan"))
+            )
     if "unigram_entropies" in a and "unigram_entropies" in b:
-        pairs = [(x, y) for x, y in zip(a["unigram_entropies"], b["unigram_entropies"])
-                 if x is not None and y is not None]
+        pairs = [
+            (x, y) for x, y in zip(a["unigram_entropies"], b["unigram_entropies"]) if x is not None and y is not None
+        ]
         if len(pairs) >= 2:
             out.update(paired_mean_difference(*zip(*pairs)).as_dict("entropy_diff_"))
     return out
@@ -174,8 +204,7 @@ def segment_score_se(rows: Sequence[dict], n_segments: int) -> list[float]:
     sampled with the same seeds, so its SE comes from the per-sample influences summed across
     schedules: ``z_i = sum_s c_s * ppl_s * (a_si - A_s n_si) / n_bar_s``, ``se = sd(z) / sqrt(k)``.
     Shared noise cancels inside ``z_i``. NaN for a segment no schedule puts light."""
-    usable = [r for r in rows if (r.get("per_sample") or {}).get("nll_sums") is not None
-              and "light_segments" in r]
+    usable = [r for r in rows if (r.get("per_sample") or {}).get("nll_sums") is not None and "light_segments" in r]
     if not usable:
         raise ValueError("segment_score_se needs rows with per-sample NLLs and light_segments")
     keys = {_pairing_key(r) for r in usable}

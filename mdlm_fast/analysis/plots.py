@@ -6,6 +6,7 @@ matplotlib is imported inside the functions so the package imports without it.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,19 +42,27 @@ def plot_importance(profile, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     norm = profile.normalized
     fig, axes = plt.subplots(1, 3 if norm else 2, figsize=(14 if norm else 10, 3.6))
-    for ax, metric, label in ((axes[0], "ce_abs_diff", "mean |CE diff| per token (eq. 6)"),
-                              (axes[1], "kl", "mean KL(heavy || light) (eq. 7)")):
+    for ax, metric, label in (
+        (axes[0], "ce_abs_diff", "mean |CE diff| per token (eq. 6)"),
+        (axes[1], "kl", "mean KL(heavy || light) (eq. 7)"),
+    ):
         ax.plot(profile.ts, profile.values(metric), "o-", label="heavy vs light")
         if norm:
-            ax.plot(profile.ts, [getattr(p, f"{metric}_ref") for p in profile.points], "s--",
-                    label="heavy vs heavy (other seed)")
+            ax.plot(
+                profile.ts,
+                [getattr(p, f"{metric}_ref") for p in profile.points],
+                "s--",
+                label="heavy vs heavy (other seed)",
+            )
         ax.set_xlabel("t (1 = all masked)")
         ax.set_ylabel(label + ("" if norm else ", unnormalized"))
         ax.legend(fontsize=8)
     if norm:
         for metric, label in (("ce_abs_diff_normalized", "eq. 6 ratio"), ("kl_normalized", "eq. 7 ratio")):
-            ax_values = [v if v is not None and v == v and abs(v) != float("inf") else float("nan")
-                         for v in profile.values(metric)]
+            ax_values = [
+                v if v is not None and v == v and abs(v) != float("inf") else float("nan")
+                for v in profile.values(metric)
+            ]
             axes[2].plot(profile.ts, ax_values, "o-", label=label)
         axes[2].set_xlabel("t (1 = all masked)")
         axes[2].set_ylabel("light / heavy-seed ratio")
@@ -63,8 +72,9 @@ def plot_importance(profile, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def plot_segment_frequency(top: Sequence[int], bottom: Sequence[int], n: int,
-                           path: str | os.PathLike, metric: str = "gen-PPL") -> Path:
+def plot_segment_frequency(
+    top: Sequence[int], bottom: Sequence[int], n: int, path: str | os.PathLike, metric: str = "gen-PPL"
+) -> Path:
     """How often each segment is light among the best / worst ``n`` schedules."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -78,9 +88,13 @@ def plot_segment_frequency(top: Sequence[int], bottom: Sequence[int], n: int,
     return _save(fig, path)
 
 
-def plot_segment_scores(scores: Sequence[float], path: str | os.PathLike, *,
-                        ylabel: str = "segment score (eq. 8), gen-PPL",
-                        highlight: Sequence[int] | None = None) -> Path:
+def plot_segment_scores(
+    scores: Sequence[float],
+    path: str | os.PathLike,
+    *,
+    ylabel: str = "segment score (eq. 8), gen-PPL",
+    highlight: Sequence[int] | None = None,
+) -> Path:
     """Per-segment bars: eq. 8 scores (green = negative: light there tends to help), or, with
     ``highlight``, any per-segment value with the highlighted (e.g. chosen light) segments green."""
     plt = _pyplot()
@@ -97,8 +111,9 @@ def plot_segment_scores(scores: Sequence[float], path: str | os.PathLike, *,
     return _save(fig, path)
 
 
-def plot_sweep(rows: Sequence[dict], x: str, path: str | os.PathLike, *, group: str | None = None,
-               xlabel: str | None = None) -> Path:
+def plot_sweep(
+    rows: Sequence[dict], x: str, path: str | os.PathLike, *, group: str | None = None, xlabel: str | None = None
+) -> Path:
     """Gen-PPL (with SE bars) and unigram entropy against ``x``; a second panel shows the predicted
     FLOPs saving beside the measured saving in sampling time (vs the ``x = 0`` row of the group)."""
     plt = _pyplot()
@@ -111,15 +126,29 @@ def plot_sweep(rows: Sequence[dict], x: str, path: str | os.PathLike, *, group: 
         xs = [r[x] for r in members]
         label = str(name) if name is not None else None
         if all("gen_ppl" in r for r in members):
-            axes[0].errorbar(xs, [r["gen_ppl"] for r in members],
-                             yerr=[r.get("gen_ppl_se") or 0 for r in members], marker="o", capsize=3, label=label)
+            axes[0].errorbar(
+                xs,
+                [r["gen_ppl"] for r in members],
+                yerr=[r.get("gen_ppl_se") or 0 for r in members],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         axes[1].plot(xs, [r["unigram_entropy"] for r in members], "o-", label=label)
-        axes[2].plot(xs, [r["predicted_saving"] for r in members], "o--",
-                     label=f"predicted (eq. 3){' ' + label if label else ''}")
+        axes[2].plot(
+            xs,
+            [r["predicted_saving"] for r in members],
+            "o--",
+            label=f"predicted (eq. 3){' ' + label if label else ''}",
+        )
         base = next((r for r in members if r[x] == 0), None)
         if base and base.get("wall_time_s"):
-            axes[2].plot(xs, [1 - r["wall_time_s"] / base["wall_time_s"] for r in members], "s-",
-                         label=f"measured time{' ' + label if label else ''}")
+            axes[2].plot(
+                xs,
+                [1 - r["wall_time_s"] / base["wall_time_s"] for r in members],
+                "s-",
+                label=f"measured time{' ' + label if label else ''}",
+            )
     axes[0].set_yscale("log")  # gen-PPL grows by orders of magnitude toward all-light
     for ax, ylabel in zip(axes, ("gen-PPL (log scale)", "unigram entropy (nats)", "saving vs all-heavy")):
         ax.set_xlabel(xlabel or x)

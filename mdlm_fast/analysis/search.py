@@ -26,6 +26,7 @@ scores themselves sum to zero.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,18 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mdlm_fast.schedules.model_schedule import ModelSchedule, all_segment_choices
 
-__all__ = ["ResultsLog", "run_items", "exhaustive_items", "placement_items", "fraction_items",
-           "light_size_items", "segment_scores", "segment_frequency", "ranked", "light_segments_of"]
+__all__ = [
+    "ResultsLog",
+    "run_items",
+    "exhaustive_items",
+    "placement_items",
+    "fraction_items",
+    "light_size_items",
+    "segment_scores",
+    "segment_frequency",
+    "ranked",
+    "light_segments_of",
+]
 
 STUDIES = ("exhaustive", "placement", "fraction", "light-size")
 
@@ -47,45 +58,88 @@ STUDIES = ("exhaustive", "placement", "fraction", "light-size")
 # Work items
 # --------------------------------------------------------------------------------------------
 
+
 def exhaustive_items(steps: int, n_segments: int = 10, n_light: int = 4) -> list[dict]:
     """The C(n_segments, n_light) segment schedules, in lexicographic order of the light set."""
-    return [{"key": "segments:" + ",".join(map(str, chosen)),
-             "schedule": ModelSchedule.segments(steps, chosen, n_segments).to_spec(),
-             "light_segments": list(chosen), "n_segments": n_segments}
-            for chosen in all_segment_choices(n_segments, n_light)]
+    return [
+        {
+            "key": "segments:" + ",".join(map(str, chosen)),
+            "schedule": ModelSchedule.segments(steps, chosen, n_segments).to_spec(),
+            "light_segments": list(chosen),
+            "n_segments": n_segments,
+        }
+        for chosen in all_segment_choices(n_segments, n_light)
+    ]
 
 
-def placement_items(steps: int, fraction: float = 0.25,
-                    placements: Sequence[str] = ("q1", "q2", "q3", "q4", "sandwich"),
-                    baselines: bool = True) -> list[dict]:
+def placement_items(
+    steps: int,
+    fraction: float = 0.25,
+    placements: Sequence[str] = ("q1", "q2", "q3", "q4", "sandwich"),
+    baselines: bool = True,
+) -> list[dict]:
     """Hand-crafted placements of ``fraction`` light steps, plus all-heavy / all-light baselines."""
-    items = [{"key": "heavy", "schedule": ModelSchedule.all_heavy(steps).to_spec(), "placement": "all-heavy",
-              "fraction": 0.0}] if baselines else []
+    items = (
+        [
+            {
+                "key": "heavy",
+                "schedule": ModelSchedule.all_heavy(steps).to_spec(),
+                "placement": "all-heavy",
+                "fraction": 0.0,
+            }
+        ]
+        if baselines
+        else []
+    )
     for p in placements:
-        items.append({"key": f"{p}:{fraction:g}", "placement": p, "fraction": float(fraction),
-                      "schedule": ModelSchedule.from_fraction(steps, fraction, p).to_spec()})
+        items.append(
+            {
+                "key": f"{p}:{fraction:g}",
+                "placement": p,
+                "fraction": float(fraction),
+                "schedule": ModelSchedule.from_fraction(steps, fraction, p).to_spec(),
+            }
+        )
     if baselines:
-        items.append({"key": "light", "schedule": ModelSchedule.all_light(steps).to_spec(),
-                      "placement": "all-light", "fraction": 1.0})
+        items.append(
+            {
+                "key": "light",
+                "schedule": ModelSchedule.all_light(steps).to_spec(),
+                "placement": "all-light",
+                "fraction": 1.0,
+            }
+        )
     return items
 
 
 def fraction_items(steps: int, fractions: Iterable[float], placement: str = "sandwich") -> list[dict]:
     """One schedule per light fraction at one placement (fraction 0 = all heavy)."""
-    return [{"key": f"{placement}:{f:g}", "placement": placement, "fraction": float(f),
-             "schedule": ModelSchedule.from_fraction(steps, f, placement).to_spec()} for f in fractions]
+    return [
+        {
+            "key": f"{placement}:{f:g}",
+            "placement": placement,
+            "fraction": float(f),
+            "schedule": ModelSchedule.from_fraction(steps, f, placement).to_spec(),
+        }
+        for f in fractions
+    ]
 
 
-def light_size_items(steps: int, light_names: Sequence[str], fractions: Iterable[float],
-                     placement: str = "sandwich") -> list[dict]:
+def light_size_items(
+    steps: int, light_names: Sequence[str], fractions: Iterable[float], placement: str = "sandwich"
+) -> list[dict]:
     """Each light model (index into ``light_names``) at each fraction: ``light`` names the model."""
-    return [{**item, "key": f"{name}@{item['key']}", "light": index, "light_model": name}
-            for index, name in enumerate(light_names) for item in fraction_items(steps, fractions, placement)]
+    return [
+        {**item, "key": f"{name}@{item['key']}", "light": index, "light_model": name}
+        for index, name in enumerate(light_names)
+        for item in fraction_items(steps, fractions, placement)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
 # Resumable, sharded evaluation
 # --------------------------------------------------------------------------------------------
+
 
 class ResultsLog:
     """Append-only JSONL logs of finished items under ``directory`` for study ``name``.
@@ -94,8 +148,9 @@ class ResultsLog:
     :meth:`load` reads all of them, so a run can resume under any number of processes.
     """
 
-    def __init__(self, directory: str | os.PathLike, name: str, settings: dict, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, name: str, settings: dict, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.directory = Path(directory)
         self.name = name
         self.settings = json.loads(json.dumps(settings))  # what a JSON round trip gives back
@@ -115,10 +170,15 @@ class ResultsLog:
                     continue  # a write a kill tore apart: that item is simply evaluated again
                 if "settings" in entry:
                     if entry["settings"] != self.settings:
-                        changed = sorted(k for k in set(entry["settings"]) | set(self.settings)
-                                         if entry["settings"].get(k) != self.settings.get(k))
-                        raise ValueError(f"{file} was made with different settings ({', '.join(changed)}); "
-                                         f"rerun with the same settings to resume, or use another --out")
+                        changed = sorted(
+                            k
+                            for k in set(entry["settings"]) | set(self.settings)
+                            if entry["settings"].get(k) != self.settings.get(k)
+                        )
+                        raise ValueError(
+                            f"{file} was made with different settings ({', '.join(changed)}); "
+                            f"rerun with the same settings to resume, or use another --out"
+                        )
                     continue
                 rows[entry["key"]] = entry
         return rows
@@ -140,9 +200,17 @@ class ResultsLog:
             os.fsync(f.fileno())
 
 
-def run_items(items: Sequence[dict], evaluate: Callable[[dict], dict], log: ResultsLog | None, *,
-              dist: Any = None, max_new: int | None = None, progress: bool = False,
-              desc: str = "schedules", deadline: float | None = None) -> tuple[list[dict], bool]:
+def run_items(
+    items: Sequence[dict],
+    evaluate: Callable[[dict], dict],
+    log: ResultsLog | None,
+    *,
+    dist: Any = None,
+    max_new: int | None = None,
+    progress: bool = False,
+    desc: str = "schedules",
+    deadline: float | None = None,
+) -> tuple[list[dict], bool]:
     """Evaluate the items not yet in ``log``; returns ``(rows in item order, complete)``.
 
     ``evaluate(item) -> metrics`` gives each row ``{**item, **metrics}``. ``max_new`` caps how many
@@ -163,7 +231,7 @@ def run_items(items: Sequence[dict], evaluate: Callable[[dict], dict], log: Resu
     pending = [item for item in items if item["key"] not in done]
     mine = dist.shard(pending)
     if max_new is not None:
-        mine = mine[:max(0, max_new)]
+        mine = mine[: max(0, max_new)]
     new_rows = []
     for item in tqdm(mine, desc=desc, disable=not (progress and dist.is_main)):
         if deadline is not None and time.monotonic() > deadline:
@@ -182,6 +250,7 @@ def run_items(items: Sequence[dict], evaluate: Callable[[dict], dict], log: Resu
 # --------------------------------------------------------------------------------------------
 # Analysis of finished rows
 # --------------------------------------------------------------------------------------------
+
 
 def _finite(rows: Iterable[dict], metric: str) -> list[dict]:
     return [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
@@ -214,12 +283,13 @@ def segment_scores(rows: Sequence[dict], n_segments: int, metric: str = "gen_ppl
     return scores
 
 
-def segment_frequency(rows: Sequence[dict], n_segments: int, top: int = 20,
-                      metric: str = "gen_ppl") -> tuple[list[int], list[int]]:
+def segment_frequency(
+    rows: Sequence[dict], n_segments: int, top: int = 20, metric: str = "gen_ppl"
+) -> tuple[list[int], list[int]]:
     """How often each segment is light among the ``top`` best and the ``top`` worst schedules."""
     order = ranked(rows, metric)
     top = min(top, len(order))
-    best, worst = order[:top], order[len(order) - top:]
+    best, worst = order[:top], order[len(order) - top :]
 
     def count(group):
         return [sum(1 for r in group if k in light_segments_of(r)) for k in range(n_segments)]

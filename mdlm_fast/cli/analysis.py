@@ -9,6 +9,7 @@ writes the outputs. ``search`` is resumable: rerun the same command to continue.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,52 +43,100 @@ DEFAULT_STEPS, DEFAULT_LENGTH, DEFAULT_SAMPLES, DEFAULT_BATCH = 40, 64, 8, 8
 # Arguments
 # --------------------------------------------------------------------------------------------
 
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heavy", help=f"heavy denoiser: HF-style directory, Lightning .ckpt or one of "
-                                   f"{', '.join(EMBEDDED_MODELS)} (default {EMBEDDED_MODELS[0]})")
-    p.add_argument("--light", action="append", help="light denoiser (default embedded:light); "
-                   "search --study light-size takes several")
+    p.add_argument(
+        "--heavy",
+        help=f"heavy denoiser: HF-style directory, Lightning .ckpt or one of "
+        f"{', '.join(EMBEDDED_MODELS)} (default {EMBEDDED_MODELS[0]})",
+    )
+    p.add_argument(
+        "--light",
+        action="append",
+        help="light denoiser (default embedded:light); search --study light-size takes several",
+    )
     check.add_checkpoint_arguments(p)
     p.add_argument("--tokenizer", default="embedded", help="the denoisers' tokenizer (default embedded)")
     p.add_argument("--seed", type=check.seed, default=0, help="first seed; sampling batch k uses seed + k (default 0)")
-    p.add_argument("--threads", type=check.positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"directory for JSON, CSV and PNG results (default {DEFAULT_OUT})")
+    p.add_argument(
+        "--threads", type=check.positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"directory for JSON, CSV and PNG results (default {DEFAULT_OUT})"
+    )
     p.add_argument("--json", action="store_true", help="print the full result as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=check.positive_int, default=None, help=f"denoising steps (default {DEFAULT_STEPS})")
-    p.add_argument("--length", type=check.positive_int, default=None,
-                   help=f"tokens per sample, at most the model's model_length (default {DEFAULT_LENGTH})")
-    p.add_argument("--samples", type=check.positive_int, default=None, help=f"samples per schedule (default {DEFAULT_SAMPLES})")
-    p.add_argument("--batch-size", type=check.positive_int, default=None,
-                   help=f"samples per sampling call (default {DEFAULT_BATCH})")
+    p.add_argument(
+        "--length",
+        type=check.positive_int,
+        default=None,
+        help=f"tokens per sample, at most the model's model_length (default {DEFAULT_LENGTH})",
+    )
+    p.add_argument(
+        "--samples", type=check.positive_int, default=None, help=f"samples per schedule (default {DEFAULT_SAMPLES})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=check.positive_int,
+        default=None,
+        help=f"samples per sampling call (default {DEFAULT_BATCH})",
+    )
     # The studies measure MDLM's distribution; confidence decoding draws another one.
-    p.add_argument("--sampler", default=None, choices=[s for s in (*SAMPLERS, *SAMPLER_ALIASES) if s != "confidence"],
-                   help="fast, or mdlm (MDLM's own sampler; 'reference' is its 0.1 name) (default fast)")
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)")
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="the denoisers' compute dtype (default auto: bfloat16 where the CPU does it natively)")
-    p.add_argument("--judge", default="embedded", help="gen-PPL judge: 'embedded', a judge directory, or a "
-                   "local Hugging Face causal-LM directory (needs transformers) (default embedded)")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=[s for s in (*SAMPLERS, *SAMPLER_ALIASES) if s != "confidence"],
+        help="fast, or mdlm (MDLM's own sampler; 'reference' is its 0.1 name) (default fast)",
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="the denoisers' compute dtype (default auto: bfloat16 where the CPU does it natively)",
+    )
+    p.add_argument(
+        "--judge",
+        default="embedded",
+        help="gen-PPL judge: 'embedded', a judge directory, or a "
+        "local Hugging Face causal-LM directory (needs transformers) (default embedded)",
+    )
     p.add_argument("--judge-tokenizer", default=None, help="the judge's tokenizer (default: the judge's own)")
 
 
 def _add_importance(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=DEFAULT_DATA, help="held-out text: embedded:heldout (used whole: the split "
-                   "the embedded models were validated on) or a text file, whose last 5%% is used "
-                   f"(default {DEFAULT_DATA})")
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="held-out text: embedded:heldout (used whole: the split "
+        "the embedded models were validated on) or a text file, whose last 5%% is used "
+        f"(default {DEFAULT_DATA})",
+    )
     p.add_argument("--windows", type=check.positive_int, default=32, help="held-out windows (default 32)")
-    p.add_argument("--window-length", type=check.positive_int, default=None,
-                   help="tokens per window (default: the model's length)")
-    p.add_argument("--t-points", type=check.positive_int, default=10,
-                   help="points of the t grid, (k + 1/2) / n (default 10)")
+    p.add_argument(
+        "--window-length", type=check.positive_int, default=None, help="tokens per window (default: the model's length)"
+    )
+    p.add_argument(
+        "--t-points", type=check.positive_int, default=10, help="points of the t grid, (k + 1/2) / n (default 10)"
+    )
     p.add_argument("--importance-batch", type=check.positive_int, default=8, help="windows per forward (default 8)")
-    p.add_argument("--heavy-twin", "--reference", dest="heavy_twin", default=None,
-                   help="a second heavy model (another training seed), the noise floor that normalizes "
-                        "eq. 6/7; without it the profile is unnormalized (--reference: its 0.1 name) (default: none)")
+    p.add_argument(
+        "--heavy-twin",
+        "--reference",
+        dest="heavy_twin",
+        default=None,
+        help="a second heavy model (another training seed), the noise floor that normalizes "
+        "eq. 6/7; without it the profile is unnormalized (--reference: its 0.1 name) (default: none)",
+    )
 
 
 def register(sub: Any) -> None:
@@ -95,13 +144,25 @@ def register(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="gen-PPL, entropy, distinct-n and FLOPs of schedules")
     _add_common(ev)
     _add_sampling(ev)
-    ev.add_argument("--schedule", action="append", help="schedule spec, repeatable; 'time:...' specs too "
-                    "(default: heavy and sandwich:0.25)")
-    ev.add_argument("--baseline", default="heavy", help="schedule every other one is compared with, paired "
-                    "(same seeds); added to the run when not given (default heavy)")
-    ev.add_argument("--infill", metavar="TEMPLATE", default=None, help="evaluate infilling: every sample fills the "
-                    "[MASK:N] spans of this template, e.g. 'text [MASK:20] more text'; --length defaults to the "
-                    "template's; the metrics cover whole samples (default: none, unconditional samples)")
+    ev.add_argument(
+        "--schedule",
+        action="append",
+        help="schedule spec, repeatable; 'time:...' specs too (default: heavy and sandwich:0.25)",
+    )
+    ev.add_argument(
+        "--baseline",
+        default="heavy",
+        help="schedule every other one is compared with, paired "
+        "(same seeds); added to the run when not given (default heavy)",
+    )
+    ev.add_argument(
+        "--infill",
+        metavar="TEMPLATE",
+        default=None,
+        help="evaluate infilling: every sample fills the "
+        "[MASK:N] spans of this template, e.g. 'text [MASK:20] more text'; --length defaults to the "
+        "template's; the metrics cover whole samples (default: none, unconditional samples)",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     imp = sub.add_parser("importance", help="step importance (eq. 6/7) of the light model over t")
@@ -112,47 +173,82 @@ def register(sub: Any) -> None:
     se = sub.add_parser("search", help="schedule studies: exhaustive segment search, placements, sweeps")
     _add_common(se)
     _add_sampling(se)
-    se.add_argument("--study", default="exhaustive", choices=STUDIES,
-                    help="which study (default exhaustive)")
-    se.add_argument("--segments", type=check.positive_int, default=10, help="exhaustive: number of segments (default 10)")
-    se.add_argument("--n-light", type=check.non_negative_int, default=4,
-                    help="exhaustive: light segments per schedule (default 4)")
-    se.add_argument("--top", type=check.positive_int, default=20,
-                    help="exhaustive: top/bottom N for segment frequencies (default 20)")
+    se.add_argument("--study", default="exhaustive", choices=STUDIES, help="which study (default exhaustive)")
+    se.add_argument(
+        "--segments", type=check.positive_int, default=10, help="exhaustive: number of segments (default 10)"
+    )
+    se.add_argument(
+        "--n-light", type=check.non_negative_int, default=4, help="exhaustive: light segments per schedule (default 4)"
+    )
+    se.add_argument(
+        "--top",
+        type=check.positive_int,
+        default=20,
+        help="exhaustive: top/bottom N for segment frequencies (default 20)",
+    )
     se.add_argument("--fraction", type=check.fraction, default=0.25, help="placement: light fraction (default 0.25)")
-    se.add_argument("--placements", default="q1,q2,q3,q4,sandwich",
-                    help="placement: comma list (default q1,q2,q3,q4,sandwich)")
-    se.add_argument("--fractions", default=None, help="fraction / light-size: comma list "
-                    "(default 0,0.1,...,1 / 0.25)")
+    se.add_argument(
+        "--placements", default="q1,q2,q3,q4,sandwich", help="placement: comma list (default q1,q2,q3,q4,sandwich)"
+    )
+    se.add_argument("--fractions", default=None, help="fraction / light-size: comma list (default 0,0.1,...,1 / 0.25)")
     se.add_argument("--placement", default="sandwich", help="fraction / light-size: placement (default sandwich)")
-    se.add_argument("--max-schedules", type=check.positive_int, default=None, help="evaluate at most this many "
-                    "new schedules (per process), then stop; rerun to continue (default: all)")
-    se.add_argument("--time-budget", type=check.positive_float, default=None,
-                    help="minutes: start no new schedule after this (default: no limit)")
+    se.add_argument(
+        "--max-schedules",
+        type=check.positive_int,
+        default=None,
+        help="evaluate at most this many new schedules (per process), then stop; rerun to continue (default: all)",
+    )
+    se.add_argument(
+        "--time-budget",
+        type=check.positive_float,
+        default=None,
+        help="minutes: start no new schedule after this (default: no limit)",
+    )
     se.set_defaults(func=cmd_search)
 
     ca = sub.add_parser("calibrate", help="pick a schedule for a FLOPs budget from the importance profile")
     _add_common(ca)
     _add_sampling(ca)
     _add_importance(ca)
-    ca.add_argument("--importance", default=None, help="importance.json from 'mdlm-fast importance' "
-                    "(default: measure it now with the importance options)")
-    ca.add_argument("--metric", default=None, choices=METRICS,
-                    help="profile column to rank segments by (default kl_normalized if measured, else kl)")
-    ca.add_argument("--saving", type=check.fraction, default=None,
-                    help="required predicted block-FLOPs saving, eq. 3 (default: use --n-light)")
-    ca.add_argument("--n-light", type=check.non_negative_int, default=None, help="number of light segments "
-                    "(default: the search's, else 4)")
-    ca.add_argument("--segments", type=check.positive_int, default=None,
-                    help="number of segments (default: the search's, else 10)")
-    ca.add_argument("--search", default=None, help="exhaustive.json (or its directory) from 'mdlm-fast search' "
-                    "to compare against; its sampling settings are reused (default: none)")
+    ca.add_argument(
+        "--importance",
+        default=None,
+        help="importance.json from 'mdlm-fast importance' (default: measure it now with the importance options)",
+    )
+    ca.add_argument(
+        "--metric",
+        default=None,
+        choices=METRICS,
+        help="profile column to rank segments by (default kl_normalized if measured, else kl)",
+    )
+    ca.add_argument(
+        "--saving",
+        type=check.fraction,
+        default=None,
+        help="required predicted block-FLOPs saving, eq. 3 (default: use --n-light)",
+    )
+    ca.add_argument(
+        "--n-light",
+        type=check.non_negative_int,
+        default=None,
+        help="number of light segments (default: the search's, else 4)",
+    )
+    ca.add_argument(
+        "--segments", type=check.positive_int, default=None, help="number of segments (default: the search's, else 10)"
+    )
+    ca.add_argument(
+        "--search",
+        default=None,
+        help="exhaustive.json (or its directory) from 'mdlm-fast search' "
+        "to compare against; its sampling settings are reused (default: none)",
+    )
     ca.set_defaults(func=cmd_calibrate)
 
 
 # --------------------------------------------------------------------------------------------
 # Shared setup
 # --------------------------------------------------------------------------------------------
+
 
 def _setup(args) -> None:
     """Checks every subcommand shares, before any model is loaded."""
@@ -189,8 +285,11 @@ def _can_plot() -> bool:
     if _PLOT_NOTE_SHOWN:
         return False
     _PLOT_NOTE_SHOWN.add(True)
-    print("mdlm-fast: note: matplotlib is not installed, so no PNG plots are drawn "
-          "(pip install 'mdlm_fast[plot]'); JSON and CSV are written as usual", file=sys.stderr)
+    print(
+        "mdlm-fast: note: matplotlib is not installed, so no PNG plots are drawn "
+        "(pip install 'mdlm_fast[plot]'); JSON and CSV are written as usual",
+        file=sys.stderr,
+    )
     return False
 
 
@@ -201,8 +300,9 @@ def _load_models(args, max_lights: int = 1) -> tuple[list, list[str]]:
     if len(light_names) > max_lights:
         raise CliError(f"--light was given {len(light_names)} times; only search --study light-size takes several")
     names = [heavy_name, *light_names]
-    models = [loaders.load_model(heavy_name, "--heavy", args)] + [loaders.load_model(n, "--light", args)
-                                                                   for n in light_names]
+    models = [loaders.load_model(heavy_name, "--heavy", args)] + [
+        loaders.load_model(n, "--light", args) for n in light_names
+    ]
     if getattr(args, "dtype", None) is not None:  # the sampling commands; importance stays fp32
         from mdlm_fast.models.compute_dtype import resolve_dtype
 
@@ -220,15 +320,23 @@ def _load_judge(args):
 def _sampling(args, fallback: dict | None = None) -> dict:
     """Sampling settings from the arguments; unset ones from ``fallback`` (e.g. a search's), then defaults."""
     fallback = fallback or {}
-    defaults = {"steps": DEFAULT_STEPS, "length": DEFAULT_LENGTH, "samples": DEFAULT_SAMPLES,
-                "batch_size": DEFAULT_BATCH, "sampler": "fast", "precision": "fp64"}
+    defaults = {
+        "steps": DEFAULT_STEPS,
+        "length": DEFAULT_LENGTH,
+        "samples": DEFAULT_SAMPLES,
+        "batch_size": DEFAULT_BATCH,
+        "sampler": "fast",
+        "precision": "fp64",
+    }
     out = {}
     for key, default in defaults.items():
         given = getattr(args, key)
         if given is not None and key in fallback and given != fallback[key]:
             flag = "--" + key.replace("_", "-")
-            raise CliError(f"{flag} {given} differs from the search's {fallback[key]}; leave it out to compare "
-                           f"at the search's settings")
+            raise CliError(
+                f"{flag} {given} differs from the search's {fallback[key]}; leave it out to compare "
+                f"at the search's settings"
+            )
         out[key] = given if given is not None else fallback.get(key, default)
     for key in ("steps", "length", "samples", "batch_size"):
         check.positive_setting("--" + key.replace("_", "-"), out[key])
@@ -244,16 +352,20 @@ def _check_length(models, length: int, flag: str = "--length") -> None:
 
 
 def _record(args, names, models, tokenizer, judge_tokenizer) -> dict:
-    return {"models": names, "blocks": [m.config.n_blocks for m in models],
-            "tokenizer": getattr(tokenizer, "name", None),
-            "judge": None if args.judge == "none" else args.judge,
-            "judge_tokenizer": getattr(judge_tokenizer, "name", None),
-            "dtype": str(next(models[0].parameters()).dtype).replace("torch.", "")}
+    return {
+        "models": names,
+        "blocks": [m.config.n_blocks for m in models],
+        "tokenizer": getattr(tokenizer, "name", None),
+        "judge": None if args.judge == "none" else args.judge,
+        "judge_tokenizer": getattr(judge_tokenizer, "name", None),
+        "dtype": str(next(models[0].parameters()).dtype).replace("torch.", ""),
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------
+
 
 def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
@@ -261,8 +373,10 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 def _quality(row: dict) -> str:
     ppl = f"gen-PPL {_fmt(row.get('gen_ppl'))} ± {_fmt(row.get('gen_ppl_se'))}, " if "gen_ppl" in row else ""
-    return (f"{ppl}entropy {_fmt(row.get('unigram_entropy'), '.3f')}, saving {_fmt(row.get('predicted_saving'), '.1%')}, "
-            f"time {_fmt(row.get('wall_time_s'))} s")
+    return (
+        f"{ppl}entropy {_fmt(row.get('unigram_entropy'), '.3f')}, saving {_fmt(row.get('predicted_saving'), '.1%')}, "
+        f"time {_fmt(row.get('wall_time_s'))} s"
+    )
 
 
 def _add_paired_columns(rows: list[dict], baseline: dict | None) -> None:
@@ -280,8 +394,10 @@ def _add_paired_columns(rows: list[dict], baseline: dict | None) -> None:
 def _paired_text(row: dict) -> str:
     if "paired_gen_ppl_ratio" not in row:
         return ""
-    return (f"; vs {row['paired_baseline']}: gen-PPL x{row['paired_gen_ppl_ratio']:.3f} "
-            f"[{row['paired_gen_ppl_ratio_ci_low']:.3f}, {row['paired_gen_ppl_ratio_ci_high']:.3f}] (paired 95%)")
+    return (
+        f"; vs {row['paired_baseline']}: gen-PPL x{row['paired_gen_ppl_ratio']:.3f} "
+        f"[{row['paired_gen_ppl_ratio_ci_low']:.3f}, {row['paired_gen_ppl_ratio_ci_high']:.3f}] (paired 95%)"
+    )
 
 
 def _write_time_schedule(path: Path, spec: str, source: dict) -> Path:
@@ -303,6 +419,7 @@ def _emit(args, result: dict, lines: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
+
 
 def cmd_evaluate(args) -> int:
     from mdlm_fast.analysis.distributed import from_env
@@ -328,9 +445,15 @@ def cmd_evaluate(args) -> int:
     tokenizer = loaders.load_tokenizer(args.tokenizer, models[0])
     given = None
     if parts is not None:
-        given, settings["length"] = infill.given("--infill", parts, tokenizer, models[0].config.mask_index,
-                                                 args.length, models[0].config.model_length,
-                                                 "the heavy model's model_length")
+        given, settings["length"] = infill.given(
+            "--infill",
+            parts,
+            tokenizer,
+            models[0].config.mask_index,
+            args.length,
+            models[0].config.model_length,
+            "the heavy model's model_length",
+        )
         settings["infill"] = args.infill
     judge, judge_tokenizer = _load_judge(args)
     record = _record(args, names, models, tokenizer, judge_tokenizer)
@@ -338,12 +461,21 @@ def cmd_evaluate(args) -> int:
     with from_env() as dist:
         from tqdm.auto import tqdm
 
-        for spec, schedule in tqdm(list(zip(specs, schedules)), desc="evaluate",
-                                   disable=args.no_progress or not dist.is_main):
-            row = evaluate_schedule(models, schedule, tokenizer=tokenizer, judge=judge, judge_tokenizer=judge_tokenizer,
-                                    seed=args.seed, record=record, dist=dist, given=given,
-                                    **{k: settings[k] for k in ("steps", "length", "samples", "batch_size",
-                                                                "sampler", "precision")})
+        for spec, schedule in tqdm(
+            list(zip(specs, schedules)), desc="evaluate", disable=args.no_progress or not dist.is_main
+        ):
+            row = evaluate_schedule(
+                models,
+                schedule,
+                tokenizer=tokenizer,
+                judge=judge,
+                judge_tokenizer=judge_tokenizer,
+                seed=args.seed,
+                record=record,
+                dist=dist,
+                given=given,
+                **{k: settings[k] for k in ("steps", "length", "samples", "batch_size", "sampler", "precision")},
+            )
             rows.append({"key": spec, **row})
         if not dist.is_main:
             return 0
@@ -352,8 +484,12 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out)
     write_json(out / "evaluate.json", result)
     write_csv(out / "evaluate.csv", rows)
-    _emit(args, result, [f"{r['key']:>20} ({r['schedule']}): {_quality(r)}{_paired_text(r)}" for r in rows]
-          + [f"results in {out}/evaluate.json, evaluate.csv"])
+    _emit(
+        args,
+        result,
+        [f"{r['key']:>20} ({r['schedule']}): {_quality(r)}{_paired_text(r)}" for r in rows]
+        + [f"results in {out}/evaluate.json, evaluate.csv"],
+    )
     return 0
 
 
@@ -361,33 +497,55 @@ def cmd_evaluate(args) -> int:
 # importance
 # --------------------------------------------------------------------------------------------
 
+
 def _measure_importance(args, models, names, tokenizer):
     from mdlm_fast.analysis.importance import default_t_grid, step_importance
     from mdlm_fast.text.data import held_out_fraction, load_corpus
 
-    for flag, value in (("--windows", args.windows), ("--t-points", args.t_points),
-                        ("--importance-batch", args.importance_batch), ("--window-length", args.window_length)):
+    for flag, value in (
+        ("--windows", args.windows),
+        ("--t-points", args.t_points),
+        ("--importance-batch", args.importance_batch),
+        ("--window-length", args.window_length),
+    ):
         check.positive_setting(flag, value)
     length = args.window_length or models[0].config.model_length
     _check_length(models, length, "--window-length")
     twin = loaders.load_model(args.heavy_twin, "--heavy-twin", args) if args.heavy_twin else None
     if twin is not None and twin.config.mask_index != models[0].config.mask_index:
         raise CliError(f"--heavy-twin {args.heavy_twin} has another mask id than the heavy model")
-    corpus = load_corpus(check.text("--data", args.data), tokenizer, val_fraction=held_out_fraction(args.data),
-                         cache_dir=Path(args.out) / "cache")
+    corpus = load_corpus(
+        check.text("--data", args.data),
+        tokenizer,
+        val_fraction=held_out_fraction(args.data),
+        cache_dir=Path(args.out) / "cache",
+    )
     all_windows = corpus.val_windows(length)
     if args.windows > all_windows.shape[0]:
-        raise CliError(f"--windows {args.windows}: the held-out split has only {all_windows.shape[0]} windows "
-                       f"of {length} tokens")
+        raise CliError(
+            f"--windows {args.windows}: the held-out split has only {all_windows.shape[0]} windows of {length} tokens"
+        )
     # Evenly spaced windows cover the whole held-out text rather than its first scenes.
     pick = torch.linspace(0, all_windows.shape[0] - 1, args.windows).round().long().unique()
     start = time.perf_counter()
-    profile = step_importance(models[0], models[1], all_windows[pick], default_t_grid(args.t_points),
-                              heavy_twin=twin, seed=args.seed, batch_size=args.importance_batch,
-                              progress=not args.no_progress,
-                              record={"heavy": names[0], "light": names[1], "heavy_twin": args.heavy_twin,
-                                      "data": args.data, "data_sha256": corpus.data_sha256,
-                                      "tokenizer": tokenizer.name})
+    profile = step_importance(
+        models[0],
+        models[1],
+        all_windows[pick],
+        default_t_grid(args.t_points),
+        heavy_twin=twin,
+        seed=args.seed,
+        batch_size=args.importance_batch,
+        progress=not args.no_progress,
+        record={
+            "heavy": names[0],
+            "light": names[1],
+            "heavy_twin": args.heavy_twin,
+            "data": args.data,
+            "data_sha256": corpus.data_sha256,
+            "tokenizer": tokenizer.name,
+        },
+    )
     profile.record["wall_time_s"] = time.perf_counter() - start
     return profile
 
@@ -409,14 +567,20 @@ def cmd_importance(args) -> int:
     out = Path(args.out)
     _write_importance(profile, out)
     norm = profile.normalized
-    lines = [f"{'t':>6} {'masked':>7} {'CE heavy':>9} {'CE light':>9} {'|dCE|':>7} {'KL':>7}"
-             + (f" {'KL/KLref':>9}" if norm else "")]
+    lines = [
+        f"{'t':>6} {'masked':>7} {'CE heavy':>9} {'CE light':>9} {'|dCE|':>7} {'KL':>7}"
+        + (f" {'KL/KLref':>9}" if norm else "")
+    ]
     for p in profile.points:
-        lines.append(f"{p.t:6.3f} {p.masked_tokens:7d} {p.ce_heavy:9.3f} {p.ce_light:9.3f} {p.ce_abs_diff:7.3f} "
-                     f"{p.kl:7.3f}" + (f" {p.kl_normalized:9.3f}" if norm else ""))
+        lines.append(
+            f"{p.t:6.3f} {p.masked_tokens:7d} {p.ce_heavy:9.3f} {p.ce_light:9.3f} {p.ce_abs_diff:7.3f} "
+            f"{p.kl:7.3f}" + (f" {p.kl_normalized:9.3f}" if norm else "")
+        )
     if not norm:
         lines.append("unnormalized: no --heavy-twin (a second heavy model of another training seed) was given")
-    lines.append(f"{profile.record['wall_time_s']:.1f} s; results in {out}/importance.json, importance.csv, importance.png")
+    lines.append(
+        f"{profile.record['wall_time_s']:.1f} s; results in {out}/importance.json, importance.csv, importance.png"
+    )
     _emit(args, profile.as_dict(), lines)
     return 0
 
@@ -424,6 +588,7 @@ def cmd_importance(args) -> int:
 # --------------------------------------------------------------------------------------------
 # search
 # --------------------------------------------------------------------------------------------
+
 
 def _floats(text: str, flag: str) -> list[float]:
     try:
@@ -447,16 +612,19 @@ def _study_items(args, steps: int, light_names: list[str]) -> tuple[list[dict], 
                 raise CliError(f"--segments {args.segments} exceeds --steps {steps}")
             if not 0 <= args.n_light <= args.segments:
                 raise CliError(f"--n-light must be in [0, --segments={args.segments}], got {args.n_light}")
-            return (search.exhaustive_items(steps, args.segments, args.n_light),
-                    {"n_segments": args.segments, "n_light": args.n_light})
+            return (
+                search.exhaustive_items(steps, args.segments, args.n_light),
+                {"n_segments": args.segments, "n_light": args.n_light},
+            )
         if args.study == "placement":
             if not 0 <= args.fraction <= 1:
                 raise CliError(f"--fraction must be in [0, 1], got {args.fraction}")
             placements = [p.strip() for p in args.placements.split(",") if p.strip()]
             bad = [p for p in placements if p not in PLACEMENTS]
             if bad or not placements:
-                raise CliError(f"--placements: unknown placement {bad[0] if bad else '(none)'}; "
-                               f"expected {', '.join(PLACEMENTS)}")
+                raise CliError(
+                    f"--placements: unknown placement {bad[0] if bad else '(none)'}; expected {', '.join(PLACEMENTS)}"
+                )
             return search.placement_items(steps, args.fraction, placements), {}
         if args.placement not in PLACEMENTS:
             raise CliError(f"--placement {args.placement}: expected one of {', '.join(PLACEMENTS)}")
@@ -486,9 +654,15 @@ def _search_analysis(args, rows: list[dict], extra: dict) -> dict:
         score_se = segment_score_se(rows, n)
     except ValueError:  # rows from a log written before per-sample values were kept
         score_se = None
-    return {"segment_scores": search.segment_scores(rows, n), "segment_score_se": score_se,
-            "top5": brief[:5], "bottom5": brief[-5:][::-1],
-            "top_n": min(args.top, len(order)), "segment_frequency_top": top, "segment_frequency_bottom": bottom}
+    return {
+        "segment_scores": search.segment_scores(rows, n),
+        "segment_score_se": score_se,
+        "top5": brief[:5],
+        "bottom5": brief[-5:][::-1],
+        "top_n": min(args.top, len(order)),
+        "segment_frequency_top": top,
+        "segment_frequency_bottom": bottom,
+    }
 
 
 def _search_plots(args, rows, analysis, out: Path) -> list[str]:
@@ -499,15 +673,30 @@ def _search_plots(args, rows, analysis, out: Path) -> list[str]:
         return made
     if analysis:
         made.append(plots.plot_segment_scores(analysis["segment_scores"], out / "exhaustive_segment_scores.png"))
-        made.append(plots.plot_segment_frequency(analysis["segment_frequency_top"], analysis["segment_frequency_bottom"],
-                                                 analysis["top_n"], out / "exhaustive_segment_frequency.png"))
+        made.append(
+            plots.plot_segment_frequency(
+                analysis["segment_frequency_top"],
+                analysis["segment_frequency_bottom"],
+                analysis["top_n"],
+                out / "exhaustive_segment_frequency.png",
+            )
+        )
     elif args.study == "placement":
         made.append(plots.plot_bars(rows, out / "placement.png"))
     elif args.study == "fraction":
-        made.append(plots.plot_sweep(rows, "fraction", out / "fraction.png", xlabel=f"light fraction ({args.placement})"))
+        made.append(
+            plots.plot_sweep(rows, "fraction", out / "fraction.png", xlabel=f"light fraction ({args.placement})")
+        )
     elif args.study == "light-size":
-        made.append(plots.plot_sweep(rows, "fraction", out / "light-size.png", group="light_model",
-                                     xlabel=f"light fraction ({args.placement})"))
+        made.append(
+            plots.plot_sweep(
+                rows,
+                "fraction",
+                out / "light-size.png",
+                group="light_model",
+                xlabel=f"light fraction ({args.placement})",
+            )
+        )
     return [str(p) for p in made]
 
 
@@ -537,16 +726,30 @@ def cmd_search(args) -> int:
 
     def evaluate(item: dict) -> dict:
         light = models[1 + item.get("light", 0)]
-        return evaluate_schedule([models[0], light], item["schedule"], tokenizer=tokenizer, judge=judge,
-                                 judge_tokenizer=judge_tokenizer, seed=args.seed, record=None,
-                                 **{k: settings[k] for k in ("steps", "length", "samples", "batch_size",
-                                                             "sampler", "precision")})
+        return evaluate_schedule(
+            [models[0], light],
+            item["schedule"],
+            tokenizer=tokenizer,
+            judge=judge,
+            judge_tokenizer=judge_tokenizer,
+            seed=args.seed,
+            record=None,
+            **{k: settings[k] for k in ("steps", "length", "samples", "batch_size", "sampler", "precision")},
+        )
 
     out = Path(args.out)
     with from_env() as dist:
         log = ResultsLog(out, args.study, log_settings, dist.rank, dist.world_size)
-        rows, complete = run_items(items, evaluate, log, dist=dist, max_new=args.max_schedules,
-                                   progress=not args.no_progress, desc=args.study, deadline=deadline)
+        rows, complete = run_items(
+            items,
+            evaluate,
+            log,
+            dist=dist,
+            max_new=args.max_schedules,
+            progress=not args.no_progress,
+            desc=args.study,
+            deadline=deadline,
+        )
         if not dist.is_main:
             return 0
     heavy_spec = ModelSchedule.all_heavy(settings["steps"]).to_spec()
@@ -555,13 +758,21 @@ def cmd_search(args) -> int:
     for row in rows:
         row.pop("record", None)  # the settings hold it once for all rows
         row.pop("per_sample", None)  # kept in the resumable log
-    result = {"settings": log_settings, "complete": complete, "finished": len(rows), "total": len(items),
-              "rows": rows, **analysis}
+    result = {
+        "settings": log_settings,
+        "complete": complete,
+        "finished": len(rows),
+        "total": len(items),
+        "rows": rows,
+        **analysis,
+    }
     write_json(out / f"{args.study}.json", result)
     write_csv(out / f"{args.study}.csv", rows)
     pngs = _search_plots(args, rows, analysis, out) if rows else []
-    lines = [f"{args.study}: {len(rows)} of {len(items)} schedules finished"
-             + ("" if complete else " -- rerun the same command to continue")]
+    lines = [
+        f"{args.study}: {len(rows)} of {len(items)} schedules finished"
+        + ("" if complete else " -- rerun the same command to continue")
+    ]
     if analysis:
         lines.append("segment scores (eq. 8, gen-PPL): " + " ".join(f"{s:+.2f}" for s in analysis["segment_scores"]))
         lines += ["top 5:"] + [f"  {r['key']:>22}  gen-PPL {_fmt(r['gen_ppl'])}" for r in analysis["top5"]]
@@ -570,9 +781,20 @@ def cmd_search(args) -> int:
         lines += [f"  {r['key']:>22}: {_quality(r)}" for r in rows]
     best = search.ranked(rows)[:1] if rows and any("gen_ppl" in r for r in rows) else []
     if best:
-        files = [str(_write_time_schedule(out / f"{args.study}_best_schedule.json", best[0]["schedule"],
-                                          {"from": f"mdlm-fast search --study {args.study}", "key": best[0]["key"],
-                                           "gen_ppl": best[0].get("gen_ppl"), "settings": log_settings}))]
+        files = [
+            str(
+                _write_time_schedule(
+                    out / f"{args.study}_best_schedule.json",
+                    best[0]["schedule"],
+                    {
+                        "from": f"mdlm-fast search --study {args.study}",
+                        "key": best[0]["key"],
+                        "gen_ppl": best[0].get("gen_ppl"),
+                        "settings": log_settings,
+                    },
+                )
+            )
+        ]
         lines.append(f"best schedule {best[0]['key']} in diffusion time: {files[0]}")
     lines.append(f"results in {out}/{args.study}.json, {args.study}.csv" + (", " + ", ".join(pngs) if pngs else ""))
     _emit(args, result, lines)
@@ -582,6 +804,7 @@ def cmd_search(args) -> int:
 # --------------------------------------------------------------------------------------------
 # calibrate
 # --------------------------------------------------------------------------------------------
+
 
 def _read_search(path: str) -> dict:
     p = Path(path)
@@ -620,8 +843,9 @@ def cmd_calibrate(args) -> int:
     n_segments = args.segments or fallback.get("n_segments", 10)
     if args.saving is not None and args.n_light is not None:
         raise CliError("give --saving or --n-light, not both")
-    n_light = args.n_light if args.n_light is not None else (None if args.saving is not None
-                                                             else fallback.get("n_light", 4))
+    n_light = (
+        args.n_light if args.n_light is not None else (None if args.saving is not None else fallback.get("n_light", 4))
+    )
     if n_segments > settings["steps"]:
         raise CliError(f"--segments {n_segments} exceeds --steps {settings['steps']}")
     if n_light is not None and n_light > n_segments:
@@ -639,41 +863,68 @@ def cmd_calibrate(args) -> int:
         _write_importance(profile, out)
     metric = args.metric or ("kl_normalized" if profile.normalized else "kl")
     try:
-        chosen = calibrate(profile, settings["steps"], block_counts=[m.config.n_blocks for m in models[:2]],
-                           saving=args.saving, n_light=n_light, n_segments=n_segments, metric=metric)
+        chosen = calibrate(
+            profile,
+            settings["steps"],
+            block_counts=[m.config.n_blocks for m in models[:2]],
+            saving=args.saving,
+            n_light=n_light,
+            n_segments=n_segments,
+            metric=metric,
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
     record = _record(args, names, models, tokenizer, judge_tokenizer)
-    evaluation = evaluate_schedule(models[:2], chosen.schedule, tokenizer=tokenizer, judge=judge,
-                                   judge_tokenizer=judge_tokenizer, seed=seed, record=record,
-                                   **{k: settings[k] for k in ("steps", "length", "samples", "batch_size",
-                                                               "sampler", "precision")})
-    result = {"calibration": chosen.as_dict(), "evaluation": evaluation,
-              "importance": {"normalized": profile.normalized, "record": profile.record}}
+    evaluation = evaluate_schedule(
+        models[:2],
+        chosen.schedule,
+        tokenizer=tokenizer,
+        judge=judge,
+        judge_tokenizer=judge_tokenizer,
+        seed=seed,
+        record=record,
+        **{k: settings[k] for k in ("steps", "length", "samples", "batch_size", "sampler", "precision")},
+    )
+    result = {
+        "calibration": chosen.as_dict(),
+        "evaluation": evaluation,
+        "importance": {"normalized": profile.normalized, "record": profile.record},
+    }
     if searched:
-        result["comparison"] = compare_with_search({**evaluation, "schedule": chosen.schedule.to_spec(),
-                                                    "predicted_saving": chosen.predicted_saving}, searched["rows"])
-    schedule_file = _write_time_schedule(out / "calibrate_schedule.json", chosen.schedule.to_spec(),
-                                         {"from": "mdlm-fast calibrate", **chosen.as_dict(),
-                                          "importance": result["importance"]})
+        result["comparison"] = compare_with_search(
+            {**evaluation, "schedule": chosen.schedule.to_spec(), "predicted_saving": chosen.predicted_saving},
+            searched["rows"],
+        )
+    schedule_file = _write_time_schedule(
+        out / "calibrate_schedule.json",
+        chosen.schedule.to_spec(),
+        {"from": "mdlm-fast calibrate", **chosen.as_dict(), "importance": result["importance"]},
+    )
     write_json(out / "calibrate.json", result)
     from mdlm_fast.analysis import plots
 
     if _can_plot():
-        plots.plot_segment_scores([d for d in chosen.segment_divergence], out / "calibrate_divergence.png",
-                                  ylabel=f"segment divergence ({metric})", highlight=chosen.light_segments)
-    lines = [f"calibrated schedule (metric {metric}{'' if profile.normalized else ', unnormalized'}): "
-             f"light segments {chosen.light_segments} of {n_segments} -> {chosen.schedule.to_spec()}",
-             f"  predicted saving {chosen.predicted_saving:.1%}; {_quality(evaluation)}"]
+        plots.plot_segment_scores(
+            [d for d in chosen.segment_divergence],
+            out / "calibrate_divergence.png",
+            ylabel=f"segment divergence ({metric})",
+            highlight=chosen.light_segments,
+        )
+    lines = [
+        f"calibrated schedule (metric {metric}{'' if profile.normalized else ', unnormalized'}): "
+        f"light segments {chosen.light_segments} of {n_segments} -> {chosen.schedule.to_spec()}",
+        f"  predicted saving {chosen.predicted_saving:.1%}; {_quality(evaluation)}",
+    ]
     comp = result.get("comparison")
     if comp and comp.get("best_searched"):
         best = comp["best_searched"]
         rank = comp["calibrated_rank"]
-        lines.append(f"  best searched at the same budget: {best['key']} gen-PPL {_fmt(best['gen_ppl'])}; "
-                     f"calibrated rank {rank if rank else '-'} of {comp['searched_at_same_budget']}, "
-                     f"median {_fmt(comp['median_searched'])}")
+        lines.append(
+            f"  best searched at the same budget: {best['key']} gen-PPL {_fmt(best['gen_ppl'])}; "
+            f"calibrated rank {rank if rank else '-'} of {comp['searched_at_same_budget']}, "
+            f"median {_fmt(comp['median_searched'])}"
+        )
     lines.append(f"the schedule in diffusion time (for generate --schedule-file): {schedule_file}")
     lines.append(f"results in {out}/calibrate.json, calibrate_divergence.png")
     _emit(args, result, lines)
     return 0
-

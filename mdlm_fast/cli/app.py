@@ -5,6 +5,7 @@ Subcommands: ``generate`` (the main job) and ``info`` (cli/generate.py); ``train
 (cli/analysis.py); ``serve`` (cli/serve.py). Results go to stdout, progress to stderr; bad arguments
 end with a one-line error and exit status 2.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,14 @@ from mdlm_fast.cli import analysis, generate, serve, train
 from mdlm_fast.cli import validate as check
 from mdlm_fast.cli.validate import CliError, OneLineParser
 
-DESCRIPTION = ("Fast sampling for masked diffusion language models (MDLMs): sample from a heavy/light pair "
-               "of denoisers under a model schedule, and measure, search and calibrate schedules.")
-EPILOG = ("Start with `mdlm-fast generate` (no checkpoint or network needed: the embedded models). "
-          "Each command has its own --help. On a busy machine try --threads 1.")
+DESCRIPTION = (
+    "Fast sampling for masked diffusion language models (MDLMs): sample from a heavy/light pair "
+    "of denoisers under a model schedule, and measure, search and calibrate schedules."
+)
+EPILOG = (
+    "Start with `mdlm-fast generate` (no checkpoint or network needed: the embedded models). "
+    "Each command has its own --help. On a busy machine try --threads 1."
+)
 
 
 def build_parser() -> OneLineParser:
@@ -29,9 +34,9 @@ def build_parser() -> OneLineParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     generate.register(sub)  # generate, info
-    train.register(sub)     # train, tokenizer
+    train.register(sub)  # train, tokenizer
     analysis.register(sub)  # evaluate, importance, search, calibrate
-    serve.register(sub)     # serve (the serve extra)
+    serve.register(sub)  # serve (the serve extra)
     return parser
 
 

@@ -3,6 +3,7 @@
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,11 +51,14 @@ def _check_generate_arguments(args) -> None:
     if args.sampler == "reference":
         args.sampler = "mdlm"  # its 0.1 name
     if args.sampler != "mdlm" and args.precision != "fp64":
-        raise CliError(f"--precision {args.precision} is for --sampler mdlm only "
-                       f"(the {args.sampler} sampler draws exactly)")
+        raise CliError(
+            f"--precision {args.precision} is for --sampler mdlm only (the {args.sampler} sampler draws exactly)"
+        )
     if args.sampler == "mdlm" and args.temperature != 1:
-        raise CliError(f"--temperature {args.temperature}: the mdlm sampler is MDLM's own and samples at "
-                       f"temperature 1; use --sampler fast or confidence")
+        raise CliError(
+            f"--temperature {args.temperature}: the mdlm sampler is MDLM's own and samples at "
+            f"temperature 1; use --sampler fast or confidence"
+        )
     if args.prefix is not None:
         if not args.prefix:
             raise CliError("--prefix is empty; give the text to start from, or leave --prefix out")
@@ -64,8 +68,10 @@ def _check_generate_arguments(args) -> None:
             raise CliError("give --prefix or --infill, not both (a prefix is a template's text before its first span)")
         args.infill_parts = infill.template("--infill", args.infill)
     if args.num_samples is not None and args.sampler != "fast":
-        raise CliError(f"--num-samples runs the samples through the engine, which packs the fast sampler only; "
-                       f"use --sampler fast, or --batch-size alone with --sampler {args.sampler}")
+        raise CliError(
+            f"--num-samples runs the samples through the engine, which packs the fast sampler only; "
+            f"use --sampler fast, or --batch-size alone with --sampler {args.sampler}"
+        )
     if args.max_rows is not None and args.num_samples is None:
         raise CliError("--max-rows is the engine's row budget per forward: give --num-samples as well")
     check.output_file("--out", args.out)
@@ -92,8 +98,10 @@ def _load_judge(args, tokenizer, device):
         return None, None, None
     if tokenizer is None:
         if args.judge is not None:
-            raise CliError(f"--judge {args.judge} scores text, and these samples have no tokenizer to "
-                           f"decode them: give --tokenizer as well (or --judge none)")
+            raise CliError(
+                f"--judge {args.judge} scores text, and these samples have no tokenizer to "
+                f"decode them: give --tokenizer as well (or --judge none)"
+            )
         return None, None, None
     name = args.judge or "embedded"
     judge, judge_tokenizer = loaders.load_judge(name, args.judge_tokenizer, device=device)
@@ -167,8 +175,9 @@ def _cmd_generate(args) -> int:
     mask = models[0].config.mask_index
     given = None
     if args.infill is not None:
-        given, length = infill.given("--infill", args.infill_parts, tokenizer, mask, length if args.length else None,
-                                     model_length, what)
+        given, length = infill.given(
+            "--infill", args.infill_parts, tokenizer, mask, length if args.length else None, model_length, what
+        )
     steps = args.steps if args.steps is not None else length
     spec = (args.schedule or DEFAULT_SCHEDULE) if len(models) > 1 else "heavy"
     flag = "--schedule"
@@ -184,19 +193,45 @@ def _cmd_generate(args) -> int:
     result: Any
     try:
         if args.num_samples is not None:
-            many = sample_many(models, samples=args.num_samples, batch_size=args.batch_size, steps=steps, length=length,
-                               schedule=schedule, seed=args.seed, prefix=prefix, given=given,
-                               temperature=args.temperature,
-                               device=device, dtype=args.dtype, max_rows=args.max_rows)
+            many = sample_many(
+                models,
+                samples=args.num_samples,
+                batch_size=args.batch_size,
+                steps=steps,
+                length=length,
+                schedule=schedule,
+                seed=args.seed,
+                prefix=prefix,
+                given=given,
+                temperature=args.temperature,
+                device=device,
+                dtype=args.dtype,
+                max_rows=args.max_rows,
+            )
             result, engine_stats = many, many.engine
         else:
-            result = sampling.sample(models, steps=steps, batch_size=args.batch_size, length=length,
-                                     schedule=schedule, sampler=args.sampler, seed=args.seed, prefix=prefix, given=given,
-                                     precision=args.precision, temperature=args.temperature, device=device,
-                                     dtype=args.dtype, progress=not (args.no_progress or args.json))
+            result = sampling.sample(
+                models,
+                steps=steps,
+                batch_size=args.batch_size,
+                length=length,
+                schedule=schedule,
+                sampler=args.sampler,
+                seed=args.seed,
+                prefix=prefix,
+                given=given,
+                precision=args.precision,
+                temperature=args.temperature,
+                device=device,
+                dtype=args.dtype,
+                progress=not (args.no_progress or args.json),
+            )
     except (MemoryError, RuntimeError) as exc:
-        rows = f"--max-rows {args.max_rows or 'default'}" if args.num_samples is not None else \
-            f"--batch-size {args.batch_size}"
+        rows = (
+            f"--max-rows {args.max_rows or 'default'}"
+            if args.num_samples is not None
+            else f"--batch-size {args.batch_size}"
+        )
         check.raise_if_out_of_memory(exc, f"{rows} x --length {length}")
         raise
     stats = result.stats
@@ -209,8 +244,10 @@ def _cmd_generate(args) -> int:
         **({"engine": engine_stats} if engine_stats is not None else {}),
         "flops": _savings(stats),
         "quality": _quality(texts, tokens, judge, judge_tokenizer, judge_name),
-        "samples": [{"tokens": row, **({"text": text} if texts else {})}
-                    for row, text in zip(tokens, texts or [None] * len(tokens))],
+        "samples": [
+            {"tokens": row, **({"text": text} if texts else {})}
+            for row, text in zip(tokens, texts or [None] * len(tokens))
+        ],
     }
     if args.out:
         from mdlm_fast.util.atomic import atomic_file
@@ -224,9 +261,11 @@ def _cmd_generate(args) -> int:
         return 0
     _print_report(report, stats)
     if engine_stats is not None:
-        print(f"engine: {engine_stats['requests_done']} batches in flight together, row budget "
-              f"{engine_stats['max_rows']}, {engine_stats['rows_per_forward']:.2f} rows per forward "
-              f"({engine_stats['fill']:.1%} full)")
+        print(
+            f"engine: {engine_stats['requests_done']} batches in flight together, row budget "
+            f"{engine_stats['max_rows']}, {engine_stats['rows_per_forward']:.2f} rows per forward "
+            f"({engine_stats['fill']:.1%} full)"
+        )
     return 0
 
 
@@ -242,19 +281,27 @@ def _print_report(report: dict, stats) -> None:
     flops, quality = report["flops"], report["quality"]
     blocks = "/".join(str(b) for b in report["blocks"])
     precision = f" ({stats.precision})" if stats.sampler == "mdlm" else ""  # an option of the mdlm sampler only
-    print(f"models {blocks} blocks, sampler {stats.sampler}{precision}, dtype {stats.dtype} "
-          f"({stats.dtype_reason}), {stats.steps} steps, "
-          f"length {stats.length}, batch {stats.batch_size}, schedule {stats.schedule}")
-    print(f"wall time {stats.wall_time_s:.2f} s; forwards per model {stats.forwards} "
-          f"({stats.forwards_per_step:.2f} per step), rows {stats.rows}, head positions {stats.head_positions}")
+    print(
+        f"models {blocks} blocks, sampler {stats.sampler}{precision}, dtype {stats.dtype} "
+        f"({stats.dtype_reason}), {stats.steps} steps, "
+        f"length {stats.length}, batch {stats.batch_size}, schedule {stats.schedule}"
+    )
+    print(
+        f"wall time {stats.wall_time_s:.2f} s; forwards per model {stats.forwards} "
+        f"({stats.forwards_per_step:.2f} per step), rows {stats.rows}, head positions {stats.head_positions}"
+    )
     if flops:
-        print(f"FLOPs: predicted block saving {flops['predicted_block_saving']:.1%} (eq. 3); executed "
-              f"{flops['executed_flops']:.3g} vs {flops['reference_all_heavy_flops']:.3g} for the mdlm sampler "
-              f"all-heavy ({flops['executed_saving_vs_reference_all_heavy']:.1%} saved)")
+        print(
+            f"FLOPs: predicted block saving {flops['predicted_block_saving']:.1%} (eq. 3); executed "
+            f"{flops['executed_flops']:.3g} vs {flops['reference_all_heavy_flops']:.3g} for the mdlm sampler "
+            f"all-heavy ({flops['executed_saving_vs_reference_all_heavy']:.1%} saved)"
+        )
     line = f"unigram entropy {quality['unigram_entropy']:.3f} nats"
     if "gen_ppl" in quality:
-        line = (f"gen-PPL {_number(quality['gen_ppl'])} ± {_number(quality['gen_ppl_se'])} (judge {quality['judge']}, "
-                f"{quality['samples']} samples, {quality['tokens']} tokens); ") + line
+        line = (
+            f"gen-PPL {_number(quality['gen_ppl'])} ± {_number(quality['gen_ppl_se'])} (judge {quality['judge']}, "
+            f"{quality['samples']} samples, {quality['tokens']} tokens); "
+        ) + line
     print(line)
 
 
@@ -271,53 +318,116 @@ def _cmd_info(args) -> int:
 
 def add_generate_arguments(gen) -> None:
     a = gen.add_argument
-    a("--heavy", help=f"heavy denoiser: HF-style directory, Lightning .ckpt or one of {', '.join(EMBEDDED_MODELS)} "
-                      f"(default: {EMBEDDED_MODELS[0]})")
-    a("--light", help="light denoiser, same vocabulary and mask id (default: embedded:light when --heavy "
-                      "is not given, else none: one model)")
+    a(
+        "--heavy",
+        help=f"heavy denoiser: HF-style directory, Lightning .ckpt or one of {', '.join(EMBEDDED_MODELS)} "
+        f"(default: {EMBEDDED_MODELS[0]})",
+    )
+    a(
+        "--light",
+        help="light denoiser, same vocabulary and mask id (default: embedded:light when --heavy "
+        "is not given, else none: one model)",
+    )
     check.add_checkpoint_arguments(gen)
-    a("--dtype", default="auto", choices=DTYPE_CHOICES,
-      help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively, else float32)")
-    a("--tokenizer", help="'embedded', a tokenizer.json or a local HF tokenizer directory (default: embedded "
-                          "for the embedded models, else none: samples are shown as ids)")
-    a("--judge", help="gen-PPL judge: 'embedded', a judge directory, a local HF causal-LM directory (needs "
-                      "transformers) or 'none' (default: embedded where there is a tokenizer, else none)")
+    a(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively, else float32)",
+    )
+    a(
+        "--tokenizer",
+        help="'embedded', a tokenizer.json or a local HF tokenizer directory (default: embedded "
+        "for the embedded models, else none: samples are shown as ids)",
+    )
+    a(
+        "--judge",
+        help="gen-PPL judge: 'embedded', a judge directory, a local HF causal-LM directory (needs "
+        "transformers) or 'none' (default: embedded where there is a tokenizer, else none)",
+    )
     a("--judge-tokenizer", help="the judge's tokenizer (default: the judge's own)")
-    a("--schedule", default=None, help=f"which model runs each step, for two models only: a spec such as "
-                                       f"'{DEFAULT_SCHEDULE}', 'q2:25%%', 'L32-H192-L32', or in diffusion time "
-                                       f"'time:0.9-1=L,0-0.1=L' (default {DEFAULT_SCHEDULE})")
-    a("--schedule-file", default=None, metavar="FILE",
-      help="a time-schedule JSON file (written by calibrate or search), applied at any --steps; "
-           "instead of --schedule (default: none)")
+    a(
+        "--schedule",
+        default=None,
+        help=f"which model runs each step, for two models only: a spec such as "
+        f"'{DEFAULT_SCHEDULE}', 'q2:25%%', 'L32-H192-L32', or in diffusion time "
+        f"'time:0.9-1=L,0-0.1=L' (default {DEFAULT_SCHEDULE})",
+    )
+    a(
+        "--schedule-file",
+        default=None,
+        metavar="FILE",
+        help="a time-schedule JSON file (written by calibrate or search), applied at any --steps; "
+        "instead of --schedule (default: none)",
+    )
     a("--steps", type=check.positive_int, default=None, help="denoising steps (default: the length)")
-    a("--length", type=check.positive_int, default=None,
-      help="tokens per sample, at most the model's model_length (default: model_length)")
-    a("--batch-size", type=check.positive_int, default=4,
-      help="samples of one seed: one sample() call (default 4); with --num-samples, the batches of seeds "
-           "seed, seed+1, ... the samples are split into")
-    a("--num-samples", type=check.positive_int, default=None,
-      help="samples in all, through the engine: every batch in flight at once, each forward packed with up "
-           "to --max-rows rows; batch k's samples are those --batch-size with --seed seed+k gives "
-           "(default: one batch of --batch-size)")
-    a("--max-rows", type=check.positive_int, default=None,
-      help="with --num-samples: rows per forward (default: the device's, 8 on a CPU, 128 on a GPU)")
+    a(
+        "--length",
+        type=check.positive_int,
+        default=None,
+        help="tokens per sample, at most the model's model_length (default: model_length)",
+    )
+    a(
+        "--batch-size",
+        type=check.positive_int,
+        default=4,
+        help="samples of one seed: one sample() call (default 4); with --num-samples, the batches of seeds "
+        "seed, seed+1, ... the samples are split into",
+    )
+    a(
+        "--num-samples",
+        type=check.positive_int,
+        default=None,
+        help="samples in all, through the engine: every batch in flight at once, each forward packed with up "
+        "to --max-rows rows; batch k's samples are those --batch-size with --seed seed+k gives "
+        "(default: one batch of --batch-size)",
+    )
+    a(
+        "--max-rows",
+        type=check.positive_int,
+        default=None,
+        help="with --num-samples: rows per forward (default: the device's, 8 on a CPU, 128 on a GPU)",
+    )
     a("--seed", type=check.seed, default=0, help="random seed; same seed, same samples (default 0)")
     a("--prefix", help="text every sample starts with, kept as given (default: none)")
-    a("--infill", metavar="TEMPLATE", help="fill the spans of a template such as 'text [MASK:20] more text': "
-                                          "[MASK:N] is N tokens to generate, the text is kept; --length "
-                                          "defaults to the template's (default: none)")
-    a("--sampler", default="fast", choices=[*SAMPLERS, *SAMPLER_ALIASES],
-      help="fast (MDLM's distribution, reveal-first), mdlm (MDLM's ddpm_cache; 'reference' is its 0.1 name) "
-           "or confidence (LLaDA-style, another distribution) (default fast)")
-    a("--temperature", type=check.non_negative_float, default=1.0,
-      help="of the token draws, fast and confidence samplers; 0 = argmax (default 1)")
-    a("--precision", default="fp64", choices=PRECISIONS,
-      help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)")
+    a(
+        "--infill",
+        metavar="TEMPLATE",
+        help="fill the spans of a template such as 'text [MASK:20] more text': "
+        "[MASK:N] is N tokens to generate, the text is kept; --length "
+        "defaults to the template's (default: none)",
+    )
+    a(
+        "--sampler",
+        default="fast",
+        choices=[*SAMPLERS, *SAMPLER_ALIASES],
+        help="fast (MDLM's distribution, reveal-first), mdlm (MDLM's ddpm_cache; 'reference' is its 0.1 name) "
+        "or confidence (LLaDA-style, another distribution) (default fast)",
+    )
+    a(
+        "--temperature",
+        type=check.non_negative_float,
+        default=1.0,
+        help="of the token draws, fast and confidence samplers; 0 = argmax (default 1)",
+    )
+    a(
+        "--precision",
+        default="fp64",
+        choices=PRECISIONS,
+        help="fp32-mdlm: MDLM's float32 Gumbel noise, mdlm sampler only (default fp64)",
+    )
     a("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
-    a("--threads", type=check.positive_int, default=None,
-      help="torch CPU threads; idle ones sleep (OMP_WAIT_POLICY=PASSIVE unless set), so the default holds up on "
-           "a busy machine (default: torch's choice, one per core)")
-    a("--out", help="also write the samples to this file as JSON lines with seed, row, tokens and text; its "
-                    "directory must exist, an existing file keeps its mode, a read-only one is refused (default: none)")
+    a(
+        "--threads",
+        type=check.positive_int,
+        default=None,
+        help="torch CPU threads; idle ones sleep (OMP_WAIT_POLICY=PASSIVE unless set), so the default holds up on "
+        "a busy machine (default: torch's choice, one per core)",
+    )
+    a(
+        "--out",
+        help="also write the samples to this file as JSON lines with seed, row, tokens and text; its "
+        "directory must exist, an existing file keeps its mode, a read-only one is refused (default: none)",
+    )
     a("--json", action="store_true", help="the whole report as one JSON object on stdout")
     a("--no-progress", action="store_true", help="no progress bar on stderr (--json implies it)")

@@ -1,5 +1,6 @@
 """``--infill TEMPLATE`` of ``generate`` and ``evaluate``: the template checked before anything is
 loaded, then turned into the ``given`` tokens of the run (syntax in mdlm_fast/text/infill.py)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,9 @@ def template(flag: str, text: str) -> list[str | int]:
         raise CliError(f"{flag}: {exc}") from None
 
 
-def given(flag: str, parts: list[str | int], tokenizer: Any, mask: int, length: int | None, model_length: int,
-          what: str) -> tuple[list[int], int]:
+def given(
+    flag: str, parts: list[str | int], tokenizer: Any, mask: int, length: int | None, model_length: int, what: str
+) -> tuple[list[int], int]:
     """``(given tokens, length)``: the template's tokens over ``length`` positions (None: the template's
     own length, at most ``model_length``)."""
     if tokenizer is None:
@@ -37,8 +39,7 @@ def given(flag: str, parts: list[str | int], tokenizer: Any, mask: int, length: 
         tokens = template_tokens(parts, tokenizer, mask)
         if length is None:
             if len(tokens) > model_length:
-                raise InfillError(f"the template is {len(tokens)} tokens (text and spans) but {what} is "
-                                  f"{model_length}")
+                raise InfillError(f"the template is {len(tokens)} tokens (text and spans) but {what} is {model_length}")
             length = len(tokens)
         return given_for_length(tokens, length, mask), length
     except InfillError as exc:

@@ -1,4 +1,5 @@
 """Loading what the commands work on -- denoisers, tokenizers, judges -- with errors that name the flag."""
+
 from __future__ import annotations
 
 from mdlm_fast.cli import validate as check
@@ -10,11 +11,12 @@ def load_model(path: str, flag: str, args):
     from mdlm_fast.models.checkpoint import MASK_INDEX_ARGUMENT, CheckpointError, load_denoiser
 
     try:
-        return load_denoiser(check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint,
-                             mask_index=args.mask_index)
+        return load_denoiser(
+            check.checkpoint(flag, path), trust_checkpoint=args.trust_checkpoint, mask_index=args.mask_index
+        )
     except CheckpointError as exc:
         if args.mask_index is not None and str(exc).startswith(MASK_INDEX_ARGUMENT):
-            raise CliError(f"--mask-index {str(exc)[len(MASK_INDEX_ARGUMENT):]}") from None
+            raise CliError(f"--mask-index {str(exc)[len(MASK_INDEX_ARGUMENT) :]}") from None
         raise
 
 

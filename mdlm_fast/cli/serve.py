@@ -1,4 +1,5 @@
 """``mdlm-fast serve``: an OpenAI-compatible HTTP server over one engine (needs the ``serve`` extra)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,31 +23,62 @@ def register(sub: Any) -> None:
     a("--heavy", help="heavy denoiser: HF-style directory or Lightning .ckpt (default: embedded:heavy)")
     a("--light", help="light denoiser (default: embedded:light when --heavy is not given, else none)")
     check.add_checkpoint_arguments(p)
-    a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-      help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively, else float32)")
-    a("--tokenizer", help="'embedded', a tokenizer.json or a local HF tokenizer directory (default: embedded for "
-                          "the embedded models, else none: token ids only)")
-    a("--schedule", default=None, help=f"default model schedule of requests, two models only "
-                                       f"(default {DEFAULT_SCHEDULE}); a request's 'schedule' overrides it")
-    a("--schedule-file", default=None, metavar="FILE",
-      help="default time schedule of requests, a JSON file, instead of --schedule (default: none)")
+    a(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="compute dtype (default auto: bfloat16 where the CPU or GPU does it natively, else float32)",
+    )
+    a(
+        "--tokenizer",
+        help="'embedded', a tokenizer.json or a local HF tokenizer directory (default: embedded for "
+        "the embedded models, else none: token ids only)",
+    )
+    a(
+        "--schedule",
+        default=None,
+        help=f"default model schedule of requests, two models only "
+        f"(default {DEFAULT_SCHEDULE}); a request's 'schedule' overrides it",
+    )
+    a(
+        "--schedule-file",
+        default=None,
+        metavar="FILE",
+        help="default time schedule of requests, a JSON file, instead of --schedule (default: none)",
+    )
     a("--steps", type=check.positive_int, default=None, help="default denoising steps (default: the length)")
     a("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     a("--threads", type=check.positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    a("--engine", default=None, choices=["packed", "sequential"],
-      help="packed (continuous batching) or sequential (one sample() per request, in arrival order) "
-           "(default: packed where this build has it)")
+    a(
+        "--engine",
+        default=None,
+        choices=["packed", "sequential"],
+        help="packed (continuous batching) or sequential (one sample() per request, in arrival order) "
+        "(default: packed where this build has it)",
+    )
     a("--max-rows", type=check.positive_int, default=None, help="row budget per forward (default: per device)")
     a("--max-queue", type=check.positive_int, default=256, help="requests waiting before 429 (default 256)")
     a("--max-n", type=check.positive_int, default=16, help="sequences per request (default 16)")
-    a("--max-body-bytes", type=check.positive_int, default=1 << 20, help="request body limit, 413 past it "
-                                                                         "(default 1 MiB)")
+    a(
+        "--max-body-bytes",
+        type=check.positive_int,
+        default=1 << 20,
+        help="request body limit, 413 past it (default 1 MiB)",
+    )
     a("--stream-every", type=check.positive_int, default=8, help="steps between streamed snapshots (default 8)")
-    a("--grace-period", type=check.non_negative_float, default=10.0,
-      help="seconds in-flight requests get to finish after SIGTERM (default 10)")
+    a(
+        "--grace-period",
+        type=check.non_negative_float,
+        default=10.0,
+        help="seconds in-flight requests get to finish after SIGTERM (default 10)",
+    )
     a("--model-name", default="mdlm-fast", help="the model id clients name (default mdlm-fast)")
-    a("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
-      help="the server's log level on stderr (default warning)")
+    a(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="the server's log level on stderr (default warning)",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -86,13 +118,20 @@ def _cmd_serve(args) -> int:
     tokenizer = _load_tokenizer(args, models)
     kind = args.engine or default_engine_kind()
     try:
-        engine = build_engine(kind, models, device=args.device, dtype=args.dtype, max_rows=args.max_rows,
-                              max_queue=args.max_queue)
+        engine = build_engine(
+            kind, models, device=args.device, dtype=args.dtype, max_rows=args.max_rows, max_queue=args.max_queue
+        )
     except ValueError as exc:
         raise CliError(f"--engine {kind}: {exc}") from None
-    settings = ServeSettings(model_name=args.model_name, engine_kind=kind, default_steps=args.steps,
-                             default_schedule=schedule, stream_every=args.stream_every, max_n=args.max_n,
-                             max_body_bytes=args.max_body_bytes)
+    settings = ServeSettings(
+        model_name=args.model_name,
+        engine_kind=kind,
+        default_steps=args.steps,
+        default_schedule=schedule,
+        stream_every=args.stream_every,
+        max_n=args.max_n,
+        max_body_bytes=args.max_body_bytes,
+    )
     svc = Service(engine, tokenizer, settings)
     try:
         sock = bind(args.host, args.port)
@@ -102,8 +141,12 @@ def _cmd_serve(args) -> int:
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def announce() -> None:
-        print(f"mdlm-fast serve: listening on {url} (engine {kind}, models {'/'.join(names)}, "
-              f"model id {args.model_name})", file=sys.stderr, flush=True)
+        print(
+            f"mdlm-fast serve: listening on {url} (engine {kind}, models {'/'.join(names)}, "
+            f"model id {args.model_name})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     code = serve(svc, sock, grace_period_s=args.grace_period, log_level=args.log_level, on_ready=announce)
     if svc.loop.running:

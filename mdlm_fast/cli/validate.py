@@ -5,6 +5,7 @@ flag and what it expects. Checks of a value alone are argparse ``type=`` functio
 reports them); checks that look at the machine (paths, devices) are called by the commands.
 Nothing here writes a file that outlives the check.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ class OneLineParser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------
 # Values (argparse types)
 # --------------------------------------------------------------------------------------------
+
 
 def _int(text: str) -> int:
     try:
@@ -108,6 +110,7 @@ def held_out_fraction(text: str) -> float:
 # Sizes against a model
 # --------------------------------------------------------------------------------------------
 
+
 def at_most(flag: str, value: int, limit: int, what: str) -> int:
     if value > limit:
         raise CliError(f"{flag} {value} exceeds {what} {limit}")
@@ -117,6 +120,7 @@ def at_most(flag: str, value: int, limit: int, what: str) -> int:
 # --------------------------------------------------------------------------------------------
 # Paths
 # --------------------------------------------------------------------------------------------
+
 
 def _existing_ancestor(path: Path) -> Path:
     for parent in path.parents:
@@ -227,6 +231,7 @@ def text(flag: str, spec: str) -> str:
 # Machine
 # --------------------------------------------------------------------------------------------
 
+
 def device(flag: str, spec: str | None) -> Any:
     """The ``torch.device`` of ``spec`` (default cpu), refused unless it is present and this
     build has kernels for it."""
@@ -252,19 +257,31 @@ def threads(value: int | None) -> None:
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     """How model files are read: shared by every command that loads --heavy/--light."""
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="unpickle .ckpt/.bin files fully, which runs any code they name; only for files "
-                        "you trust (default: off, tensors and inert records only)")
-    p.add_argument("--mask-index", type=non_negative_int, default=None,
-                   help="mask token id of the models (default: what the checkpoint records, else vocab_size - 1)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle .ckpt/.bin files fully, which runs any code they name; only for files "
+        "you trust (default: off, tensors and inert records only)",
+    )
+    p.add_argument(
+        "--mask-index",
+        type=non_negative_int,
+        default=None,
+        help="mask token id of the models (default: what the checkpoint records, else vocab_size - 1)",
+    )
 
 
 def raise_if_out_of_memory(exc: BaseException, sizes: str) -> None:
     """Turn an allocation failure into one line naming the sizes that caused it."""
     text = str(exc)
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text \
-            or "not enough memory" in text:
+    if (
+        isinstance(exc, MemoryError)
+        or "out of memory" in text.lower()
+        or "can't allocate memory" in text
+        or "not enough memory" in text
+    ):
         tried = re.search(r"tried to allocate [^.;(]*", text)
         detail = tried.group(0).strip() if tried else ""
-        raise CliError(f"out of memory at {sizes}{': ' + detail if detail else ''}; "
-                       f"try a smaller --batch-size") from None
+        raise CliError(
+            f"out of memory at {sizes}{': ' + detail if detail else ''}; try a smaller --batch-size"
+        ) from None

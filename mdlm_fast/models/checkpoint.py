@@ -38,6 +38,7 @@ function of the config, which is recomputed when absent.
 
 :func:`save_denoiser` writes an HF-style directory atomically (temporary sibling, fsync, rename).
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,10 @@ MASK_INDEX_ARGUMENT = "mask_index="  # how errors about the mask_index argument 
 def resolve_embedded(path: str | os.PathLike) -> Path:
     """``"embedded:NAME"`` -> the package's assets/NAME directory; other paths unchanged."""
     if str(path) == f"embedded:{JUDGE}":
-        raise CheckpointError("embedded:judge is the gen-PPL judge (a causal LM), not a denoiser: load it with "
-                              "load_judge('embedded'); the embedded denoisers are embedded:heavy and embedded:light")
+        raise CheckpointError(
+            "embedded:judge is the gen-PPL judge (a causal LM), not a denoiser: load it with "
+            "load_judge('embedded'); the embedded denoisers are embedded:heavy and embedded:light"
+        )
     try:
         target = embedded_path(path, MODEL)
     except EmbeddedNameError as e:
@@ -82,10 +85,16 @@ def resolve_embedded(path: str | os.PathLike) -> Path:
     return target
 
 
-def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
-                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                  mask_index: int | None = None, trust_checkpoint: bool = False,
-                  **config_overrides: Any) -> DiT:
+def load_denoiser(
+    path: str | os.PathLike,
+    *,
+    ema: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    mask_index: int | None = None,
+    trust_checkpoint: bool = False,
+    **config_overrides: Any,
+) -> DiT:
     """Load a :class:`DiT` from an HF-style directory or a Lightning ``.ckpt`` file.
 
     Args:
@@ -116,12 +125,21 @@ def load_denoiser(path: str | os.PathLike, *, ema: bool = True,
     state, config, shadow = _read_any(path, ema, bool(trust_checkpoint), "mask_index" in config_overrides)
     fields = {**config, **config_overrides}
     vocab = fields.get("vocab_size")
-    if mask_index is not None and isinstance(vocab, int) and isinstance(mask_index, int) \
-            and not 0 <= mask_index < vocab:
-        raise CheckpointError(f"{MASK_INDEX_ARGUMENT}{mask_index} is not a token id of {path}: its vocab_size "
-                              f"is {vocab} (ids 0 to {vocab - 1})")
-    source = (MASK_FROM_ARGUMENT if "mask_index" in config_overrides
-              else config.get(MASK_SOURCE_KEY, MASK_FROM_CONFIG if "mask_index" in config else MASK_DEFAULT))
+    if (
+        mask_index is not None
+        and isinstance(vocab, int)
+        and isinstance(mask_index, int)
+        and not 0 <= mask_index < vocab
+    ):
+        raise CheckpointError(
+            f"{MASK_INDEX_ARGUMENT}{mask_index} is not a token id of {path}: its vocab_size "
+            f"is {vocab} (ids 0 to {vocab - 1})"
+        )
+    source = (
+        MASK_FROM_ARGUMENT
+        if "mask_index" in config_overrides
+        else config.get(MASK_SOURCE_KEY, MASK_FROM_CONFIG if "mask_index" in config else MASK_DEFAULT)
+    )
     if source == MASK_APPENDED and "mask_index" not in config_overrides:
         fields.pop("mask_index", None)  # vocab_size - 1, after any vocab_size override
     dit_config = _make_config(fields, path)
@@ -158,8 +176,7 @@ def save_denoiser(model: DiT, path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_any(path: Path, ema: bool, trusted: bool,
-              mask_given: bool) -> tuple[BackboneState, dict, list | None]:
+def _read_any(path: Path, ema: bool, trusted: bool, mask_given: bool) -> tuple[BackboneState, dict, list | None]:
     """Dispatch on the kind of path: (backbone state, config fields, EMA params or None)."""
     if path.name == hf.CONFIG_NAME and path.is_file():
         path = path.parent  # the config file of an HF-style directory stands for the directory
@@ -168,8 +185,7 @@ def _read_any(path: Path, ema: bool, trusted: bool,
         return state, config, None
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint file or directory: {path}")
-    if path.suffix == ".safetensors" or (
-            path.suffix == ".bin" and (path.parent / hf.CONFIG_NAME).is_file()):
+    if path.suffix == ".safetensors" or (path.suffix == ".bin" and (path.parent / hf.CONFIG_NAME).is_file()):
         # A weights file of an HF-style directory: its config.json sits next to it.
         config = hf.read_config_json(path.parent)
         return hf.read_hf_weights(path, trusted), config, None
@@ -180,8 +196,10 @@ def _check_overrides(overrides: Mapping[str, Any]) -> None:
     known = {f for f in DiTConfig.__dataclass_fields__}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"load_denoiser got unknown keyword(s) {', '.join(unknown)}; "
-                        f"config overrides must be DiTConfig fields: {', '.join(sorted(known))}")
+        raise TypeError(
+            f"load_denoiser got unknown keyword(s) {', '.join(unknown)}; "
+            f"config overrides must be DiTConfig fields: {', '.join(sorted(known))}"
+        )
 
 
 def _make_config(fields: dict, path: Path) -> DiTConfig:
@@ -191,8 +209,13 @@ def _make_config(fields: dict, path: Path) -> DiTConfig:
         hint = ""
         if "n_heads" in str(e):
             config_file = (path if path.is_dir() else path.parent) / hf.CONFIG_NAME
-            where = (f"add \"n_heads\" to {config_file}" if config_file.is_file()
-                     else "put a config.json with \"n_heads\" next to the checkpoint")
-            hint = (f" (n_heads cannot be inferred from weight shapes: {where}; from Python, "
-                    f"load_denoiser(..., n_heads=N) also does)")
+            where = (
+                f'add "n_heads" to {config_file}'
+                if config_file.is_file()
+                else 'put a config.json with "n_heads" next to the checkpoint'
+            )
+            hint = (
+                f" (n_heads cannot be inferred from weight shapes: {where}; from Python, "
+                f"load_denoiser(..., n_heads=N) also does)"
+            )
         raise CheckpointError(f"bad config for {path}: {e}{hint}") from e

@@ -10,6 +10,7 @@ The models keep LayerNorm, rotary, the adaLN modulations and the residual stream
 bf16 weights (see model.py); the fused head accumulates its logits in fp32 and its softmax
 statistics in fp64 whatever the weight dtype.
 """
+
 from __future__ import annotations
 
 import copy
@@ -78,8 +79,11 @@ def cpu_bf16_support(flags: Iterable[str] | None = None, machine: str | None = N
                 native = bool(probe._is_avx512_bf16_supported() or probe._is_amx_tile_supported())
             except AttributeError:
                 native = False
-            return native, ("torch reports AVX-512 BF16 / AMX" if native
-                            else "no CPU flags readable and torch reports no AVX-512 BF16 / AMX")
+            return native, (
+                "torch reports AVX-512 BF16 / AMX"
+                if native
+                else "no CPU flags readable and torch reports no AVX-512 BF16 / AMX"
+            )
     flags = frozenset(flags)
     candidates = ARM_BF16_FLAGS if machine in ("aarch64", "arm64") else X86_BF16_FLAGS
     found = [f for f in candidates if f in flags]
@@ -97,8 +101,14 @@ def cuda_bf16_support(device: torch.device, capability: tuple[int, int] | None =
     return native, f"GPU compute capability {cc}" + (" has bf16 tensor cores" if native else " < 8.0")
 
 
-def resolve_dtype(dtype: Any, device: Any = "cpu", *, cpu_flags: Iterable[str] | None = None,
-                  machine: str | None = None, cuda_capability: tuple[int, int] | None = None) -> DtypeChoice:
+def resolve_dtype(
+    dtype: Any,
+    device: Any = "cpu",
+    *,
+    cpu_flags: Iterable[str] | None = None,
+    machine: str | None = None,
+    cuda_capability: tuple[int, int] | None = None,
+) -> DtypeChoice:
     """``"auto" | "float32" | "bfloat16"`` (or torch.float32 / torch.bfloat16) -> a DtypeChoice.
 
     ``cpu_flags``, ``machine`` and ``cuda_capability`` replace what is read from this machine
@@ -136,6 +146,7 @@ def _param_key(module: torch.nn.Module) -> tuple:
             return p._version
         except RuntimeError:  # inference tensors have no version counter (and cannot change)
             return -1
+
     return tuple((p.data_ptr(), version(p)) for p in module.parameters())
 
 
@@ -173,12 +184,24 @@ def denoisers_in_dtype(denoisers: list, dtype: Any, device: Any) -> tuple[list, 
     for i, d in enumerate(denoisers):
         if not isinstance(d.model, torch.nn.Module):
             if choice.requested != "auto":
-                raise ValueError(f"dtype={choice.requested!r}: models[{i}] is a plain callable, which cannot be "
-                                 "cast; pass dtype=None (or 'auto') or give an nn.Module")
+                raise ValueError(
+                    f"dtype={choice.requested!r}: models[{i}] is a plain callable, which cannot be "
+                    "cast; pass dtype=None (or 'auto') or give an nn.Module"
+                )
             out.append(d)
             continue
         cast = cast_module(d.model, choice.dtype)
-        out.append(d if cast is d.model else Denoiser(
-            cast, vocab_size=d.vocab_size, mask_index=d.mask_index, time_conditioning=d.time_conditioning,
-            n_blocks=d.n_blocks, hidden_dim=d.hidden_dim, noise_eps=d.noise_eps))
+        out.append(
+            d
+            if cast is d.model
+            else Denoiser(
+                cast,
+                vocab_size=d.vocab_size,
+                mask_index=d.mask_index,
+                time_conditioning=d.time_conditioning,
+                n_blocks=d.n_blocks,
+                hidden_dim=d.hidden_dim,
+                noise_eps=d.noise_eps,
+            )
+        )
     return out, choice

@@ -14,6 +14,7 @@ head over every position of the active rows; the fast sampler still skips rows a
 A trunk that takes ``positions=`` (int64 [B, Q]; DiT's does) returns the hidden states at those
 positions only and may skip work elsewhere (DiT's last block runs its queries and MLP there only).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -54,9 +55,17 @@ class Denoiser:
     noise schedule the model was trained with (None: MDLM's default).
     """
 
-    def __init__(self, model: Any, *, vocab_size: int | None = None, mask_index: int | None = None,
-                 time_conditioning: bool | None = None, n_blocks: int | None = None,
-                 hidden_dim: int | None = None, noise_eps: float | None = None):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        vocab_size: int | None = None,
+        mask_index: int | None = None,
+        time_conditioning: bool | None = None,
+        n_blocks: int | None = None,
+        hidden_dim: int | None = None,
+        noise_eps: float | None = None,
+    ):
         if isinstance(model, Denoiser):
             raise TypeError("model is already a Denoiser")
         if not callable(model):
@@ -73,8 +82,10 @@ class Denoiser:
         self.n_blocks = pick(n_blocks, "n_blocks", getattr(model, "n_blocks", None))
         self.hidden_dim = pick(hidden_dim, "hidden_dim")
         if self.vocab_size is None or self.mask_index is None:
-            raise ValueError("the denoiser has no config with vocab_size and mask_index: wrap it as "
-                             "mdlm_fast.Denoiser(model, vocab_size=..., mask_index=...)")
+            raise ValueError(
+                "the denoiser has no config with vocab_size and mask_index: wrap it as "
+                "mdlm_fast.Denoiser(model, vocab_size=..., mask_index=...)"
+            )
         if not 0 <= self.mask_index < self.vocab_size:
             raise ValueError(f"mask_index ({self.mask_index}) must lie in [0, vocab_size={self.vocab_size})")
         self._head = _find_head(model) if callable(getattr(model, "trunk", None)) else None
@@ -109,8 +120,9 @@ class Denoiser:
     def hidden(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.model.trunk(x, sigma)
 
-    def hidden_at(self, x: torch.Tensor, sigma: torch.Tensor, positions: torch.Tensor,
-                  prune: bool = True) -> tuple[torch.Tensor, bool]:
+    def hidden_at(
+        self, x: torch.Tensor, sigma: torch.Tensor, positions: torch.Tensor, prune: bool = True
+    ) -> tuple[torch.Tensor, bool]:
         """Hidden states ``[B, Q, d]`` at ``positions [B, Q]`` of each row, and whether the trunk
         computed its last block at those positions only (worth it while Q <= L / 2; never
         with ``prune=False``)."""
@@ -127,8 +139,14 @@ class Denoiser:
         return f"Denoiser({type(self.model).__name__}, {kind}, V={self.vocab_size}, mask={self.mask_index})"
 
 
-def live_denoiser(obj: Any, *, ema: bool = False, mask_index: int | None = None,
-                  time_conditioning: bool | None = None, check: bool = True) -> Denoiser:
+def live_denoiser(
+    obj: Any,
+    *,
+    ema: bool = False,
+    mask_index: int | None = None,
+    time_conditioning: bool | None = None,
+    check: bool = True,
+) -> Denoiser:
     """A Denoiser on one of MDLM's own objects -- its ``DIT``, its Lightning ``Diffusion`` module, the
     Hugging Face ``MDLM`` model -- running the fast path on the object's own tensors (models/live.py).
 
@@ -146,8 +164,13 @@ def live_denoiser(obj: Any, *, ema: bool = False, mask_index: int | None = None,
     whether the fused head runs, ``fallback_reason`` why not, ``source`` the object.
     """
     found = live.adapt(obj, ema=ema, mask_index=mask_index, time_conditioning=time_conditioning, check=check)
-    denoiser = Denoiser(found.model, vocab_size=found.vocab_size, mask_index=found.mask_index,
-                        time_conditioning=found.time_conditioning, noise_eps=found.noise_eps)
+    denoiser = Denoiser(
+        found.model,
+        vocab_size=found.vocab_size,
+        mask_index=found.mask_index,
+        time_conditioning=found.time_conditioning,
+        noise_eps=found.noise_eps,
+    )
     denoiser.weights, denoiser.fast_path = found.weights, found.fast_path
     denoiser.fallback_reason, denoiser.source = found.fallback_reason, found.source
     return denoiser
@@ -173,9 +196,13 @@ def as_denoisers(models: Any, names: Sequence[str] | None = None) -> list[Denois
     first = wrapped[0]
     for i, m in enumerate(wrapped[1:], start=1):
         if m.vocab_size != first.vocab_size:
-            raise ValueError(f"{label[i]} has vocab_size {m.vocab_size} but {label[0]} has {first.vocab_size}: "
-                             "scheduled models must share the vocabulary")
+            raise ValueError(
+                f"{label[i]} has vocab_size {m.vocab_size} but {label[0]} has {first.vocab_size}: "
+                "scheduled models must share the vocabulary"
+            )
         if m.mask_index != first.mask_index:
-            raise ValueError(f"{label[i]} has mask_index {m.mask_index} but {label[0]} has {first.mask_index}: "
-                             "scheduled models must share the mask id")
+            raise ValueError(
+                f"{label[i]} has mask_index {m.mask_index} but {label[0]} has {first.mask_index}: "
+                "scheduled models must share the mask id"
+            )
     return wrapped

@@ -18,6 +18,7 @@ ones); apply :func:`subs_log_probs` (which works in fp32) for MDLM's SUBS parame
 ``forward(x, s) == trunk(x, s) @ head_weight.T + head_bias``: the fast sampler projects only the
 revealed rows.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,6 +44,7 @@ _ROTARY_BASE = 10_000
 # Configuration
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class DiTConfig:
     """Shape of a DiT denoiser; field names follow ``kuleshov-group/mdlm-owt``'s config.json.
@@ -65,22 +67,24 @@ class DiTConfig:
         for name in ("hidden_dim", "n_heads", "n_blocks", "cond_dim", "vocab_size", "model_length"):
             setattr(self, name, _positive_int(name, getattr(self, name)))
         if not isinstance(self.time_conditioning, bool):
-            raise ValueError(f"DiTConfig.time_conditioning must be a bool, "
-                             f"got {self.time_conditioning!r}")
+            raise ValueError(f"DiTConfig.time_conditioning must be a bool, got {self.time_conditioning!r}")
         if self.hidden_dim % self.n_heads:
-            raise ValueError(f"DiTConfig.hidden_dim ({self.hidden_dim}) must be divisible by "
-                             f"n_heads ({self.n_heads})")
+            raise ValueError(f"DiTConfig.hidden_dim ({self.hidden_dim}) must be divisible by n_heads ({self.n_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"DiTConfig head dim hidden_dim / n_heads = {self.head_dim} must be "
-                             f"even (rotary embedding rotates pairs)")
+            raise ValueError(
+                f"DiTConfig head dim hidden_dim / n_heads = {self.head_dim} must be "
+                f"even (rotary embedding rotates pairs)"
+            )
         if self.mask_index is None:
             self.mask_index = self.vocab_size - 1
         self.mask_index = _int("mask_index", self.mask_index)
         if not 0 <= self.mask_index < self.vocab_size:
-            raise ValueError(f"DiTConfig.mask_index ({self.mask_index}) must be in "
-                             f"[0, vocab_size={self.vocab_size})")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"DiTConfig.mask_index ({self.mask_index}) must be in [0, vocab_size={self.vocab_size})")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= float(self.dropout) < 1.0
+        ):
             raise ValueError(f"DiTConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
 
@@ -120,6 +124,7 @@ def _positive_int(name: str, value: Any) -> int:
 # Layers (names and registration order as in MDLM's models/dit.py)
 # --------------------------------------------------------------------------------------------
 
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: ``x * (1 + scale) + shift`` (shift/scale broadcast over positions)."""
     return x * (1 + scale) + shift
@@ -131,12 +136,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = _FREQ_EMBED_DIM,
-                       max_period: int = _MAX_PERIOD) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int = _FREQ_EMBED_DIM, max_period: int = _MAX_PERIOD) -> torch.Tensor:
     """Sinusoidal embedding ``[cos(t f), sin(t f)]`` of a 1-D tensor, fp32 ``[N, dim]``."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period)
-                      * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -177,7 +180,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size, bias=True),
             nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size, bias=True))
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
         self.frequency_embedding_size = frequency_embedding_size
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -251,8 +255,7 @@ def _modulations(adaLN: nn.Linear, c: torch.Tensor, k: int) -> tuple[torch.Tenso
 class DDiTBlock(nn.Module):
     """Transformer block with adaLN-Zero modulation, rotary attention and a GELU(tanh) MLP."""
 
-    def __init__(self, dim: int, n_heads: int, cond_dim: int, mlp_ratio: int = 4,
-                 dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, n_heads: int, cond_dim: int, mlp_ratio: int = 4, dropout: float = 0.1) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
@@ -263,15 +266,21 @@ class DDiTBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(dim, mlp_ratio * dim, bias=True),
             nn.GELU(approximate="tanh"),
-            nn.Linear(mlp_ratio * dim, dim, bias=True))
+            nn.Linear(mlp_ratio * dim, dim, bias=True),
+        )
         self.adaLN_modulation = _zeroed(nn.Linear(cond_dim, 6 * dim, bias=True))
 
     def modulations(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)``, fp32 [B, 1, d]."""
         return _modulations(self.adaLN_modulation, c, 6)
 
-    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
-                mods: tuple[torch.Tensor, ...], positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        mods: tuple[torch.Tensor, ...],
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x``: fp32 residual stream [B, L, d]; ``mods`` from :meth:`modulations`.
 
         ``positions [B, Q]``: return the block's output only there, ``[B, Q, d]``. Keys and values
@@ -297,15 +306,15 @@ class DDiTBlock(nn.Module):
         q = _rotary(q, cos[positions][:, :, None, :], sin[positions][:, :, None, :]).to(dtype)
         return self._attend_and_mlp(x.gather(1, index), q, k, kv[:, :, 1], mods)
 
-    def _attend_and_mlp(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _attend_and_mlp(
+        self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mods: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
         """Attention of ``q [B, Q, H, dh]`` over ``k, v [B, L, H, dh]``, then the gated residual
         updates of ``x [B, Q, d]`` (the residual stream at the query positions)."""
         _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         b, n_queries, d = x.shape
         # [B, L, H, dh] -> [B, H, L, dh]; non-causal, softmax scale 1/sqrt(dh) as flash_attn's.
-        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                              v.transpose(1, 2))
+        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         attn = attn.transpose(1, 2).reshape(b, n_queries, d)
         x = x + gate_msa * self._drop(self.attn_out(attn.to(self.attn_out.weight.dtype)))
         h = modulate(self.norm2(x), shift_mlp, scale_mlp).to(self.mlp[0].weight.dtype)
@@ -350,6 +359,7 @@ class DDitFinalLayer(nn.Module):
 # The model
 # --------------------------------------------------------------------------------------------
 
+
 class DiT(nn.Module):
     """MDLM's DiT backbone: ``forward(x [B, L] int64, sigma [B]) -> logits [B, L, V]``.
 
@@ -373,9 +383,9 @@ class DiT(nn.Module):
         self.vocab_embed = EmbeddingLayer(d, config.vocab_size)
         self.sigma_map = TimestepEmbedder(config.cond_dim)
         self.rotary_emb = Rotary(config.head_dim)
-        self.blocks = nn.ModuleList([
-            DDiTBlock(d, config.n_heads, config.cond_dim, dropout=config.dropout)
-            for _ in range(config.n_blocks)])
+        self.blocks = nn.ModuleList(
+            [DDiTBlock(d, config.n_heads, config.cond_dim, dropout=config.dropout) for _ in range(config.n_blocks)]
+        )
         self.output_layer = DDitFinalLayer(d, config.vocab_size, config.cond_dim)
         self._const_key: tuple | None = None
         self._const_mods: tuple[list, tuple] | None = None
@@ -411,8 +421,9 @@ class DiT(nn.Module):
         h = self.trunk(x, sigma)
         return F.linear(h, self.head_weight, self.head_bias)
 
-    def trunk(self, x: torch.Tensor, sigma: torch.Tensor | float,
-              positions: torch.Tensor | None = None) -> torch.Tensor:
+    def trunk(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Hidden state ``[B, L, d]`` right before ``output_layer.linear``, in the parameter dtype.
 
         ``sigma``: shape ``[B]``, ``[B, 1]``, ``[1]`` or scalar (broadcast over the batch).
@@ -452,14 +463,14 @@ class DiT(nn.Module):
         if x.device.type == "cpu" and x.numel():
             lo, hi = int(x.min()), int(x.max())
             if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"x holds token ids outside [0, {self.config.vocab_size}): "
-                                 f"min {lo}, max {hi}")
+                raise ValueError(f"x holds token ids outside [0, {self.config.vocab_size}): min {lo}, max {hi}")
 
     @staticmethod
     def _check_positions(positions: torch.Tensor, batch: int, length: int, device: torch.device) -> None:
         if not isinstance(positions, torch.Tensor) or positions.dtype != torch.int64:
-            raise ValueError(f"positions must be an int64 tensor [B, Q], got "
-                             f"{getattr(positions, 'dtype', type(positions).__name__)}")
+            raise ValueError(
+                f"positions must be an int64 tensor [B, Q], got {getattr(positions, 'dtype', type(positions).__name__)}"
+            )
         if positions.dim() != 2 or positions.shape[0] != batch:
             raise ValueError(f"positions must have shape [B={batch}, Q], got {tuple(positions.shape)}")
         if positions.device != device:
@@ -468,19 +479,16 @@ class DiT(nn.Module):
             raise ValueError(f"positions must lie in [0, L={length})")
 
     @staticmethod
-    def _check_sigma(sigma: torch.Tensor | float, batch: int,
-                     device: torch.device) -> torch.Tensor:
+    def _check_sigma(sigma: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
         if not isinstance(sigma, torch.Tensor):
             try:
                 sigma = torch.tensor(float(sigma))
             except (TypeError, ValueError):
-                raise TypeError(f"sigma must be a tensor or a number, "
-                                f"got {type(sigma).__name__}") from None
+                raise TypeError(f"sigma must be a tensor or a number, got {type(sigma).__name__}") from None
         if sigma.dim() == 2 and sigma.shape[1] == 1:
             sigma = sigma[:, 0]  # MDLM's _process_sigma squeezes [B, 1]
         if sigma.dim() > 1 or (sigma.dim() == 1 and sigma.shape[0] not in (1, batch)):
-            raise ValueError(f"sigma must have shape [B] (B={batch}), [B, 1], [1] or [], "
-                             f"got {tuple(sigma.shape)}")
+            raise ValueError(f"sigma must have shape [B] (B={batch}), [B, 1], [1] or [], got {tuple(sigma.shape)}")
         if sigma.is_complex() or sigma.dtype == torch.bool:
             raise ValueError(f"sigma must be real-valued, got dtype {sigma.dtype}")
         return sigma.to(device=device, dtype=torch.float32).reshape(-1)
@@ -498,23 +506,20 @@ class DiT(nn.Module):
         if key != self._const_key:
             with torch.no_grad():
                 device = self.vocab_embed.embedding.device
-                self._const_mods = self._compute_modulations(
-                    torch.zeros(1, device=device, dtype=torch.float32))
+                self._const_mods = self._compute_modulations(torch.zeros(1, device=device, dtype=torch.float32))
             self._const_key = key
         return self._const_mods
 
     def _compute_modulations(self, sigma: torch.Tensor) -> tuple[list, tuple]:
         c = F.silu(self.sigma_map(sigma))
-        return ([block.modulations(c) for block in self.blocks],
-                self.output_layer.modulations(c))
+        return ([block.modulations(c) for block in self.blocks], self.output_layer.modulations(c))
 
     def _const_params(self) -> list[torch.Tensor]:
         # Looked up each time (not stored): .to() may replace Parameter objects.
         params = list(self.sigma_map.parameters())
         for block in self.blocks:
             params += [block.adaLN_modulation.weight, block.adaLN_modulation.bias]
-        params += [self.output_layer.adaLN_modulation.weight,
-                   self.output_layer.adaLN_modulation.bias]
+        params += [self.output_layer.adaLN_modulation.weight, self.output_layer.adaLN_modulation.bias]
         return params
 
     def _constants_key(self) -> tuple:
@@ -540,8 +545,7 @@ class DiT(nn.Module):
     # ---- initialization ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def init_random_(self, generator_or_seed: torch.Generator | int = 0,
-                     std: float = 0.02) -> "DiT":
+    def init_random_(self, generator_or_seed: torch.Generator | int = 0, std: float = 0.02) -> "DiT":
         """Fill every parameter with small random values (MDLM's zero-init makes outputs trivial).
 
         LayerNorm weights get ``1 + std * N(0, 1)``, everything else ``std * N(0, 1)``. Values are
@@ -574,6 +578,7 @@ def _version(t: torch.Tensor) -> int:
 # SUBS parameterization
 # --------------------------------------------------------------------------------------------
 
+
 def subs_log_probs(logits: torch.Tensor, x: torch.Tensor, mask_index: int) -> torch.Tensor:
     """MDLM's SUBS parameterization: fp32 log-probabilities ``[..., V]`` of x0 given x_t.
 
@@ -582,8 +587,7 @@ def subs_log_probs(logits: torch.Tensor, x: torch.Tensor, mask_index: int) -> to
     ``logits`` is not modified.
     """
     if logits.shape[:-1] != x.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and x {tuple(x.shape)} disagree: "
-                         f"logits must be x.shape + [V]")
+        raise ValueError(f"logits {tuple(logits.shape)} and x {tuple(x.shape)} disagree: logits must be x.shape + [V]")
     vocab = logits.shape[-1]
     if not 0 <= mask_index < vocab:
         raise ValueError(f"mask_index ({mask_index}) must be in [0, V={vocab})")
@@ -596,8 +600,7 @@ def subs_log_probs(logits: torch.Tensor, x: torch.Tensor, mask_index: int) -> to
     out = torch.log_softmax(masked, dim=-1)
     unmasked = x != mask_index
     idx = x.unsqueeze(-1)
-    carried = torch.where(unmasked.unsqueeze(-1), torch.zeros((), device=out.device),
-                          out.gather(-1, idx))
+    carried = torch.where(unmasked.unsqueeze(-1), torch.zeros((), device=out.device), out.gather(-1, idx))
     out.masked_fill_(unmasked.unsqueeze(-1), float("-inf"))
     out.scatter_(-1, idx, carried)
     return out

@@ -12,6 +12,7 @@ token can be read from the records as data.
 Use it through :func:`load`, which hands the unpickler to ``torch.load`` as its ``pickle_module``
 (torch's own wrapper still loads the tensor storages from the zip archive).
 """
+
 from __future__ import annotations
 
 import collections

@@ -21,6 +21,7 @@ falls back to its own forward on every position, with a one-line :class:`LiveMod
 saying why. What cannot be sampled correctly either way (another parameterization or noise
 schedule, EMA weights that do not match) is refused with a :class:`LiveModelError`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,14 +62,14 @@ class LiveModelWarning(UserWarning):
 class _Found:
     """What recognition read from the object."""
 
-    outer: Any                    # what the caller passed
-    kind: str                     # "dit", "hf" or "lightning"
-    dit: nn.Module | None         # the DIT-structured module inside, None if the backbone is another kind
+    outer: Any  # what the caller passed
+    kind: str  # "dit", "hf" or "lightning"
+    dit: nn.Module | None  # the DIT-structured module inside, None if the backbone is another kind
     mask_index: int
     time_conditioning: bool
     model_length: int | None
     noise_eps: float | None
-    own_forward: Callable         # (x, sigma) -> logits or log-probs, the object's own math
+    own_forward: Callable  # (x, sigma) -> logits or log-probs, the object's own math
 
 
 def looks_like_mdlm(obj: Any) -> bool:
@@ -90,24 +91,33 @@ def looks_like_mdlm(obj: Any) -> bool:
 class LiveModel:
     """What :func:`adapt` makes of an object: the denoiser's model and what a Denoiser needs to know."""
 
-    model: Any                    # this package's DiT on the object's tensors, or the object's own forward
+    model: Any  # this package's DiT on the object's tensors, or the object's own forward
     vocab_size: int
     mask_index: int
     time_conditioning: bool
     noise_eps: float | None
-    weights: str                  # "module" or "ema"
+    weights: str  # "module" or "ema"
     fast_path: bool
     fallback_reason: str | None
-    source: Any                   # the object itself
+    source: Any  # the object itself
 
 
-def adapt(obj: Any, *, ema: bool = False, mask_index: int | None = None, time_conditioning: bool | None = None,
-          check: bool = True) -> LiveModel:
+def adapt(
+    obj: Any,
+    *,
+    ema: bool = False,
+    mask_index: int | None = None,
+    time_conditioning: bool | None = None,
+    check: bool = True,
+) -> LiveModel:
     """The fast path on ``obj``'s own tensors, or its own forward with a warning (see the module doc;
     :func:`mdlm_fast.live_denoiser` documents the arguments)."""
     found = _recognize(obj, mask_index, time_conditioning)
-    problem = _structure_problem(found.dit, found) if found.dit is not None else \
-        f"its backbone is a {type(_backbone_of(obj)).__name__}, not MDLM's DiT"
+    problem = (
+        _structure_problem(found.dit, found)
+        if found.dit is not None
+        else f"its backbone is a {type(_backbone_of(obj)).__name__}, not MDLM's DiT"
+    )
     if problem is None:
         shadow = _ema_tensors(found, obj) if ema else None
         dit = _shared_dit(found, None)
@@ -115,21 +125,36 @@ def adapt(obj: Any, *, ema: bool = False, mask_index: int | None = None, time_co
             problem = _compare_forwards(found, dit)
         if problem is None:
             dit = dit if shadow is None else _shared_dit(found, shadow)
-            return LiveModel(dit, dit.config.vocab_size, found.mask_index, found.time_conditioning, found.noise_eps,
-                             "ema" if shadow is not None else "module", True, None, obj)
+            return LiveModel(
+                dit,
+                dit.config.vocab_size,
+                found.mask_index,
+                found.time_conditioning,
+                found.noise_eps,
+                "ema" if shadow is not None else "module",
+                True,
+                None,
+                obj,
+            )
     if ema and _holds_ema(obj):
-        raise LiveModelError(f"ema=True: the EMA weights need the fast path, and {type(obj).__name__} is not "
-                             f"recognized as MDLM's model ({problem}); copy the EMA into the module (MDLM's "
-                             f"ema.copy_to) and pass ema=False")
-    warnings.warn(f"mdlm_fast: {type(obj).__name__} is not MDLM's DiT as this package knows it ({problem}); "
-                  f"sampling runs its own forward at every position (no fused head, no pruned last block)",
-                  LiveModelWarning, stacklevel=4)
+        raise LiveModelError(
+            f"ema=True: the EMA weights need the fast path, and {type(obj).__name__} is not "
+            f"recognized as MDLM's model ({problem}); copy the EMA into the module (MDLM's "
+            f"ema.copy_to) and pass ema=False"
+        )
+    warnings.warn(
+        f"mdlm_fast: {type(obj).__name__} is not MDLM's DiT as this package knows it ({problem}); "
+        f"sampling runs its own forward at every position (no fused head, no pruned last block)",
+        LiveModelWarning,
+        stacklevel=4,
+    )
     return _fallback(found, problem)
 
 
 # --------------------------------------------------------------------------------------------
 # Recognition
 # --------------------------------------------------------------------------------------------
+
 
 def _is_dit_like(obj: Any) -> bool:
     return isinstance(obj, nn.Module) and all(isinstance(getattr(obj, p, None), nn.Module) for p in _DIT_PARTS)
@@ -154,8 +179,10 @@ def config_value(cfg: Any, path: str, default: Any = None) -> Any:
 
 def _recognize(obj: Any, mask_index: int | None, time_conditioning: bool | None) -> _Found:
     if not looks_like_mdlm(obj):
-        raise LiveModelError(f"{type(obj).__name__} is not one of MDLM's objects (a DIT, its Lightning Diffusion "
-                             f"module or the Hugging Face MDLM model)")
+        raise LiveModelError(
+            f"{type(obj).__name__} is not one of MDLM's objects (a DIT, its Lightning Diffusion "
+            f"module or the Hugging Face MDLM model)"
+        )
     if _is_dit_like(obj):
         return _found_dit(obj, mask_index, time_conditioning)
     backbone = obj.backbone
@@ -186,8 +213,16 @@ def _found_dit(dit: nn.Module, mask_index, time_conditioning) -> _Found:
     def own_forward(x, sigma):
         return dit(x, sigma if tc else torch.zeros_like(sigma))
 
-    return _Found(dit, "dit", dit, _default_mask(dit, mask_index, "a bare DIT"), tc,
-                  config_value(cfg, "model.length"), None, own_forward)
+    return _Found(
+        dit,
+        "dit",
+        dit,
+        _default_mask(dit, mask_index, "a bare DIT"),
+        tc,
+        config_value(cfg, "model.length"),
+        None,
+        own_forward,
+    )
 
 
 def _found_hf(model: nn.Module, backbone: nn.Module, mask_index, time_conditioning) -> _Found:
@@ -200,15 +235,25 @@ def _found_hf(model: nn.Module, backbone: nn.Module, mask_index, time_conditioni
         # positional: HF's forward(input_ids, timesteps, ...), and any wrapper's forward(x, sigma)
         return _logits_of(model(x, sigma if tc else torch.zeros_like(sigma)))
 
-    return _Found(model, "hf", dit, _default_mask(dit, mask, "the Hugging Face model"), tc,
-                  config_value(cfg, "model_length"), None, own_forward)
+    return _Found(
+        model,
+        "hf",
+        dit,
+        _default_mask(dit, mask, "the Hugging Face model"),
+        tc,
+        config_value(cfg, "model_length"),
+        None,
+        own_forward,
+    )
 
 
 def _found_lightning(module: nn.Module, backbone: nn.Module, mask_index, time_conditioning) -> _Found:
     parameterization = getattr(module, "parameterization", "subs")
     if parameterization != "subs":
-        raise LiveModelError(f"{type(module).__name__}.parameterization is {parameterization!r}: MDLM's samplers "
-                             f"(and this package's) need the SUBS parameterization ('subs')")
+        raise LiveModelError(
+            f"{type(module).__name__}.parameterization is {parameterization!r}: MDLM's samplers "
+            f"(and this package's) need the SUBS parameterization ('subs')"
+        )
     noise_eps = _log_linear_eps(module.noise)
     cfg = getattr(module, "config", None)
     tc = bool(getattr(module, "time_conditioning", config_value(cfg, "time_conditioning", False)))
@@ -232,8 +277,10 @@ def _log_linear_eps(noise: Any) -> float:
     """The eps of a log-linear schedule, checked on its values: sigma(t) = -log1p(-(1 - eps) t)."""
     eps = getattr(noise, "eps", None)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not callable(noise):
-        raise LiveModelError(f"the module's noise ({type(noise).__name__}) is not MDLM's log-linear schedule (no "
-                             f"eps); the samplers need noise.type=loglinear")
+        raise LiveModelError(
+            f"the module's noise ({type(noise).__name__}) is not MDLM's log-linear schedule (no "
+            f"eps); the samplers need noise.type=loglinear"
+        )
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     try:
         with torch.no_grad():
@@ -243,8 +290,10 @@ def _log_linear_eps(noise: Any) -> float:
         raise LiveModelError(f"the module's noise ({type(noise).__name__}) could not be evaluated: {exc}") from exc
     expected = -torch.log1p(-(1 - float(eps)) * t)
     if sigma.shape != expected.shape or not torch.allclose(sigma, expected, rtol=1e-5, atol=1e-7):
-        raise LiveModelError(f"the module's noise ({type(noise).__name__}) is not MDLM's log-linear schedule; the "
-                             f"samplers need noise.type=loglinear")
+        raise LiveModelError(
+            f"the module's noise ({type(noise).__name__}) is not MDLM's log-linear schedule; the "
+            f"samplers need noise.type=loglinear"
+        )
     return float(eps)
 
 
@@ -262,6 +311,7 @@ def _logits_of(output: Any) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Structure
 # --------------------------------------------------------------------------------------------
+
 
 def _n_heads(dit: nn.Module, found: _Found) -> int | None:
     heads = getattr(dit.blocks[0], "n_heads", None) if len(dit.blocks) else None
@@ -285,10 +335,16 @@ def _config_for(dit: nn.Module, found: _Found) -> DiTConfig | str:
     if heads is None:
         return "its number of attention heads is unknown (no blocks[0].n_heads, no config n_heads)"
     try:
-        return DiTConfig(hidden_dim=int(embedding.shape[1]), n_heads=heads, n_blocks=max(len(dit.blocks), 1),
-                         cond_dim=int(sigma_in.shape[0]), vocab_size=int(embedding.shape[0]),
-                         model_length=int(found.model_length or 1024), time_conditioning=found.time_conditioning,
-                         mask_index=found.mask_index)
+        return DiTConfig(
+            hidden_dim=int(embedding.shape[1]),
+            n_heads=heads,
+            n_blocks=max(len(dit.blocks), 1),
+            cond_dim=int(sigma_in.shape[0]),
+            vocab_size=int(embedding.shape[0]),
+            model_length=int(found.model_length or 1024),
+            time_conditioning=found.time_conditioning,
+            mask_index=found.mask_index,
+        )
     except ValueError as exc:
         return str(exc)
 
@@ -312,8 +368,11 @@ def _structure_problem(dit: nn.Module, found: _Found) -> str | None:
         missing = [n for n, _ in ours if n not in names]
         extra = [n for n in names if n not in dict(ours)]
         shapes = [f"{n} {names[n]} (expected {s})" for n, s in ours if n in names and names[n] != s]
-        what = [f"missing {_listing(missing)}"] * bool(missing) + [f"extra {_listing(extra)}"] * bool(extra) \
+        what = (
+            [f"missing {_listing(missing)}"] * bool(missing)
+            + [f"extra {_listing(extra)}"] * bool(extra)
             + [f"shapes {_listing(shapes)}"] * bool(shapes)
+        )
         return "parameters differ: " + ("; ".join(what) or "another order")
     known = dict(reference.named_modules())
     for name, module in dit.named_modules():
@@ -353,6 +412,7 @@ def _same_layer(theirs: nn.Module, ours: nn.Module) -> bool:
 # Weight sharing
 # --------------------------------------------------------------------------------------------
 
+
 def _holds_ema(obj: Any) -> bool:
     return getattr(getattr(obj, "ema", None), "shadow_params", None) is not None
 
@@ -369,9 +429,11 @@ def _ema_tensors(found: _Found, obj: Any) -> dict[str, torch.Tensor] | None:
     noise = getattr(obj, "noise", None)
     noise_trainable = [p for p in noise.parameters() if p.requires_grad] if isinstance(noise, nn.Module) else []
     if len(shadow) != len(trainable) + len(noise_trainable):
-        raise LiveModelError(f"ema.shadow_params has {len(shadow)} tensors but the backbone and noise have "
-                             f"{len(trainable) + len(noise_trainable)} trainable parameters: the EMA does not "
-                             f"belong to this module")
+        raise LiveModelError(
+            f"ema.shadow_params has {len(shadow)} tensors but the backbone and noise have "
+            f"{len(trainable) + len(noise_trainable)} trainable parameters: the EMA does not "
+            f"belong to this module"
+        )
     by_param = {id(p): s for p, s in zip(trainable, shadow)}
     out = {}
     for name, p in found.dit.named_parameters():
@@ -379,11 +441,15 @@ def _ema_tensors(found: _Found, obj: Any) -> dict[str, torch.Tensor] | None:
         if s is None:
             continue  # frozen: MDLM's EMA neither tracks nor copies it
         if not isinstance(s, torch.Tensor) or s.shape != p.shape:
-            raise LiveModelError(f"ema.shadow_params entry for {name} has shape "
-                                 f"{tuple(getattr(s, 'shape', ()))}, the parameter {tuple(p.shape)}")
+            raise LiveModelError(
+                f"ema.shadow_params entry for {name} has shape "
+                f"{tuple(getattr(s, 'shape', ()))}, the parameter {tuple(p.shape)}"
+            )
         if s.device != p.device:
-            raise LiveModelError(f"ema.shadow_params are on {s.device} but the module is on {p.device}: move them "
-                                 f"(MDLM's ema.move_shadow_params_to_device)")
+            raise LiveModelError(
+                f"ema.shadow_params are on {s.device} but the module is on {p.device}: move them "
+                f"(MDLM's ema.move_shadow_params_to_device)"
+            )
         out[name] = s
     return out
 
@@ -414,6 +480,7 @@ def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
 # --------------------------------------------------------------------------------------------
 # The forward check and the fallback
 # --------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module):
@@ -450,8 +517,10 @@ def _compare_forwards(found: _Found, dit: DiT) -> str | None:
     except LiveModelError:
         raise
     except Exception as exc:
-        raise LiveModelError(f"checking {type(outer).__name__} against the fast path failed in a forward: {exc} "
-                             f"(pass check=False to skip the check)") from exc
+        raise LiveModelError(
+            f"checking {type(outer).__name__} against the fast path failed in a forward: {exc} "
+            f"(pass check=False to skip the check)"
+        ) from exc
     with torch.no_grad():
         ours = torch.nn.functional.linear(hidden, dit.head_weight, dit.head_bias)
         p = subs_log_probs(ours.float(), x, found.mask_index).exp()[masked]
@@ -461,8 +530,9 @@ def _compare_forwards(found: _Found, dit: DiT) -> str | None:
     distance = 0.5 * (p - q).abs().sum(-1).max().item() if p.numel() else 0.0
     tolerance = CHECK_TOLERANCE["autocast" if device.type == "cuda" else "float32"]
     if not distance <= tolerance:
-        return (f"its forward and MDLM's DiT math disagree on a check input: total variation {distance:.3g} > "
-                f"{tolerance:g}")
+        return (
+            f"its forward and MDLM's DiT math disagree on a check input: total variation {distance:.3g} > {tolerance:g}"
+        )
     return None
 
 
@@ -483,12 +553,26 @@ class _OwnForward:
 
 
 def _fallback(found: _Found, reason: str) -> LiveModel:
-    vocab = _vocab_size(found.dit) if found.dit is not None else config_value(getattr(found.outer, "config", None),
-                                                                              "vocab_size")
+    vocab = (
+        _vocab_size(found.dit)
+        if found.dit is not None
+        else config_value(getattr(found.outer, "config", None), "vocab_size")
+    )
     if vocab is None:
         vocab = getattr(found.outer, "vocab_size", None)
     if vocab is None:
-        raise LiveModelError(f"{type(found.outer).__name__} is not recognized ({reason}) and its vocabulary size is "
-                             f"unknown: wrap it as mdlm_fast.Denoiser(f, vocab_size=..., mask_index=...)")
-    return LiveModel(_OwnForward(found), int(vocab), found.mask_index, found.time_conditioning, found.noise_eps,
-                     "module", False, reason, found.outer)
+        raise LiveModelError(
+            f"{type(found.outer).__name__} is not recognized ({reason}) and its vocabulary size is "
+            f"unknown: wrap it as mdlm_fast.Denoiser(f, vocab_size=..., mask_index=...)"
+        )
+    return LiveModel(
+        _OwnForward(found),
+        int(vocab),
+        found.mask_index,
+        found.time_conditioning,
+        found.noise_eps,
+        "module",
+        False,
+        reason,
+        found.outer,
+    )

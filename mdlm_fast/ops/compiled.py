@@ -4,6 +4,7 @@ constants and argument rules the operators share with everything that calls them
 The fake (meta) implementations let torch.compile and torch.library.opcheck trace the ops
 without running them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,10 @@ def check_temperature(temperature: float) -> float:
     """fused_head_sample's temperature rule: 0 (argmax) or in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
     t = float(temperature)
     if not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
-        raise ValueError(f"temperature must be 0 (argmax) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] "
-                         f"(float32), got {temperature!r}")
+        raise ValueError(
+            f"temperature must be 0 (argmax) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] "
+            f"(float32), got {temperature!r}"
+        )
     return t
 
 
@@ -62,8 +65,9 @@ def row_seeds(seeds, n: int, device) -> torch.Tensor | None:
         return None
     if isinstance(seeds, torch.Tensor):
         if seeds.dtype != torch.int64 or seeds.dim() != 1 or seeds.shape[0] != n:
-            raise ValueError(f"seeds must be an int64 tensor [N={n}] (one seed per row), got "
-                             f"{seeds.dtype} {tuple(seeds.shape)}")
+            raise ValueError(
+                f"seeds must be an int64 tensor [N={n}] (one seed per row), got {seeds.dtype} {tuple(seeds.shape)}"
+            )
         return seeds
     seeds = [_op_seed(s) for s in seeds]
     if len(seeds) != n:
@@ -77,8 +81,9 @@ def _check_same_device(**tensors: torch.Tensor | None) -> None:
     first_name, first = items[0]
     for name, t in items[1:]:
         if t.device != first.device:
-            raise RuntimeError(f"mdlm_fast: argument '{name}' must be on the device of '{first_name}' "
-                               f"({first.device}), got {t.device}")
+            raise RuntimeError(
+                f"mdlm_fast: argument '{name}' must be on the device of '{first_name}' ({first.device}), got {t.device}"
+            )
 
 
 def philox_noise(keys: torch.Tensor, seed: int, purpose: int, n: int, dist: str = "uniform") -> torch.Tensor:
@@ -98,11 +103,20 @@ def _philox_noise_fake(keys, seed, purpose, n, dist):
     return keys.new_empty((keys.shape[0], n), dtype=dtype)
 
 
-def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      keys: torch.Tensor, *, seed: int, purpose: int = 2, temperature: float = 1.0,
-                      banned: torch.Tensor | None = None, return_logprob: bool = False,
-                      seeds=None, deferred: DeferredHeadErrors | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fused_head_sample(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    keys: torch.Tensor,
+    *,
+    seed: int,
+    purpose: int = 2,
+    temperature: float = 1.0,
+    banned: torch.Tensor | None = None,
+    return_logprob: bool = False,
+    seeds=None,
+    deferred: DeferredHeadErrors | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Project hidden rows onto the vocabulary and draw one token per row, without [N, V] logits.
 
     hidden [N, d] (float32/bfloat16/float16), weight [V, d] and bias [V] in the same dtype,
@@ -131,15 +145,25 @@ def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     seeds = row_seeds(seeds, hidden.shape[0], hidden.device)
     _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned, seeds=seeds)
     tokens, logprob = torch.ops.mdlm_fast.fused_head_sample(
-        hidden, weight, bias, keys, _op_seed(seed), int(purpose), float(temperature), banned, bool(return_logprob),
-        seeds)
+        hidden,
+        weight,
+        bias,
+        keys,
+        _op_seed(seed),
+        int(purpose),
+        float(temperature),
+        banned,
+        bool(return_logprob),
+        seeds,
+    )
     if tokens.device.type == "cuda":  # the CUDA op reports value errors in the tokens (head_status.py)
         tokens = finish_coded_call(tokens, banned, weight.shape[0], deferred)
     return tokens, (logprob if return_logprob else None)
 
 
-def finish_coded_call(tokens: torch.Tensor, banned: torch.Tensor, vocab: int,
-                      deferred: DeferredHeadErrors | None) -> torch.Tensor:
+def finish_coded_call(
+    tokens: torch.Tensor, banned: torch.Tensor, vocab: int, deferred: DeferredHeadErrors | None
+) -> torch.Tensor:
     """What follows a CUDA fused_head_sample call: raise its value errors now (one host read), or
     record them in ``deferred`` without one."""
     if deferred is None:
@@ -149,14 +173,15 @@ def finish_coded_call(tokens: torch.Tensor, banned: torch.Tensor, vocab: int,
 
 
 @torch.library.register_fake("mdlm_fast::fused_head_sample")
-def _fused_head_sample_fake(hidden, weight, bias, keys, seed, purpose, temperature, banned, return_logprob,
-                            seeds=None):
+def _fused_head_sample_fake(hidden, weight, bias, keys, seed, purpose, temperature, banned, return_logprob, seeds=None):
     torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D [N, d]")
     torch._check(weight.dim() == 2 and weight.shape[1] == hidden.shape[1], lambda: "weight must be [V, d]")
     # A meta tensor among real ones dispatches here: refuse rather than return uninitialized ids.
     _check_same_device(hidden=hidden, weight=weight, bias=bias, keys=keys, banned=banned, seeds=seeds)
-    torch._check(seeds is None or (seeds.dim() == 1 and seeds.shape[0] == hidden.shape[0]),
-                 lambda: "seeds must be [N], one per hidden row")
+    torch._check(
+        seeds is None or (seeds.dim() == 1 and seeds.shape[0] == hidden.shape[0]),
+        lambda: "seeds must be [N], one per hidden row",
+    )
     n = hidden.shape[0]
     tokens = hidden.new_empty((n,), dtype=torch.int64)
     logprob = hidden.new_empty((n if return_logprob else 0,), dtype=torch.float32)

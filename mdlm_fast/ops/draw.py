@@ -4,6 +4,7 @@ Samplers use it for denoisers that return logits instead of exposing a fused hea
 same token from the same uniforms as the fused kernels, which is why ``reference.fused_head_sample``
 is the vocabulary projection followed by this function.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -27,8 +28,9 @@ def _first_above(cumulative: torch.Tensor, target: torch.Tensor, mass: torch.Ten
     return torch.minimum(index, last_with_mass)
 
 
-def _uniforms(keys: torch.Tensor, seed: int, seeds: torch.Tensor | None, purpose: int, n: int,
-              noise: Noise) -> torch.Tensor:
+def _uniforms(
+    keys: torch.Tensor, seed: int, seeds: torch.Tensor | None, purpose: int, n: int, noise: Noise
+) -> torch.Tensor:
     """The first n uniforms of each row's stream: under its own seed where per-row seeds are given
     (one noise call per distinct seed; a row's noise depends on its key and seed alone)."""
     if seeds is None:
@@ -40,10 +42,17 @@ def _uniforms(keys: torch.Tensor, seed: int, seeds: torch.Tensor | None, purpose
     return out
 
 
-def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purpose: int,
-                       temperature: float, banned: torch.Tensor,
-                       return_logprob: bool, noise: Noise = philox_noise,
-                       seeds=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_from_logits(
+    logits: torch.Tensor,
+    keys: torch.Tensor,
+    seed: int,
+    purpose: int,
+    temperature: float,
+    banned: torch.Tensor,
+    return_logprob: bool,
+    noise: Noise = philox_noise,
+    seeds=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two-level inverse-CDF draw of one id per row of logits [N, V].
 
     z = logits / temperature in float32, banned ids at -inf. The vocabulary is cut into
@@ -71,8 +80,7 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     if banned.numel() > 0:
         bad = (banned < 0) | (banned >= vocab)
         if bad.any():
-            raise RuntimeError(f"mdlm_fast: argument 'banned' ids must lie in [0, {vocab}), "
-                               f"got {int(banned[bad][0])}")
+            raise RuntimeError(f"mdlm_fast: argument 'banned' ids must lie in [0, {vocab}), got {int(banned[bad][0])}")
     z = logits.float()
     if temperature > 0 and temperature != 1.0:
         # float32 division, as the kernels (the temperature itself is used as a float32)
@@ -82,12 +90,16 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
     z[:, banned] = float("-inf")
     nan_rows = torch.isnan(z).any(-1)
     if nan_rows.any():
-        raise RuntimeError(f"mdlm_fast: fused_head_sample: row {int(nan_rows.nonzero()[0, 0])} has a NaN logit "
-                           f"(NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn")
+        raise RuntimeError(
+            f"mdlm_fast: fused_head_sample: row {int(nan_rows.nonzero()[0, 0])} has a NaN logit "
+            f"(NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn"
+        )
     empty_rows = (z == float("-inf")).all(-1)
     if empty_rows.any():
-        raise RuntimeError(f"mdlm_fast: fused_head_sample: every vocabulary id of row "
-                           f"{int(empty_rows.nonzero()[0, 0])} is banned or -inf; nothing can be drawn")
+        raise RuntimeError(
+            f"mdlm_fast: fused_head_sample: every vocabulary id of row "
+            f"{int(empty_rows.nonzero()[0, 0])} is banned or -inf; nothing can be drawn"
+        )
     inf_rows = (z == float("inf")).any(-1)
     if inf_rows.any():
         # Rows with +inf: the lowest +inf id, log-probability 0; the other rows as usual.
@@ -95,8 +107,17 @@ def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purp
         tokens = (z == float("inf")).int().argmax(-1)
         logprob = torch.zeros(n, device=z.device)
         if finite_rows.any():
-            t, lp = sample_from_logits(logits[finite_rows], keys[finite_rows], seed, purpose, temperature,
-                                       banned, True, noise, None if seeds is None else seeds[finite_rows])
+            t, lp = sample_from_logits(
+                logits[finite_rows],
+                keys[finite_rows],
+                seed,
+                purpose,
+                temperature,
+                banned,
+                True,
+                noise,
+                None if seeds is None else seeds[finite_rows],
+            )
             tokens[finite_rows] = t
             logprob[finite_rows] = lp
         return tokens, (logprob if return_logprob else torch.empty(0, device=z.device))

@@ -9,6 +9,7 @@ device (no host sync); ``raise_head_status`` reads it back and raises the CPU ke
 A sampling run collects the statuses of its calls in ``DeferredHeadErrors`` and reads them once,
 at its end, where it syncs anyway.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,11 +49,14 @@ def raise_head_status(status: torch.Tensor, vocab: int) -> None:
     if code == BANNED_OUT_OF_RANGE:
         raise RuntimeError(f"mdlm_fast: argument 'banned' ids must lie in [0, {vocab}), got {detail}")
     if code == NAN_ROW:
-        raise RuntimeError(f"mdlm_fast: fused_head_sample: row {detail} has a NaN logit "
-                           f"(NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn")
+        raise RuntimeError(
+            f"mdlm_fast: fused_head_sample: row {detail} has a NaN logit "
+            f"(NaN or inf * 0 in 'hidden', 'weight' or 'bias'); nothing can be drawn"
+        )
     if code == EMPTY_ROW:
-        raise RuntimeError(f"mdlm_fast: fused_head_sample: every vocabulary id of row {detail} "
-                           f"is banned or -inf; nothing can be drawn")
+        raise RuntimeError(
+            f"mdlm_fast: fused_head_sample: every vocabulary id of row {detail} is banned or -inf; nothing can be drawn"
+        )
 
 
 class DeferredHeadErrors:

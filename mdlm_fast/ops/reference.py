@@ -8,6 +8,7 @@ projection followed by the logits draw that samplers use for denoisers without a
 (``mdlm_fast.ops.draw``, design §8), fed with this module's stream. No compiled operator runs here;
 the constants (the vocabulary chunk, the temperature bounds, the noise names) are the extension's.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,16 @@ import torch
 from mdlm_fast.ops import draw
 from mdlm_fast.ops.compiled import NOISE_DISTS
 
-__all__ = ["philox4x32_10", "philox_blocks", "uniform53", "philox_uniforms", "philox_noise", "head_logits",
-           "fused_head_sample", "sample_from_logits"]
+__all__ = [
+    "philox4x32_10",
+    "philox_blocks",
+    "uniform53",
+    "philox_uniforms",
+    "philox_noise",
+    "head_logits",
+    "fused_head_sample",
+    "sample_from_logits",
+]
 
 _M32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -43,8 +52,9 @@ def philox4x32_10(counter: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
 
 def _check_keys(keys: torch.Tensor) -> None:
     if keys.dim() != 2 or keys.shape[1] != 3 or keys.dtype != torch.int64:
-        raise ValueError(f"keys must be an int64 tensor of shape [N, 3] (step, row, position), "
-                         f"got {tuple(keys.shape)} {keys.dtype}")
+        raise ValueError(
+            f"keys must be an int64 tensor of shape [N, 3] (step, row, position), got {tuple(keys.shape)} {keys.dtype}"
+        )
 
 
 def philox_blocks(keys: torch.Tensor, seed: int, purpose: int, n_blocks: int) -> torch.Tensor:
@@ -54,12 +64,15 @@ def philox_blocks(keys: torch.Tensor, seed: int, purpose: int, n_blocks: int) ->
     n = keys.shape[0]
     step_purpose = (keys[:, 0] & 0xFFFFFF) | (purpose << 24)
     blocks = torch.arange(n_blocks, dtype=torch.int64, device=keys.device)
-    counter = torch.stack([
-        blocks.expand(n, n_blocks),
-        keys[:, 2:3].expand(n, n_blocks) & _M32,
-        keys[:, 1:2].expand(n, n_blocks) & _M32,
-        step_purpose[:, None].expand(n, n_blocks),
-    ], dim=-1)
+    counter = torch.stack(
+        [
+            blocks.expand(n, n_blocks),
+            keys[:, 2:3].expand(n, n_blocks) & _M32,
+            keys[:, 1:2].expand(n, n_blocks) & _M32,
+            step_purpose[:, None].expand(n, n_blocks),
+        ],
+        dim=-1,
+    )
     seed &= (1 << 64) - 1
     return philox4x32_10(counter, (seed & _M32, seed >> 32))
 
@@ -67,15 +80,16 @@ def philox_blocks(keys: torch.Tensor, seed: int, purpose: int, n_blocks: int) ->
 def uniform53(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Two 32-bit words -> float64 uniform in (0, 1), as philox.h's uniform53."""
     x = ((a >> 5) << 26) | (b >> 6)
-    u = x.to(torch.float64) * 2.0 ** -53
-    return torch.where(x == 0, torch.full_like(u, 2.0 ** -54), u)
+    u = x.to(torch.float64) * 2.0**-53
+    return torch.where(x == 0, torch.full_like(u, 2.0**-54), u)
 
 
 def philox_uniforms(keys: torch.Tensor, seed: int, purpose: int, n: int) -> torch.Tensor:
     """Numbers 0..n-1 of each key's float64 uniform stream: [N, n] (as uniform53_at in philox.h)."""
     words = philox_blocks(keys, seed, purpose, (n + 1) // 2)
-    return torch.stack([uniform53(words[..., 0], words[..., 1]),
-                        uniform53(words[..., 2], words[..., 3])], dim=-1).flatten(1)[:, :n]
+    return torch.stack(
+        [uniform53(words[..., 0], words[..., 1]), uniform53(words[..., 2], words[..., 3])], dim=-1
+    ).flatten(1)[:, :n]
 
 
 def philox_noise(keys: torch.Tensor, seed: int, purpose: int, n: int, dist: str) -> torch.Tensor:
@@ -85,7 +99,7 @@ def philox_noise(keys: torch.Tensor, seed: int, purpose: int, n: int, dist: str)
         return -torch.log(-torch.log(u)) if dist == "gumbel" else u
     if dist == "uniform24":
         words = philox_blocks(keys, seed, purpose, (n + 3) // 4).flatten(1)[:, :n]
-        return (words >> 8).to(torch.float32) * 2.0 ** -24
+        return (words >> 8).to(torch.float32) * 2.0**-24
     raise ValueError(f"dist must be one of {NOISE_DISTS}, got {dist!r}")
 
 
@@ -95,18 +109,35 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return logits if bias is None else logits + bias.float()
 
 
-def fused_head_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      keys: torch.Tensor, seed: int, purpose: int, temperature: float,
-                      banned: torch.Tensor, return_logprob: bool,
-                      seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_head_sample(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    keys: torch.Tensor,
+    seed: int,
+    purpose: int,
+    temperature: float,
+    banned: torch.Tensor,
+    return_logprob: bool,
+    seeds: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of torch.ops.mdlm_fast.fused_head_sample: head_logits, then sample_from_logits."""
-    return sample_from_logits(head_logits(hidden, weight, bias), keys, seed, purpose, temperature,
-                              banned, return_logprob, seeds=seeds)
+    return sample_from_logits(
+        head_logits(hidden, weight, bias), keys, seed, purpose, temperature, banned, return_logprob, seeds=seeds
+    )
 
 
-def sample_from_logits(logits: torch.Tensor, keys: torch.Tensor, seed: int, purpose: int, temperature: float,
-                       banned: torch.Tensor, return_logprob: bool,
-                       seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_from_logits(
+    logits: torch.Tensor,
+    keys: torch.Tensor,
+    seed: int,
+    purpose: int,
+    temperature: float,
+    banned: torch.Tensor,
+    return_logprob: bool,
+    seeds: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`mdlm_fast.ops.draw.sample_from_logits` on this module's Philox stream."""
-    return draw.sample_from_logits(logits, keys, seed, purpose, temperature, banned, return_logprob,
-                                   noise=philox_noise, seeds=seeds)
+    return draw.sample_from_logits(
+        logits, keys, seed, purpose, temperature, banned, return_logprob, noise=philox_noise, seeds=seeds
+    )

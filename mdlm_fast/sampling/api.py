@@ -6,6 +6,7 @@ reveal-first sampling, per-row no-op skipping and the fused head (fast.py, desig
 noise for noise (mdlm.py, design §3); ``sampler="confidence"`` is LLaDA-style confidence decoding
 on the fused head, a different distribution (confidence.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -34,8 +35,9 @@ NOISE_REMOVALS = ("greedy", "ancestral", "none")
 _INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def _as_given(given: Any, prefix: Any, batch_size: int, length: int, vocab_size: int, mask_index: int,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _as_given(
+    given: Any, prefix: Any, batch_size: int, length: int, vocab_size: int, mask_index: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The tokens a run is conditioned on, as ``(tokens, known)``: int64 ``[B, L]`` with the mask id
     wherever a token is to be generated, and bool ``[B, L]``, True at the given positions.
 
@@ -46,8 +48,9 @@ def _as_given(given: Any, prefix: Any, batch_size: int, length: int, vocab_size:
     the same everywhere.
     """
     if given is not None and prefix is not None:
-        raise ValueError("pass given= or prefix=, not both: a prefix is given= with its tokens first and the "
-                         "mask id after them")
+        raise ValueError(
+            "pass given= or prefix=, not both: a prefix is given= with its tokens first and the mask id after them"
+        )
     if prefix is not None:
         prefix = _token_tensor("prefix", prefix, batch_size, vocab_size)
         if prefix.shape[1] > length:
@@ -55,13 +58,15 @@ def _as_given(given: Any, prefix: Any, batch_size: int, length: int, vocab_size:
         if (prefix == mask_index).any():
             raise ValueError(f"prefix holds the mask id {mask_index}; given tokens must be real tokens")
         tokens = torch.full((batch_size, length), mask_index, dtype=torch.int64)
-        tokens[:, :prefix.shape[1]] = prefix
+        tokens[:, : prefix.shape[1]] = prefix
     elif given is not None:
         tokens = _token_tensor("given", given, batch_size, vocab_size)
         if tokens.shape[1] != length:
-            raise ValueError(f"given has {tokens.shape[1]} positions but the sequence length is {length}; "
-                             f"given spans the whole sequence, with the mask id {mask_index} where tokens are "
-                             f"generated")
+            raise ValueError(
+                f"given has {tokens.shape[1]} positions but the sequence length is {length}; "
+                f"given spans the whole sequence, with the mask id {mask_index} where tokens are "
+                f"generated"
+            )
         tokens = tokens.contiguous()
     else:
         return None
@@ -75,16 +80,18 @@ def _token_tensor(name: str, value: Any, batch_size: int, vocab_size: int) -> to
     try:
         value = torch.as_tensor(value)
     except (ValueError, TypeError, RuntimeError) as exc:  # ragged rows, non-numbers
-        raise ValueError(f"{name} must be token ids of shape {shape.format(batch_size)} with rows of one length "
-                         f"({exc})") from None
+        raise ValueError(
+            f"{name} must be token ids of shape {shape.format(batch_size)} with rows of one length ({exc})"
+        ) from None
     if value.dtype not in _INTEGER_DTYPES:
         raise ValueError(f"{name} must hold integer token ids, got dtype {value.dtype}")
     if value.dim() == 1:
         value = value.unsqueeze(0).expand(batch_size, -1)
     if value.dim() != 2 or value.shape[0] != batch_size:
         what = "[P] or [batch_size" if name == "prefix" else "[L] or [batch_size"
-        raise ValueError(f"{name} must have shape {what}={batch_size}, {'P' if name == 'prefix' else 'L'}], "
-                         f"got {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must have shape {what}={batch_size}, {'P' if name == 'prefix' else 'L'}], got {tuple(value.shape)}"
+        )
     value = value.to(torch.int64)
     if value.numel() and (value.min() < 0 or value.max() >= vocab_size):
         raise ValueError(f"{name} holds token ids outside [0, {vocab_size})")
@@ -106,11 +113,26 @@ def _resolve_device(models: list[Denoiser], device: Any) -> torch.device:
     return device
 
 
-def sample(models: Any, *, steps: int, batch_size: int, length: int | None = None,
-           schedule: ModelSchedule | str | Sequence[int] | None = None, sampler: str = "fast",
-           seed: int = 0, prefix: Any = None, given: Any = None, precision: str = "fp64", device: Any = None,
-           progress: bool = False, noise_removal: str = "greedy", temperature: float = 1.0,
-           dtype: Any = None, _fast_options: Any = None, _final_time: float = SAMPLING_EPS) -> SampleResult:
+def sample(
+    models: Any,
+    *,
+    steps: int,
+    batch_size: int,
+    length: int | None = None,
+    schedule: ModelSchedule | str | Sequence[int] | None = None,
+    sampler: str = "fast",
+    seed: int = 0,
+    prefix: Any = None,
+    given: Any = None,
+    precision: str = "fp64",
+    device: Any = None,
+    progress: bool = False,
+    noise_removal: str = "greedy",
+    temperature: float = 1.0,
+    dtype: Any = None,
+    _fast_options: Any = None,
+    _final_time: float = SAMPLING_EPS,
+) -> SampleResult:
     """Generate ``batch_size`` sequences of ``length`` tokens in ``steps`` denoising steps.
 
     models: one denoiser or a sequence (index 0 = heavy); schedule picks a model index per step
@@ -142,8 +164,10 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
     if sampler == "mdlm" and temperature != 1.0:
         raise ValueError("the mdlm (reference) sampler is MDLM's: temperature must be 1")
     if sampler != "mdlm" and precision != "fp64":
-        raise ValueError("precision='fp32-mdlm' reproduces MDLM's truncated float32 Gumbel noise and exists "
-                         "for the mdlm (reference) sampler only; the fast sampler draws exactly")
+        raise ValueError(
+            "precision='fp32-mdlm' reproduces MDLM's truncated float32 Gumbel noise and exists "
+            "for the mdlm (reference) sampler only; the fast sampler draws exactly"
+        )
     if sampler != "fast" and noise_removal != "greedy":
         raise ValueError(f"noise_removal={noise_removal!r} is an option of the fast sampler only")
     if isinstance(_final_time, bool) or not isinstance(_final_time, (int, float)) or not 0 < _final_time < 1:
@@ -169,8 +193,18 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
         x = torch.full((batch_size, length), mask_index, dtype=torch.int64, device=device)
     else:
         x = conditioned[0]
-    run = SamplingRun(denoisers, schedule, x, seed, precision, noise_removal, progress, float(temperature),
-                      noise=_noise_of(denoisers), final_time=_final_time)
+    run = SamplingRun(
+        denoisers,
+        schedule,
+        x,
+        seed,
+        precision,
+        noise_removal,
+        progress,
+        float(temperature),
+        noise=_noise_of(denoisers),
+        final_time=_final_time,
+    )
     run.fast_options = _fast_options
 
     loop = {"mdlm": mdlm.generate, "fast": fast.generate, "confidence": confidence.generate}[sampler]
@@ -185,14 +219,25 @@ def sample(models: Any, *, steps: int, batch_size: int, length: int | None = Non
     shapes = [m.shape for m in denoisers]
     known = all(s is not None for s in shapes)
     stats = SampleStats(
-        sampler=sampler, precision=precision, steps=steps, batch_size=batch_size, length=length, seed=seed,
-        schedule=schedule.to_spec(), forwards=run.forwards, rows=run.rows, head_positions=run.head_positions,
-        wall_time_s=wall, host_syncs=run.host_syncs,
+        sampler=sampler,
+        precision=precision,
+        steps=steps,
+        batch_size=batch_size,
+        length=length,
+        seed=seed,
+        schedule=schedule.to_spec(),
+        forwards=run.forwards,
+        rows=run.rows,
+        head_positions=run.head_positions,
+        wall_time_s=wall,
+        host_syncs=run.host_syncs,
         predicted_saving=schedule.predicted_saving([s.n_blocks for s in shapes]) if known else None,
         analytic_flops=schedule_flops(schedule, shapes, batch_size, length, noise_removal_model=schedule[-1])
-        if known else None,
+        if known
+        else None,
         executed_flops=run.flops.as_dict() if known else None,
-        dtype=dtype_choice.name, dtype_reason=dtype_choice.reason,
+        dtype=dtype_choice.name,
+        dtype_reason=dtype_choice.reason,
     )
     return SampleResult(tokens=tokens, stats=stats)
 
@@ -202,8 +247,10 @@ def _noise_of(denoisers: list[Denoiser]) -> LogLinearNoise:
     models/live.py), else MDLM's default log-linear schedule."""
     schedules = {m.noise_eps for m in denoisers if m.noise_eps is not None}
     if len(schedules) > 1:
-        raise ValueError(f"the models carry different noise schedules (log-linear eps {sorted(schedules)}); "
-                         "scheduled models must share one")
+        raise ValueError(
+            f"the models carry different noise schedules (log-linear eps {sorted(schedules)}); "
+            "scheduled models must share one"
+        )
     return LogLinearNoise(schedules.pop()) if schedules else LogLinearNoise()
 
 

@@ -8,6 +8,7 @@ T steps), so the loop needs no host synchronization: masked positions are found 
 whose output size is known on the host. Rows of an infilling batch may have different numbers of
 masked positions; their given tokens are never picked.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,9 @@ def generate(run: SamplingRun) -> torch.Tensor:
     ts = run.timesteps.tolist()
     rows = torch.arange(batch, device=x.device)
     remaining = list(masked)
-    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="confidence sampler", unit="step",
-                  leave=False):
+    for i in tqdm(
+        range(run.schedule.steps), disable=not run.progress, desc="confidence sampler", unit="step", leave=False
+    ):
         k = [counts[i] for counts in per_row]
         k_max, width = max(k, default=0), max(remaining, default=0)
         if k_max == 0:
@@ -53,24 +55,32 @@ def generate(run: SamplingRun) -> torch.Tensor:
             run.check_forward(i, model_index, hidden, logits=False)
             weight, bias = model.head()
             with run.naming_non_finite():
-                tokens, logprob = ops.fused_head_sample(hidden, weight, bias, keys, seed=run.seed,
-                                                        purpose=PURPOSE_TOKEN, temperature=run.temperature,
-                                                        banned=run.banned, return_logprob=True,
-                                                        deferred=run.head_errors)
+                tokens, logprob = ops.fused_head_sample(
+                    hidden,
+                    weight,
+                    bias,
+                    keys,
+                    seed=run.seed,
+                    purpose=PURPOSE_TOKEN,
+                    temperature=run.temperature,
+                    banned=run.banned,
+                    return_logprob=True,
+                    deferred=run.head_errors,
+                )
             head_positions = flat_rows.shape[0]
         else:
             logits = model.logits(x, sigma)[flat_rows, flat_pos]
             run.check_forward(i, model_index, logits, logits=True)
             with run.naming_non_finite():
-                tokens, logprob = sample_from_logits(logits, keys, run.seed, PURPOSE_TOKEN, run.temperature,
-                                                     run.banned, True)
+                tokens, logprob = sample_from_logits(
+                    logits, keys, run.seed, PURPOSE_TOKEN, run.temperature, run.banned, True
+                )
             head_positions = batch * length
         logprob, tokens = logprob.view(batch, width), tokens.view(batch, width)
         uneven = min(remaining) < width or min(k) < k_max
         if uneven:  # rows with fewer masked positions: their tail columns are given tokens, never chosen
             columns = torch.arange(width, device=x.device)
-            logprob = logprob.masked_fill(columns >= torch.tensor(remaining, device=x.device)[:, None],
-                                          float("-inf"))
+            logprob = logprob.masked_fill(columns >= torch.tensor(remaining, device=x.device)[:, None], float("-inf"))
         best = logprob.topk(k_max, dim=1).indices
         chosen_pos = positions.gather(1, best)
         chosen_tok = tokens.gather(1, best)

@@ -16,6 +16,7 @@ stream. ``seed=None`` (the default) draws each call's seed from torch's global g
 ``torch.manual_seed`` / Lightning's ``seed_everything`` make a run reproducible and successive calls
 give new samples; an int seed makes call k use a seed derived from (seed, k).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,18 +38,23 @@ def _check_module(diffusion: Any) -> None:
     config = getattr(diffusion, "config", None)
     if config is None or not hasattr(diffusion, "backbone"):
         raise LiveModelError(f"{type(diffusion).__name__} is not MDLM's Diffusion module (no config, no backbone)")
-    missing = [p for p in ("loader.eval_batch_size", "model.length", "sampling.steps")
-               if config_value(config, p) is None]
+    missing = [
+        p for p in ("loader.eval_batch_size", "model.length", "sampling.steps") if config_value(config, p) is None
+    ]
     if missing:
         raise LiveModelError(f"the module's config has no {', '.join(missing)}, which MDLM's _sample reads")
     parameterization = getattr(diffusion, "parameterization", "subs")
     if parameterization != "subs":
-        raise LiveModelError(f"parameterization {parameterization!r}: the fast sampler replaces MDLM's masked "
-                             f"diffusion sampler (parameterization 'subs') only")
+        raise LiveModelError(
+            f"parameterization {parameterization!r}: the fast sampler replaces MDLM's masked "
+            f"diffusion sampler (parameterization 'subs') only"
+        )
     predictor = config_value(config, "sampling.predictor") or "ddpm_cache"
     if predictor not in _SAME_DISTRIBUTION:
-        raise LiveModelError(f"sampling.predictor={predictor!r}: the fast sampler draws the distribution of MDLM's "
-                             f"{' and '.join(_SAME_DISTRIBUTION)} predictors only")
+        raise LiveModelError(
+            f"sampling.predictor={predictor!r}: the fast sampler draws the distribution of MDLM's "
+            f"{' and '.join(_SAME_DISTRIBUTION)} predictors only"
+        )
     noise_type = config_value(config, "noise.type")
     if noise_type not in (None, "loglinear"):
         raise LiveModelError(f"noise.type={noise_type!r}: MDLM's ddpm_cache sampler (and this one) need 'loglinear'")
@@ -67,8 +73,16 @@ def _global_seed() -> int:
     return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
 
 
-def fast_sample(diffusion: Any, num_steps: int | None = None, eps: float = 1e-5, *, seed: int | None = None,
-                sampler: str = "fast", dtype: Any = None, check: bool = True) -> torch.Tensor:
+def fast_sample(
+    diffusion: Any,
+    num_steps: int | None = None,
+    eps: float = 1e-5,
+    *,
+    seed: int | None = None,
+    sampler: str = "fast",
+    dtype: Any = None,
+    check: bool = True,
+) -> torch.Tensor:
     """MDLM's ``Diffusion._sample(num_steps=None, eps=1e-5)`` by the fast sampler.
 
     ``num_steps`` defaults to ``config.sampling.steps``; the batch is ``config.loader.eval_batch_size``
@@ -85,10 +99,17 @@ def fast_sample(diffusion: Any, num_steps: int | None = None, eps: float = 1e-5,
     if seed is None:
         seed = _global_seed()
     denoiser = live_denoiser(diffusion, check=check)
-    result = sample(denoiser, steps=steps, batch_size=int(config_value(config, "loader.eval_batch_size")),
-                    length=int(config_value(config, "model.length")), sampler=sampler, seed=check_seed(seed),
-                    noise_removal="greedy" if noise_removal is None or noise_removal else "none", dtype=dtype,
-                    _final_time=float(eps))
+    result = sample(
+        denoiser,
+        steps=steps,
+        batch_size=int(config_value(config, "loader.eval_batch_size")),
+        length=int(config_value(config, "model.length")),
+        sampler=sampler,
+        seed=check_seed(seed),
+        noise_removal="greedy" if noise_removal is None or noise_removal else "none",
+        dtype=dtype,
+        _final_time=float(eps),
+    )
     # A plain tensor (not an inference-mode one): MDLM's code may use it anywhere after.
     return result.tokens.clone()
 
@@ -133,8 +154,9 @@ class Patched:
         self.restore()
 
 
-def patch(diffusion: Any, *, seed: int | None = None, sampler: str = "fast", dtype: Any = None,
-          check: bool = True) -> Patched:
+def patch(
+    diffusion: Any, *, seed: int | None = None, sampler: str = "fast", dtype: Any = None, check: bool = True
+) -> Patched:
     """Replace ``diffusion._sample`` (MDLM's Lightning module) by :func:`fast_sample` now; returns a
     handle whose ``restore()`` -- or the end of ``with mdlm_fast.patch(model):`` -- puts it back.
     Refuses (LiveModelError) a module whose sampler the fast sampler does not reproduce in

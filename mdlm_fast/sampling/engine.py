@@ -10,6 +10,7 @@ Thread-safety: submit, cancel, snapshot, progress, the properties and stats may 
 other threads while one thread loops ``step()``; the lock is held for bookkeeping only, not
 during the forward.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,12 +52,12 @@ class Request:
     """What ``sample()`` takes for one batch of ``n`` sequences (the fast sampler)."""
 
     n: int = 1
-    length: int | None = None       # None: the model's config.model_length
+    length: int | None = None  # None: the model's config.model_length
     steps: int = 128
-    schedule: Any = None            # ModelSchedule, spec string, list or time schedule; None = all heavy
+    schedule: Any = None  # ModelSchedule, spec string, list or time schedule; None = all heavy
     seed: int = 0
-    prefix: Any = None              # [P] or [n, P] token ids
-    given: Any = None               # infilling: [L] or [n, L], the mask id where tokens are generated
+    prefix: Any = None  # [P] or [n, P] token ids
+    given: Any = None  # infilling: [L] or [n, L], the mask id where tokens are generated
     temperature: float = 1.0
     noise_removal: str = "greedy"
 
@@ -64,9 +65,9 @@ class Request:
 @dataclass
 class Completion:
     handle: int
-    tokens: torch.Tensor | None     # [n, L] int64 on the CPU; None if failed or cancelled
+    tokens: torch.Tensor | None  # [n, L] int64 on the CPU; None if failed or cancelled
     error: str | None
-    stats: dict                     # latency_s, queue_wait_s, forwards, rows, steps, tokens
+    stats: dict  # latency_s, queue_wait_s, forwards, rows, steps, tokens
 
 
 def default_max_rows(device: torch.device) -> int:
@@ -88,8 +89,17 @@ class Engine:
     before its group runs first (see packing.py).
     """
 
-    def __init__(self, models: Any, *, device: Any = None, dtype: Any = None, max_rows: int | None = None,
-                 max_queue: int = 1024, max_in_flight: int | None = None, patience: int = 4):
+    def __init__(
+        self,
+        models: Any,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        max_rows: int | None = None,
+        max_queue: int = 1024,
+        max_in_flight: int | None = None,
+        patience: int = 4,
+    ):
         denoisers = as_denoisers(models)
         self.device = _resolve_device(denoisers, device)
         self.models, self.dtype_choice = denoisers_in_dtype(denoisers, dtype, self.device)
@@ -98,8 +108,9 @@ class Engine:
         self.default_length = getattr(getattr(self.models[0].model, "config", None), "model_length", None)
         self.max_rows = positive_int("max_rows", max_rows) if max_rows is not None else default_max_rows(self.device)
         self.max_queue = positive_int("max_queue", max_queue)
-        self.max_in_flight = (positive_int("max_in_flight", max_in_flight) if max_in_flight is not None
-                              else 4 * self.max_rows)
+        self.max_in_flight = (
+            positive_int("max_in_flight", max_in_flight) if max_in_flight is not None else 4 * self.max_rows
+        )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an int >= 0, got {patience!r}")
         self.patience = patience
@@ -158,13 +169,23 @@ class Engine:
         x = torch.full((n, length), self.mask_index, dtype=torch.int64, device=self.device)
         if given is not None:
             x.copy_(given[0])  # the mask id where tokens are generated; the reveal plan skips the rest
-        run = SamplingRun(self.models, schedule, x, request.seed, "fp64", request.noise_removal, False,
-                          float(temperature))
+        run = SamplingRun(
+            self.models, schedule, x, request.seed, "fp64", request.noise_removal, False, float(temperature)
+        )
         with torch.inference_mode():
             reveal = fast.reveal_steps(run).cpu()
-        state = RequestState(handle=-1, n=n, length=length, steps=steps, schedule=schedule, seed=request.seed,
-                             temperature=float(temperature), noise_removal=request.noise_removal, x=x,
-                             timesteps=sampling_timesteps(steps).tolist())
+        state = RequestState(
+            handle=-1,
+            n=n,
+            length=length,
+            steps=steps,
+            schedule=schedule,
+            seed=request.seed,
+            temperature=float(temperature),
+            noise_removal=request.noise_removal,
+            x=x,
+            timesteps=sampling_timesteps(steps).tolist(),
+        )
         state.rows = row_states(state, reveal)
         return state
 

@@ -5,6 +5,7 @@ which its positions are revealed -- a plan fixed before any model runs by one un
 (fast.py). A request's rows keep their own row ids 0..n-1, so their Philox keys (seed, step, row,
 position) are those of ``sample()`` called alone with the request's arguments.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,11 +24,11 @@ class RowState:
     """One sequence: its reveal steps (ascending; T = noise removal) and the positions of each."""
 
     request: RequestState
-    row: int                        # the row id within its request: its key row, as in sample()
+    row: int  # the row id within its request: its key row, as in sample()
     steps: list[int]
-    positions: list[torch.Tensor]   # CPU int64, ascending, one tensor per entry of `steps`
-    cursor: int = 0                 # index into `steps` of the next reveal
-    ready_since: int = 0            # the engine's forward count when this row last became ready
+    positions: list[torch.Tensor]  # CPU int64, ascending, one tensor per entry of `steps`
+    cursor: int = 0  # index into `steps` of the next reveal
+    ready_since: int = 0  # the engine's forward count when this row last became ready
 
     @property
     def done(self) -> bool:
@@ -58,14 +59,14 @@ class RequestState:
     seed: int
     temperature: float
     noise_removal: str
-    x: torch.Tensor                 # int64 [n, L] on the engine's device: the tokens so far
+    x: torch.Tensor  # int64 [n, L] on the engine's device: the tokens so far
     rows: list[RowState] = field(default_factory=list)
     timesteps: list[float] = field(default_factory=list)
     submitted_at: float = field(default_factory=time.perf_counter)
     admitted_at: float | None = None
-    forwards: int = 0               # packed forwards that ran some of its rows
-    row_forwards: int = 0           # its rows pushed through a trunk, summed over forwards
-    drawn: int = 0                  # positions whose token was drawn
+    forwards: int = 0  # packed forwards that ran some of its rows
+    row_forwards: int = 0  # its rows pushed through a trunk, summed over forwards
+    drawn: int = 0  # positions whose token was drawn
     error: str | None = None
     cancelled: bool = False
 
@@ -88,9 +89,14 @@ class RequestState:
 
     def stats(self, now: float) -> dict[str, Any]:
         admitted = self.admitted_at if self.admitted_at is not None else now
-        return {"latency_s": now - self.submitted_at, "queue_wait_s": admitted - self.submitted_at,
-                "forwards": self.forwards, "rows": self.row_forwards, "steps": self.steps,
-                "tokens": self.drawn}
+        return {
+            "latency_s": now - self.submitted_at,
+            "queue_wait_s": admitted - self.submitted_at,
+            "forwards": self.forwards,
+            "rows": self.row_forwards,
+            "steps": self.steps,
+            "tokens": self.drawn,
+        }
 
 
 def row_states(request: RequestState, reveal: torch.Tensor) -> list[RowState]:

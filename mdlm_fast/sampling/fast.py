@@ -14,6 +14,7 @@ model runs, which gives:
   * the loop never waits on the device: the plan is moved to the host once, up front, and the
     fused head's value errors are read at the run's end (SamplingRun.head_errors).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,11 +53,11 @@ class StepPlan:
     """Positions one step reveals, as index tensors on the sampling device."""
 
     step: int
-    rows: torch.Tensor             # active batch rows, ascending [R]
-    local_rows: torch.Tensor       # for each revealed position: its index into `rows` [N]
-    keys: torch.Tensor             # (step, batch row, position) of each revealed position [N, 3]
+    rows: torch.Tensor  # active batch rows, ascending [R]
+    local_rows: torch.Tensor  # for each revealed position: its index into `rows` [N]
+    keys: torch.Tensor  # (step, batch row, position) of each revealed position [N, 3]
     query_positions: torch.Tensor  # revealed positions per active row, padded by repetition [R, Q]
-    query_index: torch.Tensor      # for each revealed position: its index into query_positions.flatten() [N]
+    query_index: torch.Tensor  # for each revealed position: its index into query_positions.flatten() [N]
 
     @property
     def n_rows(self) -> int:
@@ -94,7 +95,7 @@ def build_plan(reveal: torch.Tensor, steps: int, device: torch.device) -> tuple[
     for step, count in enumerate(counts):
         if count == 0:
             continue
-        rows, positions = row_of[start:start + count], pos_of[start:start + count]
+        rows, positions = row_of[start : start + count], pos_of[start : start + count]
         # entries are ordered by (row, position): consecutive per row
         active, local, per_row = torch.unique_consecutive(rows, return_inverse=True, return_counts=True)
         first = torch.cumsum(per_row, 0) - per_row
@@ -102,8 +103,16 @@ def build_plan(reveal: torch.Tensor, steps: int, device: torch.device) -> tuple[
         take = first[:, None] + torch.minimum(torch.arange(width), per_row[:, None] - 1)
         query_index = local * width + torch.arange(count) - first[local]
         keys = step_keys(step, rows, positions)
-        plans.append(StepPlan(step, active.to(device), local.to(device), keys.to(device),
-                              positions[take].to(device), query_index.to(device)))
+        plans.append(
+            StepPlan(
+                step,
+                active.to(device),
+                local.to(device),
+                keys.to(device),
+                positions[take].to(device),
+                query_index.to(device),
+            )
+        )
         start += count
     noise_removal = plans.pop() if plans and plans[-1].step == steps else None
     return plans, noise_removal
@@ -113,8 +122,9 @@ def _every_step(plans: list[StepPlan], steps: int, device: torch.device) -> list
     """The plans with an empty plan at each step that reveals nothing (skip_noop_steps off)."""
     by_step = {p.step: p for p in plans}
     none = torch.empty(0, dtype=torch.int64, device=device)
-    return [by_step.get(step) or StepPlan(step, none, none, none.view(0, 3), none.view(0, 1), none)
-            for step in range(steps)]
+    return [
+        by_step.get(step) or StepPlan(step, none, none, none.view(0, 3), none.view(0, 1), none) for step in range(steps)
+    ]
 
 
 def _all_rows(plan: StepPlan, batch: int) -> StepPlan:
@@ -126,12 +136,19 @@ def _all_rows(plan: StepPlan, batch: int) -> StepPlan:
     query_positions[plan.rows] = plan.query_positions
     rows_of_reveals = plan.keys[:, 1]
     within_row = plan.query_index - plan.local_rows * plan.query_positions.shape[1]
-    return StepPlan(plan.step, torch.arange(batch, device=device), rows_of_reveals, plan.keys, query_positions,
-                    rows_of_reveals * width + within_row)
+    return StepPlan(
+        plan.step,
+        torch.arange(batch, device=device),
+        rows_of_reveals,
+        plan.keys,
+        query_positions,
+        rows_of_reveals * width + within_row,
+    )
 
 
-def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int, t: float,
-            temperature: float, purpose: int) -> None:
+def _reveal(
+    run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int, t: float, temperature: float, purpose: int
+) -> None:
     """Run the model on the plan's rows and write the drawn tokens at its positions."""
     model = run.models[model_index]
     options = run.fast_options or ALL_ON
@@ -146,8 +163,17 @@ def _reveal(run: SamplingRun, x: torch.Tensor, plan: StepPlan, model_index: int,
         run.check_forward(plan.step, model_index, hidden, logits=False)
         weight, bias = model.head()
         with run.naming_non_finite():
-            tokens, _ = ops.fused_head_sample(hidden, weight, bias, plan.keys, seed=run.seed, purpose=purpose,
-                                              temperature=temperature, banned=banned, deferred=run.head_errors)
+            tokens, _ = ops.fused_head_sample(
+                hidden,
+                weight,
+                bias,
+                plan.keys,
+                seed=run.seed,
+                purpose=purpose,
+                temperature=temperature,
+                banned=banned,
+                deferred=run.head_errors,
+            )
         head_positions = plan.n_positions
         last_block_queries = plan.query_positions.numel() if pruned else None
     else:

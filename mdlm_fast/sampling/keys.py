@@ -3,6 +3,7 @@
 A draw's noise is a function of its key alone, never of which other rows or positions are in
 the same call, so batch compaction and tiling cannot change a token.
 """
+
 from __future__ import annotations
 
 import torch

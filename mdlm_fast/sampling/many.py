@@ -4,6 +4,7 @@ full. Batch k's tokens are those of ``sample(batch_size=size_k, seed=seed + k)``
 keeps its meaning (the sequences one seed draws), the row budget only sets how many rows a
 forward packs.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,16 +31,30 @@ def batch_seeds(samples: int, batch_size: int, seed: int) -> list[tuple[int, int
 
 @dataclass
 class ManyResult:
-    tokens: torch.Tensor        # int64 [samples, L], batch after batch
+    tokens: torch.Tensor  # int64 [samples, L], batch after batch
     batches: list[torch.Tensor]  # per batch, in seed order
-    stats: SampleStats          # the whole run, as sample() reports one call
-    engine: dict                # Engine.stats(): fill, rows per forward, queue waits
+    stats: SampleStats  # the whole run, as sample() reports one call
+    engine: dict  # Engine.stats(): fill, rows per forward, queue waits
 
 
-def sample_many(models: Any, *, samples: int, batch_size: int, steps: int, length: int | None = None,
-                schedule: Any = None, seed: int = 0, prefix: Any = None, given: Any = None, temperature: float = 1.0,
-                noise_removal: str = "greedy", device: Any = None, dtype: Any = None,
-                max_rows: int | None = None, batches: list[tuple[int, int]] | None = None) -> ManyResult:
+def sample_many(
+    models: Any,
+    *,
+    samples: int,
+    batch_size: int,
+    steps: int,
+    length: int | None = None,
+    schedule: Any = None,
+    seed: int = 0,
+    prefix: Any = None,
+    given: Any = None,
+    temperature: float = 1.0,
+    noise_removal: str = "greedy",
+    device: Any = None,
+    dtype: Any = None,
+    max_rows: int | None = None,
+    batches: list[tuple[int, int]] | None = None,
+) -> ManyResult:
     """``samples`` sequences in batches of ``batch_size`` (seeds ``seed + k``) through one Engine;
     ``batches`` gives the (seed, size) list explicitly instead (a shard of a larger run).
     Raises NonFiniteForwardError if any batch's forward was not finite."""
@@ -47,10 +62,22 @@ def sample_many(models: Any, *, samples: int, batch_size: int, steps: int, lengt
     batches = batches if batches is not None else batch_seeds(samples, batch_size, seed)
     engine = Engine(models, device=device, dtype=dtype, max_rows=max_rows, max_queue=max(len(batches), 1))
     start = time.perf_counter()
-    handles = [engine.submit(Request(n=size, length=length, steps=steps, schedule=schedule, seed=batch_seed,
-                                     prefix=prefix, given=given, temperature=temperature,
-                                     noise_removal=noise_removal))
-               for batch_seed, size in batches]
+    handles = [
+        engine.submit(
+            Request(
+                n=size,
+                length=length,
+                steps=steps,
+                schedule=schedule,
+                seed=batch_seed,
+                prefix=prefix,
+                given=given,
+                temperature=temperature,
+                noise_removal=noise_removal,
+            )
+        )
+        for batch_seed, size in batches
+    ]
     done = {c.handle: c for c in engine.run_until_done()}
     wall = time.perf_counter() - start
     failed = [done[h].error for h in handles if done[h].error is not None]
@@ -65,10 +92,24 @@ def sample_many(models: Any, *, samples: int, batch_size: int, steps: int, lengt
     total = sum(size for _, size in batches)
     flops = engine_stats["executed_flops"]
     stats = SampleStats(
-        sampler="fast", precision="fp64", steps=steps, batch_size=total, length=length, seed=batches[0][0],
-        schedule=resolved.to_spec(), forwards=engine_stats["forwards"], rows=engine_stats["rows"],
-        head_positions=flops["head_positions"] if flops else 0, wall_time_s=wall, host_syncs=0,
+        sampler="fast",
+        precision="fp64",
+        steps=steps,
+        batch_size=total,
+        length=length,
+        seed=batches[0][0],
+        schedule=resolved.to_spec(),
+        forwards=engine_stats["forwards"],
+        rows=engine_stats["rows"],
+        head_positions=flops["head_positions"] if flops else 0,
+        wall_time_s=wall,
+        host_syncs=0,
         predicted_saving=resolved.predicted_saving([s.n_blocks for s in shapes]) if known else None,
-        analytic_flops=schedule_flops(resolved, shapes, total, length, noise_removal_model=resolved[-1]) if known else None,
-        executed_flops=flops, dtype=engine_stats["dtype"], dtype_reason=engine.dtype_choice.reason)
+        analytic_flops=schedule_flops(resolved, shapes, total, length, noise_removal_model=resolved[-1])
+        if known
+        else None,
+        executed_flops=flops,
+        dtype=engine_stats["dtype"],
+        dtype_reason=engine.dtype_choice.reason,
+    )
     return ManyResult(torch.cat(out), out, stats, engine_stats)

@@ -12,6 +12,7 @@ runs are reproducible across devices. precision="fp64" compares log q + Gumbel i
 "fp32-mdlm" is MDLM's float32 ``q / (1e-10 - log(u + 1e-10))`` with 24-bit uniforms, whose
 truncated tail lowers the effective temperature (kept to reproduce published numbers).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,9 @@ from mdlm_fast.sampling.keys import position_grid
 from mdlm_fast.sampling.run import SamplingRun
 
 
-def _gumbel_max_step(run: SamplingRun, p_x0: torch.Tensor, mc_t: float, mc_s: float,
-                     keys: torch.Tensor) -> torch.Tensor:
+def _gumbel_max_step(
+    run: SamplingRun, p_x0: torch.Tensor, mc_t: float, mc_s: float, keys: torch.Tensor
+) -> torch.Tensor:
     """One categorical draw per position from q_xs; returns int64 [B, L]."""
     batch, length, vocab = p_x0.shape
     mask = run.mask_index
@@ -47,8 +49,7 @@ def generate(run: SamplingRun) -> torch.Tensor:
     dt = run.dt
     keys = position_grid(batch, length, x.device)  # the step column is set per step
     p_x0, cached_model = None, None
-    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="mdlm sampler", unit="step",
-                  leave=False):
+    for i in tqdm(range(run.schedule.steps), disable=not run.progress, desc="mdlm sampler", unit="step", leave=False):
         t = ts[i]
         s = t - dt
         index = run.schedule[i]

@@ -14,6 +14,7 @@ Inside the group, the oldest ready rows go first (by when they became ready, the
 handle, then row). The trade-off: a larger ``patience`` lets the minority model's rows collect
 into fuller forwards at the cost of their latency; ``patience = 0`` is strict oldest-first.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

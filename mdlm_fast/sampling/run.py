@@ -8,6 +8,7 @@ them costs no extra host sync.
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +31,7 @@ class NonFiniteForwardError(FloatingPointError, ValueError):
 
 # Bits of SamplingRun.non_finite[step]: what was not finite in that step's forward.
 _BAD_OUTPUT = 1  # the hidden states or logits the step used
-_BAD_HEAD = 2    # the output layer's weight or bias (checked at each model's first forward)
+_BAD_HEAD = 2  # the output layer's weight or bias (checked at each model's first forward)
 
 
 @dataclass
@@ -44,16 +45,16 @@ class SampleStats:
     length: int
     seed: int
     schedule: str
-    forwards: list[int]          # model forwards run, per model index
-    rows: list[int]              # sequences pushed through the trunk, per model index
-    head_positions: int          # positions projected onto the vocabulary
+    forwards: list[int]  # model forwards run, per model index
+    rows: list[int]  # sequences pushed through the trunk, per model index
+    head_positions: int  # positions projected onto the vocabulary
     wall_time_s: float
-    host_syncs: int              # device->host waits inside the sampling loop
+    host_syncs: int  # device->host waits inside the sampling loop
     predicted_saving: float | None  # eq. 3: block FLOPs only, vs all-heavy
-    analytic_flops: dict[str, Any] | None = None   # every step a full forward (reference-style)
-    executed_flops: dict[str, Any] | None = None   # what this run actually computed
-    dtype: str = "float32"       # the models' compute dtype in this run
-    dtype_reason: str = ""       # why: "requested", "auto: this CPU has avx512_bf16", "as loaded"
+    analytic_flops: dict[str, Any] | None = None  # every step a full forward (reference-style)
+    executed_flops: dict[str, Any] | None = None  # what this run actually computed
+    dtype: str = "float32"  # the models' compute dtype in this run
+    dtype_reason: str = ""  # why: "requested", "auto: this CPU has avx512_bf16", "as loaded"
 
     @property
     def forwards_per_step(self) -> float:
@@ -77,7 +78,7 @@ class SamplingRun:
 
     models: list[Denoiser]
     schedule: ModelSchedule
-    x: torch.Tensor               # int64 [B, L]: the prior (masks) with the given tokens written in
+    x: torch.Tensor  # int64 [B, L]: the prior (masks) with the given tokens written in
     seed: int
     precision: str
     noise_removal: str
@@ -90,7 +91,7 @@ class SamplingRun:
     rows: list[int] = field(default_factory=list)
     head_positions: int = 0
     host_syncs: int = 0
-    fast_options: Any = None      # sampling.fast.FastOptions (benchmark ablations); None = every mechanism on
+    fast_options: Any = None  # sampling.fast.FastOptions (benchmark ablations); None = every mechanism on
 
     def __post_init__(self):
         self.forwards = [0] * len(self.models)
@@ -149,7 +150,7 @@ class SamplingRun:
         its model; this reads the flags from the device. At the run's end (no ``step``), then the
         fused head's deferred errors (a NaN row comes from a flagged forward, so the forward's
         error wins, as on the CPU)."""
-        flags = self.non_finite if step is None else self.non_finite[step:step + 1]
+        flags = self.non_finite if step is None else self.non_finite[step : step + 1]
         bad = torch.nonzero(flags).flatten().tolist()
         if not bad:
             if step is None and "head_errors" in self.__dict__:
@@ -159,13 +160,20 @@ class SamplingRun:
         code = int(self.non_finite[first])
         steps = self.schedule.steps
         model = self.schedule[first] if first < steps else self.schedule[-1]
-        where = (f"step {first} of {steps} (t = {float(self.timesteps[first]):.4g})" if first < steps
-                 else f"the noise-removal forward after step {steps}")
-        what = " and ".join(name for bit, name in ((_BAD_OUTPUT, "its hidden states or logits"),
-                                                   (_BAD_HEAD, "its output layer's weights")) if code & bit)
+        where = (
+            f"step {first} of {steps} (t = {float(self.timesteps[first]):.4g})"
+            if first < steps
+            else f"the noise-removal forward after step {steps}"
+        )
+        what = " and ".join(
+            name
+            for bit, name in ((_BAD_OUTPUT, "its hidden states or logits"), (_BAD_HEAD, "its output layer's weights"))
+            if code & bit
+        )
         raise NonFiniteForwardError(
             f"sampling stopped: the forward of model {model} at {where} produced NaN or inf in {what}; "
-            f"the model's weights or the given tokens are not usable")
+            f"the model's weights or the given tokens are not usable"
+        )
 
     @property
     def timesteps(self) -> torch.Tensor:
@@ -180,8 +188,9 @@ class SamplingRun:
     def sigma(self, t: float, rows: int) -> torch.Tensor:
         return torch.full((rows,), float(self.noise.sigma(t)), device=self.x.device)
 
-    def record_forward(self, model_index: int, rows: int, head_positions: int,
-                       last_block_queries: int | None = None) -> None:
+    def record_forward(
+        self, model_index: int, rows: int, head_positions: int, last_block_queries: int | None = None
+    ) -> None:
         """Count one trunk forward over `rows` rows and a head over `head_positions` positions
         (`last_block_queries`: the last block ran at that many positions only)."""
         model = self.models[model_index]

@@ -19,6 +19,7 @@ Counts are Python ints (exact; a paper-size run is ~1e16 FLOPs).
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -148,7 +149,10 @@ def forward_flops(shape: Any, rows: int, length: int, head_positions: Optional[i
 
 
 def _schedule_totals(
-    schedule: ModelSchedule, shapes: List[ModelShape], batch: int, length: int,
+    schedule: ModelSchedule,
+    shapes: List[ModelShape],
+    batch: int,
+    length: int,
     noise_removal_model: Optional[int],
 ) -> Dict[str, Any]:
     """blocks/head/total FLOPs and forwards per model for a full-batch forward at every step."""
@@ -161,7 +165,10 @@ def _schedule_totals(
 
 
 def schedule_flops(
-    schedule: ModelSchedule, shapes: Sequence[Any], batch: int, length: int,
+    schedule: ModelSchedule,
+    shapes: Sequence[Any],
+    batch: int,
+    length: int,
     noise_removal_model: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Analytic FLOPs of a reference-style sampler: every step one full-batch forward, full head.
@@ -185,9 +192,7 @@ def schedule_flops(
         raise ScheduleError(f"noise_removal_model index {noise_removal_model} but {len(shapes)} model(s) supplied")
 
     result = _schedule_totals(schedule, shapes, batch, length, noise_removal_model)
-    baseline = _schedule_totals(
-        ModelSchedule.all_heavy(schedule.steps), shapes, batch, length, noise_removal_model
-    )
+    baseline = _schedule_totals(ModelSchedule.all_heavy(schedule.steps), shapes, batch, length, noise_removal_model)
     total = result["total"]
     result["head_fraction"] = result["head"] / total if total else 0.0
     result["predicted_saving"] = schedule.predicted_saving([s.n_blocks for s in shapes])
@@ -221,8 +226,9 @@ class ExecutedFlops:
         """Blocks plus head FLOPs."""
         return self.blocks + self.head
 
-    def add_trunk(self, model_index: int, shape: Any, rows: int, length: int,
-                  last_block_queries: Optional[int] = None) -> int:
+    def add_trunk(
+        self, model_index: int, shape: Any, rows: int, length: int, last_block_queries: Optional[int] = None
+    ) -> int:
         """Record one trunk forward of model ``model_index`` over ``rows`` rows; returns its FLOPs.
 
         ``last_block_queries``: see :func:`block_flops`."""
@@ -258,8 +264,10 @@ class ExecutedFlops:
         }
 
     def __repr__(self) -> str:
-        return (f"ExecutedFlops(total={self.total:.3e}, blocks={self.blocks:.3e}, head={self.head:.3e}, "
-                f"forwards={self._per_model(self.forwards)})")
+        return (
+            f"ExecutedFlops(total={self.total:.3e}, blocks={self.blocks:.3e}, head={self.head:.3e}, "
+            f"forwards={self._per_model(self.forwards)})"
+        )
 
 
 __all__ = [

@@ -3,6 +3,7 @@ the model letters (``H`` = model 0, the heavy one; ``L`` = model 1, the light on
 
 Letters are read case-insensitively (ASCII case folding only); messages quote the user's spelling.
 """
+
 from __future__ import annotations
 
 import re

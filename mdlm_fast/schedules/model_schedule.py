@@ -13,6 +13,7 @@ writes the run-length form, which :meth:`ModelSchedule.parse` reads back to an e
 Equation numbers (eq. 3-8) are those of arXiv:2604.02340 (Sedykh, Sorokin, Malykh 2026), which
 docs/design.md keeps.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -180,8 +181,9 @@ class ModelSchedule:
         return cls.all_model(steps, light)
 
     @classmethod
-    def from_fraction(cls, steps: int, fraction: FractionLike, placement: str = "sandwich",
-                      light: int = LIGHT) -> "ModelSchedule":
+    def from_fraction(
+        cls, steps: int, fraction: FractionLike, placement: str = "sandwich", light: int = LIGHT
+    ) -> "ModelSchedule":
         """Replace ``floor(fraction * steps + 1/2)`` steps by model ``light`` at ``placement``.
 
         Placements: ``first``, ``last``, ``q1``..``q4`` (block centered on that quarter; may extend

@@ -12,6 +12,7 @@ Conventions follow MDLM (Sahoo et al. 2024), see design §2:
 
 Every function accepts a Python number or a ``torch.Tensor`` and returns the same kind.
 """
+
 from __future__ import annotations
 
 import math

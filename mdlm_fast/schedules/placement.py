@@ -15,6 +15,7 @@ Rounding and placement rules (used by the constructors and the spec alike):
   shifted as needed to stay inside the trajectory, so every placement gives exactly the requested
   number of light steps. Centering: the block starts at ``region_start + floor((region_size - n) / 2)``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -137,9 +138,7 @@ def check_segment_indices(light_segments: Iterable[int], n_segments: int) -> Lis
     for seg in light_segments:
         value = integer("segment index", seg, error=ScheduleError)
         if not 0 <= value < n_segments:
-            raise ScheduleError(
-                f"segment index {value} out of range for {n_segments} segments (0..{n_segments - 1})"
-            )
+            raise ScheduleError(f"segment index {value} out of range for {n_segments} segments (0..{n_segments - 1})")
         if value in seen:
             raise ScheduleError(f"duplicate segment index {value}")
         seen.add(value)

@@ -18,6 +18,7 @@ but never inside a number::
 ``steps`` is also given the two must agree (no rescaling). The model words are those of
 :mod:`mdlm_fast.schedules.grammar`, shared with the time-schedule grammar.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -90,13 +91,13 @@ def _parse_colon_form(head: str, body: str, steps: Optional[int]) -> List[int]:
         if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < n_segments:
             # The segment count is easy to miss when it is the default: name where it came from.
             given = f"segments/{n_segments}" if seg.group(1) else f"the default {n_segments} segments"
-            raise ScheduleError(f"{given} need at least {n_segments} steps, got steps={steps}; write "
-                                f"'segments/N:i,j,...' with N <= {steps}")
+            raise ScheduleError(
+                f"{given} need at least {n_segments} steps, got steps={steps}; write "
+                f"'segments/N:i,j,...' with N <= {steps}"
+            )
         return segment_indices(steps, chosen, n_segments, LIGHT)
     if key not in PLACEMENTS:
-        raise ScheduleError(
-            f"unknown placement {head!r}; expected one of {', '.join(PLACEMENTS)}, 'segments' or 'all'"
-        )
+        raise ScheduleError(f"unknown placement {head!r}; expected one of {', '.join(PLACEMENTS)}, 'segments' or 'all'")
     fraction = parse_fraction_text(body)
     if not 0 <= fraction <= 1:
         raise ScheduleError(f"fraction {body!r} is outside [0, 1]")

@@ -23,6 +23,7 @@ or :class:`TimeSchedule`, or whatever :meth:`ModelSchedule.coerce` takes -- into
 schedule of a given number of steps; the samplers and the CLI go through it. A schedule is written to and read from a small JSON file together with a free-form
 ``source`` record (the importance profile or search it came from).
 """
+
 from __future__ import annotations
 
 import json
@@ -93,7 +94,8 @@ class TimeSchedule:
         for upper, lower in zip(ordered, ordered[1:]):
             if lower.hi > upper.lo:
                 raise ScheduleError(
-                    f"time intervals ({lower.lo:g}, {lower.hi:g}] and ({upper.lo:g}, {upper.hi:g}] overlap")
+                    f"time intervals ({lower.lo:g}, {lower.hi:g}] and ({upper.lo:g}, {upper.hi:g}] overlap"
+                )
         object.__setattr__(self, "intervals", ordered)
         integer("default model", self.default, minimum=0, maximum=MAX_MODELS - 1, error=ScheduleError)
 
@@ -160,10 +162,10 @@ class TimeSchedule:
         """Read a ``time:`` spec (grammar in the module doc)."""
         if not cls.is_spec(spec):
             raise ScheduleError(f"a time schedule spec starts with {_PREFIX!r}, got {spec!r}")
-        body = spec.strip()[len(_PREFIX):]
+        body = spec.strip()[len(_PREFIX) :]
         intervals, default = [], 0
         try:
-            for part in ([] if not body.strip() else body.split(",")):
+            for part in [] if not body.strip() else body.split(","):
                 match = _INTERVAL.fullmatch(part)
                 if match:
                     intervals.append(TimeInterval(float(match[1]), float(match[2]), model_from_text(match[3])))
@@ -172,8 +174,10 @@ class TimeSchedule:
                 if match:
                     default = model_from_text(match[1])
                     continue
-                raise ScheduleError(f"cannot read {part.strip()!r}: expected LO-HI=MODEL (e.g. 0.9-1=L) "
-                                    "or default=MODEL, with MODEL one of H, L, M<k>")
+                raise ScheduleError(
+                    f"cannot read {part.strip()!r}: expected LO-HI=MODEL (e.g. 0.9-1=L) "
+                    "or default=MODEL, with MODEL one of H, L, M<k>"
+                )
             return cls(tuple(intervals), default)
         except ScheduleError as err:
             raise ScheduleError(f"invalid time schedule spec {spec!r}: {err}") from None
@@ -181,9 +185,14 @@ class TimeSchedule:
     # -- files -----------------------------------------------------------------------------------
 
     def as_dict(self) -> dict:
-        return {"format": FILE_FORMAT, "version": _FILE_VERSION, "spec": self.to_spec(),
-                "intervals": [{"lo": iv.lo, "hi": iv.hi, "model": iv.model} for iv in self.intervals],
-                "default": self.default, "source": self.source or {}}
+        return {
+            "format": FILE_FORMAT,
+            "version": _FILE_VERSION,
+            "spec": self.to_spec(),
+            "intervals": [{"lo": iv.lo, "hi": iv.hi, "model": iv.model} for iv in self.intervals],
+            "default": self.default,
+            "source": self.source or {},
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the schedule and its source record as JSON, atomically."""
@@ -194,7 +203,7 @@ class TimeSchedule:
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "time schedule") -> "TimeSchedule":
         if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-            raise ScheduleError(f"{where}: not a time-schedule file (expected \"format\": {FILE_FORMAT!r})")
+            raise ScheduleError(f'{where}: not a time-schedule file (expected "format": {FILE_FORMAT!r})')
         if data.get("version") != _FILE_VERSION:
             raise ScheduleError(f"{where}: unsupported version {data.get('version')!r} (expected {_FILE_VERSION})")
         try:
@@ -205,7 +214,7 @@ class TimeSchedule:
         except ScheduleError as err:
             raise ScheduleError(f"{where}: {err}") from None
         if "spec" in data and cls.parse(data["spec"]) != schedule:
-            raise ScheduleError(f"{where}: its \"spec\" {data['spec']!r} disagrees with its intervals")
+            raise ScheduleError(f'{where}: its "spec" {data["spec"]!r} disagrees with its intervals')
         return schedule
 
     @classmethod
@@ -227,8 +236,7 @@ def time_fractions(schedule: ModelSchedule, bounds: Sequence[float]) -> list[int
     from mdlm_fast.schedules.noise import sampling_timesteps
 
     times = sampling_timesteps(schedule.steps)[:-1].tolist()
-    return [sum(1 for t, m in zip(times, schedule) if hi >= t > lo and m != 0)
-            for hi, lo in zip(bounds, bounds[1:])]
+    return [sum(1 for t, m in zip(times, schedule) if hi >= t > lo and m != 0) for hi, lo in zip(bounds, bounds[1:])]
 
 
 def resolve_schedule(schedule: Any, steps: Optional[int]) -> ModelSchedule:

@@ -3,6 +3,7 @@
 Routes: POST /v1/completions (completions.py), POST /v1/generate (native.py), GET /v1/models,
 GET /health (503 while draining), GET /metrics (Prometheus text).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,16 +34,33 @@ def build_app(svc: Service) -> Starlette:
                 response = exc.response()
             svc.metrics.count_request(name, response.status_code)
             return response
+
         return run
 
     async def models(svc: Service, http: HttpRequest) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": svc.settings.model_name, "object": "model", "created": svc.started, "owned_by": "mdlm_fast",
-             "max_model_len": svc.model_length, "engine": svc.settings.engine_kind}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": svc.settings.model_name,
+                        "object": "model",
+                        "created": svc.started,
+                        "owned_by": "mdlm_fast",
+                        "max_model_len": svc.model_length,
+                        "engine": svc.settings.engine_kind,
+                    }
+                ],
+            }
+        )
 
     async def health(svc: Service, http: HttpRequest) -> Response:
-        body = {"status": "ok" if svc.loop.accepting else "draining", "engine": svc.settings.engine_kind,
-                "queue_depth": svc.engine.queue_depth, "rows_in_flight": svc.engine.rows_in_flight}
+        body = {
+            "status": "ok" if svc.loop.accepting else "draining",
+            "engine": svc.settings.engine_kind,
+            "queue_depth": svc.engine.queue_depth,
+            "rows_in_flight": svc.engine.rows_in_flight,
+        }
         return JSONResponse(body, status_code=200 if svc.loop.accepting else 503)
 
     async def metrics(svc: Service, http: HttpRequest) -> Response:
@@ -51,8 +69,9 @@ def build_app(svc: Service) -> Starlette:
     async def http_error(http: HttpRequest, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         detail = getattr(exc, "detail", None) or "internal error"
-        return ApiError(status, f"{http.method} {http.url.path}: {detail}",
-                        code="not_found" if status == 404 else None).response()
+        return ApiError(
+            status, f"{http.method} {http.url.path}: {detail}", code="not_found" if status == 404 else None
+        ).response()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):

@@ -4,6 +4,7 @@ The comparison server of the serving benchmark, and the engine of builds without
 Each ``step()`` admits the oldest waiting request and runs its whole ``sample()`` call, so its
 tokens are ``sample()``'s by construction; a forward holds only that request's rows.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,7 +29,7 @@ class _Entry:
     handle: int
     request: Request
     length: int
-    prior: torch.Tensor          # [n, L]: masks with the prefix written in (what snapshot() shows)
+    prior: torch.Tensor  # [n, L]: masks with the prefix written in (what snapshot() shows)
     submitted: float
     admitted: float | None = None
     cancelled: bool = False
@@ -38,8 +39,9 @@ class _Entry:
 class SequentialEngine:
     """One ``sample()`` per request, oldest first; same interface as the packed engine."""
 
-    def __init__(self, models: Any, *, device: Any = None, dtype: Any = None, max_rows: int | None = None,
-                 max_queue: int = 1024) -> None:
+    def __init__(
+        self, models: Any, *, device: Any = None, dtype: Any = None, max_rows: int | None = None, max_queue: int = 1024
+    ) -> None:
         self._models = as_denoisers(models)
         self._device = device
         self._dtype = dtype
@@ -54,9 +56,16 @@ class SequentialEngine:
         self._handles = itertools.count(1)
         self._waiting: OrderedDict[int, _Entry] = OrderedDict()
         self._running: _Entry | None = None
-        self._totals: dict[str, Any] = {"forwards": [0] * len(self._models), "rows": [0] * len(self._models), "executed_flops": 0.0,
-                        "tokens_generated": 0, "requests_done": 0, "requests_failed": 0, "requests_cancelled": 0,
-                        "queue_wait_s": 0.0}
+        self._totals: dict[str, Any] = {
+            "forwards": [0] * len(self._models),
+            "rows": [0] * len(self._models),
+            "executed_flops": 0.0,
+            "tokens_generated": 0,
+            "requests_done": 0,
+            "requests_failed": 0,
+            "requests_cancelled": 0,
+            "queue_wait_s": 0.0,
+        }
 
     # --- submission -----------------------------------------------------------------------------
 
@@ -83,8 +92,9 @@ class SequentialEngine:
         except ValueError as exc:
             raise ValueError(f"schedule: {exc}") from None
         prior = torch.full((n, length), self.mask_index, dtype=torch.int64)
-        given = _as_given(request.given, request.prefix, n, length, self.vocab_size, self.mask_index,
-                          torch.device("cpu"))
+        given = _as_given(
+            request.given, request.prefix, n, length, self.vocab_size, self.mask_index, torch.device("cpu")
+        )
         if given is not None:
             prior.copy_(given[0])
         return length, prior
@@ -101,8 +111,12 @@ class SequentialEngine:
     def cancel(self, handle: int) -> bool:
         with self._lock:
             entry = self._waiting.pop(handle, None)
-            if entry is None and self._running is not None and self._running.handle == handle \
-                    and not self._running.cancelled:
+            if (
+                entry is None
+                and self._running is not None
+                and self._running.handle == handle
+                and not self._running.cancelled
+            ):
                 entry = self._running  # its sample() call runs on, but its rows no longer count
             if entry is None:
                 return False
@@ -122,9 +136,20 @@ class SequentialEngine:
             self._running = entry
         r = entry.request
         try:
-            result = sample(self._models, steps=r.steps, batch_size=r.n, length=entry.length, schedule=r.schedule,
-                            seed=r.seed, prefix=r.prefix, given=r.given, temperature=r.temperature, noise_removal=r.noise_removal,
-                            device=self._device, dtype=self._dtype)
+            result = sample(
+                self._models,
+                steps=r.steps,
+                batch_size=r.n,
+                length=entry.length,
+                schedule=r.schedule,
+                seed=r.seed,
+                prefix=r.prefix,
+                given=r.given,
+                temperature=r.temperature,
+                noise_removal=r.noise_removal,
+                device=self._device,
+                dtype=self._dtype,
+            )
             tokens, error, run = result.tokens.cpu(), None, result.stats
         except Exception as exc:  # noqa: BLE001 -- one failed request must not stop the engine serving the others
             tokens, error, run = None, f"request {entry.handle}: {type(exc).__name__}: {exc}", None
@@ -134,8 +159,13 @@ class SequentialEngine:
             if entry.cancelled:
                 return []
             wait = entry.admitted - entry.submitted
-            stats = {"latency_s": done - entry.submitted, "queue_wait_s": wait, "steps": r.steps,
-                     "forwards": list(run.forwards) if run else [], "rows": list(run.rows) if run else []}
+            stats = {
+                "latency_s": done - entry.submitted,
+                "queue_wait_s": wait,
+                "steps": r.steps,
+                "forwards": list(run.forwards) if run else [],
+                "rows": list(run.rows) if run else [],
+            }
             t = self._totals
             t["queue_wait_s"] += wait
             if run is not None:
@@ -157,8 +187,12 @@ class SequentialEngine:
 
     def _live(self, handle: int) -> _Entry:
         entry = self._waiting.get(handle)
-        if entry is None and self._running is not None and self._running.handle == handle and \
-                not self._running.cancelled:
+        if (
+            entry is None
+            and self._running is not None
+            and self._running.handle == handle
+            and not self._running.cancelled
+        ):
             entry = self._running
         if entry is None:
             raise KeyError(f"no live request with handle {handle}")
@@ -195,6 +229,10 @@ class SequentialEngine:
             t["forwards"], t["rows"] = list(t["forwards"]), list(t["rows"])
         forwards = sum(t["forwards"])
         finished = t["requests_done"] + t["requests_failed"]
-        return {"engine": "sequential", "max_rows": self.max_rows, **t,
-                "rows_per_forward": sum(t["rows"]) / forwards if forwards else 0.0,
-                "mean_queue_wait_s": t["queue_wait_s"] / finished if finished else 0.0}
+        return {
+            "engine": "sequential",
+            "max_rows": self.max_rows,
+            **t,
+            "rows_per_forward": sum(t["rows"]) / forwards if forwards else 0.0,
+            "mean_queue_wait_s": t["queue_wait_s"] / finished if finished else 0.0,
+        }

@@ -6,6 +6,7 @@ deltas, so a client that joins the deltas gets exactly the final text, and the p
 text in an extra ``denoising`` object ({"step", "steps", "text"}); the last chunk of each choice
 holds the whole text with ``finish_reason: "length"``.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -38,28 +39,44 @@ def parse_prompt(svc: Service, value: Any) -> list[int]:
 
 def parse(svc: Service, body: dict) -> tuple[Request, dict]:
     if svc.tokenizer is None:
-        raise ApiError(400, "this server has no tokenizer, so no text to complete: use /v1/generate (token ids)",
-                       code="no_tokenizer")
+        raise ApiError(
+            400,
+            "this server has no tokenizer, so no text to complete: use /v1/generate (token ids)",
+            code="no_tokenizer",
+        )
     f = Fields(body)
     model = f.string("model", svc.settings.model_name)
     if model != svc.settings.model_name:
-        raise ApiError(404, f"model: the model {model!r} does not exist; this server has {svc.settings.model_name!r}",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"model: the model {model!r} does not exist; this server has {svc.settings.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
     prompt = parse_prompt(svc, f.raw("prompt", ""))
     room = svc.model_length - len(prompt)
     if room < 1:
-        raise bad_field("prompt", f"is {len(prompt)} tokens, which leaves no position to generate in the model's "
-                                  f"sequence of {svc.model_length}")
+        raise bad_field(
+            "prompt",
+            f"is {len(prompt)} tokens, which leaves no position to generate in the model's "
+            f"sequence of {svc.model_length}",
+        )
     max_tokens = f.integer("max_tokens", room, minimum=1)
     if max_tokens > room:
-        raise bad_field("max_tokens", f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) is longer "
-                                      f"than the model's sequence of {svc.model_length}")
+        raise bad_field(
+            "max_tokens",
+            f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) is longer "
+            f"than the model's sequence of {svc.model_length}",
+        )
     length = len(prompt) + max_tokens
     n = f.integer("n", 1, minimum=1, maximum=svc.settings.max_n)
     stream = f.boolean("stream", False)
     options = f.raw("stream_options", {})
-    if not isinstance(options, dict) or set(options) - {"include_usage"} or \
-            not isinstance(options.get("include_usage", False), bool):
+    if (
+        not isinstance(options, dict)
+        or set(options) - {"include_usage"}
+        or not isinstance(options.get("include_usage", False), bool)
+    ):
         raise bad_field("stream_options", 'must be an object like {"include_usage": true}')
     if options and not stream:
         raise bad_field("stream_options", "is only allowed with stream: true")
@@ -68,10 +85,15 @@ def parse(svc: Service, body: dict) -> tuple[Request, dict]:
     if not isinstance(schedule, (str, list)) and schedule is not svc.settings.default_schedule:
         raise bad_field("schedule", "must be a schedule spec string or a list of model indices, one per step")
     request = Request(
-        n=n, length=length, steps=steps, schedule=schedule,
+        n=n,
+        length=length,
+        steps=steps,
+        schedule=schedule,
         seed=f.integer("seed", secrets.randbelow(SEED_LIMIT), minimum=0, maximum=SEED_LIMIT - 1),
-        prefix=prompt or None, temperature=f.number("temperature", 1.0, minimum=0.0),
-        noise_removal=f.string("noise_removal", "greedy", NOISE_REMOVALS))
+        prefix=prompt or None,
+        temperature=f.number("temperature", 1.0, minimum=0.0),
+        noise_removal=f.string("noise_removal", "greedy", NOISE_REMOVALS),
+    )
     f.neutral("top_p", (1, 1.0), "the sampler draws from the whole distribution")
     f.neutral("best_of", (1,), "one draw per sequence")
     f.neutral("echo", (False,), "the prompt is not repeated")
@@ -83,18 +105,28 @@ def parse(svc: Service, body: dict) -> tuple[Request, dict]:
     f.neutral("logit_bias", ({},), "no logit bias")
     f.string("user", None)
     f.finish()
-    return request, {"stream": stream, "include_usage": options.get("include_usage", False),
-                     "prompt_tokens": len(prompt)}
+    return request, {
+        "stream": stream,
+        "include_usage": options.get("include_usage", False),
+        "prompt_tokens": len(prompt),
+    }
 
 
 async def completions(svc: Service, http: HttpRequest) -> Response:
     request, how = parse(svc, await read_json_object(http, svc.settings.max_body_bytes))
     handle, future = svc.submit(request)
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": svc.settings.model_name}
+    head = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": svc.settings.model_name,
+    }
     prompt_tokens = how["prompt_tokens"]
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": request.n * (request.length - prompt_tokens),
-             "total_tokens": prompt_tokens + request.n * (request.length - prompt_tokens)}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": request.n * (request.length - prompt_tokens),
+        "total_tokens": prompt_tokens + request.n * (request.length - prompt_tokens),
+    }
 
     def texts(tokens, partial: bool = False) -> list[str]:
         return [svc.decode(row[prompt_tokens:].tolist(), partial=partial) or "" for row in tokens]
@@ -105,18 +137,32 @@ async def completions(svc: Service, http: HttpRequest) -> Response:
             return Response(status_code=499)
         if completion.tokens is None:
             raise svc.failure(completion)
-        choices = [{"text": text, "index": i, "logprobs": None, "finish_reason": "length"}
-                   for i, text in enumerate(texts(completion.tokens))]
+        choices = [
+            {"text": text, "index": i, "logprobs": None, "finish_reason": "length"}
+            for i, text in enumerate(texts(completion.tokens))
+        ]
         return JSONResponse({**head, "choices": choices, "usage": usage, "seed": request.seed})
 
     async def events():
-        async for item in watch(svc.engine, handle, future, svc.settings.stream_every, svc.cancel,
-                                     submitted(svc.engine, request)):
+        async for item in watch(
+            svc.engine, handle, future, svc.settings.stream_every, svc.cancel, submitted(svc.engine, request)
+        ):
             if isinstance(item, Progress):
-                yield sse({**head, "choices": [
-                    {"text": "", "index": i, "logprobs": None, "finish_reason": None,
-                     "denoising": {"step": item.step, "steps": item.steps, "text": text}}
-                    for i, text in enumerate(texts(item.tokens, partial=True))]})
+                yield sse(
+                    {
+                        **head,
+                        "choices": [
+                            {
+                                "text": "",
+                                "index": i,
+                                "logprobs": None,
+                                "finish_reason": None,
+                                "denoising": {"step": item.step, "steps": item.steps, "text": text},
+                            }
+                            for i, text in enumerate(texts(item.tokens, partial=True))
+                        ],
+                    }
+                )
                 continue
             completion: Completion = item
             if completion.tokens is None:
@@ -129,5 +175,9 @@ async def completions(svc: Service, http: HttpRequest) -> Response:
                 yield sse({**head, "choices": [], "usage": usage})
         yield sse("[DONE]")
 
-    return WatchedStream(events(), on_close=lambda: svc.cancel(handle), media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache"})
+    return WatchedStream(
+        events(),
+        on_close=lambda: svc.cancel(handle),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )

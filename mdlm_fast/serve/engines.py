@@ -1,4 +1,5 @@
 """Choosing the server's engine: the packed engine (continuous batching), or the sequential baseline."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -9,8 +10,9 @@ from mdlm_fast.serve.baseline import SequentialEngine
 ENGINE_KINDS = ("packed", "sequential")
 
 
-def build_engine(kind: str, models: Any, *, device: Any = None, dtype: Any = None, max_rows: int | None = None,
-                 max_queue: int = 1024):
+def build_engine(
+    kind: str, models: Any, *, device: Any = None, dtype: Any = None, max_rows: int | None = None, max_queue: int = 1024
+):
     """The engine named ``kind``: "packed" (continuous batching, mdlm_fast.sampling.engine) or "sequential"
     (one sample() per request in arrival order, the comparison baseline)."""
     if kind == "packed":

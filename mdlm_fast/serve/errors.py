@@ -1,5 +1,6 @@
 """HTTP errors in OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``), the bounded
 JSON body reader, and the field checks that name the field they refuse."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,16 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error",
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
         self.headers = headers or {}
@@ -34,8 +43,9 @@ async def read_json_object(request: HttpRequest, max_bytes: int) -> dict:
     """The body as a JSON object; 413 past ``max_bytes`` (checked before and while reading), 400 if not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes",
-                       code="body_too_large")
+        raise ApiError(
+            413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes", code="body_too_large"
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -114,8 +124,9 @@ class Fields:
     def neutral(self, name: str, accepted: tuple[Any, ...], why: str) -> None:
         """An OpenAI field this server has no such option for: its neutral values pass, others are refused."""
         value = self.raw(name)
-        if value is not None and not any(value == a and isinstance(value, bool) == isinstance(a, bool)
-                                         for a in accepted):
+        if value is not None and not any(
+            value == a and isinstance(value, bool) == isinstance(a, bool) for a in accepted
+        ):
             raise bad_field(name, f"{json.dumps(value)} is not supported ({why})")
 
     def finish(self) -> None:
@@ -132,6 +143,8 @@ def token_ids(name: str, value: Any, vocab_size: int, mask_index: int, *, mask_a
     if bad:
         raise bad_field(name, f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
     if not mask_allowed and mask_index in value:
-        raise bad_field(name, f"holds the mask id {mask_index} at position {value.index(mask_index)}; "
-                              f"given tokens must be real tokens")
+        raise bad_field(
+            name,
+            f"holds the mask id {mask_index} at position {value.index(mask_index)}; given tokens must be real tokens",
+        )
     return value

@@ -4,6 +4,7 @@ The thread sleeps on an Event while the engine is idle; ``submit`` wakes it. Fin
 resolve their futures on the event loop that submitted them (``call_soon_threadsafe``), so the
 HTTP handlers never block on a forward.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,9 @@ class ShuttingDown(RuntimeError):
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, *, on_finished: Callable[[Completion], None] | None = None,
-                 idle_poll_s: float = 0.5) -> None:
+    def __init__(
+        self, engine: Any, *, on_finished: Callable[[Completion], None] | None = None, idle_poll_s: float = 0.5
+    ) -> None:
         self.engine = engine
         self._on_finished = on_finished
         self._idle_poll_s = idle_poll_s

@@ -1,5 +1,6 @@
 """Server metrics in the Prometheus text format (version 0.0.4), written directly: a few counters,
 gauges and two latency histograms, with the engine's own gauges read at scrape time."""
+
 from __future__ import annotations
 
 import bisect
@@ -42,7 +43,7 @@ class ServerMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: collections.Counter[tuple[str, int]] = collections.Counter()  # (endpoint, status)
-        self.finished: collections.Counter[str] = collections.Counter()             # done / failed / cancelled
+        self.finished: collections.Counter[str] = collections.Counter()  # done / failed / cancelled
         self.tokens_generated = 0
         self.latency = Histogram(LATENCY_BUCKETS_S)
         self.queue_wait = Histogram(LATENCY_BUCKETS_S)
@@ -89,28 +90,52 @@ class ServerMetrics:
             lines.append(f"# TYPE {PREFIX}{name} {kind}")
             lines.extend(f"{PREFIX}{name}{labels} {_number(value)}" for labels, value in samples)
 
-        metric("queue_depth", "gauge", "Requests submitted and not yet admitted by the engine.",
-               [("", engine.queue_depth)])
-        metric("rows_in_flight", "gauge", "Rows admitted by the engine and not finished.",
-               [("", engine.rows_in_flight)])
+        metric(
+            "queue_depth", "gauge", "Requests submitted and not yet admitted by the engine.", [("", engine.queue_depth)]
+        )
+        metric(
+            "rows_in_flight", "gauge", "Rows admitted by the engine and not finished.", [("", engine.rows_in_flight)]
+        )
         metric("max_rows", "gauge", "The engine's row budget per forward (0: none).", [("", engine.max_rows)])
         fill = next((stats[k] for k in FILL_KEYS if isinstance(stats.get(k), (int, float))), 0.0)
         metric("rows_per_forward", "gauge", "Mean rows per model forward since start (the fill).", [("", fill)])
         forwards = stats.get("forwards", [])
         forwards = forwards.items() if isinstance(forwards, dict) else enumerate(forwards)
-        metric("forwards_total", "counter", "Model forwards run, per model index (0 = heavy).",
-               [(f'{{model="{i}"}}', f) for i, f in forwards])
-        metric("tokens_per_second", "gauge", f"Tokens generated per second over the last {THROUGHPUT_WINDOW_S:g} s.",
-               [("", tokens_per_second)])
+        metric(
+            "forwards_total",
+            "counter",
+            "Model forwards run, per model index (0 = heavy).",
+            [(f'{{model="{i}"}}', f) for i, f in forwards],
+        )
+        metric(
+            "tokens_per_second",
+            "gauge",
+            f"Tokens generated per second over the last {THROUGHPUT_WINDOW_S:g} s.",
+            [("", tokens_per_second)],
+        )
         with self._lock:
-            metric("tokens_generated_total", "counter", "Tokens of finished requests (whole sequences).",
-                   [("", self.tokens_generated)])
-            metric("http_requests_total", "counter", "HTTP requests answered, by endpoint and status.",
-                   [(f'{{endpoint="{e}",status="{s}"}}', c) for (e, s), c in sorted(self.requests.items())])
-            metric("engine_requests_total", "counter", "Engine requests by outcome.",
-                   [(f'{{outcome="{o}"}}', self.finished[o]) for o in ("done", "failed", "cancelled")])
-            for name, hist, doc in (("request_latency_seconds", self.latency, "Submission to completion."),
-                                    ("queue_wait_seconds", self.queue_wait, "Submission to admission.")):
+            metric(
+                "tokens_generated_total",
+                "counter",
+                "Tokens of finished requests (whole sequences).",
+                [("", self.tokens_generated)],
+            )
+            metric(
+                "http_requests_total",
+                "counter",
+                "HTTP requests answered, by endpoint and status.",
+                [(f'{{endpoint="{e}",status="{s}"}}', c) for (e, s), c in sorted(self.requests.items())],
+            )
+            metric(
+                "engine_requests_total",
+                "counter",
+                "Engine requests by outcome.",
+                [(f'{{outcome="{o}"}}', self.finished[o]) for o in ("done", "failed", "cancelled")],
+            )
+            for name, hist, doc in (
+                ("request_latency_seconds", self.latency, "Submission to completion."),
+                ("queue_wait_seconds", self.queue_wait, "Submission to admission."),
+            ):
                 lines += [f"# HELP {PREFIX}{name} {doc}", f"# TYPE {PREFIX}{name} histogram"]
                 lines += hist.lines(PREFIX + name)
         return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ where generated: infilling, where the engine has it), temperature, noise_removal
 stream_every, return_text. A stream sends ``progress`` events ({"step", "steps", "tokens",
 "texts"}) and one ``done`` event holding the whole answer (or ``error``).
 """
+
 from __future__ import annotations
 
 import secrets
@@ -58,21 +59,30 @@ def parse(svc: Service, body: dict) -> tuple[Request, dict]:
         prefix = svc.encode("prompt", text) or None
     longest = max((len(r) for r in prefix), default=0) if prefix and isinstance(prefix[0], list) else len(prefix or [])
     if longest > length:
-        raise bad_field("prompt" if f.has("prompt") else "prefix",
-                        f"is {longest} tokens but the sequence length is {length}")
+        raise bad_field(
+            "prompt" if f.has("prompt") else "prefix", f"is {longest} tokens but the sequence length is {length}"
+        )
     if prefix and isinstance(prefix[0], list) and len(prefix) != n:
         raise bad_field("prefix", f"has {len(prefix)} rows but n is {n}")
     given = _ids(svc, "given", f.raw("given"), mask_allowed=True) if f.has("given") else None
     if given and isinstance(given[0], list) and len(given) != n:
         raise bad_field("given", f"has {len(given)} rows but n is {n}")
     request = Request(
-        n=n, length=length, steps=steps, schedule=schedule,
+        n=n,
+        length=length,
+        steps=steps,
+        schedule=schedule,
         seed=f.integer("seed", secrets.randbelow(SEED_LIMIT), minimum=0, maximum=SEED_LIMIT - 1),
-        prefix=prefix, given=given, temperature=f.number("temperature", 1.0, minimum=0.0),
-        noise_removal=f.string("noise_removal", "greedy", NOISE_REMOVALS))
-    how = {"stream": f.boolean("stream", False),
-           "stream_every": f.integer("stream_every", svc.settings.stream_every, minimum=1),
-           "return_text": f.boolean("return_text", svc.tokenizer is not None)}
+        prefix=prefix,
+        given=given,
+        temperature=f.number("temperature", 1.0, minimum=0.0),
+        noise_removal=f.string("noise_removal", "greedy", NOISE_REMOVALS),
+    )
+    how = {
+        "stream": f.boolean("stream", False),
+        "stream_every": f.integer("stream_every", svc.settings.stream_every, minimum=1),
+        "return_text": f.boolean("return_text", svc.tokenizer is not None),
+    }
     if how["return_text"] and svc.tokenizer is None:
         raise bad_field("return_text", "this server has no tokenizer")
     f.finish()
@@ -82,8 +92,14 @@ def parse(svc: Service, body: dict) -> tuple[Request, dict]:
 async def generate(svc: Service, http: HttpRequest) -> Response:
     request, how = parse(svc, await read_json_object(http, svc.settings.max_body_bytes))
     handle, future = svc.submit(request)
-    head = {"id": f"gen-{uuid.uuid4().hex}", "object": "generation", "model": svc.settings.model_name,
-            "seed": request.seed, "length": request.length, "steps": request.steps}
+    head = {
+        "id": f"gen-{uuid.uuid4().hex}",
+        "object": "generation",
+        "model": svc.settings.model_name,
+        "seed": request.seed,
+        "length": request.length,
+        "steps": request.steps,
+    }
 
     def payload(tokens, partial: bool = False) -> dict:
         rows = tokens.tolist()
@@ -101,15 +117,21 @@ async def generate(svc: Service, http: HttpRequest) -> Response:
         return JSONResponse({**head, **payload(completion.tokens), "stats": svc.plain(completion.stats)})
 
     async def events():
-        async for item in watch(svc.engine, handle, future, how["stream_every"], svc.cancel,
-                                     submitted(svc.engine, request)):
+        async for item in watch(
+            svc.engine, handle, future, how["stream_every"], svc.cancel, submitted(svc.engine, request)
+        ):
             if isinstance(item, Progress):
-                yield sse({"step": item.step, "steps": item.steps, **payload(item.tokens, partial=True)},
-                          event="progress")
+                yield sse(
+                    {"step": item.step, "steps": item.steps, **payload(item.tokens, partial=True)}, event="progress"
+                )
             elif item.tokens is None:
                 yield sse(svc.failure(item).payload(), event="error")
             else:
                 yield sse({**head, **payload(item.tokens), "stats": svc.plain(item.stats)}, event="done")
 
-    return WatchedStream(events(), on_close=lambda: svc.cancel(handle), media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache"})
+    return WatchedStream(
+        events(),
+        on_close=lambda: svc.cancel(handle),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )

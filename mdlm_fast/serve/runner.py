@@ -1,6 +1,7 @@
 """Running the app under uvicorn: a socket bound here (so port 0 works and the real port is announced),
 SIGTERM as a drain (stop accepting, let in-flight requests finish within the grace period, fail the
 rest), and exit status 0 after it."""
+
 from __future__ import annotations
 
 import signal
@@ -52,16 +53,32 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(svc: Service, *, grace_period_s: float = 10.0, log_level: str = "warning",
-                on_ready: Callable[[], None] | None = None) -> _DrainingServer:
-    config = uvicorn.Config(build_app(svc), lifespan="on", log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=grace_period_s,  # type: ignore[arg-type]  # a float works
-                            timeout_keep_alive=5)
+def make_server(
+    svc: Service,
+    *,
+    grace_period_s: float = 10.0,
+    log_level: str = "warning",
+    on_ready: Callable[[], None] | None = None,
+) -> _DrainingServer:
+    config = uvicorn.Config(
+        build_app(svc),
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=grace_period_s,  # type: ignore[arg-type]  # a float works
+        timeout_keep_alive=5,
+    )
     return _DrainingServer(config, svc, on_ready)
 
 
-def serve(svc: Service, sock: socket.socket, *, grace_period_s: float = 10.0, log_level: str = "warning",
-          on_ready: Callable[[], None] | None = None) -> int:
+def serve(
+    svc: Service,
+    sock: socket.socket,
+    *,
+    grace_period_s: float = 10.0,
+    log_level: str = "warning",
+    on_ready: Callable[[], None] | None = None,
+) -> int:
     """Serve on ``sock`` until SIGINT/SIGTERM; returns 0 after a drain."""
     server = make_server(svc, grace_period_s=grace_period_s, log_level=log_level, on_ready=on_ready)
     in_main = threading.current_thread() is threading.main_thread()

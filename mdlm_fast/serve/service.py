@@ -1,5 +1,6 @@
 """``Service``: what every endpoint shares -- the engine loop, the tokenizer, the settings, the metrics --
 and the steps common to both generation endpoints (submit with errors mapped, decode)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,12 +23,12 @@ _ENGINE_FIELDS = ("n", "length", "steps", "schedule", "seed", "prefix", "given",
 class ServeSettings:
     model_name: str = "mdlm-fast"
     engine_kind: str = "sequential"
-    default_steps: int | None = None   # None: as many steps as positions (generate's default)
-    default_schedule: Any = None       # a spec, list or TimeSchedule; None: all heavy
-    stream_every: int = 8              # steps between streamed snapshots
-    max_n: int = 16                    # sequences per request
+    default_steps: int | None = None  # None: as many steps as positions (generate's default)
+    default_schedule: Any = None  # a spec, list or TimeSchedule; None: all heavy
+    stream_every: int = 8  # steps between streamed snapshots
+    max_n: int = 16  # sequences per request
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    retry_after_s: int = 1             # the Retry-After of a 429 (queue full) or 503 (draining)
+    retry_after_s: int = 1  # the Retry-After of a 429 (queue full) or 503 (draining)
 
 
 class Service:
@@ -49,11 +50,21 @@ class Service:
         try:
             return self.loop.submit(request)
         except QueueFull as exc:
-            raise ApiError(429, f"the server is at capacity ({exc}); retry later", kind="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+            raise ApiError(
+                429,
+                f"the server is at capacity ({exc}); retry later",
+                kind="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from None
         except ShuttingDown as exc:
-            raise ApiError(503, str(exc), kind="server_error", code="shutting_down",
-                           headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+            raise ApiError(
+                503,
+                str(exc),
+                kind="server_error",
+                code="shutting_down",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from None
         except (EngineError, ValueError, TypeError) as exc:
             message = str(exc)
             head = message.split(":", 1)[0].split(" ", 1)[0]
@@ -75,8 +86,11 @@ class Service:
             raise ApiError(400, f"{param}: this server has no tokenizer; send token ids", param=param)
         ids = self.tokenizer.encode(text)
         if self.mask_index in ids:
-            raise ApiError(400, f"{param}: holds the mask token's text (id {self.mask_index}); a prompt must be "
-                                f"real tokens", param=param)
+            raise ApiError(
+                400,
+                f"{param}: holds the mask token's text (id {self.mask_index}); a prompt must be real tokens",
+                param=param,
+            )
         return ids
 
     @staticmethod

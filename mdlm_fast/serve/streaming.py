@@ -3,6 +3,7 @@
 Server-sent events are written here too. A watcher that stops early (the client went away, the
 server is cancelling) cancels its request, so its rows are freed at once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,12 +42,13 @@ def submitted(engine: Any, request: Any) -> Progress:
         tokens[:] = torch.as_tensor(request.given, dtype=torch.int64)
     if request.prefix is not None:
         prefix = torch.as_tensor(request.prefix, dtype=torch.int64)
-        tokens[:, :prefix.shape[-1]] = prefix
+        tokens[:, : prefix.shape[-1]] = prefix
     return Progress(0, request.steps, tokens)
 
 
-async def watch(engine: Any, handle: int, future: asyncio.Future, every: int,
-                cancel: Callable[[int], None], first: Progress) -> AsyncIterator[Any]:
+async def watch(
+    engine: Any, handle: int, future: asyncio.Future, every: int, cancel: Callable[[int], None], first: Progress
+) -> AsyncIterator[Any]:
     """Yield ``first`` (the request at submission), a Progress whenever ``every`` more steps are
     done, then the Completion. Leaving early cancels the request."""
     finished = False
@@ -79,8 +81,9 @@ def _progress(engine: Any, handle: int) -> Progress | None:
     return Progress(int(step), int(steps), tokens)
 
 
-async def wait_unless_disconnected(svc: Any, handle: int, future: asyncio.Future,
-                                   is_disconnected: Any, poll_s: float = 0.25) -> Completion | None:
+async def wait_unless_disconnected(
+    svc: Any, handle: int, future: asyncio.Future, is_disconnected: Any, poll_s: float = 0.25
+) -> Completion | None:
     """The Completion, or None after cancelling the request if the client went away first."""
     finished = False
     try:

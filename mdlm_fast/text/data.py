@@ -29,6 +29,7 @@ Cache. Token streams are cached as ``tokens-<key>.npz`` in a cache directory (th
 directory by default); the key hashes the text's sha256, the tokenizer's fingerprint, the split
 fraction and the document rule, so a different tokenizer or file never reuses a stale cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,18 @@ from mdlm_fast.text.tokenizer import load_tokenizer
 from mdlm_fast.util.atomic import atomic_file
 
 __all__ = [
-    "DEFAULT_VAL_FRACTION", "EMBEDDED_TEXTS", "resolve_text", "held_out_fraction", "DOC_SEPARATOR", "Corpus", "read_text", "split_train_val",
-    "split_documents", "load_corpus", "derive_seed", "file_sha256",
+    "DEFAULT_VAL_FRACTION",
+    "EMBEDDED_TEXTS",
+    "resolve_text",
+    "held_out_fraction",
+    "DOC_SEPARATOR",
+    "Corpus",
+    "read_text",
+    "split_train_val",
+    "split_documents",
+    "load_corpus",
+    "derive_seed",
+    "file_sha256",
 ]
 
 DEFAULT_VAL_FRACTION = 0.05
@@ -55,7 +66,7 @@ DEFAULT_VAL_FRACTION = 0.05
 DOC_SEPARATOR = r"\n{3,}(?=[^\n]+\n\n?by [^\n]+\n)"
 _CACHE_FORMAT = 1
 #: Texts shipped with the package: name -> file.
-EMBEDDED_TEXTS = {spec: shipped(TEXT, spec[len(PREFIX):]) for spec in specs(TEXT)}
+EMBEDDED_TEXTS = {spec: shipped(TEXT, spec[len(PREFIX) :]) for spec in specs(TEXT)}
 
 
 def resolve_text(spec: str | os.PathLike) -> Path:
@@ -150,8 +161,9 @@ class Corpus:
         """
         n = self.train.numel()
         if n < length:
-            raise ValueError(f"the training split of {self.data_path} has {n} tokens, fewer than "
-                             f"one window of {length}")
+            raise ValueError(
+                f"the training split of {self.data_path} has {n} tokens, fewer than one window of {length}"
+            )
         gen = torch.Generator().manual_seed(derive_seed(seed, "data", step))
         starts = torch.randint(0, n - length + 1, (batch_size,), generator=gen)
         return self.train[starts[:, None] + torch.arange(length)]
@@ -160,14 +172,20 @@ class Corpus:
         """``[N, length]`` non-overlapping windows tiling the validation stream from its start."""
         n = self.val.numel() // length
         if n == 0:
-            raise ValueError(f"the validation split of {self.data_path} has {self.val.numel()} "
-                             f"tokens, fewer than one window of {length}")
+            raise ValueError(
+                f"the validation split of {self.data_path} has {self.val.numel()} "
+                f"tokens, fewer than one window of {length}"
+            )
         return self.val[: n * length].view(n, length)
 
 
-def load_corpus(data_path: str | os.PathLike, tokenizer, *,
-                val_fraction: float = DEFAULT_VAL_FRACTION,
-                cache_dir: str | os.PathLike | None = None) -> Corpus:
+def load_corpus(
+    data_path: str | os.PathLike,
+    tokenizer,
+    *,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    cache_dir: str | os.PathLike | None = None,
+) -> Corpus:
     """Split, tokenize (cached in ``cache_dir`` when given) and return the :class:`Corpus`.
 
     ``tokenizer`` is a :class:`mdlm_fast.text.tokenizer.TextTokenizer` (or a spec for
@@ -201,9 +219,14 @@ def load_corpus(data_path: str | os.PathLike, tokenizer, *,
     return Corpus(
         train=torch.from_numpy(arrays["train"].astype(np.int64)),
         val=torch.from_numpy(arrays["val"].astype(np.int64)),
-        data_path=str(data_path), data_sha256=sha, tokenizer_name=tokenizer.name,
-        tokenizer_fingerprint=tokenizer.fingerprint, val_fraction=float(val_fraction),
-        n_train_docs=int(arrays["docs"][0]), n_val_docs=int(arrays["docs"][1]))
+        data_path=str(data_path),
+        data_sha256=sha,
+        tokenizer_name=tokenizer.name,
+        tokenizer_fingerprint=tokenizer.fingerprint,
+        val_fraction=float(val_fraction),
+        n_train_docs=int(arrays["docs"][0]),
+        n_val_docs=int(arrays["docs"][1]),
+    )
 
 
 def _tokenize_stream(text: str, tokenizer, data_path: Path) -> tuple[np.ndarray, int]:
@@ -215,8 +238,5 @@ def _tokenize_stream(text: str, tokenizer, data_path: Path) -> tuple[np.ndarray,
         ids.extend(eos)
     out = np.asarray(ids, dtype=np.int32)
     if tokenizer.mask_id is not None and out.size and (out == tokenizer.mask_id).any():
-        raise ValueError(f"{data_path} contains the mask token's text: it would be read as "
-                         f"mask id {tokenizer.mask_id}")
+        raise ValueError(f"{data_path} contains the mask token's text: it would be read as mask id {tokenizer.mask_id}")
     return out, len(docs)
-
-

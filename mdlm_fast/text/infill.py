@@ -7,6 +7,7 @@ error, so a typo cannot silently become text. A template needs at least one span
 is a prefix). Its tokens fill the start of the sequence; a longer ``length`` generates the
 positions after it as well, as after a prefix.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,18 +35,21 @@ def parse_template(template: str) -> list[str | int]:
             continue
         span = _SPAN.match(template, attempt.start())
         if span is None or int(span.group(1)) > MAX_SPAN:
-            shown = template[attempt.start():template.find("]", attempt.start()) + 1 or attempt.start() + 12]
-            raise InfillError(f"unknown marker {shown!r} at character {attempt.start()}; a span to generate is "
-                              f"written [MASK:N] with 1 <= N <= {MAX_SPAN}")
+            shown = template[attempt.start() : template.find("]", attempt.start()) + 1 or attempt.start() + 12]
+            raise InfillError(
+                f"unknown marker {shown!r} at character {attempt.start()}; a span to generate is "
+                f"written [MASK:N] with 1 <= N <= {MAX_SPAN}"
+            )
         if span.start() > position:
-            parts.append(template[position:span.start()])
+            parts.append(template[position : span.start()])
         parts.append(int(span.group(1)))
         position = span.end()
     if position < len(template):
         parts.append(template[position:])
     if not any(isinstance(p, int) for p in parts):
-        raise InfillError("the template has nothing to fill: write the spans to generate as [MASK:N] (text alone "
-                          "is a prefix)")
+        raise InfillError(
+            "the template has nothing to fill: write the spans to generate as [MASK:N] (text alone is a prefix)"
+        )
     return parts
 
 
@@ -58,8 +62,9 @@ def template_tokens(parts: list[str | int], tokenizer: Any, mask_id: int) -> lis
             continue
         ids = tokenizer.encode(part)
         if mask_id in ids:
-            raise InfillError(f"the text {part!r} holds the mask token's text (id {mask_id}); spans to generate "
-                              f"are written [MASK:N]")
+            raise InfillError(
+                f"the text {part!r} holds the mask token's text (id {mask_id}); spans to generate are written [MASK:N]"
+            )
         tokens.extend(ids)
     return tokens
 

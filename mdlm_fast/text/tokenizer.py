@@ -19,6 +19,7 @@ tokenizer) behind a small interface. A tokenizer without a mask token (GPT-2) ha
 
 ``decode`` drops mask ids (or renders each as ``mask_text``) and keeps ``<|endoftext|>`` as text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,13 @@ from mdlm_fast.models.embedded import TOKENIZER, EmbeddedNameError, embedded_pat
 from mdlm_fast.util import atomic
 
 __all__ = [
-    "TextTokenizer", "TokenizerError", "load_tokenizer", "check_compatible",
-    "EOS_TOKEN", "MASK_TOKEN", "EMBEDDED_TOKENIZER",
+    "TextTokenizer",
+    "TokenizerError",
+    "load_tokenizer",
+    "check_compatible",
+    "EOS_TOKEN",
+    "MASK_TOKEN",
+    "EMBEDDED_TOKENIZER",
 ]
 
 EOS_TOKEN = "<|endoftext|>"
@@ -47,6 +53,7 @@ class TokenizerError(ValueError):
 # --------------------------------------------------------------------------------------------
 # The wrapper
 # --------------------------------------------------------------------------------------------
+
 
 class TextTokenizer:
     """A tokenizer as the samplers, trainers and judges see it.
@@ -75,13 +82,18 @@ class TextTokenizer:
             self.mask_id = getattr(backend, "mask_token_id", None)
             self.eos_id = getattr(backend, "eos_token_id", None)
             inner = getattr(backend, "backend_tokenizer", None)
-            serialized = inner.to_str() if inner is not None else \
-                f"{type(backend).__name__}:{self.name}:{sorted(backend.get_vocab().items())}"
+            serialized = (
+                inner.to_str()
+                if inner is not None
+                else f"{type(backend).__name__}:{self.name}:{sorted(backend.get_vocab().items())}"
+            )
         self.fingerprint = hashlib.sha256(serialized.encode("utf-8")).hexdigest()
 
     def __repr__(self) -> str:
-        return (f"TextTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
-                f"mask_id={self.mask_id}, eos_id={self.eos_id})")
+        return (
+            f"TextTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
+            f"mask_id={self.mask_id}, eos_id={self.eos_id})"
+        )
 
     @property
     def backend(self) -> Any:
@@ -99,12 +111,10 @@ class TextTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """:meth:`encode` of each text (in parallel for the ``tokenizers`` backend)."""
         if self._kind == "tokenizers":
-            return [list(e.ids) for e in self._tok.encode_batch(list(texts),
-                                                                add_special_tokens=False)]
+            return [list(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
         return [self.encode(t) for t in texts]
 
-    def decode(self, ids: Iterable[int], *, mask_id: int | None = None,
-               mask_text: str = "") -> str:
+    def decode(self, ids: Iterable[int], *, mask_id: int | None = None, mask_text: str = "") -> str:
         """Text of ``ids``; mask ids (``self.mask_id`` and ``mask_id``) become ``mask_text``.
 
         ``mask_id`` names the model's mask index when the tokenizer has none (GPT-2 + mdlm-owt:
@@ -114,8 +124,10 @@ class TextTokenizer:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if i not in masks and not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"cannot decode id {bad[0]}: outside the tokenizer's vocabulary "
-                             f"[0, {self.vocab_size}) and not the mask id")
+            raise ValueError(
+                f"cannot decode id {bad[0]}: outside the tokenizer's vocabulary "
+                f"[0, {self.vocab_size}) and not the mask id"
+            )
         if not mask_text:
             return self._decode([i for i in ids if i not in masks])
         pieces: list[str] = []
@@ -135,14 +147,15 @@ class TextTokenizer:
             return ""
         if self._kind == "tokenizers":
             return self._tok.decode(ids, skip_special_tokens=False)
-        return self._tok.decode(ids, skip_special_tokens=False,
-                                clean_up_tokenization_spaces=False)
+        return self._tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (``tokenizers`` backend) atomically; returns the path."""
         if self._kind != "tokenizers":
-            raise TokenizerError(f"tokenizer {self.name} is a transformers tokenizer; "
-                                 f"only tokenizers.Tokenizer backends can be saved as one file")
+            raise TokenizerError(
+                f"tokenizer {self.name} is a transformers tokenizer; "
+                f"only tokenizers.Tokenizer backends can be saved as one file"
+            )
         return atomic.write_text(path, self._tok.to_str(pretty=True))
 
 
@@ -156,23 +169,28 @@ def check_compatible(tokenizer: TextTokenizer, model_vocab_size: int, mask_index
     """
     name = tokenizer.name
     if not 0 <= mask_index < model_vocab_size:
-        raise TokenizerError(f"model mask_index {mask_index} is outside its vocabulary "
-                             f"[0, {model_vocab_size})")
+        raise TokenizerError(f"model mask_index {mask_index} is outside its vocabulary [0, {model_vocab_size})")
     if tokenizer.vocab_size > model_vocab_size:
-        raise TokenizerError(f"tokenizer {name} has {tokenizer.vocab_size} ids but the model's "
-                             f"vocabulary has only {model_vocab_size}")
+        raise TokenizerError(
+            f"tokenizer {name} has {tokenizer.vocab_size} ids but the model's vocabulary has only {model_vocab_size}"
+        )
     if tokenizer.mask_id is not None:
         if tokenizer.mask_id != mask_index:
-            raise TokenizerError(f"tokenizer {name} has its mask token at id {tokenizer.mask_id} "
-                                 f"but the model's mask_index is {mask_index}")
+            raise TokenizerError(
+                f"tokenizer {name} has its mask token at id {tokenizer.mask_id} "
+                f"but the model's mask_index is {mask_index}"
+            )
     elif mask_index < tokenizer.vocab_size:
-        raise TokenizerError(f"the model's mask_index {mask_index} is a real token of tokenizer "
-                             f"{name} ({tokenizer.vocab_size} ids, no mask token)")
+        raise TokenizerError(
+            f"the model's mask_index {mask_index} is a real token of tokenizer "
+            f"{name} ({tokenizer.vocab_size} ids, no mask token)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
 
 def load_tokenizer(spec: "str | os.PathLike | TextTokenizer | None" = "embedded") -> TextTokenizer:
     """Load a tokenizer from ``"embedded"``, a ``tokenizer.json`` file, or a local HF directory.
@@ -194,19 +212,23 @@ def load_tokenizer(spec: "str | os.PathLike | TextTokenizer | None" = "embedded"
             raise TokenizerError(
                 f"the embedded tokenizer is missing from this build ({EMBEDDED_TOKENIZER}); "
                 f"make it with: mdlm-fast tokenizer --data shakespeare.txt "
-                f"--out {EMBEDDED_TOKENIZER}")
+                f"--out {EMBEDDED_TOKENIZER}"
+            )
         return _from_json(EMBEDDED_TOKENIZER, "embedded")
     path = Path(spec).expanduser()
     if path.is_file():
         return _from_json(path, str(spec))
     if path.is_dir():
         return _from_dir(path, str(spec))
-    raise TokenizerError(f"no tokenizer at {spec}: expected 'embedded', a tokenizer.json file "
-                         f"or a local Hugging Face tokenizer directory")
+    raise TokenizerError(
+        f"no tokenizer at {spec}: expected 'embedded', a tokenizer.json file "
+        f"or a local Hugging Face tokenizer directory"
+    )
 
 
 def _from_json(path: Path, name: str) -> TextTokenizer:
     from tokenizers import Tokenizer
+
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises its own Exception type on bad JSON
@@ -221,10 +243,13 @@ def _from_dir(path: Path, name: str) -> TextTokenizer:
     except ImportError:
         if (path / "tokenizer.json").is_file():
             return _from_json(path / "tokenizer.json", name)
-        raise TokenizerError(f"loading the tokenizer directory {path} needs the transformers "
-                             f"package (pip install transformers), or put a tokenizer.json "
-                             f"there") from None
+        raise TokenizerError(
+            f"loading the tokenizer directory {path} needs the transformers "
+            f"package (pip install transformers), or put a tokenizer.json "
+            f"there"
+        ) from None
     from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
@@ -236,4 +261,3 @@ def _from_dir(path: Path, name: str) -> TextTokenizer:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-

@@ -1,4 +1,5 @@
 """What defines a training run: :class:`TrainConfig`, its result, its errors and the run directory's file names."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,20 @@ METRICS_NAME = "metrics.jsonl"
 TOKENIZER_COPY = "tokenizer.json"
 STATE_FORMAT = 1
 #: Fields that may change between invocations on the same run directory.
-RESUMABLE_FIELDS = frozenset({"max_steps", "eval_every", "eval_batches", "save_every",
-                               "log_every", "threads", "export_val_passes", "device",
-                               "data", "tokenizer"})  # data/tokenizer: checked by content
+RESUMABLE_FIELDS = frozenset(
+    {
+        "max_steps",
+        "eval_every",
+        "eval_batches",
+        "save_every",
+        "log_every",
+        "threads",
+        "export_val_passes",
+        "device",
+        "data",
+        "tokenizer",
+    }
+)  # data/tokenizer: checked by content
 
 
 class TrainError(ValueError):
@@ -26,6 +38,7 @@ class TrainError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainConfig:
@@ -81,19 +94,27 @@ class TrainConfig:
         except (RuntimeError, TypeError):
             raise TrainError(f"unknown device {self.device!r}") from None
         if self.lr_schedule not in ("cosine", "constant"):
-            raise TrainError(f"lr_schedule must be 'cosine' or 'constant', "
-                             f"got {self.lr_schedule!r}")
+            raise TrainError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         self.betas = tuple(float(b) for b in self.betas)
-        for name in ("n_blocks", "hidden_dim", "n_heads", "cond_dim", "length", "batch_size",
-                     "max_steps", "eval_every", "save_every", "log_every", "export_val_passes"):
+        for name in (
+            "n_blocks",
+            "hidden_dim",
+            "n_heads",
+            "cond_dim",
+            "length",
+            "batch_size",
+            "max_steps",
+            "eval_every",
+            "save_every",
+            "log_every",
+            "export_val_passes",
+        ):
             integer(name, getattr(self, name), minimum=1, error=TrainError)
         integer("warmup_steps", self.warmup_steps, minimum=0, error=TrainError)
         if self.hidden_dim % self.n_heads or (self.hidden_dim // self.n_heads) % 2:
-            raise TrainError(f"hidden_dim {self.hidden_dim} must split into n_heads "
-                             f"{self.n_heads} heads of even size")
+            raise TrainError(f"hidden_dim {self.hidden_dim} must split into n_heads {self.n_heads} heads of even size")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise TrainError(f"need lr > 0 and 0 <= min_lr_ratio <= 1 (got {self.lr}, "
-                             f"{self.min_lr_ratio})")
+            raise TrainError(f"need lr > 0 and 0 <= min_lr_ratio <= 1 (got {self.lr}, {self.min_lr_ratio})")
         if not 0 <= self.ema_decay < 1:
             raise TrainError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.dropout < 1:
@@ -131,4 +152,3 @@ class TrainResult:
     best_val_loss: float | None
     run_dir: str
     metrics: list[dict] = field(default_factory=list)  # rows written by this invocation
-

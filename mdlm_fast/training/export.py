@@ -1,4 +1,5 @@
 """Export of a finished run: the EMA weights as a model directory, ``training.json`` and a model card."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,14 @@ from mdlm_fast.training.objectives import build_model, evaluate
 from mdlm_fast.util.atomic import atomic_directory
 
 
-def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-           val_passes: int | None = None, dtype: str = "fp32",
-           include_tokenizer: bool = True) -> dict:
+def export(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    val_passes: int | None = None,
+    dtype: str = "fp32",
+    include_tokenizer: bool = True,
+) -> dict:
     """Write the EMA weights of ``run_dir`` as a model directory, with a card and the tokenizer.
 
     MDLM: :func:`~mdlm_fast.models.checkpoint.save_denoiser` layout; judge:
@@ -47,8 +53,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     model.eval()
     if dtype == "bf16":
         model.to(torch.bfloat16).to(torch.float32)  # evaluate exactly the shipped weights
-    corpus = load_corpus(config.data, tokenizer, val_fraction=config.val_fraction,
-                         cache_dir=run_dir / "cache")
+    corpus = load_corpus(config.data, tokenizer, val_fraction=config.val_fraction, cache_dir=run_dir / "cache")
     windows = validation_windows(corpus, config)
     passes = (val_passes or config.export_val_passes) if config.kind == "mdlm" else 1
     t0 = time.time()
@@ -56,17 +61,26 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     eval_s = time.time() - t0
 
     info = {
-        "kind": config.kind, "step": int(saved["step"]), "max_steps": config.max_steps,
-        "tokens_seen": int(saved["tokens_seen"]), "wall_time_s": float(saved["wall_time_s"]),
-        "val_loss": val, "val_windows": int(windows.shape[0]), "val_passes": passes,
+        "kind": config.kind,
+        "step": int(saved["step"]),
+        "max_steps": config.max_steps,
+        "tokens_seen": int(saved["tokens_seen"]),
+        "wall_time_s": float(saved["wall_time_s"]),
+        "val_loss": val,
+        "val_windows": int(windows.shape[0]),
+        "val_passes": passes,
         "weights_dtype": dtype,
-        "val_tokens": int(windows.numel()), "eval_time_s": eval_s,
-        "data": Path(config.data).name, "data_sha256": corpus.data_sha256,
-        "train_tokens": int(corpus.train.numel()), "val_fraction": config.val_fraction,
+        "val_tokens": int(windows.numel()),
+        "eval_time_s": eval_s,
+        "data": Path(config.data).name,
+        "data_sha256": corpus.data_sha256,
+        "train_tokens": int(corpus.train.numel()),
+        "val_fraction": config.val_fraction,
         "tokenizer": saved.get("tokenizer_name"),
         "tokenizer_sha256": tokenizer.fingerprint,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "commands": saved.get("commands", []), "config": saved["config"],
+        "commands": saved.get("commands", []),
+        "config": saved["config"],
         "torch": torch.__version__,
     }
     if config.kind == "mdlm":
@@ -90,8 +104,11 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 
 def _model_card(info: dict, config: TrainConfig) -> str:
-    kind = "MDLM denoiser (DiT, SUBS, log-linear noise)" if config.kind == "mdlm" \
+    kind = (
+        "MDLM denoiser (DiT, SUBS, log-linear noise)"
+        if config.kind == "mdlm"
         else "causal language model (GPT-style judge)"
+    )
     cmds = info["commands"] or ["(Python API; see the config below)"]
     lines = [
         f"# {kind}: {config.n_blocks} blocks, d={config.hidden_dim}, {config.n_heads} heads",
@@ -100,28 +117,40 @@ def _model_card(info: dict, config: TrainConfig) -> str:
         f"- **Data:** `{info['data']}` (sha256 `{info['data_sha256']}`); training split "
         f"{info['train_tokens']:,} tokens; validation = the last {config.val_fraction:.0%} of the "
         f"file as one contiguous block (see `mdlm_fast/text/data.py`)",
-        f"- **Tokenizer:** {info['tokenizer']} (sha256 of its JSON "
-        f"`{info['tokenizer_sha256'][:16]}...`)",
-        f"- **Steps:** {info['step']:,} of {config.max_steps:,}, batch {config.batch_size} x "
-        f"{config.length} tokens",
+        f"- **Tokenizer:** {info['tokenizer']} (sha256 of its JSON `{info['tokenizer_sha256'][:16]}...`)",
+        f"- **Steps:** {info['step']:,} of {config.max_steps:,}, batch {config.batch_size} x {config.length} tokens",
         f"- **Tokens seen:** {info['tokens_seen']:,}",
-        f"- **Training wall time:** {info['wall_time_s'] / 60:.1f} min "
-        f"(torch {info['torch']})",
+        f"- **Training wall time:** {info['wall_time_s'] / 60:.1f} min (torch {info['torch']})",
     ]
     if config.kind == "mdlm":
-        lines.append(f"- **Validation loss (NELBO, EMA weights):** {info['val_loss']:.4f} "
-                     f"nats/token -> perplexity bound exp(loss) = {info['val_ppl_bound']:.2f} "
-                     f"({info['val_windows']} windows x {info['val_passes']} noise draws, "
-                     f"fixed seed)")
+        lines.append(
+            f"- **Validation loss (NELBO, EMA weights):** {info['val_loss']:.4f} "
+            f"nats/token -> perplexity bound exp(loss) = {info['val_ppl_bound']:.2f} "
+            f"({info['val_windows']} windows x {info['val_passes']} noise draws, "
+            f"fixed seed)"
+        )
     else:
-        lines.append(f"- **Validation loss (EMA weights):** {info['val_loss']:.4f} nats/token "
-                     f"-> perplexity {info['val_ppl']:.2f} ({info['val_windows']} windows of "
-                     f"{config.length + 1} tokens)")
-    lines += ["", "## Command", "", "```"] + cmds + ["```", "",
-              "Rerunning the command (same run directory) resumes; with a fresh run directory "
-              "it retrains from scratch and reproduces these figures on the same machine type "
-              "and thread count (every batch, mask and dropout draw is seeded by (seed, step)).",
-              "", "## Config", "", "```json", json.dumps(info["config"], indent=2,
-                                                         sort_keys=True), "```", ""]
+        lines.append(
+            f"- **Validation loss (EMA weights):** {info['val_loss']:.4f} nats/token "
+            f"-> perplexity {info['val_ppl']:.2f} ({info['val_windows']} windows of "
+            f"{config.length + 1} tokens)"
+        )
+    lines += (
+        ["", "## Command", "", "```"]
+        + cmds
+        + [
+            "```",
+            "",
+            "Rerunning the command (same run directory) resumes; with a fresh run directory "
+            "it retrains from scratch and reproduces these figures on the same machine type "
+            "and thread count (every batch, mask and dropout draw is seeded by (seed, step)).",
+            "",
+            "## Config",
+            "",
+            "```json",
+            json.dumps(info["config"], indent=2, sort_keys=True),
+            "```",
+            "",
+        ]
+    )
     return "\n".join(lines)
-

@@ -17,6 +17,7 @@ when ``time_budget`` runs out) reproduces the uninterrupted run bit for bit on t
 and thread count. ``metrics.jsonl`` gets one row per ``log_every`` steps (rows past the saved
 step are dropped on resume, so nothing is duplicated).
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=1e-8)
 
 
@@ -85,6 +85,7 @@ class _EMA:
 
     def __init__(self, model: nn.Module) -> None:
         import copy
+
         self.model = copy.deepcopy(model)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -103,6 +104,7 @@ class _EMA:
 # State files
 # --------------------------------------------------------------------------------------------
 
+
 def load_state(run_dir: Path) -> dict | None:
     path = run_dir / STATE_NAME
     if not path.is_file():
@@ -110,25 +112,30 @@ def load_state(run_dir: Path) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TrainError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else e}") \
-            from None
+        raise TrainError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else e}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise TrainError(f"{path} is not a mdlm_fast training state (format "
-                         f"{STATE_FORMAT})")
+        raise TrainError(f"{path} is not a mdlm_fast training state (format {STATE_FORMAT})")
     return state
 
 
 def _check_resume(saved: dict, config: TrainConfig, run_dir: Path) -> None:
-    diffs = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in config.to_dict().items()
-             if k not in RESUMABLE_FIELDS and k in saved and saved[k] != v]
+    diffs = [
+        f"{k}: {saved[k]!r} -> {v!r}"
+        for k, v in config.to_dict().items()
+        if k not in RESUMABLE_FIELDS and k in saved and saved[k] != v
+    ]
     if diffs:
-        raise TrainError(f"run directory {run_dir} was started with other settings "
-                         f"({'; '.join(diffs)}); use a new --run-dir or the same arguments")
-    if (config.lr_schedule == "cosine" and config.decay_steps is None
-            and saved.get("max_steps") != config.max_steps):
-        warnings.warn(f"max_steps changed from {saved.get('max_steps')} to {config.max_steps} "
-                      f"with a cosine schedule over max_steps: the learning-rate curve differs "
-                      f"from an uninterrupted run (set decay_steps to fix the horizon)", stacklevel=2)
+        raise TrainError(
+            f"run directory {run_dir} was started with other settings "
+            f"({'; '.join(diffs)}); use a new --run-dir or the same arguments"
+        )
+    if config.lr_schedule == "cosine" and config.decay_steps is None and saved.get("max_steps") != config.max_steps:
+        warnings.warn(
+            f"max_steps changed from {saved.get('max_steps')} to {config.max_steps} "
+            f"with a cosine schedule over max_steps: the learning-rate curve differs "
+            f"from an uninterrupted run (set decay_steps to fix the horizon)",
+            stacklevel=2,
+        )
 
 
 def _read_metrics(path: Path, upto_step: int) -> list[dict]:
@@ -154,6 +161,7 @@ def _rewrite_metrics(path: Path, rows: list[dict]) -> None:
 # The loop
 # --------------------------------------------------------------------------------------------
 
+
 class _StopFlag:
     """Set by SIGINT/SIGTERM while training; handlers restored afterwards."""
 
@@ -163,6 +171,7 @@ class _StopFlag:
 
     def __enter__(self) -> "_StopFlag":
         import threading
+
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -178,9 +187,16 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: float | None = None,
-          progress: bool = True, command: str | None = None,
-          tokenizer: TextTokenizer | None = None, callback=None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    time_budget_s: float | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    tokenizer: TextTokenizer | None = None,
+    callback=None,
+) -> TrainResult:
     """Train (or resume) the run in ``run_dir`` until ``config.max_steps``.
 
     Stops early, with the state saved, after ``time_budget_s`` seconds of this invocation or on
@@ -209,11 +225,9 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
         raise TrainError(f"the tokenizer differs from the one run {run_dir} was started with")
     if from_copy and saved.get("tokenizer_name"):
         tokenizer.name = saved["tokenizer_name"]  # loaded from the run's copy; keep the origin
-    corpus = load_corpus(config.data, tokenizer, val_fraction=config.val_fraction,
-                         cache_dir=run_dir / "cache")
+    corpus = load_corpus(config.data, tokenizer, val_fraction=config.val_fraction, cache_dir=run_dir / "cache")
     if saved is not None and saved.get("data_sha256") != corpus.data_sha256:
-        raise TrainError(f"{config.data} changed since run {run_dir} was started "
-                         f"(sha256 differs)")
+        raise TrainError(f"{config.data} changed since run {run_dir} was started (sha256 differs)")
     if saved is None and hasattr(tokenizer.backend, "to_str"):
         tokenizer.save(run_dir / TOKENIZER_COPY)
     val_windows = validation_windows(corpus, config)
@@ -244,19 +258,29 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
 
     def save() -> None:
         with atomic_file(run_dir / STATE_NAME, "wb") as f:
-            torch.save({
-                "format": STATE_FORMAT, "config": config.to_dict(), "step": step,
-                "tokens_seen": tokens_seen, "wall_time_s": wall_before + (time.time() - t_start),
-                "best_val_loss": best_val, "val_loss": last_val, "commands": commands,
-                "log_window": list(window),
-                "model": model.state_dict(), "ema": ema.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": {"torch": torch.get_rng_state(),
-                        "data": {"seed": config.seed, "next_step": step}},
-                "tokenizer_fingerprint": tokenizer.fingerprint, "tokenizer_name": tokenizer.name,
-                "data_sha256": corpus.data_sha256, "data_path": str(config.data),
-                "n_params": sum(p.numel() for p in model.parameters()),
-            }, f)
+            torch.save(
+                {
+                    "format": STATE_FORMAT,
+                    "config": config.to_dict(),
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    "wall_time_s": wall_before + (time.time() - t_start),
+                    "best_val_loss": best_val,
+                    "val_loss": last_val,
+                    "commands": commands,
+                    "log_window": list(window),
+                    "model": model.state_dict(),
+                    "ema": ema.model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "data": {"seed": config.seed, "next_step": step}},
+                    "tokenizer_fingerprint": tokenizer.fingerprint,
+                    "tokenizer_name": tokenizer.name,
+                    "data_sha256": corpus.data_sha256,
+                    "data_path": str(config.data),
+                    "n_params": sum(p.numel() for p in model.parameters()),
+                },
+                f,
+            )
 
     t_start = time.time()
     stopped = "max_steps"
@@ -266,8 +290,15 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=config.max_steps, initial=step, desc=f"train {config.kind}",
-                   file=sys.stderr, dynamic_ncols=True, leave=True)
+
+        bar = tqdm(
+            total=config.max_steps,
+            initial=step,
+            desc=f"train {config.kind}",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+        )
     try:
         with _StopFlag() as stop, open(metrics_path, "a", encoding="utf-8") as mlog:
             while step < config.max_steps:
@@ -279,10 +310,10 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
                 torch.manual_seed(derive_seed(config.seed, "dropout", step))
                 with autocast(config):
                     if config.kind == "mdlm":
-                        gen = torch.Generator().manual_seed(
-                            derive_seed(config.seed, "noise", step))
-                        t, masked = sample_noise(x, noise, gen, antithetic=config.antithetic,
-                                                 sampling_eps=config.sampling_eps)
+                        gen = torch.Generator().manual_seed(derive_seed(config.seed, "noise", step))
+                        t, masked = sample_noise(
+                            x, noise, gen, antithetic=config.antithetic, sampling_eps=config.sampling_eps
+                        )
                         loss = mdlm_loss(model, x, t, masked, noise)
                     else:
                         loss = judge_loss(model, x)
@@ -303,18 +334,21 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
                 val = None
                 if step % config.eval_every == 0 or step == config.max_steps:
                     t_eval = time.time()
-                    val = evaluate(ema.model, config, val_windows,
-                                   max_batches=config.eval_batches)
+                    val = evaluate(ema.model, config, val_windows, max_batches=config.eval_batches)
                     window_t0 += time.time() - t_eval  # tokens/s counts training time only
                     last_val = val
                     best_val = val if best_val is None else min(best_val, val)
                 if step % config.log_every == 0 or val is not None or step == config.max_steps:
                     now = time.time()
-                    row = {"step": step, "loss": window[0] / window[1], "lr": lr,
-                           "grad_norm": float(grad_norm), "tokens_seen": tokens_seen,
-                           "tokens_per_s": config.tokens_per_step * (step - window_step0)
-                           / max(now - window_t0, 1e-9),
-                           "wall_time_s": wall_before + (now - t_start)}
+                    row = {
+                        "step": step,
+                        "loss": window[0] / window[1],
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "tokens_seen": tokens_seen,
+                        "tokens_per_s": config.tokens_per_step * (step - window_step0) / max(now - window_t0, 1e-9),
+                        "wall_time_s": wall_before + (now - t_start),
+                    }
                     if val is not None:
                         row["val_loss"] = val
                         if config.kind == "mdlm":
@@ -325,8 +359,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
                     mlog.flush()
                     new_rows.append(row)
                     if bar is not None:
-                        post = {"loss": f"{row['loss']:.3f}",
-                                "tok/s": f"{row['tokens_per_s']:.0f}"}
+                        post = {"loss": f"{row['loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
                         if last_val is not None:
                             post["val"] = f"{last_val:.3f}"
                         bar.set_postfix(post, refresh=False)
@@ -350,10 +383,18 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, time_budget_s: flo
             bar.close()
     if stopped != "max_steps":
         name = {"signal": "interrupted", "time_budget": "time budget reached"}[stopped]
-        print(f"{name}: state saved at step {step}/{config.max_steps} in {run_dir}; run the "
-              f"same command to resume", file=sys.stderr)
-    return TrainResult(step=step, tokens_seen=tokens_seen,
-                       wall_time_s=wall_before + (time.time() - t_start), stopped=stopped,
-                       last_loss=last_loss, val_loss=last_val, best_val_loss=best_val,
-                       run_dir=str(run_dir), metrics=new_rows)
-
+        print(
+            f"{name}: state saved at step {step}/{config.max_steps} in {run_dir}; run the same command to resume",
+            file=sys.stderr,
+        )
+    return TrainResult(
+        step=step,
+        tokens_seen=tokens_seen,
+        wall_time_s=wall_before + (time.time() - t_start),
+        stopped=stopped,
+        last_loss=last_loss,
+        val_loss=last_val,
+        best_val_loss=best_val,
+        run_dir=str(run_dir),
+        metrics=new_rows,
+    )

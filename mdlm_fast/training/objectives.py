@@ -10,6 +10,7 @@ exactly 0), which is the same number at about half the head cost.
 
 Judge loss: next-token cross-entropy on windows of ``length + 1`` tokens.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,25 +38,43 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> nn.Module:
     gen = torch.Generator().manual_seed(derive_seed(config.seed, "init"))
     if config.kind == "mdlm":
         vocab, mask = model_vocab(tokenizer)
-        cfg = DiTConfig(hidden_dim=config.hidden_dim, n_heads=config.n_heads,
-                        n_blocks=config.n_blocks, cond_dim=config.cond_dim, vocab_size=vocab,
-                        model_length=config.length, time_conditioning=config.time_conditioning,
-                        mask_index=mask, dropout=config.dropout)
+        cfg = DiTConfig(
+            hidden_dim=config.hidden_dim,
+            n_heads=config.n_heads,
+            n_blocks=config.n_blocks,
+            cond_dim=config.cond_dim,
+            vocab_size=vocab,
+            model_length=config.length,
+            time_conditioning=config.time_conditioning,
+            mask_index=mask,
+            dropout=config.dropout,
+        )
         check_compatible(tokenizer, cfg.vocab_size, cfg.mask_index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init-torch"))
             model = DiT(cfg)  # MDLM's init (zero adaLN and head), from the seeded global RNG
         return model
-    cfg = CausalLMConfig(vocab_size=tokenizer.vocab_size, hidden_dim=config.hidden_dim,
-                         n_heads=config.n_heads, n_blocks=config.n_blocks,
-                         max_length=config.length, dropout=config.dropout,
-                         tie_embeddings=config.tie_embeddings, eos_id=tokenizer.eos_id)
+    cfg = CausalLMConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_dim=config.hidden_dim,
+        n_heads=config.n_heads,
+        n_blocks=config.n_blocks,
+        max_length=config.length,
+        dropout=config.dropout,
+        tie_embeddings=config.tie_embeddings,
+        eos_id=tokenizer.eos_id,
+    )
     return CausalLM(cfg).init_weights_(gen)
 
 
-def sample_noise(x0: torch.Tensor, noise: LogLinearNoise, generator: torch.Generator, *,
-                 antithetic: bool = True, sampling_eps: float = 1e-3
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_noise(
+    x0: torch.Tensor,
+    noise: LogLinearNoise,
+    generator: torch.Generator,
+    *,
+    antithetic: bool = True,
+    sampling_eps: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MDLM's ``(t [B], masked [B, L] bool)`` for a batch, drawn from ``generator``.
 
     ``t = (1 - sampling_eps) * u + sampling_eps`` with ``u`` uniform (antithetic:
@@ -72,8 +91,9 @@ def sample_noise(x0: torch.Tensor, noise: LogLinearNoise, generator: torch.Gener
     return t.to(x0.device), masked.to(x0.device)
 
 
-def mdlm_loss(model: DiT, x0: torch.Tensor, t: torch.Tensor, masked: torch.Tensor,
-              noise: LogLinearNoise) -> torch.Tensor:
+def mdlm_loss(
+    model: DiT, x0: torch.Tensor, t: torch.Tensor, masked: torch.Tensor, noise: LogLinearNoise
+) -> torch.Tensor:
     """MDLM's token-averaged NELBO term for given ``t [B]`` and mask pattern ``masked [B, L]``.
 
     ``sum over masked (b, l) of -log p_SUBS(x0[b, l] | x_t) * loss_weight(t[b]) / (B * L)``.
@@ -104,8 +124,15 @@ def judge_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, config: TrainConfig, windows: torch.Tensor, *,
-             max_batches: int | None = None, passes: int = 1, amp: bool = True) -> float:
+def evaluate(
+    model: nn.Module,
+    config: TrainConfig,
+    windows: torch.Tensor,
+    *,
+    max_batches: int | None = None,
+    passes: int = 1,
+    amp: bool = True,
+) -> float:
     """Validation loss (nats/token) on fixed windows with a fixed noise seed.
 
     MDLM: the NELBO estimate of :func:`mdlm_loss` (token-weighted mean over the windows, ``passes``
@@ -128,11 +155,12 @@ def evaluate(model: nn.Module, config: TrainConfig, windows: torch.Tensor, *,
         for p in range(passes):
             gen = torch.Generator().manual_seed(derive_seed(config.seed, "val", p))
             for i in range(0, n, bs):
-                x = windows[i:i + bs].to(device)
+                x = windows[i : i + bs].to(device)
                 with autocast(config, amp):
                     if config.kind == "mdlm":
-                        t, masked = sample_noise(x, noise, gen, antithetic=config.antithetic,
-                                                 sampling_eps=config.sampling_eps)
+                        t, masked = sample_noise(
+                            x, noise, gen, antithetic=config.antithetic, sampling_eps=config.sampling_eps
+                        )
                         loss = mdlm_loss(model, x, t, masked, noise)
                         tokens = x.numel()
                     else:
@@ -143,4 +171,3 @@ def evaluate(model: nn.Module, config: TrainConfig, windows: torch.Tensor, *,
     finally:
         model.train(was_training)
     return total / count
-

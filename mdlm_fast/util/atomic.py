@@ -5,6 +5,7 @@ fsynced, and renamed into place; a failure removes the temporary and leaves any 
 version untouched. Files get the permission bits a plain ``open()`` would give them: an existing
 file keeps its mode, a new one follows the umask; a file with no write bit is not replaced.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,9 @@ def file_mode_for(path: Path) -> int:
     except FileNotFoundError:
         return 0o666 & ~current_umask()
     if not mode & 0o222:
-        raise ReadOnlyFileError(f"{path} is read-only (mode {mode:04o}); not replacing it: make it writable "
-                                f"(chmod u+w) or write elsewhere")
+        raise ReadOnlyFileError(
+            f"{path} is read-only (mode {mode:04o}); not replacing it: make it writable (chmod u+w) or write elsewhere"
+        )
     return mode
 
 

@@ -1,4 +1,5 @@
 """Which devices a run can use: one check, one wording, for ``sample(device=...)`` and ``--device``."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,6 +28,8 @@ def usable_device(spec: Any, name: str = "device") -> torch.device:
     from mdlm_fast._build import build_info
 
     if not build_info()["cuda"]:
-        raise ValueError(f"{name} {spec}: this build of mdlm_fast has no CUDA kernels "
-                         f"(rebuild it where torch has CUDA and nvcc is found)")
+        raise ValueError(
+            f"{name} {spec}: this build of mdlm_fast has no CUDA kernels "
+            f"(rebuild it where torch has CUDA and nvcc is found)"
+        )
     return dev

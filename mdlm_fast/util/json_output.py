@@ -1,5 +1,6 @@
 """Standard JSON out of results that may hold NaN or inf (a gen-PPL standard error of one sample,
 a ratio over zero): those become ``null``, and ``allow_nan=False`` proves none is left."""
+
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ or from the shell: ``OMP_WAIT_POLICY=PASSIVE python my_script.py``. :func:`wait_
 the running process got. This module imports nothing heavy: ``mdlm_fast/__init__.py`` runs it
 before torch.
 """
+
 from __future__ import annotations
 
 import os

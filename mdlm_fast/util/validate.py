@@ -3,6 +3,7 @@
 Each check returns the value it accepts and raises ``error`` (ValueError unless the caller's
 module has its own subclass) with a message that names the argument and what it expects.
 """
+
 from __future__ import annotations
 
 import operator
@@ -29,8 +30,14 @@ def int_problem(value: Any, minimum: int | None = None, maximum: int | None = No
     return None
 
 
-def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
-            error: type[Exception] = ValueError) -> int:
+def integer(
+    name: str,
+    value: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[Exception] = ValueError,
+) -> int:
     """``value`` as an int in [minimum, maximum], else ``error("<name> must be ...")``."""
     problem = int_problem(value, minimum, maximum)
     if problem:

@@ -3,6 +3,7 @@ torch's allocations carry redzones too): any out-of-bounds access aborts with AS
 
 usage: asan_check.py LIB quick|full|overrun
 """
+
 import ctypes
 import sys
 from pathlib import Path

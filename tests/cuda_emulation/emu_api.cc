@@ -1,10 +1,11 @@
 // The project's torch-free launchers, exported for ctypes. Each returns the launcher's
 // cudaError_t, or EMU_FAULT when the emulator stopped a kernel.
+#include "emu_api.h"
+
 #include <stdio.h>
 #include <string.h>
 
 #include "cuda_emu.h"
-#include "emu_api.h"
 #include "fused_head_sample_geometry.h"
 #include "fused_head_sample_kernels.cuh"
 #include "philox_kernels.cuh"
@@ -29,10 +30,9 @@ size_t emu_fused_head_workspace_bytes(int dtype, int64_t n, int64_t d, int64_t v
 
 int emu_fused_head_sample(int dtype, const void* hidden, int64_t n, int64_t d, int64_t hidden_stride_row,
                           int64_t hidden_stride_col, const void* weight, int64_t vocab, int64_t weight_stride_row,
-                          const void* bias, const int64_t* keys, uint64_t seed, const int64_t* seeds,
-                          uint32_t purpose, float temperature,
-                          const int64_t* banned, int64_t n_banned, int64_t* tokens, float* logprob, void* workspace,
-                          size_t workspace_bytes) {
+                          const void* bias, const int64_t* keys, uint64_t seed, const int64_t* seeds, uint32_t purpose,
+                          float temperature, const int64_t* banned, int64_t n_banned, int64_t* tokens, float* logprob,
+                          void* workspace, size_t workspace_bytes) {
   mdlm_fast::FusedHeadParams p;
   p.dtype = static_cast<mdlm_fast::HeadDtype>(dtype);
   p.hidden = hidden;

@@ -84,15 +84,24 @@ std::string thread_name(const ThreadState& t) {
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::kShflIdx: return "__shfl_sync";
-    case Op::kShflXor: return "__shfl_xor_sync";
-    case Op::kShflUp: return "__shfl_up_sync";
-    case Op::kShflDown: return "__shfl_down_sync";
-    case Op::kBallot: return "__ballot_sync";
-    case Op::kSyncWarp: return "__syncwarp";
-    case Op::kMma: return "mma.sync.m16n8k16";
-    case Op::kBarrier: return "__syncthreads";
-    default: return "nothing";
+    case Op::kShflIdx:
+      return "__shfl_sync";
+    case Op::kShflXor:
+      return "__shfl_xor_sync";
+    case Op::kShflUp:
+      return "__shfl_up_sync";
+    case Op::kShflDown:
+      return "__shfl_down_sync";
+    case Op::kBallot:
+      return "__ballot_sync";
+    case Op::kSyncWarp:
+      return "__syncwarp";
+    case Op::kMma:
+      return "mma.sync.m16n8k16";
+    case Op::kBarrier:
+      return "__syncthreads";
+    default:
+      return "nothing";
   }
 }
 
@@ -200,7 +209,12 @@ bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, Thr
     return false;
   }
   if (!((first.mask >> lane0) & 1u)) {
-    record_fault(site + ": the mask 0x" + [&] { char b[16]; snprintf(b, sizeof b, "%08x", first.mask); return std::string(b); }() +
+    record_fault(site + ": the mask 0x" +
+                 [&] {
+                   char b[16];
+                   snprintf(b, sizeof b, "%08x", first.mask);
+                   return std::string(b);
+                 }() +
                  " does not name the calling lane " + std::to_string(lane0) + " (" + thread_name(first) + ")");
     return false;
   }
@@ -229,11 +243,22 @@ bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, Thr
     const unsigned seg = lane / width * width;
     int src = -1;
     switch (first.op) {
-      case Op::kShflIdx: src = static_cast<int>(seg + (static_cast<unsigned>(t->arg) % width)); break;
-      case Op::kShflXor: src = static_cast<int>(lane ^ static_cast<unsigned>(t->arg)); break;
-      case Op::kShflUp: src = static_cast<int>(lane) - t->arg < static_cast<int>(seg) ? static_cast<int>(lane) : static_cast<int>(lane) - t->arg; break;
-      case Op::kShflDown: src = static_cast<int>(lane) + t->arg >= static_cast<int>(seg + width) ? static_cast<int>(lane) : static_cast<int>(lane) + t->arg; break;
-      default: break;
+      case Op::kShflIdx:
+        src = static_cast<int>(seg + (static_cast<unsigned>(t->arg) % width));
+        break;
+      case Op::kShflXor:
+        src = static_cast<int>(lane ^ static_cast<unsigned>(t->arg));
+        break;
+      case Op::kShflUp:
+        src = static_cast<int>(lane) - t->arg < static_cast<int>(seg) ? static_cast<int>(lane)
+                                                                      : static_cast<int>(lane) - t->arg;
+        break;
+      case Op::kShflDown:
+        src = static_cast<int>(lane) + t->arg >= static_cast<int>(seg + width) ? static_cast<int>(lane)
+                                                                               : static_cast<int>(lane) + t->arg;
+        break;
+      default:
+        break;
     }
     if (src >= 0) {
       if (src >= 32 || lanes[src] == nullptr) {
@@ -328,7 +353,8 @@ const dim3& grid_dim() { return g_launch->grid; }
 uint64_t collective(Op op, unsigned mask, uint64_t payload, int arg, int width, const char* file, int line) {
   ThreadState* t = current();
   if (t == nullptr) throw std::logic_error("a warp collective called outside a kernel");
-  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) fault(file, line, "shuffle width must be a power of two <= 32");
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0)
+    fault(file, line, "shuffle width must be a power of two <= 32");
   t->op = op;
   t->mask = mask;
   t->payload = payload;
@@ -387,9 +413,12 @@ void* static_shared(const char* key, size_t bytes) {
 
 int device_attribute(cudaDeviceAttr attr) {
   switch (attr) {
-    case cudaDevAttrComputeCapabilityMajor: return g_config.major;
-    case cudaDevAttrComputeCapabilityMinor: return g_config.minor;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: return g_config.smem_optin;
+    case cudaDevAttrComputeCapabilityMajor:
+      return g_config.major;
+    case cudaDevAttrComputeCapabilityMinor:
+      return g_config.minor;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      return g_config.smem_optin;
   }
   return 0;
 }
@@ -409,8 +438,8 @@ cudaError_t take_last_error() {
 bool begin_launch(const void* kernel, dim3 grid, dim3 block, size_t smem) {
   if (!g_fault.empty()) return false;
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
-  const bool grid_ok = grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 0x7fffffffu && grid.y <= 65535 &&
-                       grid.z <= 65535;
+  const bool grid_ok =
+      grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 0x7fffffffu && grid.y <= 65535 && grid.z <= 65535;
   const bool block_ok = threads >= 1 && threads <= 1024 && block.x <= 1024 && block.y <= 1024 && block.z <= 64;
   auto it = g_max_dyn_smem.find(kernel);
   const size_t smem_cap = it != g_max_dyn_smem.end() ? std::max<size_t>(kDefaultSmem, it->second) : kDefaultSmem;

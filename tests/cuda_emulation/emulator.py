@@ -4,6 +4,7 @@ build() transforms csrc/cuda/*_kernels.cu (transform.py), compiles them with the
 runtime into a shared library under build/cuda-emulation/ (cached by a hash of every input),
 and Emulator wraps the library's C entry points with the CUDA adapters' calling conventions.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -28,8 +29,12 @@ BUILD_DIR = ROOT / "build" / "cuda-emulation"
 ORDERS = {"forward": 0, "reverse": 1, "random": 2}
 FAULT = -1
 # cudaError_t values the launchers return (include/cuda_emu.h).
-CUDA_ERRORS = {1: "cudaErrorInvalidValue", 9: "cudaErrorInvalidConfiguration",
-               98: "cudaErrorInvalidDeviceFunction", 719: "cudaErrorLaunchFailure"}
+CUDA_ERRORS = {
+    1: "cudaErrorInvalidValue",
+    9: "cudaErrorInvalidConfiguration",
+    98: "cudaErrorInvalidDeviceFunction",
+    719: "cudaErrorLaunchFailure",
+}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 SM90_SMEM_OPTIN = 232448  # 227 KB
 DEFAULT_ORDER = "forward"  # of launches whose test sets no order (pytest --emulated-order)
@@ -50,8 +55,12 @@ def _flags(variant: str) -> list[str]:
     return flags + ["-O2"]
 
 
-def build(variant: str = "plain", kernel_sources: dict[str, str] | None = None, extra: dict[str, str] | None = None,
-          build_dir: Path = BUILD_DIR) -> Path:
+def build(
+    variant: str = "plain",
+    kernel_sources: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
+    build_dir: Path = BUILD_DIR,
+) -> Path:
     """Path of the emulator library, built if needed.
 
     kernel_sources: file name -> CUDA text replacing csrc/cuda/<name> (the mutation script's
@@ -73,9 +82,14 @@ def build(variant: str = "plain", kernel_sources: dict[str, str] | None = None, 
         digest.update(part.encode())
     for name in sorted(sources):
         digest.update(name.encode() + sources[name].encode())
-    inputs = [HERE / "transform.py", HERE / "emu_api.h", *(HERE / r for r in RUNTIME),
-              *sorted((HERE / "include").glob("*.h")),
-              *sorted((ROOT / "csrc" / "cuda").glob("*.cuh")), *sorted((ROOT / "csrc" / "include").rglob("*.h"))]
+    inputs = [
+        HERE / "transform.py",
+        HERE / "emu_api.h",
+        *(HERE / r for r in RUNTIME),
+        *sorted((HERE / "include").glob("*.h")),
+        *sorted((ROOT / "csrc" / "cuda").glob("*.cuh")),
+        *sorted((ROOT / "csrc" / "include").rglob("*.h")),
+    ]
     for p in inputs:
         digest.update(p.name.encode() + p.read_bytes())
     out_dir = build_dir / f"{variant}-{digest.hexdigest()[:16]}"
@@ -89,15 +103,27 @@ def build(variant: str = "plain", kernel_sources: dict[str, str] | None = None, 
         origin = f"csrc/cuda/{name}" if name in KERNELS else f"tests/cuda_emulation/{name}"
         path.write_text(transform(text, origin))
         generated.append(str(path))
-    cmd = [cxx, *_flags(variant), f"-I{HERE / 'include'}", f"-I{HERE}", f"-I{ROOT / 'csrc' / 'cuda'}",
-           f"-I{ROOT / 'csrc' / 'include'}"]
+    cmd = [
+        cxx,
+        *_flags(variant),
+        f"-I{HERE / 'include'}",
+        f"-I{HERE}",
+        f"-I{ROOT / 'csrc' / 'cuda'}",
+        f"-I{ROOT / 'csrc' / 'include'}",
+    ]
     # One object per translation unit, compiled side by side, then linked.
     objects, procs = [], []
     for src in [*generated, *(str(HERE / r) for r in RUNTIME)]:
         obj = str(out_dir / (Path(src).name + f".{os.getpid()}.o"))
         objects.append(obj)
-        procs.append((src, subprocess.Popen([*cmd, "-c", src, "-o", obj], stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True)))
+        procs.append(
+            (
+                src,
+                subprocess.Popen(
+                    [*cmd, "-c", src, "-o", obj], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
     failures = []
     for src, proc in procs:
         _, err = proc.communicate()
@@ -132,20 +158,55 @@ class Emulator:
         L = self.lib
         L.emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int]
         L.emu_last_fault.restype = ctypes.c_char_p
-        L.emu_philox_noise.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32,
-                                       ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+        L.emu_philox_noise.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_uint64,
+            ctypes.c_uint32,
+            ctypes.c_int64,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
         L.emu_fused_head_workspace_bytes.restype = ctypes.c_size_t
         L.emu_fused_head_workspace_bytes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
         i64, vp = ctypes.c_int64, ctypes.c_void_p
-        L.emu_fused_head_sample.argtypes = [ctypes.c_int, vp, i64, i64, i64, i64, vp, i64, i64, vp, vp,
-                                            ctypes.c_uint64, vp, ctypes.c_uint32, ctypes.c_float, vp, i64, vp, vp, vp,
-                                            ctypes.c_size_t]
-        L.emu_fused_head_geometry.argtypes = [ctypes.c_int, i64, i64, i64, ctypes.c_int, ctypes.c_char_p,
-                                              ctypes.c_size_t]
+        L.emu_fused_head_sample.argtypes = [
+            ctypes.c_int,
+            vp,
+            i64,
+            i64,
+            i64,
+            i64,
+            vp,
+            i64,
+            i64,
+            vp,
+            vp,
+            ctypes.c_uint64,
+            vp,
+            ctypes.c_uint32,
+            ctypes.c_float,
+            vp,
+            i64,
+            vp,
+            vp,
+            vp,
+            ctypes.c_size_t,
+        ]
+        L.emu_fused_head_geometry.argtypes = [
+            ctypes.c_int,
+            i64,
+            i64,
+            i64,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
         self.configure()
 
-    def geometry(self, dtype: torch.dtype, n: int, d: int, vocab: int,
-                 smem_optin: int = SM90_SMEM_OPTIN) -> list[tuple[str, int, int]]:
+    def geometry(
+        self, dtype: torch.dtype, n: int, d: int, vocab: int, smem_optin: int = SM90_SMEM_OPTIN
+    ) -> list[tuple[str, int, int]]:
         """(kernel, blocks, threads) of each launch of a call with these sizes."""
         buf = ctypes.create_string_buffer(4096)
         count = self.lib.emu_fused_head_geometry(_DTYPES[dtype], n, d, vocab, smem_optin, buf, len(buf))
@@ -154,8 +215,9 @@ class Emulator:
         rows = [line.rsplit(" ", 2) for line in buf.value.decode().splitlines()]
         return [(name, int(grid), int(threads)) for name, grid, threads in rows]
 
-    def configure(self, order: str | None = None, seed: int = 0, major: int = 9,
-                  smem_optin: int = SM90_SMEM_OPTIN) -> None:
+    def configure(
+        self, order: str | None = None, seed: int = 0, major: int = 9, smem_optin: int = SM90_SMEM_OPTIN
+    ) -> None:
         """Thread/block order of later launches (default: DEFAULT_ORDER) and the emulated device
         (default: an sm_90 part)."""
         order = order or DEFAULT_ORDER
@@ -174,14 +236,26 @@ class Emulator:
         code = {"uniform": 0, "gumbel": 1, "uniform24": 2}[dist]
         keys = keys.contiguous()
         out = torch.empty(keys.shape[0], n, dtype=torch.float32 if dist == "uniform24" else torch.float64)
-        self._check(self.lib.emu_philox_noise(_ptr(keys), keys.shape[0], seed % 2**64, purpose, n, code, _ptr(out)),
-                    "launch_philox_noise")
+        self._check(
+            self.lib.emu_philox_noise(_ptr(keys), keys.shape[0], seed % 2**64, purpose, n, code, _ptr(out)),
+            "launch_philox_noise",
+        )
         return out
 
-    def fused_head_sample(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                          keys: torch.Tensor, seed: int, purpose: int, temperature: float, banned: torch.Tensor,
-                          return_logprob: bool, seeds: torch.Tensor | None = None,
-                          deferred: DeferredHeadErrors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def fused_head_sample(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        keys: torch.Tensor,
+        seed: int,
+        purpose: int,
+        temperature: float,
+        banned: torch.Tensor,
+        return_logprob: bool,
+        seeds: torch.Tensor | None = None,
+        deferred: DeferredHeadErrors | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """As csrc/cuda/fused_head_sample_cuda.cu (the same layout rules, the launcher, no value read
         back) followed by what ops.fused_head_sample does with a CUDA result: the value errors
         (out-of-range banned ids, NaN rows, rows with nothing to draw) raised, or kept in ``deferred``."""
@@ -197,15 +271,32 @@ class Emulator:
         # The adapter's workspace comes from the caching allocator (512-byte aligned); so does this one.
         raw = torch.empty(ws_bytes + 512, dtype=torch.uint8)
         offset = (-raw.data_ptr()) % 512
-        workspace = raw[offset:offset + ws_bytes]
+        workspace = raw[offset : offset + ws_bytes]
         status = self.lib.emu_fused_head_sample(
-            _DTYPES[hidden.dtype], _ptr(hidden), n, d, hidden.stride(0), hidden.stride(1), _ptr(weight_c), vocab,
-            weight_c.stride(0), _ptr(bias_c), _ptr(keys_c), seed % 2**64, _ptr(seeds_c), purpose, float(temperature),
-            _ptr(banned_c), banned_c.numel(), _ptr(tokens), _ptr(logprob) if return_logprob else ctypes.c_void_p(None),
-            ctypes.c_void_p(workspace.data_ptr() if ws_bytes else None), ws_bytes)
+            _DTYPES[hidden.dtype],
+            _ptr(hidden),
+            n,
+            d,
+            hidden.stride(0),
+            hidden.stride(1),
+            _ptr(weight_c),
+            vocab,
+            weight_c.stride(0),
+            _ptr(bias_c),
+            _ptr(keys_c),
+            seed % 2**64,
+            _ptr(seeds_c),
+            purpose,
+            float(temperature),
+            _ptr(banned_c),
+            banned_c.numel(),
+            _ptr(tokens),
+            _ptr(logprob) if return_logprob else ctypes.c_void_p(None),
+            ctypes.c_void_p(workspace.data_ptr() if ws_bytes else None),
+            ws_bytes,
+        )
         if n > 0 or status != 0:
             self._check(status, "launch_fused_head_sample")
         # The adapter returns code tokens; ops.fused_head_sample raises them (or defers them).
         tokens = finish_coded_call(tokens, banned_c, vocab, deferred)
         return tokens, logprob
-

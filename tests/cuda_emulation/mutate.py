@@ -6,6 +6,7 @@ usage: .venv/bin/python tests/cuda_emulation/mutate.py [--full] [--only NAME ...
 Prints a Markdown table: defect, whether the tests caught it, and the first test that failed.
 Exit status 1 when a defect the harness is expected to catch went unnoticed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,45 +23,98 @@ HEAD = "fused_head_sample_kernels.cu"
 
 # (name, file, original text, defective text, expected to be caught)
 MUTATIONS = [
-    ("removed __syncthreads (mma chunk kernel)", HEAD,
-     "  __syncthreads();\n  chunk_block_epilogue<8 * NT>", "  chunk_block_epilogue<8 * NT>", True),
-    ("removed __syncthreads (fp32 chunk kernel)", HEAD,
-     "  __syncthreads();\n  chunk_block_epilogue<NR>", "  chunk_block_epilogue<NR>", True),
-    ("swapped mma A operands (a1 <-> a2)", HEAD,
-     "word16(a[m][1], 2 * s), word16(a[m][0], 2 * s + 1),", "word16(a[m][0], 2 * s + 1), word16(a[m][1], 2 * s),",
-     True),
-    ("swapped mma B operands (b0 <-> b1)", HEAD,
-     "word16(b, 2 * s), word16(b, 2 * s + 1));", "word16(b, 2 * s + 1), word16(b, 2 * s));", True),
-    ("off-by-one row bound (select kernel)", HEAD,
-     "if (row >= a.rows) return;  // whole warp", "if (row > a.rows) return;  // whole warp", True),
-    ("off-by-one chunk length", HEAD,
-     "const int len = static_cast<int>(min64(kChunk, a.vocab - begin));\n  const int64_t row0 = rg * (8 * NT);",
-     "const int len = static_cast<int>(min64(kChunk, a.vocab - begin + 1));\n  const int64_t row0 = rg * (8 * NT);",
-     True),
-    ("shuffle moved into divergent code (mass)", HEAD,
-     "  for (int k = 0; k < kMassLanes; ++k) l[k] = __shfl_sync(0xffffffffu, part, k);",
-     "  for (int k = 0; k < kMassLanes; ++k) l[k] = lane < kMassLanes ? __shfl_sync(0xffffffffu, part, k) : 0.0;",
-     True),
-    ("removed __syncwarp (select kernel)", HEAD,
-     "  __syncwarp();  // orders the lanes' global writes", "  // orders the lanes' global writes", True),
-    ("slices of a chunk stored over one another (split-grid combine)", HEAD,
-     "zidx(static_cast<int>(id - chunk * kChunk))", "zidx(static_cast<int>((id - chunk * kChunk) % kSliceIds))",
-     True),
-    ("summary reads another row's logits (split-grid combine)", HEAD,
-     "chunk_row_epilogue(a.logits + pair * kZChunkStride,", "chunk_row_epilogue(a.logits + chunk * kZChunkStride,",
-     True),
-    ("scan bound without its slack", HEAD,
-     "constexpr double kScanSlack = 4e-13;", "constexpr double kScanSlack = 0.0;", False),
-    ("philox: one output bit flipped", "philox_kernels.cu",
-     "const Philox4x32 r = philox_block(key, static_cast<uint32_t>(b));",
-     "Philox4x32 r = philox_block(key, static_cast<uint32_t>(b)); r.v[0] ^= 0x80000000u;", True),
+    (
+        "removed __syncthreads (mma chunk kernel)",
+        HEAD,
+        "  __syncthreads();\n  chunk_block_epilogue<8 * NT>",
+        "  chunk_block_epilogue<8 * NT>",
+        True,
+    ),
+    (
+        "removed __syncthreads (fp32 chunk kernel)",
+        HEAD,
+        "  __syncthreads();\n  chunk_block_epilogue<NR>",
+        "  chunk_block_epilogue<NR>",
+        True,
+    ),
+    (
+        "swapped mma A operands (a1 <-> a2)",
+        HEAD,
+        "word16(a[m][1], 2 * s), word16(a[m][0], 2 * s + 1),",
+        "word16(a[m][0], 2 * s + 1), word16(a[m][1], 2 * s),",
+        True,
+    ),
+    (
+        "swapped mma B operands (b0 <-> b1)",
+        HEAD,
+        "word16(b, 2 * s), word16(b, 2 * s + 1));",
+        "word16(b, 2 * s + 1), word16(b, 2 * s));",
+        True,
+    ),
+    (
+        "off-by-one row bound (select kernel)",
+        HEAD,
+        "if (row >= a.rows) return;  // whole warp",
+        "if (row > a.rows) return;  // whole warp",
+        True,
+    ),
+    (
+        "off-by-one chunk length",
+        HEAD,
+        "const int len = static_cast<int>(min64(kChunk, a.vocab - begin));\n  const int64_t row0 = rg * (8 * NT);",
+        "const int len = static_cast<int>(min64(kChunk, a.vocab - begin + 1));\n  const int64_t row0 = rg * (8 * NT);",
+        True,
+    ),
+    (
+        "shuffle moved into divergent code (mass)",
+        HEAD,
+        "  for (int k = 0; k < kMassLanes; ++k) l[k] = __shfl_sync(0xffffffffu, part, k);",
+        "  for (int k = 0; k < kMassLanes; ++k) l[k] = lane < kMassLanes ? __shfl_sync(0xffffffffu, part, k) : 0.0;",
+        True,
+    ),
+    (
+        "removed __syncwarp (select kernel)",
+        HEAD,
+        "  __syncwarp();  // orders the lanes' global writes",
+        "  // orders the lanes' global writes",
+        True,
+    ),
+    (
+        "slices of a chunk stored over one another (split-grid combine)",
+        HEAD,
+        "zidx(static_cast<int>(id - chunk * kChunk))",
+        "zidx(static_cast<int>((id - chunk * kChunk) % kSliceIds))",
+        True,
+    ),
+    (
+        "summary reads another row's logits (split-grid combine)",
+        HEAD,
+        "chunk_row_epilogue(a.logits + pair * kZChunkStride,",
+        "chunk_row_epilogue(a.logits + chunk * kZChunkStride,",
+        True,
+    ),
+    (
+        "scan bound without its slack",
+        HEAD,
+        "constexpr double kScanSlack = 4e-13;",
+        "constexpr double kScanSlack = 0.0;",
+        False,
+    ),
+    (
+        "philox: one output bit flipped",
+        "philox_kernels.cu",
+        "const Philox4x32 r = philox_block(key, static_cast<uint32_t>(b));",
+        "Philox4x32 r = philox_block(key, static_cast<uint32_t>(b)); r.v[0] ^= 0x80000000u;",
+        True,
+    ),
 ]
 
 WHY_NOT = {
     "scan bound without its slack": (
         "needs a target within ~1e-13 (relative) of a running sum where the parallel and sequential "
         "float64 sums round differently: probability ~1e-12 per draw, and on exact-logit inputs both sums "
-        "are exact, so no test input reaches it"),
+        "are exact, so no test input reaches it"
+    ),
 }
 
 

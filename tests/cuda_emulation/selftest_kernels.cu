@@ -112,13 +112,26 @@ int selftest_block_sum(const float* in, float* out, int blocks, int threads) {
 // 4 launch bounds exceeded, 5 race (out[0] = the winner).
 int selftest_defect(int which, int* out) {
   switch (which) {
-    case 0: divergent_barrier_kernel<<<1, 64>>>(out); break;
-    case 1: barrier_after_exit_kernel<<<1, 64>>>(out); break;
-    case 2: divergent_shuffle_kernel<<<1, 32>>>(out); break;
-    case 3: absent_lane_kernel<<<1, 16>>>(out); break;
-    case 4: bounded_kernel<<<1, 128>>>(out); break;
-    case 5: race_kernel<<<1, 64>>>(out); break;
-    default: return -2;
+    case 0:
+      divergent_barrier_kernel<<<1, 64>>>(out);
+      break;
+    case 1:
+      barrier_after_exit_kernel<<<1, 64>>>(out);
+      break;
+    case 2:
+      divergent_shuffle_kernel<<<1, 32>>>(out);
+      break;
+    case 3:
+      absent_lane_kernel<<<1, 16>>>(out);
+      break;
+    case 4:
+      bounded_kernel<<<1, 128>>>(out);
+      break;
+    case 5:
+      race_kernel<<<1, 64>>>(out);
+      break;
+    default:
+      return -2;
   }
   return status(cudaSuccess);
 }
@@ -141,7 +154,8 @@ int selftest_mma_bf16(const uint32_t* a, const uint32_t* b, float* d) {
 // Dynamic shared memory of `bytes`, opted into first when optin_bytes > 0.
 int selftest_smem(float* out, int bytes, int optin_bytes) {
   if (optin_bytes > 0) {
-    const cudaError_t e = cudaFuncSetAttribute(big_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin_bytes);
+    const cudaError_t e =
+        cudaFuncSetAttribute(big_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin_bytes);
     if (e != cudaSuccess) return static_cast<int>(e);
   }
   big_smem_kernel<<<1, 32, static_cast<size_t>(bytes)>>>(out);

@@ -11,6 +11,7 @@ original file), so the emulator's fault messages point at the kernel source:
 
 Any other inline asm is refused, so a new instruction in a kernel cannot slip past unemulated.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,8 +51,11 @@ def _keep_lines(old: str, new: str) -> str:
 
 
 def _kernel_start(text: str, end: int) -> int:
-    """Start of the kernel expression ending at `end` (a name, optionally with template args)."""
+    """Start of the kernel expression ending at `end` (a name, optionally with template args),
+    which may stand on the line before its `<<<` (clang-format breaks long launches there)."""
     i = end
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
     if text[i - 1] == ">":
         depth = 0
         while True:
@@ -70,23 +74,26 @@ def _kernel_start(text: str, end: int) -> int:
 def _rewrite_launches(text: str) -> str:
     while (at := text.find("<<<")) >= 0:
         start = _kernel_start(text, at)
-        kernel = text[start:at]
+        kernel = text[start:at].strip()
         cfg_end = text.index(">>>", at)
-        cfg = _split_top(text[at + 3:cfg_end])
+        cfg = _split_top(text[at + 3 : cfg_end])
         if not 2 <= len(cfg) <= 4:
             raise ValueError(f"launch of {kernel} with {len(cfg)} configuration values")
-        cfg += ["0", "nullptr"][len(cfg) - 2:]
+        cfg += ["0", "nullptr"][len(cfg) - 2 :]
         paren = text.index("(", cfg_end)
         close = _match_close(text, paren, "(", ")")
-        args = text[paren + 1:close - 1].strip()
+        args = text[paren + 1 : close - 1].strip()
         old = text[start:close]
         new = f"::emu::launch({kernel}, {', '.join(cfg)}{', ' if args else ''}{args})"
         text = text[:start] + _keep_lines(old, new) + text[close:]
     return text
 
 
-_MMA = re.compile(r'asm\s+volatile\s*\(\s*"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)\.\1\.f32'
-                  r'[^"]*"\s*(?:"[^"]*"\s*)*:(.*?)\)\s*;', re.S)
+_MMA = re.compile(
+    r'asm\s+volatile\s*\(\s*"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)\.\1\.f32'
+    r'[^"]*"\s*(?:"[^"]*"\s*)*:(.*?)\)\s*;',
+    re.S,
+)
 _OPERAND = re.compile(r'"[+=]?[a-z]"\s*\(([^()]*)\)')
 
 
@@ -100,7 +107,7 @@ def _rewrite_mma(text: str) -> str:
 
     text = _MMA.sub(repl, text)
     if re.search(r"\basm\b", text):
-        line = text[:re.search(r"\basm\b", text).start()].count("\n") + 1
+        line = text[: re.search(r"\basm\b", text).start()].count("\n") + 1
         raise ValueError(f"inline asm the emulator does not model (line {line})")
     return text
 
@@ -114,9 +121,11 @@ def _rewrite_shared(text: str, name: str) -> str:
 
     def static(m: re.Match) -> str:
         t, var, dims = m.group(1), m.group(2), m.group(3).replace(" ", "")
-        line = text[:m.start()].count("\n") + 1
-        return (f"{t} (&{var}){dims} = *static_cast<{t} (*){dims}>("
-                f"::emu::static_shared(\"{name}:{line}:{var}\", sizeof({t}{dims})));")
+        line = text[: m.start()].count("\n") + 1
+        return (
+            f"{t} (&{var}){dims} = *static_cast<{t} (*){dims}>("
+            f'::emu::static_shared("{name}:{line}:{var}", sizeof({t}{dims})));'
+        )
 
     return _STATIC_SHARED.sub(static, text)
 
@@ -125,12 +134,12 @@ def _rewrite_launch_bounds(text: str) -> str:
     out, pos = [], 0
     for m in re.finditer(r"__launch_bounds__\(", text):
         close = _match_close(text, m.end() - 1, "(", ")")
-        bound = text[m.end():close - 1].split(",")[0].strip()
+        bound = text[m.end() : close - 1].split(",")[0].strip()
         paren = text.index("(", close)
         kernel = re.search(r"(\w+)\s*$", text[close:paren]).group(1)
         body = text.index("{", _match_close(text, paren, "(", ")"))
-        out.append(text[pos:body + 1])
-        out.append(f" ::emu::check_launch_bounds({bound}, \"{kernel}\");")
+        out.append(text[pos : body + 1])
+        out.append(f' ::emu::check_launch_bounds({bound}, "{kernel}");')
         pos = body + 1
     out.append(text[pos:])
     return "".join(out)

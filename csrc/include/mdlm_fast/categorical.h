@@ -45,9 +45,9 @@ MDLM_HOST_DEVICE inline double combine_mass_lanes(const double (&lane)[kMassLane
 
 // Running summary of the logits seen so far in one row: online max / argmax and a log-sum-exp.
 struct RowSummary {
-  float max;      // -inf when nothing finite was seen
+  float max;       // -inf when nothing finite was seen
   int64_t argmax;  // lowest id among maxima (max_beats)
-  double mass;    // sum exp(z - max)
+  double mass;     // sum exp(z - max)
 };
 
 MDLM_HOST_DEVICE inline RowSummary empty_row_summary() {

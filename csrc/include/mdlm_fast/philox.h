@@ -63,14 +63,14 @@ constexpr int64_t kMaxStep = (int64_t{1} << 24) - 1;
 
 // The key of one row of draws: which step, batch row (original, never compacted) and position.
 struct NoiseKey {
-  uint32_t k0, k1;      // the seed
+  uint32_t k0, k1;        // the seed
   uint32_t step_purpose;  // step | purpose << 24
   uint32_t row;
   uint32_t position;
 };
 
-MDLM_HOST_DEVICE inline NoiseKey make_noise_key(uint64_t seed, uint32_t purpose, int64_t step,
-                                                int64_t row, int64_t position) {
+MDLM_HOST_DEVICE inline NoiseKey make_noise_key(uint64_t seed, uint32_t purpose, int64_t step, int64_t row,
+                                                int64_t position) {
   NoiseKey key;
   key.k0 = static_cast<uint32_t>(seed);
   key.k1 = static_cast<uint32_t>(seed >> 32);

@@ -1,5 +1,6 @@
 """The DiT backbone's tensors in a checkpoint: their names, the config their shapes imply, and a
 strict load that reports every key problem at once."""
+
 from __future__ import annotations
 
 import re
@@ -35,7 +36,7 @@ def backbone_state(state: dict, *, ignore_other_prefixes: bool) -> BackboneState
     """
     if not any(k.startswith(PREFIX) for k in state):
         return BackboneState(state, "", [])
-    tensors = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    tensors = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     foreign = [] if ignore_other_prefixes else [k for k in state if not k.startswith(PREFIX)]
     return BackboneState(tensors, PREFIX, foreign)
 
@@ -71,14 +72,16 @@ def build_and_load(config: DiTConfig, state: BackboneState, path: Path) -> DiT:
     return model
 
 
-def check_keys_and_shapes(expected: Mapping[str, torch.Tensor], state: BackboneState,
-                           path: Path) -> None:
+def check_keys_and_shapes(expected: Mapping[str, torch.Tensor], state: BackboneState, path: Path) -> None:
     """One error listing every missing/unexpected key and shape mismatch, under file names."""
     pre = state.prefix or ""
     missing = [pre + k for k in expected if k not in state and k not in OPTIONAL_KEYS]
     unexpected = [pre + k for k in state if k not in expected] + state.foreign
-    mismatched = [f"{pre}{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
-                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    mismatched = [
+        f"{pre}{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {listing(missing)}")
@@ -87,5 +90,4 @@ def check_keys_and_shapes(expected: Mapping[str, torch.Tensor], state: BackboneS
     if mismatched:
         problems.append(f"shape mismatch: {listing(mismatched)}")
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not match the model config: "
-                              + "; ".join(problems))
+        raise CheckpointError(f"checkpoint {path} does not match the model config: " + "; ".join(problems))

@@ -1,4 +1,5 @@
 """The error every checkpoint reader raises, and how its messages list many items."""
+
 from __future__ import annotations
 
 MAX_LISTED = 10

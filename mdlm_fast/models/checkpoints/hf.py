@@ -1,5 +1,6 @@
 """HF-style checkpoint directories: ``config.json`` beside ``model.safetensors`` or
 ``pytorch_model.bin``, read and (atomically, by the caller) written."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ def read_config_json(directory: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupted checkpoint {file}: {e}") from e
     if not isinstance(config, dict):
-        raise CheckpointError(f"corrupted checkpoint {file}: expected a JSON object, "
-                              f"got {type(config).__name__}")
+        raise CheckpointError(f"corrupted checkpoint {file}: expected a JSON object, got {type(config).__name__}")
     if "mask_index" not in config and isinstance(config.get("mask_token_id"), int):
         config["mask_index"] = config["mask_token_id"]  # the Hugging Face name for the same id
     return config
@@ -55,6 +55,7 @@ def read_hf_weights(file: Path, trusted: bool) -> "BackboneState":
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
+
     try:
         return load_file(str(file), device="cpu")
     except Exception as e:  # SafetensorError, OSError, ... all mean the same to the caller
@@ -63,8 +64,7 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 def state_for_saving(model: DiT) -> dict[str, torch.Tensor]:
     # safetensors wants contiguous CPU tensors that share no storage: clone each one.
-    return {PREFIX + k: v.detach().to("cpu").contiguous().clone()
-            for k, v in model.state_dict().items()}
+    return {PREFIX + k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def write_config(config: DiTConfig, file: Path) -> None:
@@ -75,6 +75,7 @@ def write_config(config: DiTConfig, file: Path) -> None:
 
 def write_safetensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
     from safetensors.torch import save_file
+
     save_file(tensors, str(file), metadata={"format": "pt"})
 
 
@@ -84,5 +85,7 @@ def check_replaceable(path: Path) -> None:
     if not path.is_dir() or path.is_symlink():
         raise CheckpointError(f"refusing to replace {path}: it exists and is not a directory")
     if any(path.iterdir()) and not (path / CONFIG_NAME).is_file():
-        raise CheckpointError(f"refusing to replace {path}: it is a non-empty directory "
-                              f"without {CONFIG_NAME}, so it does not look like a checkpoint")
+        raise CheckpointError(
+            f"refusing to replace {path}: it is a non-empty directory "
+            f"without {CONFIG_NAME}, so it does not look like a checkpoint"
+        )

@@ -1,5 +1,6 @@
 """Lightning checkpoints as MDLM writes them: ``state_dict`` with ``backbone.*`` keys, the EMA
 weights, and the model config and tokenizer pickled into ``hyper_parameters``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,7 @@ from mdlm_fast.models.dit import DiT
 def read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> tuple[BackboneState, dict, list | None]:
     ckpt = torch_load(file, trusted)
     if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"corrupted checkpoint {file}: expected a dict, "
-                              f"got {type(ckpt).__name__}")
+        raise CheckpointError(f"corrupted checkpoint {file}: expected a dict, got {type(ckpt).__name__}")
     if "state_dict" in ckpt:
         raw_state, is_lightning = ckpt["state_dict"], True
     elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -29,8 +29,10 @@ def read_lightning(file: Path, ema: bool, trusted: bool, mask_given: bool) -> tu
         raise CheckpointError(f"{file} has no 'state_dict' (keys: {listing(list(ckpt))})")
     state = backbone_state(tensor_dict(raw_state, file), ignore_other_prefixes=is_lightning)
     if not any(k == "vocab_embed.embedding" or k.startswith("blocks.") for k in state):
-        raise CheckpointError(f"{file} holds no MDLM DiT weights: no backbone.vocab_embed.embedding and no "
-                              f"backbone.blocks.* (its state_dict keys: {listing(list(raw_state))})")
+        raise CheckpointError(
+            f"{file} holds no MDLM DiT weights: no backbone.vocab_embed.embedding and no "
+            f"backbone.blocks.* (its state_dict keys: {listing(list(raw_state))})"
+        )
     config = infer_config(state)
     if (file.parent / CONFIG_NAME).is_file():
         config.update(read_config_json(file.parent))
@@ -50,9 +52,15 @@ def lightning_config(hparams: Any) -> dict:
     model = get_field(cfg, "model")
     out: dict[str, Any] = {}
     # MDLM's names -> DiTConfig's names.
-    for src, dst in (("hidden_size", "hidden_dim"), ("hidden_dim", "hidden_dim"),
-                     ("n_heads", "n_heads"), ("n_blocks", "n_blocks"), ("cond_dim", "cond_dim"),
-                     ("length", "model_length"), ("dropout", "dropout")):
+    for src, dst in (
+        ("hidden_size", "hidden_dim"),
+        ("hidden_dim", "hidden_dim"),
+        ("n_heads", "n_heads"),
+        ("n_blocks", "n_blocks"),
+        ("cond_dim", "cond_dim"),
+        ("length", "model_length"),
+        ("dropout", "dropout"),
+    ):
         value = get_field(model, src)
         if value is not None and not _is_interpolation(value):
             out[dst] = value
@@ -73,10 +81,8 @@ def ema_shadow(ckpt: Mapping, file: Path) -> list | None:
     shadow = get_field(ema, "shadow_params") if isinstance(ema, Mapping) else None
     if shadow is None:
         return None  # trained without EMA: the state_dict weights are the ones to use
-    if not isinstance(shadow, (list, tuple)) or \
-            not all(isinstance(t, torch.Tensor) for t in shadow):
-        raise CheckpointError(f"corrupted checkpoint {file}: ema.shadow_params must be a list "
-                              f"of tensors")
+    if not isinstance(shadow, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in shadow):
+        raise CheckpointError(f"corrupted checkpoint {file}: ema.shadow_params must be a list of tensors")
     return list(shadow)
 
 
@@ -87,9 +93,13 @@ def apply_ema(model: DiT, shadow: list, file: Path) -> None:
         raise CheckpointError(
             f"{file}: ema.shadow_params has {len(shadow)} tensors but the model has "
             f"{len(params)} parameters (expected one per backbone parameter, in order; "
-            f"a noise schedule with trainable parameters is not supported)")
-    bad = [f"#{i} {name}: expected {tuple(p.shape)}, got {tuple(s.shape)}"
-           for i, ((name, p), s) in enumerate(zip(params, shadow)) if s.shape != p.shape]
+            f"a noise schedule with trainable parameters is not supported)"
+        )
+    bad = [
+        f"#{i} {name}: expected {tuple(p.shape)}, got {tuple(s.shape)}"
+        for i, ((name, p), s) in enumerate(zip(params, shadow))
+        if s.shape != p.shape
+    ]
     if bad:
         raise CheckpointError(f"{file}: ema.shadow_params shape mismatch: {listing(bad)}")
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """The mask id a checkpoint records, and which rule gave it (``model.config.mask_index_source``);
 here, MDLM's rule for the tokenizer it pickles into a Lightning checkpoint's ``hyper_parameters``."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,11 @@ from mdlm_fast.models import inert_pickle
 from mdlm_fast.models.checkpoints.errors import CheckpointError
 from mdlm_fast.models.checkpoints.pickles import mapping
 
-MASK_FROM_ARGUMENT = "argument"      # mask_index= / --mask-index
-MASK_FROM_TOKENIZER = "tokenizer"    # the mask token of the tokenizer pickled in a .ckpt
-MASK_FROM_CONFIG = "config"          # mask_index / mask_token_id in config.json
-MASK_APPENDED = "appended"           # the .ckpt's tokenizer has none: MDLM appends it, vocab_size - 1
-MASK_DEFAULT = "default"             # nothing recorded: vocab_size - 1
+MASK_FROM_ARGUMENT = "argument"  # mask_index= / --mask-index
+MASK_FROM_TOKENIZER = "tokenizer"  # the mask token of the tokenizer pickled in a .ckpt
+MASK_FROM_CONFIG = "config"  # mask_index / mask_token_id in config.json
+MASK_APPENDED = "appended"  # the .ckpt's tokenizer has none: MDLM appends it, vocab_size - 1
+MASK_DEFAULT = "default"  # nothing recorded: vocab_size - 1
 #: The config field (dropped before DiTConfig sees it) that carries the rule a reader applied.
 MASK_SOURCE_KEY = "_mask_index_source"
 
@@ -30,8 +31,10 @@ def tokenizer_mask(tokenizer: Any, file: Path) -> dict:
             return {MASK_SOURCE_KEY: MASK_APPENDED}
         mask_id = getattr(tokenizer, "mask_token_id", None)
         if not isinstance(mask_id, int):
-            raise CheckpointError(f"{file}: the tokenizer's mask token has no integer id "
-                                  f"({mask_id!r}); pass mask_index=... (--mask-index)")
+            raise CheckpointError(
+                f"{file}: the tokenizer's mask token has no integer id "
+                f"({mask_id!r}); pass mask_index=... (--mask-index)"
+            )
         return {"mask_index": mask_id, MASK_SOURCE_KEY: MASK_FROM_TOKENIZER}
     attrs = tokenizer.state if isinstance(tokenizer.state, dict) else {}
     if "_mask_token" in attrs:
@@ -41,17 +44,21 @@ def tokenizer_mask(tokenizer: Any, file: Path) -> dict:
     elif isinstance(attrs.get("init_kwargs"), dict) and "mask_token" in attrs["init_kwargs"]:
         token = attrs["init_kwargs"]["mask_token"]
     else:
-        raise CheckpointError(f"{file}: cannot tell whether the pickled tokenizer "
-                              f"({tokenizer.qualname}) has a mask token; pass mask_index=... "
-                              f"(--mask-index)")
+        raise CheckpointError(
+            f"{file}: cannot tell whether the pickled tokenizer "
+            f"({tokenizer.qualname}) has a mask token; pass mask_index=... "
+            f"(--mask-index)"
+        )
     if token is None:
         return {MASK_SOURCE_KEY: MASK_APPENDED}
     text = _token_text(token)
     mask_id = _token_id(attrs, text) if text is not None else None
     if mask_id is None:
-        raise CheckpointError(f"{file}: the pickled tokenizer ({tokenizer.qualname}) has the mask "
-                              f"token {text!r} but no id for it that this loader can read; pass "
-                              f"mask_index=... (--mask-index)")
+        raise CheckpointError(
+            f"{file}: the pickled tokenizer ({tokenizer.qualname}) has the mask "
+            f"token {text!r} but no id for it that this loader can read; pass "
+            f"mask_index=... (--mask-index)"
+        )
     return {"mask_index": mask_id, MASK_SOURCE_KEY: MASK_FROM_TOKENIZER}
 
 

@@ -5,6 +5,7 @@ By default a file goes through :mod:`mdlm_fast.models.inert_pickle`: tensors are
 other object the file names becomes an inert record of its class name and stored state.
 ``trusted=True`` unpickles fully.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,10 @@ def torch_load(file: Path, trusted: bool) -> Any:
         try:
             return torch.load(file, map_location="cpu", weights_only=False)
         except ModuleNotFoundError as e:
-            raise CheckpointError(f"cannot unpickle {file}: it needs the module '{e.name}' "
-                                  f"(install it, e.g. omegaconf for MDLM checkpoints)") from e
+            raise CheckpointError(
+                f"cannot unpickle {file}: it needs the module '{e.name}' "
+                f"(install it, e.g. omegaconf for MDLM checkpoints)"
+            ) from e
         except Exception as e:
             raise CheckpointError(f"corrupted checkpoint {file}: {e}") from e
     with open(file, "rb") as f:
@@ -34,8 +37,9 @@ def torch_load(file: Path, trusted: bool) -> Any:
     if not is_zip and head[:1] != b"\x80":
         # Not a zip archive and not a pickle (whose first byte is the PROTO opcode): no torch
         # file at all, so trusting it could not help.
-        raise CheckpointError(f"{file} is not a torch checkpoint (neither a zip archive nor a pickle; it "
-                              f"starts with {head!r})")
+        raise CheckpointError(
+            f"{file} is not a torch checkpoint (neither a zip archive nor a pickle; it starts with {head!r})"
+        )
     if not is_zip:
         # The legacy format reads storages through its own pickle hooks: only torch's
         # weights-only unpickler reads it without trusting the file.
@@ -45,7 +49,8 @@ def torch_load(file: Path, trusted: bool) -> Any:
             raise CheckpointError(
                 f"corrupted checkpoint {file}, or a legacy-format torch file holding Python "
                 f"objects: torch.load(weights_only=True) refuses it ({first_line(e)}); pass "
-                f"trust_checkpoint=True (--trust-checkpoint) only if you trust the file") from e
+                f"trust_checkpoint=True (--trust-checkpoint) only if you trust the file"
+            ) from e
     try:
         return inert_pickle.load(file)
     except Exception as e:
@@ -73,13 +78,14 @@ def get_field(obj: Any, key: str) -> Any:
 
 def tensor_dict(state: Any, file: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"corrupted checkpoint {file}: state dict is a "
-                              f"{type(state).__name__}, not a mapping")
+        raise CheckpointError(f"corrupted checkpoint {file}: state dict is a {type(state).__name__}, not a mapping")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         objects = sorted({v.qualname for v in state.values() if isinstance(v, inert_pickle.InertRecord)})
-        hint = (f" (objects of {', '.join(objects)}, which are not rebuilt without "
-                f"trust_checkpoint=True)" if objects else "")
-        raise CheckpointError(f"corrupted checkpoint {file}: non-tensor entries "
-                              f"{listing([str(k) for k in bad])}{hint}")
+        hint = (
+            f" (objects of {', '.join(objects)}, which are not rebuilt without trust_checkpoint=True)"
+            if objects
+            else ""
+        )
+        raise CheckpointError(f"corrupted checkpoint {file}: non-tensor entries {listing([str(k) for k in bad])}{hint}")
     return dict(state)

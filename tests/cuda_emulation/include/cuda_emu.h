@@ -42,8 +42,11 @@ typedef enum cudaError {
   cudaErrorLaunchFailure = 719,
 } cudaError_t;
 typedef void* cudaStream_t;
-enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76,
-                      cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr {
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 struct dim3 {
@@ -158,11 +161,15 @@ inline cudaError_t cudaGetLastError() { return emu::take_last_error(); }
 // ---------------------------------------------------------------------------------------------
 // Synchronization and warp collectives.
 #define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
-#define __syncwarp(...) ::emu::syncwarp_at(__FILE__, __LINE__ __VA_OPT__(,) __VA_ARGS__)
-#define __shfl_sync(mask, v, src, ...) ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflIdx, mask, v, src __VA_OPT__(,) __VA_ARGS__)
-#define __shfl_xor_sync(mask, v, lm, ...) ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflXor, mask, v, lm __VA_OPT__(,) __VA_ARGS__)
-#define __shfl_up_sync(mask, v, d, ...) ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflUp, mask, v, d __VA_OPT__(,) __VA_ARGS__)
-#define __shfl_down_sync(mask, v, d, ...) ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflDown, mask, v, d __VA_OPT__(,) __VA_ARGS__)
+#define __syncwarp(...) ::emu::syncwarp_at(__FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
+#define __shfl_sync(mask, v, src, ...) \
+  ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflIdx, mask, v, src __VA_OPT__(, ) __VA_ARGS__)
+#define __shfl_xor_sync(mask, v, lm, ...) \
+  ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflXor, mask, v, lm __VA_OPT__(, ) __VA_ARGS__)
+#define __shfl_up_sync(mask, v, d, ...) \
+  ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflUp, mask, v, d __VA_OPT__(, ) __VA_ARGS__)
+#define __shfl_down_sync(mask, v, d, ...) \
+  ::emu::shfl_at(__FILE__, __LINE__, ::emu::Op::kShflDown, mask, v, d __VA_OPT__(, ) __VA_ARGS__)
 #define __ballot_sync(mask, pred) ::emu::ballot_at(__FILE__, __LINE__, mask, pred)
 #define __trap() ::emu::fault(__FILE__, __LINE__, "__trap()")
 
