@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import summary, write_results  # noqa: E402
+from common import machine_profile, summary, write_results  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
 
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         "loadavg_1min": load,
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_profile(),  # CPU model, flags and the GEMM / read peaks, measured now
         "speedup_patched_vs_mdlm_own_sample": med["mdlm_own_sample"] / med["patched_sample"],
         "speedup_live_fast_path_vs_callable_path": med["callable_path"] / med["live_fast_path"],
         "head_positions": {"live_fast_path": live.head_positions, "callable_path": unfused.head_positions},

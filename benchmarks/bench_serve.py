@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
-from common import summary, write_results  # noqa: E402
+from common import machine_profile, summary, write_results  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
 from mdlm_fast.sampling.engine import Request  # noqa: E402
@@ -236,6 +236,7 @@ def main(argv=None) -> int:
         "loadavg_after": os.getloadavg(),
         "server_exit_codes": exit_codes,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_profile(),  # CPU model, flags and the GEMM / read peaks, measured now
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "ratios": ratios,

@@ -243,7 +243,8 @@ def main(argv=None) -> None:
         }
         return write_results(args.name, payload, rows)
 
-    profile = machine_profile(with_peaks=False)
+    # Measured once before the conditions, with no competitor of ours running: the yardsticks of this run.
+    profile = machine_profile()
     try:
         cpu_model = _save_cpu_model(scratch) if "cpu" in jobs else None
         rows = _run_conditions(args, variants, jobs, cpu_model, lambda rows: save(rows, False))

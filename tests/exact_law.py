@@ -40,6 +40,23 @@ class ExactLaw:
         return torch.tensor([self.probs.get(o, 0.0) for o in outcomes], dtype=torch.float64)
 
 
+def advance(states: dict, keys: list, p: torch.Tensor, stay: float, vocab: int, mask: int) -> dict:
+    """One step of MDLM's sampler over every state: each masked position independently stays masked
+    with probability ``stay`` or becomes token v with probability p[state, pos, v] (1 - stay)."""
+    nxt: dict = {}
+    for k, state in enumerate(keys):
+        options = [
+            [(tok, 1.0)]
+            if tok != mask
+            else [(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(vocab) if v != mask]
+            for pos, tok in enumerate(state)
+        ]
+        for combo in itertools.product(*options):
+            key = tuple(tok for tok, _ in combo)
+            nxt[key] = nxt.get(key, 0.0) + states[state] * math.prod(w for _, w in combo)
+    return nxt
+
+
 def exact_law(
     models,
     schedule,
@@ -79,18 +96,7 @@ def exact_law(
             drawn = tempered(p, temperature)
             top, drawn_top = max(top, highest(p, masked)), max(drawn_top, highest(drawn, masked))
             p = drawn
-            nxt: dict = {}
-            for k, state in enumerate(keys):
-                options = [
-                    [(tok, 1.0)]
-                    if tok != mask
-                    else [(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(vocab) if v != mask]
-                    for pos, tok in enumerate(state)
-                ]
-                for combo in itertools.product(*options):
-                    key = tuple(tok for tok, _ in combo)
-                    nxt[key] = nxt.get(key, 0.0) + states[state] * math.prod(w for _, w in combo)
-            states = nxt
+            states = advance(states, keys, p, stay, vocab, mask)
         keys = list(states)
         p, masked = p_x0(models[schedule[-1]], keys, ts[-1])
         top = max(top, highest(p, masked))

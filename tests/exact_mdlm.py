@@ -1,9 +1,7 @@
 """MDLM's sampler's exact output distribution on tiny models, by dynamic programming over all states."""
 
-import itertools
-import math
-
 import torch
+from exact_law import advance
 
 from mdlm_fast.models.dit import subs_log_probs
 from mdlm_fast.schedules.noise import LogLinearNoise, sampling_dt, sampling_timesteps
@@ -23,18 +21,7 @@ def exact_conditional(model, start, steps, vocab, mask):
             keys = list(states)
             x = torch.tensor(keys)
             p = subs_log_probs(model(x, torch.full((len(keys),), noise.sigma(t))), x, mask).double().exp()
-            nxt = {}
-            for k, state in enumerate(keys):
-                options = [
-                    [(tok, 1.0)]
-                    if tok != mask
-                    else [(mask, stay)] + [(v, p[k, pos, v].item() * (1 - stay)) for v in range(vocab) if v != mask]
-                    for pos, tok in enumerate(state)
-                ]
-                for combo in itertools.product(*options):
-                    key = tuple(tok for tok, _ in combo)
-                    nxt[key] = nxt.get(key, 0.0) + states[state] * math.prod(w for _, w in combo)
-            states = nxt
+            states = advance(states, keys, p, stay, vocab, mask)
         final = {}
         for state, prob in states.items():
             x = torch.tensor([state])
