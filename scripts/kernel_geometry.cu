@@ -1,17 +1,17 @@
 // Host-only helper of scripts/kernel_report: prints fused_head_sample's launch geometry as JSON,
-// one line per shape read from stdin ("dtype n d vocab smem_optin", dtype 0 = float32,
+// one line per shape read from stdin ("dtype n d vocab major smem_optin", dtype 0 = float32,
 // 1 = bfloat16, 2 = float16). Built by nvcc together with the kernels; runs without a GPU.
 #include <cstdio>
 
 #include "fused_head_sample_geometry.h"
 
 int main() {
-  int dtype = 0, smem = 0;
+  int dtype = 0, major = 0, smem = 0;
   long long n = 0, d = 0, vocab = 0;
-  while (std::scanf("%d %lld %lld %lld %d", &dtype, &n, &d, &vocab, &smem) == 5) {
+  while (std::scanf("%d %lld %lld %lld %d %d", &dtype, &n, &d, &vocab, &major, &smem) == 6) {
     mdlm_fast::HeadKernelLaunch launches[64];
-    const int count =
-        mdlm_fast::fused_head_sample_geometry(static_cast<mdlm_fast::HeadDtype>(dtype), n, d, vocab, smem, launches, 64);
+    const int count = mdlm_fast::fused_head_sample_geometry(static_cast<mdlm_fast::HeadDtype>(dtype), n, d, vocab,
+                                                            major, smem, launches, 64);
     if (count < 0 || count > 64) {
       std::printf("{\"error\": \"no geometry (%d launches)\"}\n", count);
       continue;

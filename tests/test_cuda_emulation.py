@@ -161,20 +161,22 @@ def test_more_rows_than_one_pass(request, emu):
         _same_as_cpu(emu, hidden, weight, bias, _keys(n), 0.5, torch.tensor([1]))
 
 
-# The split grid (rows_pad <= 64): 128-id slice blocks, logits through the workspace, then one warp
-# per (row, chunk). Vocabularies just below / above a multiple of the 128-id slice and of the
+# The split grid (rows_pad <= 64): 128-id slice blocks. Before sm_90 their logits go through the
+# workspace, then one warp per (row, chunk); on sm_90 the 8 slices of a chunk are a cluster that
+# combines them in distributed shared memory. Vocabularies just below / above a multiple of the 128-id slice and of the
 # 1024-id chunk; N around the 8-row n-tile and the 64-row limit of the split (65: the chunk grid).
 SPLIT_QUICK = [(1, 20, 1153, 1.0), (7, 20, 1151, 0.0), (9, 33, 2049, 1.0), (64, 16, 1025, 0.7), (65, 16, 1023, 1.0)]
 SPLIT_FULL = list(itertools.product([1, 7, 8, 9, 64, 65], [20], [127, 129, 1151, 1153, 2047, 2049], [1.0, 0.0]))
 
 
+@pytest.mark.parametrize("major", [8, 9], ids=["workspace-sm80", "cluster-sm90"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_split_grid_matches_the_cpu(request, emu, dtype):
+def test_split_grid_matches_the_cpu(request, emu, dtype, major):
     cases = SPLIT_FULL if _full(request) else SPLIT_QUICK
     if dtype == torch.float16 and not _full(request):
         cases = cases[:2]
     for i, (n, d, vocab, t) in enumerate(cases):
-        emu.configure(ORDERS[i % 3], seed=i)
+        emu.configure(ORDERS[i % 3], seed=i, major=major)
         hidden, weight, bias = _exact_problem(n, d, vocab, dtype, seed=20 + i)
         banned = torch.tensor(sorted({0, 127, 128, vocab - 1} & set(range(vocab))))  # ids at slice edges
         tokens = _same_as_cpu(emu, hidden, weight, bias, _keys(n), t, banned)
@@ -182,17 +184,24 @@ def test_split_grid_matches_the_cpu(request, emu, dtype):
 
 
 def test_split_grid_geometry(emu):
-    # N <= 64: slices of 128 ids, >= 2 blocks per SM of an H100 (132 SMs) at V = 50258; then the
-    # summaries and the select. N = 65: one 1024-id chunk block per 32-row group.
-    for dtype, kernel in [(torch.bfloat16, "slice_mma_kernel<Bf16Tag"), (torch.float32, "slice_simt_kernel<")]:
+    # N <= 64: slices of 128 ids, >= 2 blocks per SM of an H100 (132 SMs) at V = 50258. sm_80: the
+    # slices, the summaries, the select; sm_90: clusters of 8 slices (50 chunks x 8), the select.
+    # N = 65: one 1024-id chunk block per 32-row group on both.
+    for dtype, mma in [(torch.bfloat16, "mma_kernel<Bf16Tag"), (torch.float32, "simt_kernel<")]:
         for n in (1, 8, 64):
-            launches = emu.geometry(dtype, n, 768, 50258)
-            names = [name for name, _, _ in launches]
-            assert names[0].startswith("pack_hidden_kernel") and names[1].startswith(kernel), names
+            groups = 2 if n == 64 else 1
+            sm80 = emu.geometry(dtype, n, 768, 50258, major=8)
+            names = [name for name, _, _ in sm80]
+            assert names[0].startswith("pack_hidden_kernel") and names[1].startswith("slice_" + mma), names
             assert names[2:] == ["chunk_summary_kernel", "select_kernel"]
-            assert launches[1][1] == 393 * (2 if n == 64 else 1) >= 2 * 132
-        chunk = emu.geometry(dtype, 65, 768, 50258)[1]
-        assert chunk[0].startswith("chunk_") and chunk[1] == 50 * 3
+            assert sm80[1][1] == 393 * groups >= 2 * 132
+            sm90 = emu.geometry(dtype, n, 768, 50258, major=9)
+            names = [name for name, _, _ in sm90]
+            assert names[1].startswith("cluster_" + mma) and names[2:] == ["select_kernel"], names
+            assert sm90[1][1] == 50 * 8 * groups >= 2 * 132
+        for major in (8, 9):
+            chunk = emu.geometry(dtype, 65, 768, 50258, major=major)[1]
+            assert chunk[0].startswith("chunk_") and chunk[1] == 50 * 3
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -215,10 +224,11 @@ def test_misaligned_and_strided_views(emu, dtype):
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_every_thread_order_gives_the_same_tokens(emu, order, dtype):
-    emu.configure(order, seed=12345)
-    for n in (33, 70):  # the split grid, the chunk grid
-        hidden, weight, bias = _exact_problem(n, 29, 2100, dtype, seed=9)
-        _same_as_cpu(emu, hidden, weight, bias, _keys(n), 1.0, torch.tensor([2]))
+    for major in (8, 9):  # the split grid through the workspace, in clusters
+        emu.configure(order, seed=12345, major=major)
+        for n in (33, 70):  # the split grid, the chunk grid
+            hidden, weight, bias = _exact_problem(n, 29, 2100, dtype, seed=9)
+            _same_as_cpu(emu, hidden, weight, bias, _keys(n), 1.0, torch.tensor([2]))
 
 
 def test_small_shared_memory_devices_use_smaller_row_groups(emu):
@@ -430,6 +440,45 @@ def test_block_sum_with_static_and_dynamic_shared_memory(emu):
         out = torch.zeros(3)
         assert emu.lib.selftest_block_sum(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(out.data_ptr()), 3, 256) == 0
         assert torch.equal(out, x.view(3, 256).sum(1))
+
+
+def test_clusters_share_shared_memory(emu):
+    # 4 clusters of 4 blocks: block r reads block (r + 1) % 4 of its own cluster, in every order.
+    x = torch.arange(16 * 64, dtype=torch.float32)
+    peer = [(b // 4) * 4 + (b % 4 + 1) % 4 for b in range(16)]
+    want = x.view(16, 64)[peer].flip(1)
+    for order in ORDERS:
+        emu.configure(order, seed=3)
+        out = torch.zeros(16, 64)
+        lib = emu.lib
+        assert (
+            lib.selftest_cluster_rotate(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(out.data_ptr()), 16, 64, 4) == 0
+        )
+        assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize(
+    "which,match",
+    [
+        (
+            0,
+            r"cluster.sync\(\) at selftest_kernels.cu:\d+ .* is not reached by every thread of the cluster: "
+            r"thread \(0,0,0\) of block \(1,0,0\) has exited",
+        ),
+        (1, r"map_shared_rank to block rank 2 of a cluster of 2"),
+    ],
+)
+def test_cluster_defects_fail_loudly(emu, which, match):
+    out = torch.zeros(256, dtype=torch.int32)
+    assert emu.lib.selftest_cluster_defect(which, ctypes.c_void_p(out.data_ptr())) == emulator.FAULT
+    fault = emu.lib.emu_last_fault().decode()
+    emu.lib.emu_reset()
+    assert __import__("re").search(match, fault), fault
+
+
+def test_cluster_grid_must_tile_the_clusters(emu):
+    out = torch.zeros(256, dtype=torch.int32)
+    assert emu.lib.selftest_cluster_defect(2, ctypes.c_void_p(out.data_ptr())) == 1  # cudaErrorInvalidValue
 
 
 def test_shared_memory_is_poisoned(emu):

@@ -29,10 +29,11 @@ struct HeadKernelLaunch {
   int64_t logits_read = 0;
 };
 
-// Fills up to `capacity` launches in enqueue order for a call with these sizes on a device with
-// `smem_optin` bytes of opt-in shared memory per block; returns how many the call launches (may
-// exceed capacity), or -1 for invalid sizes.
-int fused_head_sample_geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin,
+// Fills up to `capacity` launches in enqueue order for a call with these sizes on a device of
+// compute capability `major` (9 and up: the cluster grid) with `smem_optin` bytes of opt-in
+// shared memory per block; returns how many the call launches (may exceed capacity), or -1 for
+// invalid sizes.
+int fused_head_sample_geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int major, int smem_optin,
                                HeadKernelLaunch* out, int capacity);
 
 }  // namespace mdlm_fast

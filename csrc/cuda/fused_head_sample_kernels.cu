@@ -6,14 +6,19 @@
 //     padded to a multiple of 8 rows (one mma n-tile) and of 64 columns (one k-block), so the
 //     projection reads aligned 16-byte vectors without bounds checks.
 //
-//  2. chunk (the memory-bound part): one block of 16 warps per (canonical chunk, row group of
+//  2. the projection and the per-chunk summaries (the memory-bound part), on one of three grids:
+//     small calls (rows_pad <= kSplitMaxRows) split each chunk into 8 slices of 128 ids so that
+//     the grid fills the GPU -- on sm_90+ the 8 slices form a thread-block cluster and combine
+//     their logits in distributed shared memory (cluster_*_kernel); before sm_90 they go through
+//     the workspace to a summary kernel (slice_*_kernel, chunk_summary_kernel). Larger calls use
+//     the chunk grid: one block of 8 warps per (canonical chunk, row group of
 //     R = 8, 16 or 32 rows). The block computes the chunk's 1024 logits for its R rows into shared
 //     memory (W read once per row group; for N <= 32 that is once in total), then one warp per
 //     row derives the row's chunk summary: max, first argmax, mass (the double sum of
 //     expf(z - max) in the lane order of categorical.h) and, when sampling, the candidate id drawn
 //     with v_c = uniform 1 + c.
 //     bf16/fp16: tensor cores (mma.sync.m16n8k16, fp32 accumulate). Vocabulary ids are the M
-//       dimension (each warp tile: 2 m-tiles of 16 = 32 ids; 16 warps x 2 tiles = 1024 ids),
+//       dimension (each warp tile: 2 m-tiles of 16 = 32 ids; a chunk block's 8 warps take 4 tiles each),
 //       rows the N dimension (n-tiles of 8). A and B fragments come straight from global memory:
 //       each lane reads 32 contiguous bytes of a W row per 64-wide k-block (every 128-byte line
 //       is consumed by one warp), the packed hidden rows are shared by all warps via L1/L2. The k
@@ -41,6 +46,7 @@
 // above, it is the sequential answer; if no j is, the sequential scan never exceeds the target
 // and returns the last positive id; otherwise (the target within ~4e-13 relative of a running sum,
 // probability ~1e-12) lane 0 runs the sequential inverse_cdf itself.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
@@ -93,6 +99,13 @@ constexpr int kSlicesPerChunk = kChunk / kSliceIds;  // 8
 constexpr int64_t kSplitMaxRows = 64;
 constexpr int kZChunkStride = kChunk + kChunk / 32;  // 1056 floats: zidx(1023) = 1054
 constexpr int kSummaryWarps = 4;                     // (row, chunk) pairs per summary block
+// The cluster grid (sm_90+) keeps the split grid's slice blocks but makes the kSlicesPerChunk
+// slices of one (chunk, row group) a thread-block cluster: the logits stay in the blocks' shared
+// memory and are combined over distributed shared memory, never through the workspace.
+constexpr int kSliceRowStride = kSliceIds + 4;                         // floats per row of one slice
+constexpr int kClusterRowsPerBlock = kMaxGroupRows / kSlicesPerChunk;  // rows one block summarizes
+static_assert(kClusterRowsPerBlock <= kSliceWarps, "one warp per summarized row");
+static_assert(kSlicesPerChunk <= 8, "8 blocks is the portable cluster size");
 static_assert(kVocabChunk == 1024, "the chunk block holds one canonical chunk in shared memory");
 static_assert(kChunkWarps * 4 == kTilesPerChunk, "each warp owns four 32-id tiles of the chunk");
 static_assert(kMaxRowsPerPass % kMaxGroupRows == 0, "passes must keep rows in the same n-tile slots");
@@ -776,6 +789,142 @@ __global__ void __launch_bounds__(kSummaryWarps * 32) chunk_summary_kernel(const
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernel 2, cluster grid (sm_90+, small calls): the split grid's slices without the workspace.
+// The kSlicesPerChunk slice blocks of one (chunk, row group) are one thread-block cluster, rank r
+// computing ids [chunk * 1024 + 128 r, + 128) into its own shared memory s_slice [R rows]. After a
+// cluster barrier, block r copies the whole chunk's logits of group rows r, r + 8, r + 16, r + 24
+// from the 8 blocks' s_slice (distributed shared memory, coalesced 128-float rows) into its s_rows
+// in the zidx layout, and one warp per row runs the chunk epilogue on them. The logits never leave
+// the SMs. Same per-element operations as the chunk and slice kernels, so the same bits.
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define MDLM_FAST_CLUSTERS 1  // cooperative_groups::cluster_group exists in this compilation pass
+#endif
+
+inline size_t cluster_smem_bytes(int group_rows) {
+  const int summarized = (group_rows + kSlicesPerChunk - 1) / kSlicesPerChunk;
+  return static_cast<size_t>(group_rows * kSliceRowStride + summarized * kZChunkStride) * sizeof(float);
+}
+
+#ifdef MDLM_FAST_CLUSTERS
+// The part after the slice's logits are in s_slice: gather the block's rows, then summarize them.
+// Every thread of every block of the cluster must call it (two cluster barriers).
+template <int R, typename Args>
+__device__ __forceinline__ void cluster_gather_and_summarize(const Args& a, const float* s_slice, float* s_rows,
+                                                             int64_t chunk, int64_t row0, int rank) {
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  constexpr int kMine = (R + kSlicesPerChunk - 1) / kSlicesPerChunk;
+  const int64_t begin = chunk * kChunk;
+  const int len = static_cast<int>(min64(kChunk, a.vocab - begin));
+  const int rows_here = static_cast<int>(min64(R, a.rows - row0));
+  cluster.sync();  // every slice's logits are in its block's shared memory
+  for (int s = 0; s < kSlicesPerChunk; ++s) {
+    const float* peer = cluster.map_shared_rank(s_slice, s);
+    const int j = s * kSliceIds + static_cast<int>(threadIdx.x);
+    if (j >= len) continue;
+#pragma unroll
+    for (int i = 0; i < kMine; ++i) {
+      const int rl = rank + kSlicesPerChunk * i;
+      if (rl < rows_here) s_rows[i * kZChunkStride + zidx(j)] = peer[rl * kSliceRowStride + threadIdx.x];
+    }
+  }
+  // The gathered rows are complete, and no block reads another's shared memory after this (a
+  // block may exit only once no peer reads its s_slice).
+  cluster.sync();
+  const int warp = threadIdx.x >> 5;
+  const int rl = rank + kSlicesPerChunk * warp;
+  if (warp < kMine && rl < rows_here) {  // warp-uniform
+    const int64_t row = row0 + rl;
+    const int64_t* k = a.keys + 3 * row;
+    const NoiseKey key = make_noise_key(row_seed(a.seed, a.seeds, row), a.purpose, k[0], k[1], k[2]);
+    chunk_row_epilogue(s_rows + warp * kZChunkStride, len, begin, chunk, row, a.temperature > 0.f, key, a.rec,
+                       a.n_chunks);
+  }
+}
+#endif
+
+template <typename Tag, int NT, bool kVecW>
+__global__ void __launch_bounds__(kSliceThreads, kSliceMinBlocks) cluster_mma_kernel(const ChunkArgs<Tag> a) {
+#ifdef MDLM_FAST_CLUSTERS
+  extern __shared__ float s_cluster[];  // s_slice [8 NT][kSliceRowStride], then s_rows
+  float* s_slice = s_cluster;
+  float* s_rows = s_cluster + 8 * NT * kSliceRowStride;
+  // Clusters of one chunk's row groups are adjacent: they run side by side and share W through L2.
+  const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
+  const int64_t cluster_id = blockIdx.x / kSlicesPerChunk;
+  const int64_t rg = cluster_id % a.row_groups, chunk = cluster_id / a.row_groups;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t base = chunk * kChunk + rank * kSliceIds + static_cast<int64_t>(warp) * kTile;
+  const int64_t row0 = rg * (8 * NT);
+  if (base < a.vocab) {  // warp-uniform; every thread goes on to the cluster barriers
+    const int nt_count = static_cast<int>(min64(NT, (a.rows_pad - row0) / 8));
+    float acc[2][NT][4];
+    mma_warp_tile<Tag, NT, kVecW>(a.W, a.ldw, a.vocab, a.d, a.d_pad, base, a.H, a.ldh, row0, nt_count, acc);
+    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (nt >= nt_count) continue;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float* zrow = s_slice + (8 * nt + 2 * t + i) * kSliceRowStride;  // padding rows too, never read
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int local = 16 * m + 8 * h + g;
+            const int64_t id = base + local;
+            if (id < a.vocab) {
+              zrow[warp * kTile + local] =
+                  finish_logit<Tag>(acc[m][nt][2 * h + i], id, a.bias, a.temperature, (bmask >> local) & 1u);
+            }
+          }
+        }
+      }
+    }
+  }
+  cluster_gather_and_summarize<8 * NT>(a, s_slice, s_rows, chunk, row0, rank);
+#else
+  __trap();  // clusters need sm_90; the launcher uses this kernel only there
+#endif
+}
+
+template <int NR, bool kVecW>
+__global__ void __launch_bounds__(kSliceThreads) cluster_simt_kernel(const ChunkArgs<Fp32Tag> a) {
+#ifdef MDLM_FAST_CLUSTERS
+  extern __shared__ float s_cluster[];  // s_slice [NR][kSliceRowStride], then s_rows
+  float* s_slice = s_cluster;
+  float* s_rows = s_cluster + NR * kSliceRowStride;
+  const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
+  const int64_t cluster_id = blockIdx.x / kSlicesPerChunk;
+  const int64_t rg = cluster_id % a.row_groups, chunk = cluster_id / a.row_groups;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t base = chunk * kChunk + rank * kSliceIds + static_cast<int64_t>(warp) * kTile;
+  const int64_t row0 = rg * NR;
+  if (base < a.vocab) {  // warp-uniform
+    const int nr_count = static_cast<int>(min64(NR, a.rows_pad - row0));
+    const int64_t id = base + lane;
+    const bool valid = id < a.vocab;
+    float acc[NR];
+    simt_accumulate<NR, kVecW>(valid ? a.W + id * a.ldw : nullptr, a.d, a.H + row0 * a.ldh, a.ldh, nr_count, acc);
+    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+    if (valid) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        if (r < nr_count) {
+          s_slice[r * kSliceRowStride + warp * kTile + lane] =
+              finish_logit<Fp32Tag>(acc[r], id, a.bias, a.temperature, (bmask >> lane) & 1u);
+        }
+      }
+    }
+  }
+  cluster_gather_and_summarize<NR>(a, s_slice, s_rows, chunk, row0, rank);
+#else
+  __trap();  // clusters need sm_90; the launcher uses this kernel only there
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
 // Kernel 3: select, one warp per row.
 
 struct SelectArgs {
@@ -954,6 +1103,51 @@ cudaError_t launch_split(ChunkArgs<Tag> ca, bool vec_w, float* logits, cudaStrea
   return cudaGetLastError();
 }
 
+template <typename Kernel, typename Args>
+cudaError_t launch_cluster_kernel(Kernel kernel, const Args& args, int64_t grid, size_t smem, cudaStream_t stream) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kSlicesPerChunk;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  // Positional (gridDim, blockDim, dynamicSmemBytes, stream, attrs, numAttrs): the emulator
+  // defines gridDim and blockDim as macros. smem stays under 48 KiB: no opt-in needed.
+  const cudaLaunchConfig_t config = {dim3(static_cast<unsigned>(grid)), dim3(kSliceThreads), smem, stream, attr, 1};
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, args);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+// The cluster grid's kernel 2 (sm_90+): one cluster of slice blocks per (chunk, row group).
+template <typename Tag, bool kVecW>
+cudaError_t launch_cluster(ChunkArgs<Tag> ca, cudaStream_t stream) {
+  const int group = slice_group_rows(ca.rows_pad);
+  ca.row_groups = (ca.rows_pad + group - 1) / group;
+  const int64_t grid = ca.n_chunks * ca.row_groups * kSlicesPerChunk;
+  const size_t smem = cluster_smem_bytes(group);
+  if constexpr (std::is_same<Tag, Fp32Tag>::value) {
+    switch (group) {
+      case 8:
+        return launch_cluster_kernel(cluster_simt_kernel<8, kVecW>, ca, grid, smem, stream);
+      case 16:
+        return launch_cluster_kernel(cluster_simt_kernel<16, kVecW>, ca, grid, smem, stream);
+      default:
+        return launch_cluster_kernel(cluster_simt_kernel<32, kVecW>, ca, grid, smem, stream);
+    }
+  } else {
+    switch (group) {
+      case 8:
+        return launch_cluster_kernel(cluster_mma_kernel<Tag, 1, kVecW>, ca, grid, smem, stream);
+      case 16:
+        return launch_cluster_kernel(cluster_mma_kernel<Tag, 2, kVecW>, ca, grid, smem, stream);
+      default:
+        return launch_cluster_kernel(cluster_mma_kernel<Tag, 4, kVecW>, ca, grid, smem, stream);
+    }
+  }
+}
+
+// Thread-block clusters and distributed shared memory: sm_90 and newer.
+inline bool use_clusters(const Layout& l, int major) { return l.split && major >= 9; }
+
 template <typename Tag>
 cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cudaStream_t stream) {
   using S = typename Tag::Storage;
@@ -1014,7 +1208,9 @@ cudaError_t launch_typed(const FusedHeadParams& p, const Layout& l, char* ws, cu
     ca.purpose = p.purpose;
     ca.rec = rec;
     const int64_t grid = l.n_chunks * ca.row_groups;
-    if (l.split) {  // small calls (one pass): the split grid
+    if (use_clusters(l, major)) {  // small calls on sm_90+: slices combined in shared memory
+      err = vec_w ? launch_cluster<Tag, true>(ca, stream) : launch_cluster<Tag, false>(ca, stream);
+    } else if (l.split) {  // small calls before sm_90: slices combined through the workspace
       err = launch_split<Tag>(ca, vec_w, reinterpret_cast<float*>(ws + l.logits_off), stream);
     } else {
       err =
@@ -1052,8 +1248,8 @@ inline const char* tag_name(HeadDtype dtype) {
   return dtype == HeadDtype::kBFloat16 ? "Bf16Tag" : dtype == HeadDtype::kFloat16 ? "Fp16Tag" : "Fp32Tag";
 }
 
-inline int geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin, HeadKernelLaunch* out,
-                    int capacity) {
+inline int geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int major, int smem_optin,
+                    HeadKernelLaunch* out, int capacity) {
   if (n < 0 || d < 0 || vocab <= 0 || vocab > INT32_MAX) return -1;
   const bool mma = dtype != HeadDtype::kFloat32;
   const Layout l = make_layout(dtype, n, d, vocab);
@@ -1078,7 +1274,24 @@ inline int geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int sm
     // one's (two k-blocks in flight); SIMT: four float4 per step of 16 k, loaded before use.
     const int w_in_flight = mma ? 2 * 8 * 16 : 4 * 16;
     const int64_t rounds_per_tile = mma ? (l.d_pad / kKBlock + 1) / 2 : (d + 15) / 16;
-    if (l.split) {
+    if (use_clusters(l, major)) {
+      const int sgroup = slice_group_rows(rows_pad);
+      HeadKernelLaunch k;
+      if (mma) {
+        snprintf(k.kernel, sizeof k.kernel, "cluster_mma_kernel<%s, %d, true>", tag_name(dtype), sgroup / 8);
+      } else {
+        snprintf(k.kernel, sizeof k.kernel, "cluster_simt_kernel<%d, true>", sgroup);
+      }
+      k.row_groups = (rows_pad + sgroup - 1) / sgroup;
+      k.grid = l.n_chunks * k.row_groups * kSlicesPerChunk;
+      k.threads = kSliceThreads;
+      k.dyn_smem = static_cast<int64_t>(cluster_smem_bytes(sgroup));
+      k.ids_per_block = kSliceIds;
+      k.group_rows = sgroup;
+      k.w_bytes_in_flight_per_thread = w_in_flight;
+      k.serial_rounds_per_warp = rounds_per_tile;
+      add(k);
+    } else if (l.split) {
       const int sgroup = slice_group_rows(rows_pad);
       HeadKernelLaunch k;
       if (mma) {
@@ -1129,9 +1342,9 @@ inline int geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int sm
 
 }  // namespace head
 
-int fused_head_sample_geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin,
+int fused_head_sample_geometry(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab, int major, int smem_optin,
                                HeadKernelLaunch* out, int capacity) {
-  return head::geometry(dtype, n, d, vocab, smem_optin, out, capacity);
+  return head::geometry(dtype, n, d, vocab, major, smem_optin, out, capacity);
 }
 
 size_t fused_head_sample_workspace_bytes(HeadDtype dtype, int64_t n, int64_t d, int64_t vocab) {

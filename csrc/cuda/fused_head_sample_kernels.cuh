@@ -1,7 +1,8 @@
 // Torch-free CUDA launcher of fused_head_sample: the vocabulary projection fused with the
 // two-level categorical draw of mdlm_fast/categorical.h. W is read once per group of up to 32
-// rows; [N, V] logits are never written (one block holds one canonical chunk's logits for its
-// rows in shared memory); per (row, chunk) only a small summary goes to the workspace.
+// rows. One canonical chunk's logits are held in shared memory -- of one block, or on sm_90 of a
+// cluster of 8 blocks -- and per (row, chunk) only a small summary goes to the workspace; only
+// calls of <= 64 rows before sm_90 pass their [N, V] logits through the workspace.
 //
 // Semantics are those of csrc/cpu/fused_head_sample_cpu.cpp and mdlm_fast/reference.py:
 //   z = float32(hidden @ weight^T) (+ float32(bias)), z /= temperature when temperature is not 0

@@ -37,15 +37,17 @@ def main() -> int:
     if mode == "full":
         cases += [(31, 67, 2100), (32, 1, 1024), (2049, 8, 7), (3, 0, 40)]
     mismatches = 0
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for i, (n, d, vocab) in enumerate(cases):
-            hidden, weight, bias, keys = _problem(n, d, vocab, dtype, i)
-            # Exact-size copies: any read past an end lands in a redzone.
-            hidden, weight, bias = hidden.clone(), weight.clone(), bias.clone()
-            banned = torch.tensor([vocab - 1])
-            got = emu.fused_head_sample(hidden, weight, bias, keys, 5, 2, 1.0, banned, True)
-            want = ops.fused_head_sample(hidden, weight, bias, keys, seed=5, banned=banned, return_logprob=True)
-            mismatches += int(not (torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])))
+    for major in (8, 9):  # the split grid through the workspace (sm_80), in clusters (sm_90)
+        emu.configure(major=major)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for i, (n, d, vocab) in enumerate(cases):
+                hidden, weight, bias, keys = _problem(n, d, vocab, dtype, i)
+                # Exact-size copies: any read past an end lands in a redzone.
+                hidden, weight, bias = hidden.clone(), weight.clone(), bias.clone()
+                banned = torch.tensor([vocab - 1])
+                got = emu.fused_head_sample(hidden, weight, bias, keys, 5, 2, 1.0, banned, True)
+                want = ops.fused_head_sample(hidden, weight, bias, keys, seed=5, banned=banned, return_logprob=True)
+                mismatches += int(not (torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])))
     keys = torch.stack([torch.arange(9), torch.arange(9), torch.arange(9)], 1)
     for dist in ("uniform", "gumbel", "uniform24"):
         mismatches += int(not torch.equal(emu.philox_noise(keys, 3, 1, 7, dist), ops.philox_noise(keys, 3, 1, 7, dist)))

@@ -57,9 +57,10 @@ int emu_fused_head_sample(int dtype, const void* hidden, int64_t n, int64_t d, i
 }
 
 // The launches of a call, as "kernel grid threads" lines into buf (kernel_report's geometry).
-int emu_fused_head_geometry(int dtype, int64_t n, int64_t d, int64_t vocab, int smem_optin, char* buf, size_t size) {
+int emu_fused_head_geometry(int dtype, int64_t n, int64_t d, int64_t vocab, int major, int smem_optin, char* buf,
+                            size_t size) {
   mdlm_fast::HeadKernelLaunch launches[16];
-  const int count = mdlm_fast::fused_head_sample_geometry(static_cast<mdlm_fast::HeadDtype>(dtype), n, d, vocab,
+  const int count = mdlm_fast::fused_head_sample_geometry(static_cast<mdlm_fast::HeadDtype>(dtype), n, d, vocab, major,
                                                           smem_optin, launches, 16);
   size_t used = 0;
   buf[0] = '\0';

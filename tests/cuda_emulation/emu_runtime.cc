@@ -24,7 +24,8 @@ namespace emu {
 struct ThreadState {
   ucontext_t ctx;
   dim3 tid;
-  unsigned linear = 0;
+  unsigned linear = 0;  // within its block
+  unsigned block = 0;   // its block's rank in the cluster
   bool done = false;
   Op op = Op::kNone;  // what it waits for (kNone: runnable)
   unsigned mask = 0;
@@ -46,12 +47,21 @@ struct Config {
   int smem_optin = 232448;  // sm_90: 227 KB per block with opt-in
 } g_config;
 
-struct Launch {
-  dim3 grid, block, block_idx;
-  std::vector<ThreadState> threads;
-  std::vector<char*> stacks;
+// One block of the running cluster: its index and its shared memory.
+struct BlockState {
+  dim3 idx;
+  bool exited = false;  // every thread done: its shared memory is poisoned again
   char* dyn_smem = nullptr;
-  std::map<std::string, char*> static_smem;
+  std::map<std::string, std::pair<char*, size_t>> static_smem;
+};
+
+struct Launch {
+  dim3 grid, block;
+  size_t smem = 0;       // dynamic shared memory per block
+  unsigned cluster = 1;  // blocks per cluster (along x); they run together
+  std::vector<BlockState> blocks;
+  std::vector<ThreadState> threads;  // the cluster's threads, block by block
+  std::vector<char*> stacks;
   const std::function<void()>* body = nullptr;
   ThreadState* cur = nullptr;
   ucontext_t scheduler;
@@ -76,10 +86,9 @@ std::string where(const char* file, int line) {
 }
 
 std::string thread_name(const ThreadState& t) {
-  const Launch& l = *g_launch;
+  const dim3& b = g_launch->blocks[t.block].idx;
   return "thread (" + std::to_string(t.tid.x) + "," + std::to_string(t.tid.y) + "," + std::to_string(t.tid.z) +
-         ") of block (" + std::to_string(l.block_idx.x) + "," + std::to_string(l.block_idx.y) + "," +
-         std::to_string(l.block_idx.z) + ")";
+         ") of block (" + std::to_string(b.x) + "," + std::to_string(b.y) + "," + std::to_string(b.z) + ")";
 }
 
 const char* op_name(Op op) {
@@ -100,6 +109,8 @@ const char* op_name(Op op) {
       return "mma.sync.m16n8k16";
     case Op::kBarrier:
       return "__syncthreads";
+    case Op::kClusterBarrier:
+      return "cluster.sync()";
     default:
       return "nothing";
   }
@@ -201,7 +212,7 @@ void complete_mma(ThreadState* lanes[32]) {
 }
 
 // Completes the collective lane `first` waits at, or faults. Returns true when it completed.
-bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, ThreadState& first) {
+bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, size_t block_end, ThreadState& first) {
   const unsigned lane0 = first.linear - static_cast<unsigned>(warp_base);
   const std::string site = std::string(op_name(first.op)) + " at " + where(first.file, first.line);
   if (first.op == Op::kMma && first.mask != 0xffffffffu) {
@@ -222,9 +233,9 @@ bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, Thr
   for (unsigned lane = 0; lane < 32; ++lane) {
     if (!((first.mask >> lane) & 1u)) continue;
     const size_t idx = warp_base + lane;
-    if (idx >= threads.size()) {
+    if (idx >= block_end) {
       record_fault(site + ": the mask names lane " + std::to_string(lane) + ", which the block does not have (" +
-                   std::to_string(threads.size()) + " threads)");
+                   std::to_string(g_launch->block.x * g_launch->block.y * g_launch->block.z) + " threads)");
       return false;
     }
     ThreadState& t = threads[idx];
@@ -282,15 +293,38 @@ bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, Thr
   return true;
 }
 
-// Runs one block to completion (or to a fault).
-void run_block(Launch& l) {
-  const size_t n = l.threads.size();
+// A block's static __shared__ variable `key`, allocated (poisoned) on first use.
+char* shared_region(BlockState& block, const char* key, size_t bytes) {
+  auto it = block.static_smem.find(key);
+  if (it != block.static_smem.end()) return it->second.first;
+  char* p = static_cast<char*>(malloc(bytes));
+  memset(p, 0xFF, bytes);
+  block.static_smem[key] = {p, bytes};
+  return p;
+}
+
+// The first thread of `from`..`to` that is not waiting at barrier `op` at the call site of `at`.
+const ThreadState* first_absent(const std::vector<ThreadState>& threads, size_t from, size_t to, Op op,
+                                const ThreadState& at) {
+  for (size_t i = from; i < to; ++i) {
+    const ThreadState& t = threads[i];
+    if (t.op != op || t.line != at.line || strcmp(t.file, at.file) != 0) return &t;
+  }
+  return nullptr;
+}
+
+// Runs one cluster (by default one block) to completion (or to a fault): the threads of all its
+// blocks interleave, so a cluster barrier sees every block of the cluster.
+void run_cluster(Launch& l) {
+  const size_t n = l.threads.size(), per_block = n / l.cluster;
   for (size_t i = 0; i < n; ++i) {
     ThreadState& t = l.threads[i];
     t = ThreadState();
-    t.linear = static_cast<unsigned>(i);
-    t.tid = dim3(static_cast<unsigned>(i % l.block.x), static_cast<unsigned>(i / l.block.x % l.block.y),
-                 static_cast<unsigned>(i / (l.block.x * l.block.y)));
+    const size_t local = i % per_block;
+    t.linear = static_cast<unsigned>(local);
+    t.block = static_cast<unsigned>(i / per_block);
+    t.tid = dim3(static_cast<unsigned>(local % l.block.x), static_cast<unsigned>(local / l.block.x % l.block.y),
+                 static_cast<unsigned>(local / (l.block.x * l.block.y)));
     getcontext(&t.ctx);
     t.ctx.uc_stack.ss_sp = l.stacks[i];
     t.ctx.uc_stack.ss_size = kStackBytes;
@@ -304,38 +338,67 @@ void run_block(Launch& l) {
       run_fiber(t, i);
       if (l.aborted) return;
     }
+    // A block that has exited no longer owns its shared memory: a cluster peer still reading it
+    // (a missing cluster barrier) sees poison, as it would see garbage on the GPU.
+    for (size_t b0 = 0; b0 < n; b0 += per_block) {
+      BlockState& bs = l.blocks[b0 / per_block];
+      if (bs.exited) continue;
+      bool done = true;
+      for (size_t i = b0; i < b0 + per_block; ++i) done &= l.threads[i].done;
+      if (!done) continue;
+      bs.exited = true;
+      memset(bs.dyn_smem, 0xFF, l.smem > 0 ? l.smem : 1);
+      for (auto& kv : bs.static_smem) memset(kv.second.first, 0xFF, kv.second.second);
+    }
     // Everyone is parked or done: complete what can complete.
-    bool progressed = false, all_done = true, any_barrier = false;
-    for (size_t w = 0; w < n && !l.aborted; w += 32) {
-      for (size_t i = w; i < std::min(n, w + 32) && !l.aborted; ++i) {
-        ThreadState& t = l.threads[i];
-        if (t.op != Op::kNone && t.op != Op::kBarrier && resolve_collective(l.threads, w, t)) progressed = true;
+    bool progressed = false;
+    for (size_t b0 = 0; b0 < n && !l.aborted; b0 += per_block) {
+      for (size_t w = b0; w < b0 + per_block && !l.aborted; w += 32) {
+        for (size_t i = w; i < std::min(b0 + per_block, w + 32) && !l.aborted; ++i) {
+          ThreadState& t = l.threads[i];
+          if (t.op != Op::kNone && t.op != Op::kBarrier && t.op != Op::kClusterBarrier &&
+              resolve_collective(l.threads, w, b0 + per_block, t)) {
+            progressed = true;
+          }
+        }
       }
     }
     if (l.aborted) return;
     if (progressed) continue;
-    for (const ThreadState& t : l.threads) {
-      all_done &= t.done;
-      any_barrier |= t.op == Op::kBarrier;
+    // Barriers: a block whose threads all wait at one __syncthreads, a cluster whose threads all
+    // wait at one cluster barrier.
+    for (size_t b0 = 0; b0 < n; b0 += per_block) {
+      const ThreadState& head = l.threads[b0];
+      if (head.op == Op::kBarrier && first_absent(l.threads, b0, b0 + per_block, Op::kBarrier, head) == nullptr) {
+        for (size_t i = b0; i < b0 + per_block; ++i) l.threads[i].op = Op::kNone;
+        progressed = true;
+      }
     }
-    if (all_done) return;
-    if (any_barrier) {
-      const ThreadState* at = nullptr;
-      for (const ThreadState& t : l.threads) {
-        if (t.op == Op::kBarrier) {
-          at = &t;
-          break;
-        }
-      }
-      for (const ThreadState& t : l.threads) {
-        if (t.op != Op::kBarrier || t.line != at->line || strcmp(t.file, at->file) != 0) {
-          record_fault(std::string("__syncthreads at ") + where(at->file, at->line) + " (" + thread_name(*at) +
-                       ") is not reached by every thread of the block: " + thread_name(t) + " " + waiting_at(t));
-          return;
-        }
-      }
+    if (l.threads[0].op == Op::kClusterBarrier &&
+        first_absent(l.threads, 0, n, Op::kClusterBarrier, l.threads[0]) == nullptr) {
       for (ThreadState& t : l.threads) t.op = Op::kNone;
-      continue;
+      progressed = true;
+    }
+    if (progressed) continue;
+    bool all_done = true;
+    for (const ThreadState& t : l.threads) all_done &= t.done;
+    if (all_done) return;
+    // Stuck: name the barrier some thread waits at and a thread that never reaches it.
+    for (size_t i = 0; i < n; ++i) {
+      const ThreadState& at = l.threads[i];
+      if (at.op == Op::kBarrier) {
+        const size_t b0 = i / per_block * per_block;
+        const ThreadState* t = first_absent(l.threads, b0, b0 + per_block, Op::kBarrier, at);
+        record_fault(std::string("__syncthreads at ") + where(at.file, at.line) + " (" + thread_name(at) +
+                     ") is not reached by every thread of the block: " + thread_name(*t) + " " + waiting_at(*t));
+        return;
+      }
+      if (at.op == Op::kClusterBarrier) {
+        const ThreadState* t = first_absent(l.threads, 0, n, Op::kClusterBarrier, at);
+        record_fault(std::string("cluster.sync() at ") + where(at.file, at.line) + " (" + thread_name(at) +
+                     ") is not reached by every thread of the cluster: " + thread_name(*t) + " " + waiting_at(*t));
+        return;
+      }
     }
     record_fault("deadlock: no thread can proceed");
     return;
@@ -346,7 +409,7 @@ void run_block(Launch& l) {
 
 ThreadState* current() { return g_launch != nullptr ? g_launch->cur : nullptr; }
 const dim3& thread_idx() { return g_launch->cur->tid; }
-const dim3& block_idx() { return g_launch->block_idx; }
+const dim3& block_idx() { return g_launch->blocks[g_launch->cur->block].idx; }
 const dim3& block_dim() { return g_launch->block; }
 const dim3& grid_dim() { return g_launch->grid; }
 
@@ -375,6 +438,39 @@ void syncthreads(const char* file, int line) {
   switch_to_scheduler(t);
 }
 
+void cluster_sync(const char* file, int line) {
+  ThreadState* t = current();
+  if (t == nullptr) throw std::logic_error("cluster.sync() called outside a kernel");
+  t->op = Op::kClusterBarrier;
+  t->file = file;
+  t->line = line;
+  switch_to_scheduler(t);
+}
+
+unsigned cluster_block_rank() { return g_launch->cur->block; }
+unsigned cluster_size() { return g_launch->cluster; }
+
+void* map_shared_rank(const void* p, unsigned rank, const char* file, int line) {
+  Launch& l = *g_launch;
+  if (rank >= l.cluster) {
+    const std::string msg =
+        "map_shared_rank to block rank " + std::to_string(rank) + " of a cluster of " + std::to_string(l.cluster);
+    fault(file, line, msg.c_str());
+  }
+  const char* c = static_cast<const char*>(p);
+  BlockState& own = l.blocks[l.cur->block];
+  if (own.dyn_smem != nullptr && c >= own.dyn_smem && c < own.dyn_smem + l.smem) {
+    return l.blocks[rank].dyn_smem + (c - own.dyn_smem);
+  }
+  for (auto& [key, region] : own.static_smem) {
+    if (c >= region.first && c < region.first + region.second) {
+      // The peer's copy, allocated here if the peer has not reached its declaration yet.
+      return shared_region(l.blocks[rank], key.c_str(), region.second) + (c - region.first);
+    }
+  }
+  fault(file, line, "map_shared_rank of an address outside the block's shared memory");
+}
+
 void fault(const char* file, int line, const char* what) {
   ThreadState* t = current();
   const std::string msg = where(file, line) + ": " + what + (t != nullptr ? " (" + thread_name(*t) + ")" : "");
@@ -399,16 +495,10 @@ void check_vector_load(const void* p, size_t align, const char* file, int line) 
   }
 }
 
-void* dynamic_shared_base() { return g_launch->dyn_smem; }
+void* dynamic_shared_base() { return g_launch->blocks[g_launch->cur->block].dyn_smem; }
 
 void* static_shared(const char* key, size_t bytes) {
-  Launch& l = *g_launch;
-  auto it = l.static_smem.find(key);
-  if (it != l.static_smem.end()) return it->second;
-  char* p = static_cast<char*>(malloc(bytes));
-  memset(p, 0xFF, bytes);
-  l.static_smem[key] = p;
-  return p;
+  return shared_region(g_launch->blocks[g_launch->cur->block], key, bytes);
 }
 
 int device_attribute(cudaDeviceAttr attr) {
@@ -450,30 +540,41 @@ bool begin_launch(const void* kernel, dim3 grid, dim3 block, size_t smem) {
   return true;
 }
 
-void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
+void run_grid(dim3 grid, dim3 block, size_t smem, unsigned cluster, const std::function<void()>& body) {
   Launch l;
   l.grid = grid;
   l.block = block;
+  l.smem = smem;
+  l.cluster = cluster;
   l.body = &body;
   l.rng.seed(g_config.seed);
-  const size_t n = static_cast<size_t>(block.x) * block.y * block.z;
+  const size_t n = static_cast<size_t>(block.x) * block.y * block.z * cluster;
   l.threads.resize(n);
+  l.blocks.resize(cluster);
   for (size_t i = 0; i < n; ++i) l.stacks.push_back(static_cast<char*>(malloc(kStackBytes)));
   g_launch = &l;
-  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
-  std::vector<uint64_t> order(blocks);
-  for (uint64_t b = 0; b < blocks; ++b) order[b] = b;
+  const uint64_t clusters = uint64_t{grid.x} * grid.y * grid.z / cluster;
+  std::vector<uint64_t> order(clusters);
+  for (uint64_t c = 0; c < clusters; ++c) order[c] = c;
   if (g_config.order == EMU_ORDER_REVERSE) std::reverse(order.begin(), order.end());
   if (g_config.order == EMU_ORDER_RANDOM) std::shuffle(order.begin(), order.end(), l.rng);
-  for (uint64_t b : order) {
-    l.block_idx = dim3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
-                       static_cast<unsigned>(b / (uint64_t{grid.x} * grid.y)));
-    l.dyn_smem = static_cast<char*>(malloc(smem > 0 ? smem : 1));
-    memset(l.dyn_smem, 0xFF, smem > 0 ? smem : 1);  // poison: uninitialized reads see NaN / -1
-    run_block(l);
-    free(l.dyn_smem);
-    for (auto& kv : l.static_smem) free(kv.second);
-    l.static_smem.clear();
+  for (uint64_t c : order) {
+    for (unsigned r = 0; r < cluster; ++r) {
+      const uint64_t b = c * cluster + r;  // clusters tile x: grid.x is a multiple of the cluster
+      BlockState& bs = l.blocks[r];
+      bs.exited = false;
+      bs.idx = dim3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                    static_cast<unsigned>(b / (uint64_t{grid.x} * grid.y)));
+      bs.dyn_smem = static_cast<char*>(malloc(smem > 0 ? smem : 1));
+      memset(bs.dyn_smem, 0xFF, smem > 0 ? smem : 1);  // poison: uninitialized reads see NaN / -1
+    }
+    run_cluster(l);
+    for (BlockState& bs : l.blocks) {
+      free(bs.dyn_smem);
+      bs.dyn_smem = nullptr;
+      for (auto& kv : bs.static_smem) free(kv.second.first);
+      bs.static_smem.clear();
+    }
     if (l.aborted) break;
   }
   for (char* s : l.stacks) free(s);

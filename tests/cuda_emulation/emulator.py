@@ -199,17 +199,19 @@ class Emulator:
             i64,
             i64,
             ctypes.c_int,
+            ctypes.c_int,
             ctypes.c_char_p,
             ctypes.c_size_t,
         ]
         self.configure()
 
     def geometry(
-        self, dtype: torch.dtype, n: int, d: int, vocab: int, smem_optin: int = SM90_SMEM_OPTIN
+        self, dtype: torch.dtype, n: int, d: int, vocab: int, major: int = 9, smem_optin: int = SM90_SMEM_OPTIN
     ) -> list[tuple[str, int, int]]:
-        """(kernel, blocks, threads) of each launch of a call with these sizes."""
+        """(kernel, blocks, threads) of each launch of a call with these sizes on a device of
+        compute capability `major`."""
         buf = ctypes.create_string_buffer(4096)
-        count = self.lib.emu_fused_head_geometry(_DTYPES[dtype], n, d, vocab, smem_optin, buf, len(buf))
+        count = self.lib.emu_fused_head_geometry(_DTYPES[dtype], n, d, vocab, major, smem_optin, buf, len(buf))
         if count < 0:
             raise ValueError("no geometry for these sizes")
         rows = [line.rsplit(" ", 2) for line in buf.value.decode().splitlines()]

@@ -94,6 +94,27 @@ MUTATIONS = [
         True,
     ),
     (
+        "cluster gathers the next slice's logits (cluster combine)",
+        HEAD,
+        "cluster.map_shared_rank(s_slice, s);",
+        "cluster.map_shared_rank(s_slice, (s + 1) % kSlicesPerChunk);",
+        True,
+    ),
+    (
+        "removed the cluster barrier before the gather",
+        HEAD,
+        "  cluster.sync();  // every slice's logits are in its block's shared memory\n",
+        "",
+        True,
+    ),
+    (
+        "removed the cluster barrier after the gather",
+        HEAD,
+        "  cluster.sync();\n  const int warp = threadIdx.x >> 5;\n  const int rl = rank",
+        "  const int warp = threadIdx.x >> 5;\n  const int rl = rank",
+        True,
+    ),
+    (
         "scan bound without its slack",
         HEAD,
         "constexpr double kScanSlack = 4e-13;",

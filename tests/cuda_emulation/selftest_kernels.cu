@@ -1,6 +1,7 @@
 // Small CUDA kernels that exercise the emulator itself: each either computes a known result or
 // commits one defect real hardware would punish, which the emulator must stop with a fault.
 // Compiled through transform.py like the project's kernels; entry points for ctypes below.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -94,6 +95,46 @@ __global__ void big_smem_kernel(float* out) {
   out[threadIdx.x] = s[threadIdx.x];
 }
 
+// Cluster exchange: each block stages its values in shared memory; after a cluster barrier, block
+// r reads block (r + 1) % size's values through distributed shared memory:
+// out[b * threads + t] = in[peer(b) * threads + threads - 1 - t].
+__global__ void cluster_rotate_kernel(const float* in, float* out) {
+  namespace cg = cooperative_groups;
+  extern __shared__ float staged[];
+  const cg::cluster_group cluster = cg::this_cluster();
+  const unsigned t = threadIdx.x, n = blockDim.x, rank = cluster.block_rank();
+  staged[t] = in[blockIdx.x * n + t];
+  cluster.sync();
+  const float* peer = cluster.map_shared_rank(staged, static_cast<int>((rank + 1) % cluster.num_blocks()));
+  const float v = peer[n - 1 - t];
+  cluster.sync();  // no block exits while another still reads its shared memory
+  out[blockIdx.x * n + t] = v;
+}
+
+__global__ void cluster_barrier_skipped_kernel(int* out) {
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  if (cluster.block_rank() != 1) cluster.sync();  // block 1 never arrives
+  out[blockIdx.x * blockDim.x + threadIdx.x] = 1;
+}
+
+__global__ void cluster_rank_out_of_range_kernel(int* out) {
+  extern __shared__ int cells[];
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  cells[threadIdx.x] = 1;
+  cluster.sync();
+  out[threadIdx.x] = *cluster.map_shared_rank(cells, static_cast<int>(cluster.num_blocks()));
+}
+
+cudaError_t launch_with_cluster(void (*kernel)(int*), int blocks, int threads, int cluster, size_t smem, int* out) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  const cudaLaunchConfig_t config = {dim3(blocks), dim3(threads), smem, nullptr, attr, 1};
+  return cudaLaunchKernelEx(&config, kernel, out);
+}
+
 int status(cudaError_t launched) {
   if (emu_last_fault()[0] != '\0') return EMU_FAULT;
   return static_cast<int>(launched == cudaSuccess ? cudaGetLastError() : launched);
@@ -149,6 +190,31 @@ int selftest_shared_overrun(float* out, int threads) {
 int selftest_mma_bf16(const uint32_t* a, const uint32_t* b, float* d) {
   mma_bf16_kernel<<<1, 32>>>(a, b, d);
   return status(cudaSuccess);
+}
+
+int selftest_cluster_rotate(const float* in, float* out, int blocks, int threads, int cluster) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  const cudaLaunchConfig_t config = {dim3(blocks), dim3(threads), threads * sizeof(float), nullptr, attr, 1};
+  return status(cudaLaunchKernelEx(&config, cluster_rotate_kernel, in, out));
+}
+
+// which: 0 a block skips the cluster barrier, 1 map_shared_rank past the cluster, 2 a grid that
+// is not a multiple of the cluster.
+int selftest_cluster_defect(int which, int* out) {
+  switch (which) {
+    case 0:
+      return status(launch_with_cluster(cluster_barrier_skipped_kernel, 4, 32, 4, 0, out));
+    case 1:
+      return status(launch_with_cluster(cluster_rank_out_of_range_kernel, 2, 32, 2, 32 * sizeof(int), out));
+    case 2:
+      return status(launch_with_cluster(cluster_barrier_skipped_kernel, 6, 32, 4, 0, out));
+    default:
+      return -2;
+  }
 }
 
 // Dynamic shared memory of `bytes`, opted into first when optin_bytes > 0.

@@ -73,7 +73,18 @@ namespace emu {
 
 // ---------------------------------------------------------------------------------------------
 // What a thread is waiting for.
-enum class Op : int { kNone, kShflIdx, kShflXor, kShflUp, kShflDown, kBallot, kSyncWarp, kMma, kBarrier };
+enum class Op : int {
+  kNone,
+  kShflIdx,
+  kShflXor,
+  kShflUp,
+  kShflDown,
+  kBallot,
+  kSyncWarp,
+  kMma,
+  kBarrier,
+  kClusterBarrier
+};
 
 struct ThreadState;
 ThreadState* current();
@@ -86,6 +97,12 @@ const dim3& grid_dim();
 // operand bits (shuffles, ballot) or a pointer to the mma fragments.
 uint64_t collective(Op op, unsigned mask, uint64_t payload, int arg, int width, const char* file, int line);
 void syncthreads(const char* file, int line);
+// Thread-block clusters (sm_90): the barrier over every thread of the cluster, the calling
+// block's rank, the cluster's size, and `p` (in the caller's shared memory) in block `rank`'s.
+void cluster_sync(const char* file, int line);
+unsigned cluster_block_rank();
+unsigned cluster_size();
+void* map_shared_rank(const void* p, unsigned rank, const char* file, int line);
 [[noreturn]] void fault(const char* file, int line, const char* what);
 void check_launch_bounds(unsigned max_threads, const char* kernel);
 void check_vector_load(const void* p, size_t align, const char* file, int line);
@@ -98,16 +115,22 @@ struct MmaOperands {
   int kind;  // 0 = bf16, 1 = fp16
 };
 
-// Launch plumbing: validated configuration, then `body` runs once per thread.
+// Launch plumbing: validated configuration, then `body` runs once per thread. Blocks run one
+// after another, or, with clusters of `cluster` blocks along x, one cluster after another.
 bool begin_launch(const void* kernel, dim3 grid, dim3 block, size_t smem);
-void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
+void run_grid(dim3 grid, dim3 block, size_t smem, unsigned cluster, const std::function<void()>& body);
 
 template <typename... P, typename... A>
-void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, A&&... args) {
+void launch_clusters(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, unsigned cluster, A&&... args) {
   if (!begin_launch(reinterpret_cast<const void*>(kernel), grid, block, smem)) return;
   // Parameters are copied once, as the CUDA runtime copies them into the launch.
   std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-  run_grid(grid, block, smem, [&] { std::apply(kernel, params); });
+  run_grid(grid, block, smem, cluster, [&] { std::apply(kernel, params); });
+}
+
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, A&&... args) {
+  launch_clusters(kernel, grid, block, smem, 1, std::forward<A>(args)...);
 }
 
 template <typename T>
@@ -157,6 +180,63 @@ cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
   return emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
 }
 inline cudaError_t cudaGetLastError() { return emu::take_last_error(); }
+
+// cudaLaunchKernelEx with the one attribute the kernels use: a cluster dimension (along x; at
+// most 8 blocks, the portable size; the grid a multiple of it).
+// (gridDim and blockDim are macros here: set aside while the config's fields are named.)
+#pragma push_macro("gridDim")
+#pragma push_macro("blockDim")
+#undef gridDim
+#undef blockDim
+enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+union cudaLaunchAttributeValue {
+  struct {
+    unsigned x, y, z;
+  } clusterDim;
+  char pad[64];
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned numAttrs;
+};
+template <typename... P, typename... A>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
+  unsigned cluster = 1;
+  for (unsigned i = 0; i < config->numAttrs; ++i) {
+    const cudaLaunchAttribute& attr = config->attrs[i];
+    if (attr.id != cudaLaunchAttributeClusterDimension) return cudaErrorInvalidValue;
+    if (attr.val.clusterDim.y != 1 || attr.val.clusterDim.z != 1) return cudaErrorInvalidValue;
+    cluster = attr.val.clusterDim.x;
+  }
+  if (cluster < 1 || cluster > 8 || config->gridDim.x % cluster != 0) return cudaErrorInvalidValue;
+  emu::launch_clusters(kernel, config->gridDim, config->blockDim, config->dynamicSmemBytes, cluster,
+                       std::forward<A>(args)...);
+  return cudaSuccess;  // configuration errors and faults are left for cudaGetLastError, as launches do
+}
+#pragma pop_macro("blockDim")
+#pragma pop_macro("gridDim")
+
+// cooperative_groups' cluster_group, the calls the kernels make. Call sites are the caller's
+// (__builtin_FILE/LINE), so barrier faults name the kernel's line.
+namespace cooperative_groups {
+struct cluster_group {
+  void sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) const { emu::cluster_sync(file, line); }
+  unsigned block_rank() const { return emu::cluster_block_rank(); }
+  unsigned num_blocks() const { return emu::cluster_size(); }
+  template <typename T>
+  T* map_shared_rank(T* addr, int rank, const char* file = __builtin_FILE(), int line = __builtin_LINE()) const {
+    return static_cast<T*>(emu::map_shared_rank(addr, static_cast<unsigned>(rank), file, line));
+  }
+};
+inline cluster_group this_cluster() { return cluster_group{}; }
+}  // namespace cooperative_groups
 
 // ---------------------------------------------------------------------------------------------
 // Synchronization and warp collectives.
