@@ -1,6 +1,7 @@
 """The package's shape: a small top level (subpackages by concept, at most ``MAX_TOP_MODULES``
 modules beside them), no import cycles (module-level or inside functions), one docstring per
-folder, and the version stated once. Read from the source with ``ast``; nothing is imported."""
+folder, the version stated once, and tests that mirror the package. Read from the source with ``ast``;
+nothing is imported."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ COMPILED = {"mdlm_fast._C"}  # the extension: a module without Python imports of
 # The facade, the version and the build info, with room for a few more; everything else belongs to a
 # subpackage named for its concept, so that a module's folder tells what it is about.
 MAX_TOP_MODULES = 6
+TESTS = REPO_ROOT / "tests"
+# The one test folder that is not a part of mdlm_fast: tests of the whole package (layout, install, scripts).
+WHOLE_PACKAGE = "package"
 
 
 def top_level_modules(package: Path = PACKAGE) -> list[str]:
@@ -183,3 +187,52 @@ def test_the_version_is_stated_once():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "mdlm_fast.version.__version__"}
+
+
+def misplaced_tests(tests: Path = TESTS, package: Path = PACKAGE) -> list[str]:
+    """Test files outside a folder that mirrors a subpackage of ``package`` (``tests/sampling/`` for
+    ``mdlm_fast/sampling/``, ``tests/models/checkpoints/`` for ``mdlm_fast/models/checkpoints/``) or
+    ``tests/package/``, and test files in a folder that is no Python package: without ``__init__.py``
+    pytest would import them by their bare name, so two files of one name would collide."""
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        folders = path.relative_to(tests).parent.parts
+        mirrored = folders == (WHOLE_PACKAGE,) or (
+            len(folders) > 0 and folders[0] != WHOLE_PACKAGE and (package.joinpath(*folders) / "__init__.py").is_file()
+        )
+        packaged = all(
+            (tests.joinpath(*folders[:depth]) / "__init__.py").is_file() for depth in range(len(folders) + 1)
+        )
+        if not (mirrored and packaged):
+            found.append(path.relative_to(tests).as_posix())
+    return found
+
+
+def test_every_test_file_lives_in_the_folder_of_a_package_part():
+    assert misplaced_tests() == [], (
+        "test files belong in tests/<part>/ for mdlm_fast/<part>/ (or tests/package/ for the whole package), "
+        f"each folder with an __init__.py: {misplaced_tests()}"
+    )
+
+
+def test_the_mirror_check_finds_misplaced_tests(tmp_path):
+    """The check above can fail: files at the top, in a folder no subpackage has, or in a folder
+    without ``__init__.py`` are reported; files in mirrored folders are not."""
+    pkg, tests = tmp_path / "mdlm_fast", tmp_path / "tests"
+    for folder in ("", "ops", "models", "models/checkpoints"):
+        (pkg / folder).mkdir(parents=True, exist_ok=True)
+        (pkg / folder / "__init__.py").write_text('"""x"""\n')
+    for folder in ("", "ops", "models", "models/checkpoints", "package", "helpers", "unpackaged"):
+        (tests / folder).mkdir(parents=True, exist_ok=True)
+        if folder != "unpackaged":
+            (tests / folder / "__init__.py").write_text("")
+    placed = ["ops/test_a.py", "models/checkpoints/test_b.py", "package/test_c.py"]
+    for name in placed:
+        (tests / name).write_text("")
+    assert misplaced_tests(tests, pkg) == []
+    (pkg / "unpackaged").mkdir()
+    (pkg / "unpackaged" / "__init__.py").write_text('"""x"""\n')
+    misplaced = ["test_top.py", "helpers/test_d.py", "unpackaged/test_e.py"]
+    for name in misplaced:
+        (tests / name).write_text("")
+    assert misplaced_tests(tests, pkg) == sorted(misplaced)
