@@ -1,6 +1,6 @@
 """Drop-in: MDLM's own sampler against the swap, and a live module's own forward against the fast path.
 
-The module has MDLM's structure and forward (tests/mdlm_structure.py, the stand-in for MDLM's classes
+The module has MDLM's structure and forward (tests/helpers/mdlm_structure.py, the stand-in for MDLM's classes
 that the tests use), with random weights. Four variants, in interleaved repeats, each timing one
 call that makes ``batch`` samples:
 
@@ -30,7 +30,7 @@ from common import machine_profile, summary, write_results  # noqa: E402
 
 import mdlm_fast as mf  # noqa: E402
 
-STRUCTURE = Path(__file__).resolve().parent.parent / "tests" / "mdlm_structure.py"
+STRUCTURE = Path(__file__).resolve().parent.parent / "tests" / "helpers" / "mdlm_structure.py"
 
 
 def _structure():

@@ -44,14 +44,14 @@ def m(name, file, original, mutated, *tests):
     return Mutant(name, file, original, mutated, tests)
 
 
-SAMPLER = "tests/test_sampler.py"
-EXACT = "tests/test_sampler_exactness.py"
-PATHS = "tests/test_sampler_paths.py"
-SCHEDULE = "tests/test_schedule.py"
-FLOPS = "tests/test_flops.py"
-CKPT = "tests/test_checkpoint.py"
-PAIRED = "tests/test_paired.py"
-RULES = "tests/test_documented_rules.py"
+SAMPLER = "tests/sampling/test_sampler.py"
+EXACT = "tests/sampling/test_sampler_exactness.py"
+PATHS = "tests/sampling/test_sampler_paths.py"
+SCHEDULE = "tests/schedules/test_schedule.py"
+FLOPS = "tests/schedules/test_flops.py"
+CKPT = "tests/models/test_checkpoint.py"
+PAIRED = "tests/analysis/test_paired.py"
+RULES = "tests/package/test_documented_rules.py"
 
 MUTANTS = [
     # --- sampling: the fast sampler ---------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from mdlm_fast._build import compiled_constants  # importing _build registers the operators
 from mdlm_fast.ops.head_status import DeferredHeadErrors, head_status, raise_head_status
 
-# Read from the extension, so Python and the kernels cannot disagree (tests/test_compiled_constants.py
+# Read from the extension, so Python and the kernels cannot disagree (tests/ops/test_compiled_constants.py
 # checks them against the headers).
 _CONSTANTS = compiled_constants()
 # Philox stream purposes (design §7): distinct purposes never share a counter. The user purpose (0)

@@ -1,5 +1,5 @@
 """Proof that the emulated tests can fail: rebuild the kernels with one deliberate defect at a
-time and run the emulated tests (tests/test_cuda_emulation.py) against each.
+time and run the emulated tests (tests/ops/test_cuda_emulation.py) against each.
 
 usage: .venv/bin/python tests/cuda_emulation/mutate.py [--full] [--only NAME ...]
 
@@ -149,7 +149,7 @@ def run(mutation, full: bool) -> tuple[bool, str, float]:
             text = f.read_text()
             (Path(tmp) / f.name).write_text(text.replace(old, new) if f.name == file else text)
         env = dict(os.environ, MDLM_FAST_EMU_KERNELS=tmp, OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "pytest", "-v", "-x", "-p", "no:cacheprovider", "tests/test_cuda_emulation.py"]
+        cmd = [sys.executable, "-m", "pytest", "-v", "-x", "-p", "no:cacheprovider", "tests/ops/test_cuda_emulation.py"]
         if full:
             cmd.append("--emulated-full")
         start = time.time()

@@ -1,0 +1,1 @@
+"""Modules the tests share: exact laws, reference models, stand-ins, statistics, paths."""

@@ -1,0 +1,1 @@
+"""Tests of mdlm_fast.ops."""

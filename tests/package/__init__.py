@@ -1,0 +1,1 @@
+"""Tests of the whole package: layout, install, dependencies, first use, documented rules, scripts."""
