@@ -96,22 +96,23 @@ def calibrate(
     divergence = segment_divergence(profile, steps, n_segments, metric)
     bounds = segment_bounds(steps, n_segments)
     order = sorted(range(n_segments), key=lambda k: (divergence[k], k))  # ties: earlier segment
-    if n_light is not None:
-        if isinstance(n_light, bool) or not isinstance(n_light, int) or not 0 <= n_light <= n_segments:
-            raise ValueError(f"n_light must be an int in [0, {n_segments}], got {n_light!r}")
-        chosen = order[:n_light]
-    else:
+    chosen: list[int] = []
+    if saving is not None:
         if not 0 <= saving <= per_step_saving + 1e-12:
             raise ValueError(
                 f"saving must be in [0, {per_step_saving:.4g}] (all steps light saves "
                 f"1 - {light_blocks}/{heavy_blocks}), got {saving!r}"
             )
-        chosen, reached = [], 0.0
+        reached = 0.0
         for k in order:
             if reached >= saving - 1e-12:
                 break
             chosen.append(k)
             reached += (bounds[k][1] - bounds[k][0]) / steps * per_step_saving
+    else:  # n_light, the other budget
+        if isinstance(n_light, bool) or not isinstance(n_light, int) or not 0 <= n_light <= n_segments:
+            raise ValueError(f"n_light must be an int in [0, {n_segments}], got {n_light!r}")
+        chosen = order[:n_light]
     chosen = sorted(chosen)
     schedule = ModelSchedule.segments(steps, chosen, n_segments)
     return Calibration(

@@ -131,7 +131,7 @@ def load_judge_and_tokenizer(
     import json
     import os
 
-    from mdlm_fast.analysis.judge import MODEL_TYPE, load_judge
+    from mdlm_fast.analysis.judge import MODEL_TYPE, CausalLM, load_judge
     from mdlm_fast.models.embedded import JUDGE, EmbeddedNameError, embedded_path
     from mdlm_fast.text.tokenizer import load_tokenizer
 
@@ -148,6 +148,7 @@ def load_judge_and_tokenizer(
                 is_ours = json.load(f).get("model_type") == MODEL_TYPE
         except (OSError, ValueError):
             raise ValueError(f"judge directory {spec} has no readable config.json") from None
+    judge: CausalLM | HFJudge
     if is_ours:
         judge = load_judge(spec, device=device)
     else:
@@ -301,12 +302,14 @@ def evaluate_schedule(
             )
         )
     merged = sorted((row for part in dist.gather(done) for row in part), key=lambda r: r[0])
-    tokens = [seq for row in merged for seq in row[1]]
+    sequences = [seq for row in merged for seq in row[1]]
     flops = [row[3] for row in merged]
     mask_id = getattr(
         getattr(models[0] if isinstance(models, (list, tuple)) else models, "config", None), "mask_index", None
     )
-    out = evaluate_samples(tokens, tokenizer=tokenizer, mask_id=mask_id, judge=judge, judge_tokenizer=judge_tokenizer)
+    out = evaluate_samples(
+        sequences, tokenizer=tokenizer, mask_id=mask_id, judge=judge, judge_tokenizer=judge_tokenizer
+    )
     out.update(
         {
             "schedule": schedule.to_spec(),

@@ -122,8 +122,8 @@ def paired_mean_difference(
     a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, seed: int = BOOTSTRAP_SEED
 ) -> PairedDifference:
     """Mean of ``a_i - b_i`` with SE ``sd / sqrt(k)`` and a paired bootstrap interval."""
-    a, b = _check_pairs("paired_mean_difference", a, b)
-    d = a - b
+    a_arr, b_arr = _check_pairs("paired_mean_difference", a, b)
+    d = a_arr - b_arr
     k = d.size
     idx = _bootstrap_indices(k, resamples, seed)
     return _result(d.mean(), d.std(ddof=1) / math.sqrt(k), d[idx].mean(1), k)
@@ -189,11 +189,11 @@ def compare_rows(row: dict, baseline: dict) -> dict:
                 row.get("gen_ppl_se", float("nan")), baseline.get("gen_ppl_se", float("nan"))
             )
     if "unigram_entropies" in a and "unigram_entropies" in b:
-        pairs = [
+        entropy_pairs = [
             (x, y) for x, y in zip(a["unigram_entropies"], b["unigram_entropies"]) if x is not None and y is not None
         ]
-        if len(pairs) >= 2:
-            out.update(paired_mean_difference(*zip(*pairs)).as_dict("entropy_diff_"))
+        if len(entropy_pairs) >= 2:
+            out.update(paired_mean_difference(*zip(*entropy_pairs)).as_dict("entropy_diff_"))
     return out
 
 
@@ -210,15 +210,15 @@ def segment_score_se(rows: Sequence[dict], n_segments: int) -> list[float]:
     keys = {_pairing_key(r) for r in usable}
     if len(keys) != 1:
         raise ValueError("segment_score_se needs rows sampled with the same seeds (paired)")
-    influences = []
+    per_schedule = []
     for r in usable:
         sums = np.array([np.nan if v is None else v for v in r["per_sample"]["nll_sums"]], dtype=np.float64)
         counts = np.array([np.nan if v is None else v for v in r["per_sample"]["token_counts"]], dtype=np.float64)
         ok = np.isfinite(sums)
         mean = sums[ok].sum() / counts[ok].sum()
         infl = np.where(ok, (sums - mean * counts) / counts[ok].mean(), 0.0)
-        influences.append(math.exp(mean) * infl)
-    influences = np.stack(influences)  # [schedules, samples]
+        per_schedule.append(math.exp(mean) * infl)
+    influences = np.stack(per_schedule)  # [schedules, samples]
     k = influences.shape[1]
     if k < 2:
         raise ValueError("segment_score_se needs at least 2 samples per schedule")

@@ -668,9 +668,9 @@ def _search_analysis(args, rows: list[dict], extra: dict) -> dict:
 def _search_plots(args, rows, analysis, out: Path) -> list[str]:
     from mdlm_fast.analysis import plots
 
-    made = []
+    made: list[Path] = []
     if not _can_plot():
-        return made
+        return []
     if analysis:
         made.append(plots.plot_segment_scores(analysis["segment_scores"], out / "exhaustive_segment_scores.png"))
         made.append(

@@ -76,7 +76,7 @@ def cpu_bf16_support(flags: Iterable[str] | None = None, machine: str | None = N
         if flags is None:
             probe = getattr(torch, "cpu", None)
             try:
-                native = bool(probe._is_avx512_bf16_supported() or probe._is_amx_tile_supported())
+                native = probe is not None and bool(probe._is_avx512_bf16_supported() or probe._is_amx_tile_supported())
             except AttributeError:
                 native = False
             return native, (
@@ -177,7 +177,8 @@ def denoisers_in_dtype(denoisers: list, dtype: Any, device: Any) -> tuple[list, 
     from mdlm_fast.models.denoiser import Denoiser
 
     if dtype is None:
-        found = next((module_dtype(d.model) for d in denoisers if module_dtype(d.model) is not None), torch.float32)
+        dtypes = (module_dtype(d.model) for d in denoisers)
+        found = next((t for t in dtypes if t is not None), torch.float32)
         return denoisers, DtypeChoice(found, "as loaded", "as loaded")
     choice = resolve_dtype(dtype, device)
     out = []

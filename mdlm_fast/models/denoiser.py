@@ -18,7 +18,7 @@ positions only and may skip work elsewhere (DiT's last block runs its queries an
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -33,8 +33,16 @@ def _takes_keyword(fn: Any, name: str) -> bool:
         return False
 
 
-def _find_head(module: Any):
-    """(weight, bias) of a module's output linear, or None."""
+_HeadFn = Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _linear_head(linear: torch.nn.Linear) -> _HeadFn:
+    # read at each call: .to() may replace the Parameter objects
+    return lambda: (linear.weight, linear.bias)
+
+
+def _find_head(module: Any) -> _HeadFn | None:
+    """A function returning (weight, bias) of a module's output linear, or None."""
     if hasattr(module, "head_weight"):
         return lambda: (module.head_weight, getattr(module, "head_bias", None))
     for path in ("output_layer.linear", "lm_head", "head"):
@@ -42,7 +50,7 @@ def _find_head(module: Any):
         for name in path.split("."):
             obj = getattr(obj, name, None)
         if isinstance(obj, torch.nn.Linear):
-            return lambda lin=obj: (lin.weight, lin.bias)
+            return _linear_head(obj)
     return None
 
 
@@ -54,6 +62,12 @@ class Denoiser:
     accounting (None: unknown, FLOPs are not reported). noise_eps: the eps of the log-linear
     noise schedule the model was trained with (None: MDLM's default).
     """
+
+    # Set by live_denoiser only, on a Denoiser of one of MDLM's objects (absent on the others).
+    weights: str  # "module" or "ema": which tensors it shares
+    fast_path: bool
+    fallback_reason: str | None
+    source: Any  # the object
 
     def __init__(
         self,
@@ -132,6 +146,8 @@ class Denoiser:
         return hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])), False
 
     def head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._head is None:
+            raise TypeError(f"{self!r} has no fused head (no trunk and output linear); check .fused first")
         return self._head()
 
     def __repr__(self) -> str:

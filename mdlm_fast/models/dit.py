@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, cast
 
 import torch
 import torch.nn as nn
@@ -186,7 +186,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         t_freq = timestep_embedding(t, self.frequency_embedding_size)
-        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
+        return self.mlp(t_freq.to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class Rotary(nn.Module):
@@ -231,13 +231,14 @@ class Rotary(nn.Module):
         """fp32 ``cos, sin`` of shape ``[seq_len, dh]`` (``emb = cat(freqs, freqs)``)."""
         inv = self.inv_freq
         key = (seq_len, device, inv.data_ptr(), _version(inv))
-        if key != self._cache_key:
+        cos_sin = self._cos_sin
+        if key != self._cache_key or cos_sin is None:
             t = torch.arange(seq_len, device=device, dtype=torch.float32)
             freqs = torch.outer(t, inv.to(device=device, dtype=torch.float32))
             emb = torch.cat((freqs, freqs), dim=-1)
-            self._cos_sin = (emb.cos(), emb.sin())
+            cos_sin = self._cos_sin = (emb.cos(), emb.sin())
             self._cache_key = key
-        return self._cos_sin
+        return cos_sin
 
 
 def _zeroed(linear: nn.Linear) -> nn.Linear:
@@ -317,7 +318,7 @@ class DDiTBlock(nn.Module):
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         attn = attn.transpose(1, 2).reshape(b, n_queries, d)
         x = x + gate_msa * self._drop(self.attn_out(attn.to(self.attn_out.weight.dtype)))
-        h = modulate(self.norm2(x), shift_mlp, scale_mlp).to(self.mlp[0].weight.dtype)
+        h = modulate(self.norm2(x), shift_mlp, scale_mlp).to(cast(nn.Linear, self.mlp[0]).weight.dtype)
         return x + gate_mlp * self._drop(self.mlp(h))
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
@@ -398,7 +399,10 @@ class DiT(nn.Module):
 
     @property
     def mask_index(self) -> int:
-        return self.config.mask_index
+        mask_index = self.config.mask_index
+        if mask_index is None:  # DiTConfig.__post_init__ resolves it; only a later assignment unsets it
+            raise ValueError("DiTConfig.mask_index is None; construct the config again to resolve it")
+        return mask_index
 
     @property
     def vocab_size(self) -> int:
@@ -503,21 +507,26 @@ class DiT(nn.Module):
             # Training: the constants must stay differentiable, so compute them afresh.
             return self._compute_modulations(sigma.new_zeros(1))
         key = self._constants_key()
-        if key != self._const_key:
+        mods = self._const_mods
+        if key != self._const_key or mods is None:
             with torch.no_grad():
                 device = self.vocab_embed.embedding.device
-                self._const_mods = self._compute_modulations(torch.zeros(1, device=device, dtype=torch.float32))
+                mods = self._const_mods = self._compute_modulations(torch.zeros(1, device=device, dtype=torch.float32))
             self._const_key = key
-        return self._const_mods
+        return mods
 
     def _compute_modulations(self, sigma: torch.Tensor) -> tuple[list, tuple]:
         c = F.silu(self.sigma_map(sigma))
-        return ([block.modulations(c) for block in self.blocks], self.output_layer.modulations(c))
+        return ([block.modulations(c) for block in self._typed_blocks()], self.output_layer.modulations(c))
+
+    def _typed_blocks(self) -> Iterator[DDiTBlock]:
+        # ModuleList yields nn.Module to a type checker; __init__ fills it with DDiTBlocks only.
+        return cast("Iterator[DDiTBlock]", iter(self.blocks))
 
     def _const_params(self) -> list[torch.Tensor]:
         # Looked up each time (not stored): .to() may replace Parameter objects.
-        params = list(self.sigma_map.parameters())
-        for block in self.blocks:
+        params: list[torch.Tensor] = list(self.sigma_map.parameters())
+        for block in self._typed_blocks():
             params += [block.adaLN_modulation.weight, block.adaLN_modulation.bias]
         params += [self.output_layer.adaLN_modulation.weight, self.output_layer.adaLN_modulation.bias]
         return params

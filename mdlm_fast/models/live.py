@@ -113,29 +113,13 @@ def adapt(
     """The fast path on ``obj``'s own tensors, or its own forward with a warning (see the module doc;
     :func:`mdlm_fast.live_denoiser` documents the arguments)."""
     found = _recognize(obj, mask_index, time_conditioning)
-    problem = (
-        _structure_problem(found.dit, found)
-        if found.dit is not None
-        else f"its backbone is a {type(_backbone_of(obj)).__name__}, not MDLM's DiT"
-    )
-    if problem is None:
-        shadow = _ema_tensors(found, obj) if ema else None
-        dit = _shared_dit(found, None)
-        if check:  # the math is checked on the module's own weights, the ones its forward uses
-            problem = _compare_forwards(found, dit)
-        if problem is None:
-            dit = dit if shadow is None else _shared_dit(found, shadow)
-            return LiveModel(
-                dit,
-                dit.config.vocab_size,
-                found.mask_index,
-                found.time_conditioning,
-                found.noise_eps,
-                "ema" if shadow is not None else "module",
-                True,
-                None,
-                obj,
-            )
+    if found.dit is None:
+        problem = f"its backbone is a {type(_backbone_of(obj)).__name__}, not MDLM's DiT"
+    else:
+        fast = _fast_path(found, found.dit, obj, ema=ema, check=check)
+        if isinstance(fast, LiveModel):
+            return fast
+        problem = fast
     if ema and _holds_ema(obj):
         raise LiveModelError(
             f"ema=True: the EMA weights need the fast path, and {type(obj).__name__} is not "
@@ -149,6 +133,31 @@ def adapt(
         stacklevel=4,
     )
     return _fallback(found, problem)
+
+
+def _fast_path(found: _Found, mdlm_dit: nn.Module, obj: Any, *, ema: bool, check: bool) -> LiveModel | str:
+    """The fast path on ``mdlm_dit`` (the DIT-structured module of ``obj``), or why not."""
+    problem = _structure_problem(mdlm_dit, found)
+    if problem is not None:
+        return problem
+    shadow = _ema_tensors(found, mdlm_dit, obj) if ema else None
+    dit = _shared_dit(found, mdlm_dit, None)
+    if check:  # the math is checked on the module's own weights, the ones its forward uses
+        problem = _compare_forwards(found, dit)
+        if problem is not None:
+            return problem
+    dit = dit if shadow is None else _shared_dit(found, mdlm_dit, shadow)
+    return LiveModel(
+        dit,
+        dit.config.vocab_size,
+        found.mask_index,
+        found.time_conditioning,
+        found.noise_eps,
+        "ema" if shadow is not None else "module",
+        True,
+        None,
+        obj,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +256,9 @@ def _found_hf(model: nn.Module, backbone: nn.Module, mask_index, time_conditioni
     )
 
 
-def _found_lightning(module: nn.Module, backbone: nn.Module, mask_index, time_conditioning) -> _Found:
+def _found_lightning(module: Any, backbone: nn.Module, mask_index, time_conditioning) -> _Found:
+    # module: MDLM's Lightning Diffusion, read by plain attributes (mask_index, noise, ...) that
+    # nn.Module's typing would describe as submodules or tensors.
     parameterization = getattr(module, "parameterization", "subs")
     if parameterization != "subs":
         raise LiveModelError(
@@ -260,8 +271,9 @@ def _found_lightning(module: nn.Module, backbone: nn.Module, mask_index, time_co
     if time_conditioning is not None:
         tc = bool(time_conditioning)
     inner = backbone
-    if not _is_dit_like(backbone) and isinstance(getattr(backbone, "backbone", None), nn.Module):
-        inner = backbone.backbone  # MDLM's backbone='hf_dit': the Hugging Face model inside
+    nested = getattr(backbone, "backbone", None)
+    if not _is_dit_like(backbone) and isinstance(nested, nn.Module):
+        inner = nested  # MDLM's backbone='hf_dit': the Hugging Face model inside
         # that model zeroes sigma itself unless its own config says time_conditioning
         tc = tc and bool(config_value(getattr(backbone, "config", None), "time_conditioning", tc))
     dit = inner if _is_dit_like(inner) else None
@@ -313,8 +325,16 @@ def _logits_of(output: Any) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _blocks(dit: nn.Module) -> list[nn.Module]:
+    """The blocks of a DIT-like module: MDLM's ModuleList (or a Sequential); none from another kind
+    of module, which then fails the structure check instead of len() or indexing."""
+    blocks = dit.blocks
+    return list(blocks) if isinstance(blocks, (nn.ModuleList, nn.Sequential)) else []
+
+
 def _n_heads(dit: nn.Module, found: _Found) -> int | None:
-    heads = getattr(dit.blocks[0], "n_heads", None) if len(dit.blocks) else None
+    blocks = _blocks(dit)
+    heads = getattr(blocks[0], "n_heads", None) if blocks else None
     if isinstance(heads, int) and not isinstance(heads, bool):
         return heads
     cfg = getattr(found.outer, "config", None)
@@ -338,7 +358,7 @@ def _config_for(dit: nn.Module, found: _Found) -> DiTConfig | str:
         return DiTConfig(
             hidden_dim=int(embedding.shape[1]),
             n_heads=heads,
-            n_blocks=max(len(dit.blocks), 1),
+            n_blocks=max(len(_blocks(dit)), 1),
             cond_dim=int(sigma_in.shape[0]),
             vocab_size=int(embedding.shape[0]),
             model_length=int(found.model_length or 1024),
@@ -385,7 +405,7 @@ def _structure_problem(dit: nn.Module, found: _Found) -> str | None:
     if set(buffers) != {"rotary_emb.inv_freq"}:
         return f"buffers {_listing(sorted(buffers))}, MDLM's DiT has rotary_emb.inv_freq only"
     inv_freq = buffers["rotary_emb.inv_freq"]
-    expected = reference.rotary_emb._inv_freq("cpu")
+    expected = reference.rotary_emb._inv_freq(torch.device("cpu"))
     if inv_freq.shape != expected.shape or not torch.allclose(inv_freq.detach().float().cpu(), expected, rtol=1e-5):
         return "its rotary frequencies are not MDLM's (base 10000 over the head dimension)"
     return None
@@ -417,8 +437,9 @@ def _holds_ema(obj: Any) -> bool:
     return getattr(getattr(obj, "ema", None), "shadow_params", None) is not None
 
 
-def _ema_tensors(found: _Found, obj: Any) -> dict[str, torch.Tensor] | None:
-    """The EMA shadow tensor of each DiT parameter name, or None where the object has no EMA.
+def _ema_tensors(found: _Found, mdlm_dit: nn.Module, obj: Any) -> dict[str, torch.Tensor] | None:
+    """The EMA shadow tensor of each parameter name of ``mdlm_dit`` (the DIT-structured module), or
+    None where the object has no EMA.
 
     MDLM's ExponentialMovingAverage keeps one shadow per trainable parameter of
     chain(backbone.parameters(), noise.parameters()), in that order."""
@@ -436,7 +457,7 @@ def _ema_tensors(found: _Found, obj: Any) -> dict[str, torch.Tensor] | None:
         )
     by_param = {id(p): s for p, s in zip(trainable, shadow)}
     out = {}
-    for name, p in found.dit.named_parameters():
+    for name, p in mdlm_dit.named_parameters():
         s = by_param.get(id(p))
         if s is None:
             continue  # frozen: MDLM's EMA neither tracks nor copies it
@@ -454,13 +475,15 @@ def _ema_tensors(found: _Found, obj: Any) -> dict[str, torch.Tensor] | None:
     return out
 
 
-def _shared_dit(found: _Found, shadow: dict[str, torch.Tensor] | None) -> DiT:
-    """This package's DiT whose parameters are the module's own Parameter objects (or the EMA
+def _shared_dit(found: _Found, mdlm_dit: nn.Module, shadow: dict[str, torch.Tensor] | None) -> DiT:
+    """This package's DiT whose parameters are ``mdlm_dit``'s own Parameter objects (or the EMA
     tensors): nothing is copied, so later in-place updates of the module are seen."""
-    config = _config_for(found.dit, found)
+    config = _config_for(mdlm_dit, found)
+    if isinstance(config, str):  # _fast_path checked the structure first, so this is not reached
+        raise LiveModelError(config)
     with torch.device("meta"):
         dit = DiT(config)
-    for name, param in found.dit.named_parameters():
+    for name, param in mdlm_dit.named_parameters():
         owner, leaf = _owner(dit, name)
         source = (shadow or {}).get(name)
         owner._parameters[leaf] = param if source is None else nn.Parameter(source, requires_grad=False)
@@ -494,8 +517,7 @@ def _eval_mode(module: nn.Module):
             m.training = training
 
 
-def _check_input(found: _Found, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    vocab = _vocab_size(found.dit)
+def _check_input(found: _Found, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     length = min(int(found.model_length or _CHECK_LENGTH), _CHECK_LENGTH)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, vocab, (len(_CHECK_SIGMAS), length), generator=gen)
@@ -507,7 +529,7 @@ def _compare_forwards(found: _Found, dit: DiT) -> str | None:
     """None if the object's own forward and the fast path give the same next-token distributions
     (SUBS, at masked positions) on a small input, within CHECK_TOLERANCE; else why not."""
     device = dit.vocab_embed.embedding.device
-    x, sigma = _check_input(found, device)
+    x, sigma = _check_input(found, dit.vocab_size, device)  # the module's vocabulary: dit shares its embedding
     masked = x == found.mask_index
     outer = found.outer
     try:

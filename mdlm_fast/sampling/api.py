@@ -216,8 +216,8 @@ def sample(
     _synchronize(device)
     wall = time.perf_counter() - start
 
-    shapes = [m.shape for m in denoisers]
-    known = all(s is not None for s in shapes)
+    shapes = [s for s in (m.shape for m in denoisers) if s is not None]
+    known = len(shapes) == len(denoisers)
     stats = SampleStats(
         sampler=sampler,
         precision=precision,

@@ -67,6 +67,8 @@ def generate(run: SamplingRun) -> torch.Tensor:
                     return_logprob=True,
                     deferred=run.head_errors,
                 )
+            if logprob is None:  # the op returns it whenever return_logprob is set
+                raise RuntimeError("fused_head_sample returned no log-probabilities with return_logprob=True")
             head_positions = flat_rows.shape[0]
         else:
             logits = model.logits(x, sigma)[flat_rows, flat_pos]

@@ -16,11 +16,12 @@ Every function accepts a Python number or a ``torch.Tensor`` and returns the sam
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import TypeVar
 
 import torch
 
-Time = Union[float, torch.Tensor]
+# A number in, a number out; a tensor in, a tensor out.
+Time = TypeVar("Time", float, torch.Tensor)
 
 #: Default ``eps`` of the training noise schedule (MDLM ``noise.eps``).
 TRAIN_EPS = 1e-3
@@ -61,7 +62,7 @@ class LogLinearNoise:
         denom = torch.expm1(sigma) if torch.is_tensor(sigma) else math.expm1(sigma)
         return self.dsigma(t) / denom
 
-    def __call__(self, t: Time):
+    def __call__(self, t: Time) -> tuple[Time, Time]:
         """``(sigma(t), dsigma(t))``, the pair MDLM's noise modules return."""
         return self.sigma(t), self.dsigma(t)
 

@@ -95,7 +95,11 @@ class TrainConfig:
             raise TrainError(f"unknown device {self.device!r}") from None
         if self.lr_schedule not in ("cosine", "constant"):
             raise TrainError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        self.betas = tuple(float(b) for b in self.betas)
+        betas = tuple(float(b) for b in self.betas)
+        # AdamW only reads two betas: a third would be accepted here and fail at the first step.
+        if len(betas) != 2:
+            raise TrainError(f"betas must be two numbers, got {list(self.betas)}")
+        self.betas = (betas[0], betas[1])
         for name in (
             "n_blocks",
             "hidden_dim",

@@ -13,6 +13,7 @@ import torch
 from mdlm_fast.analysis.judge import save_judge
 from mdlm_fast.models.checkpoint import save_denoiser
 from mdlm_fast.models.checkpoints.hf import check_replaceable
+from mdlm_fast.models.dit import DiT
 from mdlm_fast.text.data import load_corpus
 from mdlm_fast.text.tokenizer import load_tokenizer
 from mdlm_fast.training.config import STATE_NAME, TOKENIZER_COPY, TrainConfig, TrainError
@@ -92,7 +93,7 @@ def export(
     with atomic_directory(out_dir, tag="export") as staging:
         if dtype == "bf16":
             model.to(torch.bfloat16)
-        if config.kind == "mdlm":
+        if isinstance(model, DiT):  # kind "mdlm"
             save_denoiser(model, staging)
         else:
             save_judge(model, staging)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from mdlm_fast.models.dit import DiT
 from mdlm_fast.schedules.noise import LogLinearNoise
 from mdlm_fast.text.data import Corpus, derive_seed, load_corpus
 from mdlm_fast.text.tokenizer import TextTokenizer, load_tokenizer
@@ -45,7 +46,15 @@ from mdlm_fast.training.config import (
     TrainError,
     TrainResult,
 )
-from mdlm_fast.training.objectives import autocast, build_model, evaluate, judge_loss, mdlm_loss, sample_noise
+from mdlm_fast.training.objectives import (
+    TrainModel,
+    autocast,
+    build_model,
+    evaluate,
+    judge_loss,
+    mdlm_loss,
+    sample_noise,
+)
 from mdlm_fast.util.atomic import atomic_file
 
 
@@ -72,7 +81,8 @@ def lr_at(config: TrainConfig, step: int) -> float:
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -83,7 +93,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 class _EMA:
     """EMA of parameters (buffers copied), kept in a second model used for eval and export."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: TrainModel) -> None:
         import copy
 
         self.model = copy.deepcopy(model)
@@ -223,7 +233,7 @@ def train(
         tokenizer = load_tokenizer(copy if from_copy else config.tokenizer)
     if saved is not None and saved.get("tokenizer_fingerprint") != tokenizer.fingerprint:
         raise TrainError(f"the tokenizer differs from the one run {run_dir} was started with")
-    if from_copy and saved.get("tokenizer_name"):
+    if from_copy and saved is not None and saved.get("tokenizer_name"):
         tokenizer.name = saved["tokenizer_name"]  # loaded from the run's copy; keep the origin
     corpus = load_corpus(config.data, tokenizer, val_fraction=config.val_fraction, cache_dir=run_dir / "cache")
     if saved is not None and saved.get("data_sha256") != corpus.data_sha256:
@@ -309,7 +319,7 @@ def train(
                 x = _train_batch(corpus, config, step).to(device)
                 torch.manual_seed(derive_seed(config.seed, "dropout", step))
                 with autocast(config):
-                    if config.kind == "mdlm":
+                    if isinstance(model, DiT):  # kind "mdlm"
                         gen = torch.Generator().manual_seed(derive_seed(config.seed, "noise", step))
                         t, masked = sample_noise(
                             x, noise, gen, antithetic=config.antithetic, sampling_eps=config.sampling_eps

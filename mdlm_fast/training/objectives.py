@@ -13,8 +13,9 @@ Judge loss: next-token cross-entropy on windows of ``length + 1`` tokens.
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from mdlm_fast.analysis.judge import CausalLM, CausalLMConfig
@@ -24,8 +25,11 @@ from mdlm_fast.text.data import derive_seed
 from mdlm_fast.text.tokenizer import TextTokenizer, check_compatible
 from mdlm_fast.training.config import TrainConfig
 
+#: What build_model makes: a DiT for kind "mdlm", a CausalLM for kind "judge".
+TrainModel = Union[DiT, CausalLM]
 
-def model_vocab(tokenizer: TextTokenizer) -> tuple[int, int | None]:
+
+def model_vocab(tokenizer: TextTokenizer) -> tuple[int, int]:
     """``(vocab_size, mask_index)`` of a model for ``tokenizer``: its own mask id if it has one,
     else one id appended after its vocabulary (MDLM's GPT-2 recipe)."""
     if tokenizer.mask_id is not None:
@@ -33,12 +37,12 @@ def model_vocab(tokenizer: TextTokenizer) -> tuple[int, int | None]:
     return tokenizer.vocab_size + 1, tokenizer.vocab_size
 
 
-def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> nn.Module:
+def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> TrainModel:
     """A freshly initialized model for ``config`` (deterministic from ``config.seed``)."""
     gen = torch.Generator().manual_seed(derive_seed(config.seed, "init"))
     if config.kind == "mdlm":
         vocab, mask = model_vocab(tokenizer)
-        cfg = DiTConfig(
+        dit_cfg = DiTConfig(
             hidden_dim=config.hidden_dim,
             n_heads=config.n_heads,
             n_blocks=config.n_blocks,
@@ -49,12 +53,12 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> nn.Module:
             mask_index=mask,
             dropout=config.dropout,
         )
-        check_compatible(tokenizer, cfg.vocab_size, cfg.mask_index)
+        check_compatible(tokenizer, vocab, mask)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init-torch"))
-            model = DiT(cfg)  # MDLM's init (zero adaLN and head), from the seeded global RNG
+            model = DiT(dit_cfg)  # MDLM's init (zero adaLN and head), from the seeded global RNG
         return model
-    cfg = CausalLMConfig(
+    judge_cfg = CausalLMConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_dim=config.hidden_dim,
         n_heads=config.n_heads,
@@ -64,7 +68,7 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> nn.Module:
         tie_embeddings=config.tie_embeddings,
         eos_id=tokenizer.eos_id,
     )
-    return CausalLM(cfg).init_weights_(gen)
+    return CausalLM(judge_cfg).init_weights_(gen)
 
 
 def sample_noise(
@@ -98,7 +102,7 @@ def mdlm_loss(
 
     ``sum over masked (b, l) of -log p_SUBS(x0[b, l] | x_t) * loss_weight(t[b]) / (B * L)``.
     """
-    mask_index = model.config.mask_index
+    mask_index = model.mask_index
     xt = torch.where(masked, torch.full_like(x0, mask_index), x0)
     sigma = noise.sigma(t)
     h = model.trunk(xt, sigma)  # [B, L, d]
@@ -119,13 +123,13 @@ def autocast(config: TrainConfig, enabled: bool = True):
     return torch.autocast(dev, dtype=torch.bfloat16, enabled=enabled and config.amp == "bf16")
 
 
-def judge_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def judge_loss(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
     return model.loss(ids)
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: TrainModel,
     config: TrainConfig,
     windows: torch.Tensor,
     *,
@@ -142,7 +146,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    if hasattr(model, "refresh_constants"):
+    if isinstance(model, DiT):  # the judge caches no constants
         model.refresh_constants()
     noise = LogLinearNoise(config.noise_eps)
     device = next(model.parameters()).device
@@ -157,7 +161,7 @@ def evaluate(
             for i in range(0, n, bs):
                 x = windows[i : i + bs].to(device)
                 with autocast(config, amp):
-                    if config.kind == "mdlm":
+                    if isinstance(model, DiT):  # kind "mdlm"
                         t, masked = sample_noise(
                             x, noise, gen, antithetic=config.antithetic, sampling_eps=config.sampling_eps
                         )

@@ -82,7 +82,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *, make_parents: bool 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         os.chmod(tmp, file_mode)  # mkstemp makes it private (0600)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -201,6 +201,14 @@ def test_near_misses_fall_back_to_their_own_forward_with_a_warning(index):
     assert not denoiser.fast_path and not denoiser.fused and reason.split()[0] in denoiser.fallback_reason
 
 
+def test_blocks_that_are_not_a_module_list_fall_back_instead_of_failing_on_len():
+    module = randomize_(DIT(hydra_config(), VOCAB), 3)
+    module.blocks = torch.nn.Linear(4, 4)  # has DIT's submodule names, but blocks cannot be counted
+    with pytest.warns(LiveModelWarning, match="parameters differ"):
+        denoiser = live_denoiser(module)
+    assert not denoiser.fast_path
+
+
 def test_fallback_logits_are_the_modules_own():
     module = randomize_(ScaledDIT(hydra_config(), VOCAB), 3).eval()
     with pytest.warns(LiveModelWarning):

@@ -361,6 +361,12 @@ def test_resume_refuses_other_settings(straight_runs, text_file, tok_file):
         train(tiny_config(text_file, tok_file, lr=1e-2, max_steps=12), straight_runs["mdlm"], progress=False)
 
 
+@pytest.mark.parametrize("betas", [(0.9,), (0.9, 0.98, 0.5)])
+def test_config_refuses_betas_that_are_not_a_pair(betas):
+    with pytest.raises(TrainError, match="betas must be two numbers"):
+        TrainConfig(data="", betas=betas)
+
+
 # --------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------
