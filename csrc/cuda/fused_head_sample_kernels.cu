@@ -612,6 +612,57 @@ __device__ __forceinline__ void chunk_block_epilogue(const float* s_z, int len, 
   }
 }
 
+// One warp's 32-id tile [base, base + 32) for the rows of its group starting at row0: the finished
+// logits (finish_logit: bias, temperature, banned ids) handed to store(r, local, z), r the row in
+// the group, local the id in the tile. Every grid computes a logit through this one path, so all
+// give the same bits; rows at or past a.rows are not handed on. Warp-collective.
+template <typename Tag, int NT, bool kVecW, typename Store>
+__device__ __forceinline__ void mma_tile_logits(const ChunkArgs<Tag>& a, int64_t base, int64_t row0, Store store) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int nt_count = static_cast<int>(min64(NT, (a.rows_pad - row0) / 8));
+  float acc[2][NT][4];
+  mma_warp_tile<Tag, NT, kVecW>(a.W, a.ldw, a.vocab, a.d, a.d_pad, base, a.H, a.ldh, row0, nt_count, acc);
+  const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = 8 * nt + 2 * t + i;
+      if (nt >= nt_count || row0 + r >= a.rows) continue;
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int local = 16 * m + 8 * h + g;
+          const int64_t id = base + local;
+          if (id < a.vocab) {
+            store(r, local, finish_logit<Tag>(acc[m][nt][2 * h + i], id, a.bias, a.temperature, (bmask >> local) & 1u));
+          }
+        }
+      }
+    }
+  }
+}
+
+// The float32 (SIMT) counterpart: lane = id in the tile, one accumulator per row.
+template <int NR, bool kVecW, typename Store>
+__device__ __forceinline__ void simt_tile_logits(const ChunkArgs<Fp32Tag>& a, int64_t base, int64_t row0, Store store) {
+  const int lane = threadIdx.x & 31;
+  const int nr_count = static_cast<int>(min64(NR, a.rows_pad - row0));
+  const int64_t id = base + lane;
+  const bool valid = id < a.vocab;
+  float acc[NR];
+  simt_accumulate<NR, kVecW>(valid ? a.W + id * a.ldw : nullptr, a.d, a.H + row0 * a.ldh, a.ldh, nr_count, acc);
+  const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
+  if (!valid) return;
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    if (r < nr_count && row0 + r < a.rows) {
+      store(r, lane, finish_logit<Fp32Tag>(acc[r], id, a.bias, a.temperature, (bmask >> lane) & 1u));
+    }
+  }
+}
+
 template <typename Tag, int NT, bool kVecW>
 __global__ void __launch_bounds__(kChunkThreads) chunk_mma_kernel(const ChunkArgs<Tag> a) {
   extern __shared__ float s_z[];  // [8 NT][kZRowStride]
@@ -621,34 +672,12 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_mma_kernel(const ChunkArg
   const int64_t begin = chunk * kChunk;
   const int len = static_cast<int>(min64(kChunk, a.vocab - begin));
   const int64_t row0 = rg * (8 * NT);
-  const int nt_count = static_cast<int>(min64(NT, (a.rows_pad - row0) / 8));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5;
   const int n_tiles = (len + kTile - 1) / kTile;
   for (int tile = warp; tile < n_tiles; tile += kChunkWarps) {  // warp-uniform
-    const int64_t base = begin + static_cast<int64_t>(tile) * kTile;
-    float acc[2][NT][4];
-    mma_warp_tile<Tag, NT, kVecW>(a.W, a.ldw, a.vocab, a.d, a.d_pad, base, a.H, a.ldh, row0, nt_count, acc);
-    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      if (nt >= nt_count) continue;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float* zrow = s_z + (8 * nt + 2 * t + i) * kZRowStride;  // padding rows are stored too, never read
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int local = 16 * m + 8 * h + g;
-            const int64_t id = base + local;
-            if (id < a.vocab) {
-              zrow[zidx(tile * kTile + local)] =
-                  finish_logit<Tag>(acc[m][nt][2 * h + i], id, a.bias, a.temperature, (bmask >> local) & 1u);
-            }
-          }
-        }
-      }
-    }
+    mma_tile_logits<Tag, NT, kVecW>(
+        a, begin + static_cast<int64_t>(tile) * kTile, row0,
+        [&](int r, int local, float z) { s_z[r * kZRowStride + zidx(tile * kTile + local)] = z; });
   }
   __syncthreads();
   chunk_block_epilogue<8 * NT>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose,
@@ -663,25 +692,12 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_simt_kernel(const ChunkAr
   const int64_t begin = chunk * kChunk;
   const int len = static_cast<int>(min64(kChunk, a.vocab - begin));
   const int64_t row0 = rg * NR;
-  const int nr_count = static_cast<int>(min64(NR, a.rows_pad - row0));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const int n_tiles = (len + kTile - 1) / kTile;
   for (int tile = warp; tile < n_tiles; tile += kChunkWarps) {  // warp-uniform
-    const int64_t base = begin + static_cast<int64_t>(tile) * kTile;
-    const int64_t id = base + lane;
-    const bool valid = id < a.vocab;
-    float acc[NR];
-    simt_accumulate<NR, kVecW>(valid ? a.W + id * a.ldw : nullptr, a.d, a.H + row0 * a.ldh, a.ldh, nr_count, acc);
-    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
-    if (valid) {
-#pragma unroll
-      for (int r = 0; r < NR; ++r) {
-        if (r < nr_count) {
-          s_z[r * kZRowStride + zidx(tile * kTile + lane)] =
-              finish_logit<Fp32Tag>(acc[r], id, a.bias, a.temperature, (bmask >> lane) & 1u);
-        }
-      }
-    }
+    simt_tile_logits<NR, kVecW>(a, begin + static_cast<int64_t>(tile) * kTile, row0, [&](int r, int lane, float z) {
+      s_z[r * kZRowStride + zidx(tile * kTile + lane)] = z;
+    });
   }
   __syncthreads();
   chunk_block_epilogue<NR>(s_z, len, begin, chunk, row0, a.rows, a.temperature, a.keys, a.seed, a.seeds, a.purpose,
@@ -707,34 +723,11 @@ __global__ void __launch_bounds__(kSliceThreads, kSliceMinBlocks)
   // Row group fastest: the row groups of one slice run side by side and share W through L2.
   const int64_t bid = blockIdx.x;
   const int64_t rg = bid % a.row_groups, slice = bid / a.row_groups;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t base = slice * kSliceIds + static_cast<int64_t>(warp) * kTile;
+  const int64_t base = slice * kSliceIds + static_cast<int64_t>(threadIdx.x >> 5) * kTile;
   if (base >= a.vocab) return;  // warp-uniform; no block barrier in this kernel
   const int64_t row0 = rg * (8 * NT);
-  const int nt_count = static_cast<int>(min64(NT, (a.rows_pad - row0) / 8));
-  float acc[2][NT][4];
-  mma_warp_tile<Tag, NT, kVecW>(a.W, a.ldw, a.vocab, a.d, a.d_pad, base, a.H, a.ldh, row0, nt_count, acc);
-  const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int64_t row = row0 + 8 * nt + 2 * t + i;
-      if (nt >= nt_count || row >= a.rows) continue;  // padding rows are not stored
-#pragma unroll
-      for (int m = 0; m < 2; ++m) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int local = 16 * m + 8 * h + g;
-          const int64_t id = base + local;
-          if (id < a.vocab) {
-            logits[logit_slot(row, id, a.n_chunks)] =
-                finish_logit<Tag>(acc[m][nt][2 * h + i], id, a.bias, a.temperature, (bmask >> local) & 1u);
-          }
-        }
-      }
-    }
-  }
+  mma_tile_logits<Tag, NT, kVecW>(
+      a, base, row0, [&](int r, int local, float z) { logits[logit_slot(row0 + r, base + local, a.n_chunks)] = z; });
 }
 
 template <int NR, bool kVecW>
@@ -742,25 +735,11 @@ __global__ void __launch_bounds__(kSliceThreads)
     slice_simt_kernel(const ChunkArgs<Fp32Tag> a, float* __restrict__ logits) {
   const int64_t bid = blockIdx.x;
   const int64_t rg = bid % a.row_groups, slice = bid / a.row_groups;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t base = slice * kSliceIds + static_cast<int64_t>(warp) * kTile;
+  const int64_t base = slice * kSliceIds + static_cast<int64_t>(threadIdx.x >> 5) * kTile;
   if (base >= a.vocab) return;  // warp-uniform
   const int64_t row0 = rg * NR;
-  const int nr_count = static_cast<int>(min64(NR, a.rows_pad - row0));
-  const int64_t id = base + lane;
-  const bool valid = id < a.vocab;
-  float acc[NR];
-  simt_accumulate<NR, kVecW>(valid ? a.W + id * a.ldw : nullptr, a.d, a.H + row0 * a.ldh, a.ldh, nr_count, acc);
-  const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
-  if (valid) {
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      if (r < nr_count && row0 + r < a.rows) {
-        logits[logit_slot(row0 + r, id, a.n_chunks)] =
-            finish_logit<Fp32Tag>(acc[r], id, a.bias, a.temperature, (bmask >> lane) & 1u);
-      }
-    }
-  }
+  simt_tile_logits<NR, kVecW>(
+      a, base, row0, [&](int r, int lane, float z) { logits[logit_slot(row0 + r, base + lane, a.n_chunks)] = z; });
 }
 
 struct SummaryArgs {
@@ -854,34 +833,12 @@ __global__ void __launch_bounds__(kSliceThreads, kSliceMinBlocks) cluster_mma_ke
   const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
   const int64_t cluster_id = blockIdx.x / kSlicesPerChunk;
   const int64_t rg = cluster_id % a.row_groups, chunk = cluster_id / a.row_groups;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5;
   const int64_t base = chunk * kChunk + rank * kSliceIds + static_cast<int64_t>(warp) * kTile;
   const int64_t row0 = rg * (8 * NT);
   if (base < a.vocab) {  // warp-uniform; every thread goes on to the cluster barriers
-    const int nt_count = static_cast<int>(min64(NT, (a.rows_pad - row0) / 8));
-    float acc[2][NT][4];
-    mma_warp_tile<Tag, NT, kVecW>(a.W, a.ldw, a.vocab, a.d, a.d_pad, base, a.H, a.ldh, row0, nt_count, acc);
-    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      if (nt >= nt_count) continue;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float* zrow = s_slice + (8 * nt + 2 * t + i) * kSliceRowStride;  // padding rows too, never read
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int local = 16 * m + 8 * h + g;
-            const int64_t id = base + local;
-            if (id < a.vocab) {
-              zrow[warp * kTile + local] =
-                  finish_logit<Tag>(acc[m][nt][2 * h + i], id, a.bias, a.temperature, (bmask >> local) & 1u);
-            }
-          }
-        }
-      }
-    }
+    mma_tile_logits<Tag, NT, kVecW>(
+        a, base, row0, [&](int r, int local, float z) { s_slice[r * kSliceRowStride + warp * kTile + local] = z; });
   }
   cluster_gather_and_summarize<8 * NT>(a, s_slice, s_rows, chunk, row0, rank);
 #else
@@ -898,25 +855,12 @@ __global__ void __launch_bounds__(kSliceThreads) cluster_simt_kernel(const Chunk
   const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
   const int64_t cluster_id = blockIdx.x / kSlicesPerChunk;
   const int64_t rg = cluster_id % a.row_groups, chunk = cluster_id / a.row_groups;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const int64_t base = chunk * kChunk + rank * kSliceIds + static_cast<int64_t>(warp) * kTile;
   const int64_t row0 = rg * NR;
   if (base < a.vocab) {  // warp-uniform
-    const int nr_count = static_cast<int>(min64(NR, a.rows_pad - row0));
-    const int64_t id = base + lane;
-    const bool valid = id < a.vocab;
-    float acc[NR];
-    simt_accumulate<NR, kVecW>(valid ? a.W + id * a.ldw : nullptr, a.d, a.H + row0 * a.ldh, a.ldh, nr_count, acc);
-    const uint32_t bmask = banned_mask_warp(a.banned, a.n_banned, base);
-    if (valid) {
-#pragma unroll
-      for (int r = 0; r < NR; ++r) {
-        if (r < nr_count) {
-          s_slice[r * kSliceRowStride + warp * kTile + lane] =
-              finish_logit<Fp32Tag>(acc[r], id, a.bias, a.temperature, (bmask >> lane) & 1u);
-        }
-      }
-    }
+    simt_tile_logits<NR, kVecW>(
+        a, base, row0, [&](int r, int lane, float z) { s_slice[r * kSliceRowStride + warp * kTile + lane] = z; });
   }
   cluster_gather_and_summarize<NR>(a, s_slice, s_rows, chunk, row0, rank);
 #else

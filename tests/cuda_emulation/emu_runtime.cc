@@ -293,16 +293,6 @@ bool resolve_collective(std::vector<ThreadState>& threads, size_t warp_base, siz
   return true;
 }
 
-// A block's static __shared__ variable `key`, allocated (poisoned) on first use.
-char* shared_region(BlockState& block, const char* key, size_t bytes) {
-  auto it = block.static_smem.find(key);
-  if (it != block.static_smem.end()) return it->second.first;
-  char* p = static_cast<char*>(malloc(bytes));
-  memset(p, 0xFF, bytes);
-  block.static_smem[key] = {p, bytes};
-  return p;
-}
-
 // The first thread of `from`..`to` that is not waiting at barrier `op` at the call site of `at`.
 const ThreadState* first_absent(const std::vector<ThreadState>& threads, size_t from, size_t to, Op op,
                                 const ThreadState& at) {
@@ -462,13 +452,7 @@ void* map_shared_rank(const void* p, unsigned rank, const char* file, int line) 
   if (own.dyn_smem != nullptr && c >= own.dyn_smem && c < own.dyn_smem + l.smem) {
     return l.blocks[rank].dyn_smem + (c - own.dyn_smem);
   }
-  for (auto& [key, region] : own.static_smem) {
-    if (c >= region.first && c < region.first + region.second) {
-      // The peer's copy, allocated here if the peer has not reached its declaration yet.
-      return shared_region(l.blocks[rank], key.c_str(), region.second) + (c - region.first);
-    }
-  }
-  fault(file, line, "map_shared_rank of an address outside the block's shared memory");
+  fault(file, line, "map_shared_rank of an address outside the block's dynamic shared memory (the only kind it maps)");
 }
 
 void fault(const char* file, int line, const char* what) {
@@ -498,7 +482,13 @@ void check_vector_load(const void* p, size_t align, const char* file, int line) 
 void* dynamic_shared_base() { return g_launch->blocks[g_launch->cur->block].dyn_smem; }
 
 void* static_shared(const char* key, size_t bytes) {
-  return shared_region(g_launch->blocks[g_launch->cur->block], key, bytes);
+  auto& regions = g_launch->blocks[g_launch->cur->block].static_smem;
+  auto it = regions.find(key);
+  if (it != regions.end()) return it->second.first;
+  char* p = static_cast<char*>(malloc(bytes));
+  memset(p, 0xFF, bytes);
+  regions[key] = {p, bytes};
+  return p;
 }
 
 int device_attribute(cudaDeviceAttr attr) {

@@ -125,14 +125,15 @@ __global__ void cluster_rank_out_of_range_kernel(int* out) {
   out[threadIdx.x] = *cluster.map_shared_rank(cells, static_cast<int>(cluster.num_blocks()));
 }
 
-cudaError_t launch_with_cluster(void (*kernel)(int*), int blocks, int threads, int cluster, size_t smem, int* out) {
+template <typename... P, typename... A>
+cudaError_t launch_with_cluster(void (*kernel)(P...), int blocks, int threads, int cluster, size_t smem, A... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = static_cast<unsigned>(cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   const cudaLaunchConfig_t config = {dim3(blocks), dim3(threads), smem, nullptr, attr, 1};
-  return cudaLaunchKernelEx(&config, kernel, out);
+  return cudaLaunchKernelEx(&config, kernel, args...);
 }
 
 int status(cudaError_t launched) {
@@ -193,13 +194,7 @@ int selftest_mma_bf16(const uint32_t* a, const uint32_t* b, float* d) {
 }
 
 int selftest_cluster_rotate(const float* in, float* out, int blocks, int threads, int cluster) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  const cudaLaunchConfig_t config = {dim3(blocks), dim3(threads), threads * sizeof(float), nullptr, attr, 1};
-  return status(cudaLaunchKernelEx(&config, cluster_rotate_kernel, in, out));
+  return status(launch_with_cluster(cluster_rotate_kernel, blocks, threads, cluster, threads * sizeof(float), in, out));
 }
 
 // which: 0 a block skips the cluster barrier, 1 map_shared_rank past the cluster, 2 a grid that

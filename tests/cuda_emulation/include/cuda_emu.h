@@ -98,7 +98,7 @@ const dim3& grid_dim();
 uint64_t collective(Op op, unsigned mask, uint64_t payload, int arg, int width, const char* file, int line);
 void syncthreads(const char* file, int line);
 // Thread-block clusters (sm_90): the barrier over every thread of the cluster, the calling
-// block's rank, the cluster's size, and `p` (in the caller's shared memory) in block `rank`'s.
+// block's rank, the cluster's size, and `p` (in the caller's dynamic shared memory) in block `rank`'s.
 void cluster_sync(const char* file, int line);
 unsigned cluster_block_rank();
 unsigned cluster_size();
